@@ -1,0 +1,117 @@
+//! Command-line definitions of both binaries (clap derive). The binaries only parse
+//! these and call `server::run` / `client::run`; flags both share live in `Common`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser};
+
+pub const DEFAULT_NAME: &str = "sharedxfer";
+pub const DEFAULT_SIZE: &str = "64M";
+
+/// Flags both binaries take.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// The options file.
+    #[arg(short = 'c', long = "config", value_name = "PATH", default_value = crate::config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Segment name; lock files and every other name derive from it.
+    #[arg(short = 'n', long = "name", value_name = "NAME", default_value = DEFAULT_NAME)]
+    pub name: String,
+    /// Print only errors and the final summary.
+    #[arg(short = 'q', long = "quiet")]
+    pub quiet: bool,
+}
+
+/// sharedserver: create the shared-memory segment and write every file clients send
+/// into OUTPUT_DIR. Runs until SIGINT or SIGTERM.
+#[derive(Debug, Parser)]
+#[command(name = "sharedserver", version, after_help = crate::EXIT_CODES_HELP)]
+pub struct ServerCli {
+    /// Where received files go (default: the config's <server outputpath>, else the current folder).
+    #[arg(value_name = "OUTPUT_DIR")]
+    pub output_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: Common,
+    /// Segment size in bytes, or with a K, M or G suffix.
+    #[arg(short = 's', long = "size", value_name = "SIZE", default_value = DEFAULT_SIZE, value_parser = parse_size)]
+    pub size: u64,
+    /// Replace files that already exist in OUTPUT_DIR (default: refuse them).
+    #[arg(long = "overwrite")]
+    pub overwrite: bool,
+    /// Drop a stream whose client shows no activity for this many seconds.
+    #[arg(long = "idle-timeout", value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
+    /// Worker threads writing files (default: one per core).
+    #[arg(long = "workers", value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub workers: Option<u64>,
+}
+
+/// sharedclient: send the files that the given stream ids name in options.xml, each
+/// id one stream, in parallel.
+#[derive(Debug, Parser)]
+#[command(name = "sharedclient", version, after_help = crate::EXIT_CODES_HELP)]
+pub struct ClientCli {
+    /// Stream ids from options.xml.
+    #[arg(value_name = "ID", required_unless_present_any = ["ping"])]
+    pub ids: Vec<u64>,
+    #[command(flatten)]
+    pub common: Common,
+    /// Seconds to wait for a server that does not answer.
+    #[arg(long = "timeout", value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+    /// Run COUNT ping-pong round trips on one stream and print min/median/p99.
+    #[arg(long = "ping", value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub ping: Option<u64>,
+    /// Streams sent at once; further ids wait their turn.
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub jobs: u64,
+}
+
+/// Parses "65536", "64K", "64M", "1G" (binary multiples; optional trailing "B"/"iB").
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let upper = trimmed.to_ascii_uppercase();
+    let stripped = upper.strip_suffix("IB").or_else(|| upper.strip_suffix('B')).unwrap_or(&upper);
+    let (digits, shift) = match stripped.chars().last() {
+        Some('K') => (&stripped[..stripped.len() - 1], 10),
+        Some('M') => (&stripped[..stripped.len() - 1], 20),
+        Some('G') => (&stripped[..stripped.len() - 1], 30),
+        Some('T') => (&stripped[..stripped.len() - 1], 40),
+        _ => (stripped, 0),
+    };
+    let value: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: use bytes or a number with K, M or G, like 64M"))?;
+    value.checked_mul(1u64 << shift).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_valid() {
+        ServerCli::command().debug_assert();
+        ClientCli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_take_plain_bytes_and_suffixes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("64m"), Ok(64 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("2MiB"), Ok(2 << 20));
+        assert!(parse_size("lots").unwrap_err().contains("like 64M"));
+        assert!(parse_size("99999999999T").unwrap_err().contains("too large"));
+    }
+
+    #[test]
+    fn a_client_without_ids_is_a_usage_error() {
+        let err = ClientCli::try_parse_from(["sharedclient"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(ClientCli::try_parse_from(["sharedclient", "--ping", "3"]).is_ok());
+    }
+}

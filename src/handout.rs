@@ -1,0 +1,147 @@
+//! The GUID handout: the server keeps one fresh GUID on offer, naming a record it
+//! has already allocated; a client takes it under the handout lock, and the server
+//! puts a new one on offer. It can go on forever. Both sides wait on the header's
+//! `handout_event`.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use named_lock::NamedLock;
+use uuid::Uuid;
+
+use crate::lock::acquire;
+use crate::segment::{Segment, HANDOUT_EMPTY, HANDOUT_OFFERED, HANDOUT_TAKEN};
+
+/// What a client got from the handout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    pub guid: Uuid,
+    pub record_offset: u64,
+}
+
+fn store_guid(slot: &[std::sync::atomic::AtomicU64; 2], guid: Uuid) {
+    let (hi, lo) = guid.as_u64_pair();
+    slot[0].store(hi, Ordering::Relaxed);
+    slot[1].store(lo, Ordering::Relaxed);
+}
+
+pub fn load_guid(slot: &[std::sync::atomic::AtomicU64; 2]) -> Uuid {
+    Uuid::from_u64_pair(slot[0].load(Ordering::Relaxed), slot[1].load(Ordering::Relaxed))
+}
+
+/// Server: puts `ticket` on offer and wakes clients waiting for one.
+pub fn offer(segment: &Segment, lock: &NamedLock, ticket: Ticket) -> io::Result<()> {
+    let handout = segment.handout();
+    {
+        let _guard = acquire(lock)?;
+        store_guid(&handout.guid, ticket.guid);
+        handout.record_offset.store(ticket.record_offset, Ordering::Relaxed);
+        handout.taker_pid.store(0, Ordering::Relaxed);
+        handout.generation.fetch_add(1, Ordering::Relaxed);
+        // SYNC POINT: the fields above are visible to a client that sees OFFERED.
+        handout.state.store(HANDOUT_OFFERED, Ordering::Release);
+    }
+    segment.header().handout_event.notify();
+    Ok(())
+}
+
+/// Server: if a client took the offer, returns the taker's pid (as the client wrote
+/// it: advisory, used only for liveness checks) and empties the handout.
+pub fn collect(segment: &Segment, lock: &NamedLock) -> io::Result<Option<u32>> {
+    let handout = segment.handout();
+    // SYNC POINT: pairs with the client's Release store of TAKEN.
+    if handout.state.load(Ordering::Acquire) != HANDOUT_TAKEN {
+        return Ok(None);
+    }
+    let _guard = acquire(lock)?;
+    let pid = handout.taker_pid.load(Ordering::Relaxed);
+    handout.state.store(HANDOUT_EMPTY, Ordering::Relaxed);
+    Ok(Some(pid))
+}
+
+/// Whether a client has taken the current offer (the server's wake condition).
+pub fn is_taken(segment: &Segment) -> bool {
+    segment.handout().state.load(Ordering::Acquire) == HANDOUT_TAKEN
+}
+
+/// Client: takes the GUID on offer, waiting for one until `deadline`. Between
+/// sleeps it calls `still_ok` so the caller can give up on a dead server.
+pub fn take<E: From<io::Error>>(
+    segment: &Segment,
+    lock: &NamedLock,
+    deadline: Instant,
+    mut still_ok: impl FnMut() -> Result<(), E>,
+) -> Result<Option<Ticket>, E> {
+    let handout = segment.handout();
+    let event = &segment.header().handout_event;
+    loop {
+        if let Some(ticket) = try_take(segment, lock)? {
+            event.notify(); // the server sleeps on the same event
+            return Ok(Some(ticket));
+        }
+        still_ok()?;
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        let slice = (deadline - now).min(Duration::from_millis(100));
+        event.sleep_unless(&mut || handout.state.load(Ordering::Acquire) == HANDOUT_OFFERED, slice);
+    }
+}
+
+fn try_take(segment: &Segment, lock: &NamedLock) -> io::Result<Option<Ticket>> {
+    let handout = segment.handout();
+    if handout.state.load(Ordering::Acquire) != HANDOUT_OFFERED {
+        return Ok(None);
+    }
+    let _guard = acquire(lock)?;
+    // SYNC POINT: pairs with the server's Release store of OFFERED.
+    if handout.state.load(Ordering::Acquire) != HANDOUT_OFFERED {
+        return Ok(None);
+    }
+    let ticket = Ticket {
+        guid: load_guid(&handout.guid),
+        record_offset: handout.record_offset.load(Ordering::Relaxed),
+    };
+    handout.taker_pid.store(std::process::id(), Ordering::Relaxed);
+    // SYNC POINT: the pid is visible to the server that sees TAKEN.
+    handout.state.store(HANDOUT_TAKEN, Ordering::Release);
+    Ok(Some(ticket))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::LockDir;
+
+    #[test]
+    fn offers_can_be_taken_one_after_another_forever() {
+        let name = format!("sxf-unit-handout-{}", std::process::id());
+        let segment = Segment::create(&name, 1 << 20).unwrap();
+        let dir = LockDir::create(&name).unwrap();
+        let lock = dir.lock(crate::lock::HANDOUT_LOCK).unwrap();
+        let deadline = || Instant::now() + Duration::from_secs(5);
+        for round in 0..50u64 {
+            let ticket = Ticket { guid: Uuid::new_v4(), record_offset: 4096 + round * 2048 };
+            offer(&segment, &lock, ticket).unwrap();
+            let taken = take::<io::Error>(&segment, &lock, deadline(), || Ok(())).unwrap();
+            assert_eq!(taken, Some(ticket));
+            assert_eq!(collect(&segment, &lock).unwrap(), Some(std::process::id()));
+            assert_eq!(collect(&segment, &lock).unwrap(), None, "a take is collected once");
+        }
+        dir.remove();
+    }
+
+    #[test]
+    fn nothing_on_offer_times_out_instead_of_hanging() {
+        let name = format!("sxf-unit-handout-empty-{}", std::process::id());
+        let segment = Segment::create(&name, 1 << 20).unwrap();
+        let dir = LockDir::create(&name).unwrap();
+        let lock = dir.lock(crate::lock::HANDOUT_LOCK).unwrap();
+        let deadline = Instant::now() + Duration::from_millis(200);
+        let taken = take::<io::Error>(&segment, &lock, deadline, || Ok(())).unwrap();
+        assert_eq!(taken, None);
+        dir.remove();
+    }
+}

@@ -1,0 +1,177 @@
+//! Named locks (the `named-lock` crate, flock on a file) kept in one private folder
+//! per segment: `/dev/shm/<name>.locks/` (mode 0700). The folder holds
+//! `server.lock` (held by the live server for its whole life), `handout.lock`
+//! (guards the GUID on offer) and `<guid>.lock` for each live stream, removed when
+//! the stream is over so no trail builds up.
+//!
+//! The folder sits beside the segment (not under $TMPDIR) so a server and a client
+//! with different environments still meet on the same files.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use named_lock::{NamedLock, NamedLockGuard};
+use uuid::Uuid;
+
+use crate::segment::SHM_DIR;
+use crate::sys;
+
+pub const SERVER_LOCK: &str = "server.lock";
+pub const HANDOUT_LOCK: &str = "handout.lock";
+/// Holds the live server's pid, for the "already running" message.
+pub const SERVER_PID_FILE: &str = "server.pid";
+
+/// The private lock folder of one segment name.
+#[derive(Debug, Clone)]
+pub struct LockDir {
+    path: PathBuf,
+}
+
+/// Checks a segment name: it becomes a file name in /dev/shm and part of the lock
+/// folder's name, so only a safe alphabet is allowed.
+pub fn validate_segment_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
+        return Err(format!("segment name {name:?} is not allowed: use 1 to 64 letters, digits, '_' or '-'"));
+    }
+    Ok(())
+}
+
+impl LockDir {
+    pub fn path_for(name: &str) -> PathBuf {
+        Path::new(SHM_DIR).join(format!("{name}.locks"))
+    }
+
+    /// Creates the folder (0700) if needed and refuses one that is a symlink, not a
+    /// folder, or owned by someone else: an attacker could have planted it.
+    pub fn create(name: &str) -> io::Result<LockDir> {
+        let path = Self::path_for(name);
+        match fs::DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let dir = LockDir { path };
+        dir.check_owned()?;
+        Ok(dir)
+    }
+
+    /// Opens an existing folder (a client: the server made it).
+    pub fn open(name: &str) -> io::Result<LockDir> {
+        let dir = LockDir { path: Self::path_for(name) };
+        dir.check_owned()?;
+        Ok(dir)
+    }
+
+    fn check_owned(&self) -> io::Result<()> {
+        // symlink_metadata: never follow a link someone planted at our path.
+        let meta = fs::symlink_metadata(&self.path)?;
+        let refuse = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
+        if !meta.file_type().is_dir() {
+            return Err(refuse(format!(
+                "{} is not a folder (a symlink or file is in the way)",
+                self.path.display()
+            )));
+        }
+        if meta.uid() != sys::current_uid() {
+            return Err(refuse(format!(
+                "{} belongs to user id {}, not to you: remove it or pick another --name",
+                self.path.display(),
+                meta.uid()
+            )));
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(&self.path, fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn lock(&self, file: &str) -> io::Result<NamedLock> {
+        NamedLock::with_path(self.path.join(file)).map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    pub fn stream_lock_name(guid: Uuid) -> String {
+        format!("{}.lock", guid.simple())
+    }
+
+    pub fn stream_lock(&self, guid: Uuid) -> io::Result<NamedLock> {
+        self.lock(&Self::stream_lock_name(guid))
+    }
+
+    /// Removes a finished stream's lock file (a missing one is fine).
+    pub fn remove_stream_lock(&self, guid: Uuid) {
+        let _ = fs::remove_file(self.path.join(Self::stream_lock_name(guid)));
+    }
+
+    /// Lock files of streams, for the status view and leak checks.
+    pub fn stream_lock_files(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.path) else { return Vec::new() };
+        entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name.ends_with(".lock") && name != SERVER_LOCK && name != HANDOUT_LOCK
+            })
+            .collect()
+    }
+
+    /// Removes every stream lock file (a new server cleaning up after a dead one).
+    pub fn remove_stale_stream_locks(&self) -> usize {
+        self.stream_lock_files().into_iter().filter(|p| fs::remove_file(p).is_ok()).count()
+    }
+
+    /// Removes the folder and everything in it (clean server shutdown).
+    pub fn remove(&self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Locks `lock`, mapping the crate's error to io.
+pub fn acquire(lock: &NamedLock) -> io::Result<NamedLockGuard> {
+    lock.lock().map_err(|e| io::Error::other(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_outside_the_safe_alphabet_are_refused() {
+        for bad in ["", "a/b", "..", "a.locks", "x y", &"n".repeat(65)] {
+            assert!(validate_segment_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_segment_name("sharedxfer_test-1").is_ok());
+    }
+
+    #[test]
+    fn a_symlink_planted_at_the_lock_folder_is_refused() {
+        let name = format!("sxf-unit-lock-{}", std::process::id());
+        let target = tempfile::tempdir().unwrap();
+        let path = LockDir::path_for(&name);
+        let _ = fs::remove_file(&path);
+        std::os::unix::fs::symlink(target.path(), &path).unwrap();
+        let err = LockDir::create(&name).unwrap_err();
+        fs::remove_file(&path).unwrap();
+        assert!(err.to_string().contains("not a folder"), "{err}");
+    }
+
+    #[test]
+    fn stream_lock_files_are_listed_and_removed() {
+        let name = format!("sxf-unit-lockfiles-{}", std::process::id());
+        let dir = LockDir::create(&name).unwrap();
+        let guid = Uuid::new_v4();
+        let lock = dir.stream_lock(guid).unwrap();
+        drop(acquire(&lock).unwrap());
+        assert_eq!(dir.stream_lock_files().len(), 1);
+        dir.remove_stream_lock(guid);
+        assert!(dir.stream_lock_files().is_empty());
+        dir.remove();
+        assert!(!dir.path().exists());
+    }
+}

@@ -1,0 +1,379 @@
+//! The command protocol carried in a record's two mailboxes, and the check-then-parse
+//! decoder for it. Client commands use codes 0x1xx, server replies 0x2xx: each side
+//! decodes only the other side's range, so it can never act on its own message.
+//!
+//! Posting and taking happen under the record's named lock; `seq` is written last
+//! (Release) and read first (Acquire), so a command a dead peer left half-written is
+//! never seen. Every field is copied out of the segment before it is validated.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+
+use crate::segment::{Mailbox, TEXT_CAPACITY};
+
+pub const C2S_OPEN: u32 = 0x101;
+pub const C2S_FINISH: u32 = 0x102;
+pub const C2S_ABORT: u32 = 0x103;
+pub const C2S_PING: u32 = 0x104;
+pub const C2S_CLOSE: u32 = 0x105;
+
+pub const S2C_OPENED: u32 = 0x201;
+pub const S2C_DONE: u32 = 0x202;
+pub const S2C_ERROR: u32 = 0x203;
+pub const S2C_PONG: u32 = 0x204;
+
+/// Longest file name the server accepts, in bytes (Linux NAME_MAX).
+pub const MAX_NAME_LEN: usize = 255;
+
+/// What a client asks of the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCommand {
+    /// Start sending a file of `size` bytes to be published as `name`.
+    Open {
+        name: String,
+        size: u64,
+    },
+    /// All `size` bytes are in the ring; `checksum` is xxh3-64 of the whole file.
+    Finish {
+        size: u64,
+        checksum: u64,
+    },
+    /// Give up the current transfer.
+    Abort {
+        reason: String,
+    },
+    Ping {
+        seq: u64,
+        sent_nanos: u64,
+    },
+    /// The client is done with the record; the server may free it.
+    Close,
+}
+
+/// Why the server failed a stream, carried in `Error` replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ErrorCode {
+    BadRequest = 1,
+    Exists = 2,
+    Io = 3,
+    Checksum = 4,
+    Shutdown = 5,
+    IdleTimeout = 6,
+    Aborted = 7,
+    Unknown = 99,
+}
+
+impl ErrorCode {
+    fn from_wire(code: u64) -> ErrorCode {
+        match code {
+            1 => Self::BadRequest,
+            2 => Self::Exists,
+            3 => Self::Io,
+            4 => Self::Checksum,
+            5 => Self::Shutdown,
+            6 => Self::IdleTimeout,
+            7 => Self::Aborted,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// What the server answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerReply {
+    /// Buffers are ready: `slots` ring slots of up to `chunk` bytes each.
+    Opened {
+        slots: u32,
+        chunk: u64,
+    },
+    /// The file was published whole under its final name.
+    Done {
+        bytes: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    Pong {
+        seq: u64,
+        sent_nanos: u64,
+    },
+}
+
+/// A command exactly as it lay in the mailbox, before any meaning is given to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawCommand {
+    pub seq: u32,
+    pub code: u32,
+    pub args: [u64; 4],
+    pub text_len: u32,
+    pub text: [u8; TEXT_CAPACITY],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError(pub String);
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+fn bad(message: impl Into<String>) -> ProtocolError {
+    ProtocolError(message.into())
+}
+
+/// Writes one message and publishes it by bumping `seq` last. The caller holds the
+/// record's lock; `next_seq` comes from the writer's private counter, never from the
+/// segment, so a peer cannot make us reuse a sequence number.
+pub fn post(mailbox: &Mailbox, next_seq: u32, code: u32, args: [u64; 4], text: &[u8]) {
+    let text = &text[..text.len().min(TEXT_CAPACITY)];
+    mailbox.code.store(code, Ordering::Relaxed);
+    for (slot, value) in mailbox.args.iter().zip(args) {
+        slot.store(value, Ordering::Relaxed);
+    }
+    let mut words = [0u8; TEXT_CAPACITY];
+    words[..text.len()].copy_from_slice(text);
+    for (slot, chunk) in mailbox.text.iter().zip(words.chunks_exact(8)) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("chunks of 8"));
+        slot.store(word, Ordering::Relaxed);
+    }
+    mailbox.text_len.store(text.len() as u32, Ordering::Relaxed);
+    // SYNC POINT: publishes every field above to a reader that Acquire-loads `seq`.
+    mailbox.seq.store(next_seq, Ordering::Release);
+}
+
+/// The mailbox's sequence number if it moved past `last_seen`.
+pub fn pending(mailbox: &Mailbox, last_seen: u32) -> Option<u32> {
+    // SYNC POINT: pairs with the Release store in `post`.
+    let seq = mailbox.seq.load(Ordering::Acquire);
+    (seq != last_seen).then_some(seq)
+}
+
+/// Copies the whole message out of the segment (the caller holds the record's lock)
+/// and acknowledges it. Nothing is interpreted here.
+pub fn take(mailbox: &Mailbox) -> RawCommand {
+    // SYNC POINT: pairs with the Release store in `post`.
+    let seq = mailbox.seq.load(Ordering::Acquire);
+    let mut text = [0u8; TEXT_CAPACITY];
+    for (chunk, slot) in text.chunks_exact_mut(8).zip(mailbox.text.iter()) {
+        chunk.copy_from_slice(&slot.load(Ordering::Relaxed).to_le_bytes());
+    }
+    let raw = RawCommand {
+        seq,
+        code: mailbox.code.load(Ordering::Relaxed),
+        args: std::array::from_fn(|i| mailbox.args[i].load(Ordering::Relaxed)),
+        text_len: mailbox.text_len.load(Ordering::Relaxed),
+        text,
+    };
+    // Relaxed: `ack` is advisory (shown by status), nothing synchronises on it.
+    mailbox.ack.store(seq, Ordering::Relaxed);
+    raw
+}
+
+impl RawCommand {
+    /// The text field, checked for length and UTF-8.
+    pub fn text(&self) -> Result<&str, ProtocolError> {
+        let len = self.text_len as usize;
+        if len > TEXT_CAPACITY {
+            return Err(bad(format!("text length {len} exceeds the {TEXT_CAPACITY}-byte field")));
+        }
+        std::str::from_utf8(&self.text[..len]).map_err(|_| bad("text is not valid UTF-8"))
+    }
+}
+
+impl ClientCommand {
+    pub fn encode(&self) -> (u32, [u64; 4], Vec<u8>) {
+        match self {
+            Self::Open { name, size } => (C2S_OPEN, [*size, 0, 0, 0], name.as_bytes().to_vec()),
+            Self::Finish { size, checksum } => (C2S_FINISH, [*size, *checksum, 0, 0], Vec::new()),
+            Self::Abort { reason } => (C2S_ABORT, [0; 4], truncate_utf8(reason).to_vec()),
+            Self::Ping { seq, sent_nanos } => (C2S_PING, [*seq, *sent_nanos, 0, 0], Vec::new()),
+            Self::Close => (C2S_CLOSE, [0; 4], Vec::new()),
+        }
+    }
+
+    /// Check, then parse: only client codes, every field validated.
+    pub fn decode(raw: &RawCommand) -> Result<ClientCommand, ProtocolError> {
+        let [a, b, ..] = raw.args;
+        match raw.code {
+            C2S_OPEN => {
+                let name = raw.text()?;
+                validate_file_name(name)?;
+                Ok(Self::Open { name: name.to_owned(), size: a })
+            }
+            C2S_FINISH => Ok(Self::Finish { size: a, checksum: b }),
+            C2S_ABORT => Ok(Self::Abort { reason: raw.text()?.to_owned() }),
+            C2S_PING => Ok(Self::Ping { seq: a, sent_nanos: b }),
+            C2S_CLOSE => Ok(Self::Close),
+            code => Err(bad(format!("unknown client command code {code:#x}"))),
+        }
+    }
+}
+
+impl ServerReply {
+    pub fn encode(&self) -> (u32, [u64; 4], Vec<u8>) {
+        match self {
+            Self::Opened { slots, chunk } => (S2C_OPENED, [*slots as u64, *chunk, 0, 0], Vec::new()),
+            Self::Done { bytes } => (S2C_DONE, [*bytes, 0, 0, 0], Vec::new()),
+            Self::Error { code, message } => {
+                (S2C_ERROR, [*code as u64, 0, 0, 0], truncate_utf8(message).to_vec())
+            }
+            Self::Pong { seq, sent_nanos } => (S2C_PONG, [*seq, *sent_nanos, 0, 0], Vec::new()),
+        }
+    }
+
+    /// Check, then parse: only server codes; a server error text that is not UTF-8
+    /// is shown lossily rather than hiding the failure.
+    pub fn decode(raw: &RawCommand) -> Result<ServerReply, ProtocolError> {
+        let [a, b, ..] = raw.args;
+        match raw.code {
+            S2C_OPENED => {
+                let slots = u32::try_from(a).map_err(|_| bad(format!("slot count {a} out of range")))?;
+                Ok(Self::Opened { slots, chunk: b })
+            }
+            S2C_DONE => Ok(Self::Done { bytes: a }),
+            S2C_ERROR => {
+                let len = (raw.text_len as usize).min(TEXT_CAPACITY);
+                let message = String::from_utf8_lossy(&raw.text[..len]).into_owned();
+                Ok(Self::Error { code: ErrorCode::from_wire(a), message })
+            }
+            S2C_PONG => Ok(Self::Pong { seq: a, sent_nanos: b }),
+            code => Err(bad(format!("unknown server reply code {code:#x}"))),
+        }
+    }
+}
+
+/// The longest prefix of `text` that fits a mailbox and ends on a char boundary.
+fn truncate_utf8(text: &str) -> &[u8] {
+    let mut end = text.len().min(TEXT_CAPACITY);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text.as_bytes()[..end]
+}
+
+/// A name the server may create inside its output folder: one path component, not
+/// empty, not `.` or `..`, no `/` or NUL, at most 255 bytes.
+pub fn validate_file_name(name: &str) -> Result<(), ProtocolError> {
+    if name.is_empty() {
+        return Err(bad("file name is empty"));
+    }
+    if name == "." || name == ".." {
+        return Err(bad(format!("file name '{name}' is not a file")));
+    }
+    if name.contains('/') || name.contains('\0') {
+        return Err(bad(format!("file name {name:?} contains '/' or NUL: only a base name is allowed")));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(bad(format!("file name is {} bytes long, the limit is {MAX_NAME_LEN}", name.len())));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::Mailbox;
+
+    fn empty_mailbox() -> Box<Mailbox> {
+        // SAFETY-free construction: a Mailbox is all atomics, so build it field by field.
+        Box::new(Mailbox {
+            seq: 0.into(),
+            ack: 0.into(),
+            code: 0.into(),
+            text_len: 0.into(),
+            args: Default::default(),
+            text: std::array::from_fn(|_| 0.into()),
+        })
+    }
+
+    fn roundtrip_client(cmd: ClientCommand) -> ClientCommand {
+        let mailbox = empty_mailbox();
+        let (code, args, text) = cmd.encode();
+        post(&mailbox, 1, code, args, &text);
+        assert_eq!(pending(&mailbox, 0), Some(1));
+        ClientCommand::decode(&take(&mailbox)).unwrap()
+    }
+
+    #[test]
+    fn every_client_command_survives_the_mailbox() {
+        for cmd in [
+            ClientCommand::Open { name: "Время 01.mp3".into(), size: 1 << 40 },
+            ClientCommand::Finish { size: 7, checksum: u64::MAX },
+            ClientCommand::Abort { reason: "source shrank".into() },
+            ClientCommand::Ping { seq: 3, sent_nanos: 99 },
+            ClientCommand::Close,
+        ] {
+            assert_eq!(roundtrip_client(cmd.clone()), cmd);
+        }
+    }
+
+    #[test]
+    fn every_server_reply_survives_the_mailbox() {
+        for reply in [
+            ServerReply::Opened { slots: 4, chunk: 1 << 20 },
+            ServerReply::Done { bytes: 12 },
+            ServerReply::Error { code: ErrorCode::Exists, message: "a.bin exists".into() },
+            ServerReply::Pong { seq: 5, sent_nanos: 6 },
+        ] {
+            let mailbox = empty_mailbox();
+            let (code, args, text) = reply.encode();
+            post(&mailbox, 9, code, args, &text);
+            assert_eq!(ServerReply::decode(&take(&mailbox)).unwrap(), reply);
+            assert_eq!(mailbox.ack.load(Ordering::Relaxed), 9);
+        }
+    }
+
+    #[test]
+    fn a_side_never_accepts_its_own_codes() {
+        let mailbox = empty_mailbox();
+        let (code, args, text) = ServerReply::Done { bytes: 1 }.encode();
+        post(&mailbox, 1, code, args, &text);
+        let err = ClientCommand::decode(&take(&mailbox)).unwrap_err();
+        assert!(err.0.contains("unknown client command code 0x202"), "{err}");
+        let (code, args, text) = ClientCommand::Close.encode();
+        post(&mailbox, 2, code, args, &text);
+        assert!(ServerReply::decode(&take(&mailbox)).is_err());
+    }
+
+    #[test]
+    fn an_unpublished_command_is_not_pending() {
+        let mailbox = empty_mailbox();
+        // A peer that died after writing fields but before bumping seq.
+        mailbox.code.store(C2S_OPEN, Ordering::Relaxed);
+        mailbox.text_len.store(3, Ordering::Relaxed);
+        assert_eq!(pending(&mailbox, 0), None);
+    }
+
+    #[test]
+    fn hostile_open_names_are_refused() {
+        for name in ["", ".", "..", "../etc/passwd", "a/b", "nul\0byte", &"x".repeat(256)] {
+            let mailbox = empty_mailbox();
+            let (code, args, text) = ClientCommand::Open { name: name.into(), size: 1 }.encode();
+            post(&mailbox, 1, code, args, &text);
+            assert!(ClientCommand::decode(&take(&mailbox)).is_err(), "{name:?} accepted");
+        }
+    }
+
+    #[test]
+    fn oversized_or_invalid_text_is_refused() {
+        let mailbox = empty_mailbox();
+        post(&mailbox, 1, C2S_OPEN, [1, 0, 0, 0], b"ok");
+        mailbox.text_len.store(TEXT_CAPACITY as u32 + 1, Ordering::Relaxed);
+        assert!(ClientCommand::decode(&take(&mailbox)).unwrap_err().0.contains("exceeds"));
+        post(&mailbox, 2, C2S_OPEN, [1, 0, 0, 0], &[0xff, 0xfe, b'a']);
+        assert!(ClientCommand::decode(&take(&mailbox)).unwrap_err().0.contains("UTF-8"));
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary() {
+        let message = "й".repeat(TEXT_CAPACITY);
+        let cut = truncate_utf8(&message);
+        assert!(cut.len() <= TEXT_CAPACITY);
+        assert!(std::str::from_utf8(cut).is_ok());
+    }
+}

@@ -1,0 +1,626 @@
+//! The shared-memory segment: its layout, creation, opening, and typed views.
+//!
+//! ```text
+//! offset 0        +-----------------------------+
+//!                 | Header (magic written last) |  512 B
+//! 512             | Handout: the GUID on offer  |  512 B
+//! 4096 area_start +-----------------------------+
+//!                 | Record | Record | hole | ...|  records grow upward (2 KiB each)
+//!                 |             v               |  <- low_mark
+//!                 |        free middle gap      |
+//!                 |             ^               |  <- high_mark
+//!                 | ... | Buffer | hole | Buffer|  buffers grow downward (page aligned)
+//! size  area_end  +-----------------------------+
+//! ```
+//!
+//! Every shared struct is `#[repr(C)]` and made only of atomics, so any bit pattern a
+//! peer writes is a valid value and safe code can read it; meaning is checked later
+//! (`protocol`). Offsets, never pointers. Bounds come from the layout validated once
+//! at open, never from the header again. This module and `sys` are the only ones with
+//! `unsafe`.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::marker::PhantomData;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use shared_memory::{Shmem, ShmemConf, ShmemError};
+
+use crate::sys;
+use crate::wait::Event;
+
+/// "SHXFER" + layout version in the last two bytes, little endian.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SHXFER\x01\x00");
+pub const LAYOUT_VERSION: u32 = 1;
+pub const HEADER_OFFSET: u64 = 0;
+pub const HANDOUT_OFFSET: u64 = 512;
+/// First byte of the allocator's area: records start on the second page.
+pub const AREA_START: u64 = 4096;
+pub const RECORD_SIZE: u64 = 2048;
+pub const RECORD_ALIGN: u64 = 64;
+pub const BUFFER_ALIGN: u64 = 4096;
+/// Ring slots per stream, at most (the server may give fewer).
+pub const MAX_SLOTS: usize = 16;
+/// Bytes of text one mailbox carries (file names, error messages).
+pub const TEXT_CAPACITY: usize = 512;
+pub const MIN_SEGMENT_SIZE: u64 = 256 * 1024;
+pub const MAX_SEGMENT_SIZE: u64 = 1 << 40;
+pub const SHM_DIR: &str = "/dev/shm";
+
+pub const SERVER_STARTING: u32 = 0;
+pub const SERVER_RUNNING: u32 = 1;
+pub const SERVER_STOPPING: u32 = 2;
+
+/// The segment header. The server fills it and stores `magic` last (Release); an
+/// opener loads `magic` (Acquire) before trusting anything else.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Header {
+    pub magic: AtomicU64,
+    pub version: AtomicU32,
+    pub record_size: AtomicU32,
+    pub segment_size: AtomicU64,
+    pub area_start: AtomicU64,
+    pub area_end: AtomicU64,
+    pub server_pid: AtomicU32,
+    pub server_state: AtomicU32,
+    /// Bumped by the server about every 100 ms: a stalled server is visible.
+    pub heartbeat: AtomicU64,
+    /// Clients ring it after posting anything; the server sleeps on it.
+    pub doorbell: Event,
+    /// The server rings it after putting a fresh GUID on offer.
+    pub handout_event: Event,
+    /// Allocator picture published by the server for `--status` (advisory only).
+    pub low_mark: AtomicU64,
+    pub high_mark: AtomicU64,
+    pub free_bytes: AtomicU64,
+    pub hole_count: AtomicU64,
+    pub live_streams: AtomicU64,
+    pub streams_done: AtomicU64,
+    pub streams_failed: AtomicU64,
+}
+
+pub const HANDOUT_EMPTY: u32 = 0;
+pub const HANDOUT_OFFERED: u32 = 1;
+pub const HANDOUT_TAKEN: u32 = 2;
+
+/// The GUID-handout area, guarded by the well-known handout lock.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Handout {
+    pub state: AtomicU32,
+    pub taker_pid: AtomicU32,
+    pub record_offset: AtomicU64,
+    pub guid: [AtomicU64; 2],
+    pub generation: AtomicU64,
+}
+
+/// One direction of a record's command channel. The writer fills the fields under
+/// the record's named lock and bumps `seq` last; the reader copies everything out
+/// under the lock and stores `ack = seq`. A writer that died half-way never bumped
+/// `seq`, so its half-written command is never read.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Mailbox {
+    pub seq: AtomicU32,
+    pub ack: AtomicU32,
+    pub code: AtomicU32,
+    pub text_len: AtomicU32,
+    pub args: [AtomicU64; 4],
+    pub text: [AtomicU64; TEXT_CAPACITY / 8],
+}
+
+pub const SLOT_UNUSED: u32 = 0;
+/// The client owns the buffer and may fill it.
+pub const SLOT_EMPTY: u32 = 1;
+/// The server owns the buffer and must drain `len` bytes.
+pub const SLOT_FULL: u32 = 2;
+
+/// One buffer of a stream's single-producer/single-consumer ring.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Slot {
+    pub state: AtomicU32,
+    pub reserved: AtomicU32,
+    pub offset: AtomicU64,
+    pub capacity: AtomicU64,
+    pub len: AtomicU64,
+}
+
+pub const RECORD_FREE: u32 = 0;
+pub const RECORD_OFFERED: u32 = 1;
+pub const RECORD_ACTIVE: u32 = 2;
+
+/// A stream's command record. `state`, `guid`, `nslots`, the slots' offsets and the
+/// progress fields are written by the server; the client writes `c2s`, slot states
+/// and lengths.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Record {
+    pub state: AtomicU32,
+    pub client_pid: AtomicU32,
+    pub guid: [AtomicU64; 2],
+    /// The server rings it after replying or handing a buffer back; the client sleeps on it.
+    pub client_event: Event,
+    pub nslots: AtomicU32,
+    pub reserved: AtomicU32,
+    pub file_size: AtomicU64,
+    pub bytes_done: AtomicU64,
+    pub c2s: Mailbox,
+    pub s2c: Mailbox,
+    pub slots: [Slot; MAX_SLOTS],
+}
+
+const _: () = assert!(std::mem::size_of::<Header>() <= (HANDOUT_OFFSET - HEADER_OFFSET) as usize);
+const _: () = assert!(std::mem::size_of::<Handout>() <= (AREA_START - HANDOUT_OFFSET) as usize);
+const _: () = assert!(std::mem::size_of::<Mailbox>() == 48 + TEXT_CAPACITY);
+const _: () = assert!(std::mem::size_of::<Slot>() == 32);
+const _: () = assert!(std::mem::size_of::<Record>() <= RECORD_SIZE as usize);
+const _: () = assert!(std::mem::align_of::<Record>() <= RECORD_ALIGN as usize);
+const _: () = assert!(std::mem::align_of::<Header>() <= 8 && std::mem::align_of::<Handout>() <= 8);
+
+/// Layout facts validated once when the segment was created or opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub size: u64,
+    pub area_start: u64,
+    pub area_end: u64,
+}
+
+#[derive(Debug)]
+pub enum SegmentError {
+    NotFound { name: String },
+    Exists { name: String },
+    NoSpace { name: String, size: u64, free: u64 },
+    BadSize { size: u64 },
+    NotReady { name: String },
+    Foreign { name: String, detail: String },
+    VersionMismatch { name: String, found: u32 },
+    Os { name: String, action: &'static str, source: io::Error },
+}
+
+impl fmt::Display for SegmentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotFound { name } => write!(
+                f,
+                "no server on segment '{name}': start one with `sharedserver --name {name}`"
+            ),
+            Self::Exists { name } => write!(f, "segment '{name}' already exists in {SHM_DIR}"),
+            Self::NoSpace { name, size, free } => write!(
+                f,
+                "segment '{name}' needs {} but {SHM_DIR} has only {} free: pass a smaller --size or free space in {SHM_DIR}",
+                human_bytes(*size),
+                human_bytes(*free)
+            ),
+            Self::BadSize { size } => write!(
+                f,
+                "segment size {size} is out of range: use between {} and {}",
+                human_bytes(MIN_SEGMENT_SIZE),
+                human_bytes(MAX_SEGMENT_SIZE)
+            ),
+            Self::NotReady { name } => write!(
+                f,
+                "segment '{name}' exists but its server never finished setting it up: restart `sharedserver --name {name}`"
+            ),
+            Self::Foreign { name, detail } => {
+                write!(f, "{SHM_DIR}/{name} is not a usable sharedxfer segment: {detail}")
+            }
+            Self::VersionMismatch { name, found } => write!(
+                f,
+                "segment '{name}' has layout version {found}, this program speaks version {LAYOUT_VERSION}: run client and server from the same build"
+            ),
+            Self::Os { name, action, source } => write!(f, "cannot {action} segment '{name}': {source}"),
+        }
+    }
+}
+
+impl std::error::Error for SegmentError {}
+
+/// Formats a byte count for people: "64 MiB", "1.5 GiB", "512 B".
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || value.fract() == 0.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Why an offset or length read from the segment was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutError {
+    pub what: &'static str,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at offset {} length {} lies outside the segment's area",
+            self.what, self.offset, self.len
+        )
+    }
+}
+
+impl std::error::Error for LayoutError {}
+
+/// A mapped segment. The mapping lives as long as this value; views borrow it.
+pub struct Segment {
+    shmem: Shmem,
+    name: String,
+    layout: Layout,
+}
+
+// SAFETY: the mapping is plain shared memory. All shared structs are atomics, and raw
+// byte access to buffers goes through `Buffer`, whose users follow the ring's
+// ownership hand-over; nothing in `Shmem` is tied to the creating thread.
+unsafe impl Send for Segment {}
+// SAFETY: as above; `&Segment` only hands out atomics and bounds-checked buffers.
+unsafe impl Sync for Segment {}
+
+impl fmt::Debug for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Segment").field("name", &self.name).field("layout", &self.layout).finish()
+    }
+}
+
+/// The file behind a segment name.
+pub fn shm_path(name: &str) -> PathBuf {
+    PathBuf::from(SHM_DIR).join(name)
+}
+
+impl Segment {
+    /// Creates the segment exclusively (mode 0600), reserves every page, fills the
+    /// header and publishes it by storing the magic last. Unlinked again on drop.
+    pub fn create(name: &str, size: u64) -> Result<Segment, SegmentError> {
+        if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&size) {
+            return Err(SegmentError::BadSize { size });
+        }
+        let size = size.div_ceil(BUFFER_ALIGN) * BUFFER_ALIGN;
+        let os = |action, source| SegmentError::Os { name: name.to_owned(), action, source };
+        let free =
+            sys::free_bytes(std::path::Path::new(SHM_DIR)).map_err(|e| os("check free space for", e))?;
+        if size > free {
+            return Err(SegmentError::NoSpace { name: name.to_owned(), size, free });
+        }
+        let shmem = match ShmemConf::new().os_id(name).size(size as usize).create() {
+            Ok(shmem) => shmem,
+            Err(ShmemError::MappingIdExists) => return Err(SegmentError::Exists { name: name.to_owned() }),
+            Err(e) => return Err(os("create", io::Error::other(e.to_string()))),
+        };
+        // Opened by path without following links: the name is the one we just created.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(shm_path(name))
+            .map_err(|e| os("open", e))?;
+        if let Err(e) = sys::reserve(&file, size) {
+            let free = sys::free_bytes(std::path::Path::new(SHM_DIR)).unwrap_or(0);
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOSPC) => SegmentError::NoSpace { name: name.to_owned(), size, free },
+                _ => os("reserve pages for", e),
+            });
+        }
+        let layout = Layout { size, area_start: AREA_START, area_end: size };
+        let segment = Segment { shmem, name: name.to_owned(), layout };
+        segment.publish_header();
+        Ok(segment)
+    }
+
+    fn publish_header(&self) {
+        let header = self.header();
+        header.version.store(LAYOUT_VERSION, Ordering::Relaxed);
+        header.record_size.store(RECORD_SIZE as u32, Ordering::Relaxed);
+        header.segment_size.store(self.layout.size, Ordering::Relaxed);
+        header.area_start.store(self.layout.area_start, Ordering::Relaxed);
+        header.area_end.store(self.layout.area_end, Ordering::Relaxed);
+        header.server_pid.store(sys::current_pid(), Ordering::Relaxed);
+        header.server_state.store(SERVER_STARTING, Ordering::Relaxed);
+        // SYNC POINT: every field above is visible to an opener that sees the magic.
+        header.magic.store(MAGIC, Ordering::Release);
+    }
+
+    /// Opens an existing segment, waiting up to `wait` for a server still setting it
+    /// up, and validates the header against the mapping.
+    pub fn open(name: &str, wait: Duration) -> Result<Segment, SegmentError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match Self::try_open(name)? {
+                Some(segment) => return Ok(segment),
+                None if Instant::now() >= deadline => {
+                    return Err(SegmentError::NotReady { name: name.to_owned() })
+                }
+                None => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+
+    fn try_open(name: &str) -> Result<Option<Segment>, SegmentError> {
+        let shmem = match ShmemConf::new().os_id(name).open() {
+            Ok(shmem) => shmem,
+            Err(ShmemError::MapOpenFailed(code)) if code == libc::ENOENT as u32 => {
+                return Err(SegmentError::NotFound { name: name.to_owned() })
+            }
+            // A zero-length object: the creator has not sized it yet.
+            Err(ShmemError::MapOpenFailed(code)) if code == libc::EINVAL as u32 => return Ok(None),
+            Err(ShmemError::MapOpenFailed(code)) => {
+                return Err(SegmentError::Os {
+                    name: name.to_owned(),
+                    action: "open",
+                    source: io::Error::from_raw_os_error(code as i32),
+                })
+            }
+            Err(e) => {
+                return Err(SegmentError::Os {
+                    name: name.to_owned(),
+                    action: "open",
+                    source: io::Error::other(e.to_string()),
+                })
+            }
+        };
+        let len = shmem.len() as u64;
+        if len < AREA_START {
+            return Ok(None);
+        }
+        let mut segment = Segment {
+            shmem,
+            name: name.to_owned(),
+            layout: Layout { size: len, area_start: AREA_START, area_end: len },
+        };
+        // SYNC POINT: pairs with the Release store in `publish_header`.
+        match segment.header().magic.load(Ordering::Acquire) {
+            0 => return Ok(None),
+            MAGIC => {}
+            other if other & 0x0000_ffff_ffff_ffff == MAGIC & 0x0000_ffff_ffff_ffff => {
+                let found = (other >> 48) as u32;
+                return Err(SegmentError::VersionMismatch { name: name.to_owned(), found });
+            }
+            _ => {
+                return Err(SegmentError::Foreign {
+                    name: name.to_owned(),
+                    detail: "wrong magic number".into(),
+                })
+            }
+        }
+        segment.layout = segment.validated_layout()?;
+        Ok(Some(segment))
+    }
+
+    fn validated_layout(&self) -> Result<Layout, SegmentError> {
+        let header = self.header();
+        let foreign = |detail: String| SegmentError::Foreign { name: self.name.clone(), detail };
+        let version = header.version.load(Ordering::Relaxed);
+        if version != LAYOUT_VERSION {
+            return Err(SegmentError::VersionMismatch { name: self.name.clone(), found: version });
+        }
+        let size = header.segment_size.load(Ordering::Relaxed);
+        let area_start = header.area_start.load(Ordering::Relaxed);
+        let area_end = header.area_end.load(Ordering::Relaxed);
+        if size != self.layout.size {
+            return Err(foreign(format!("header says {size} bytes, the mapping has {}", self.layout.size)));
+        }
+        if area_start != AREA_START || area_end > size || area_end < area_start {
+            return Err(foreign(format!("bad area bounds {area_start}..{area_end}")));
+        }
+        if header.record_size.load(Ordering::Relaxed) as u64 != RECORD_SIZE {
+            return Err(foreign("unexpected record size".into()));
+        }
+        Ok(Layout { size, area_start, area_end })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    pub fn header(&self) -> &Header {
+        // SAFETY: the mapping is at least AREA_START bytes (checked on create/open),
+        // page aligned, and Header fits below HANDOUT_OFFSET (const assert). Header is
+        // all atomics, so concurrent writers in other processes are fine, and the
+        // reference cannot outlive `self`, which owns the mapping.
+        unsafe { &*(self.shmem.as_ptr().add(HEADER_OFFSET as usize) as *const Header) }
+    }
+
+    pub fn handout(&self) -> &Handout {
+        // SAFETY: as for `header`: HANDOUT_OFFSET is 8-aligned and Handout fits below
+        // AREA_START (const assert); all fields are atomics.
+        unsafe { &*(self.shmem.as_ptr().add(HANDOUT_OFFSET as usize) as *const Handout) }
+    }
+
+    /// The record at `offset`, after checking alignment and that it lies in the area.
+    pub fn record(&self, offset: u64) -> Result<&Record, LayoutError> {
+        let err = LayoutError { what: "record", offset, len: RECORD_SIZE };
+        let end = offset.checked_add(RECORD_SIZE).ok_or(err.clone())?;
+        if offset < self.layout.area_start
+            || end > self.layout.area_end
+            || !offset.is_multiple_of(RECORD_ALIGN)
+        {
+            return Err(err);
+        }
+        // SAFETY: [offset, offset+RECORD_SIZE) lies inside the mapping (checked above
+        // against the validated layout), the address is 64-aligned (Record needs 8),
+        // and Record is all atomics, valid for any bytes.
+        Ok(unsafe { &*(self.shmem.as_ptr().add(offset as usize) as *const Record) })
+    }
+
+    /// The bytes [offset, offset+len), after checking they lie in the area.
+    pub fn buffer(&self, offset: u64, len: u64) -> Result<Buffer<'_>, LayoutError> {
+        let err = LayoutError { what: "buffer", offset, len };
+        let end = offset.checked_add(len).ok_or(err.clone())?;
+        if offset < self.layout.area_start || end > self.layout.area_end || len == 0 {
+            return Err(err);
+        }
+        // SAFETY: offset is inside the mapping (checked above).
+        let ptr = unsafe { self.shmem.as_ptr().add(offset as usize) };
+        Ok(Buffer { ptr, len: len as usize, _segment: PhantomData })
+    }
+
+    /// Zeroes a record before it is offered, so no stale command survives reuse.
+    pub fn clear_record(&self, offset: u64) -> Result<(), LayoutError> {
+        self.record(offset)?;
+        let buffer = self.buffer(offset, RECORD_SIZE)?;
+        // SAFETY: the record is server-owned at this point (freed or never offered),
+        // the range is in bounds (checked by `buffer`).
+        unsafe { std::ptr::write_bytes(buffer.ptr, 0, buffer.len) };
+        Ok(())
+    }
+
+    /// Keeps the segment in /dev/shm when this value drops (used by tests that
+    /// simulate a crashed server).
+    pub fn leak_on_drop(&mut self) {
+        self.shmem.set_owner(false);
+    }
+}
+
+/// Removes a segment left behind by a dead server. Only call while holding the
+/// server lock for `name`.
+pub fn remove_stale(name: &str) -> io::Result<bool> {
+    match std::fs::remove_file(shm_path(name)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Bytes of the segment that one side owns for now, by the ring's hand-over.
+pub struct Buffer<'a> {
+    ptr: *mut u8,
+    len: usize,
+    _segment: PhantomData<&'a Segment>,
+}
+
+impl Buffer<'_> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reads from `file` straight into the buffer until it is full or EOF; returns
+    /// the bytes read. No private copy.
+    pub fn fill_from(&self, mut file: &File) -> io::Result<usize> {
+        // SAFETY: in bounds (checked at construction); this side owns the buffer by
+        // the ring protocol (slot EMPTY, Acquire-loaded). A misbehaving peer writing
+        // at the same time can only change bytes (u8 has no invalid values), which
+        // the end-to-end checksum catches.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) };
+        let mut filled = 0;
+        while filled < bytes.len() {
+            match file.read(&mut bytes[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(filled)
+    }
+
+    /// Writes the first `len` bytes to `file` straight from the segment.
+    pub fn write_to(&self, mut file: &File, len: usize) -> io::Result<()> {
+        file.write_all(self.bytes(len))
+    }
+
+    /// The first `len` bytes (at most the buffer length), for hashing.
+    pub fn bytes(&self, len: usize) -> &[u8] {
+        // SAFETY: in bounds (`min`); the reader owns the buffer by the ring protocol.
+        // A peer writing concurrently can only change values, caught by the checksum.
+        unsafe { std::slice::from_raw_parts(self.ptr, len.min(self.len)) }
+    }
+
+    /// Copies `data` into the start of the buffer (small payloads, tests).
+    pub fn copy_from(&self, data: &[u8]) -> usize {
+        let n = data.len().min(self.len);
+        // SAFETY: `n` bytes fit in the buffer; `data` is private memory, no overlap.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr, n) };
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unique_name(tag: &str) -> String {
+        format!("sxf-unit-{tag}-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple())
+    }
+
+    #[test]
+    fn an_opener_sees_the_creators_layout() {
+        let name = unique_name("open");
+        let created = Segment::create(&name, 1 << 20).unwrap();
+        let opened = Segment::open(&name, Duration::from_secs(5)).unwrap();
+        assert_eq!(created.layout(), opened.layout());
+        assert_eq!(opened.header().server_pid.load(Ordering::Relaxed), std::process::id());
+        drop(opened);
+        drop(created);
+        assert!(!shm_path(&name).exists(), "the creator unlinks the segment on drop");
+    }
+
+    #[test]
+    fn records_and_buffers_outside_the_area_are_refused() {
+        let name = unique_name("bounds");
+        let segment = Segment::create(&name, 1 << 20).unwrap();
+        assert!(segment.record(0).is_err(), "the header is not a record");
+        assert!(segment.record(AREA_START + 1).is_err(), "misaligned");
+        assert!(segment.record((1 << 20) - RECORD_SIZE + 64).is_err(), "runs past the end");
+        assert!(segment.record(AREA_START).is_ok());
+        assert!(segment.buffer(u64::MAX - 2, 4).is_err(), "overflowing offset");
+        assert!(segment.buffer(AREA_START, (1 << 20) - AREA_START + 1).is_err());
+        assert!(segment.buffer(AREA_START, (1 << 20) - AREA_START).is_ok());
+    }
+
+    #[test]
+    fn a_wrong_version_is_a_clear_error() {
+        let name = unique_name("version");
+        let segment = Segment::create(&name, 1 << 20).unwrap();
+        segment.header().version.store(99, Ordering::Relaxed);
+        let err = Segment::open(&name, Duration::from_secs(1)).unwrap_err();
+        assert!(err.to_string().contains("layout version 99"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_segment_names_the_server_command() {
+        let err = Segment::open(&unique_name("missing"), Duration::from_secs(1)).unwrap_err();
+        assert!(err.to_string().contains("start one with `sharedserver --name"), "{err}");
+    }
+
+    #[test]
+    fn a_segment_larger_than_free_space_is_refused_with_both_sizes() {
+        let free = sys::free_bytes(std::path::Path::new(SHM_DIR)).unwrap();
+        let size = (free + (1 << 30)).min(MAX_SEGMENT_SIZE);
+        if size <= free {
+            return; // /dev/shm bigger than the largest segment we allow
+        }
+        let err = Segment::create(&unique_name("huge"), size).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("free"), "{text}");
+        assert!(matches!(err, SegmentError::NoSpace { .. }), "{text}");
+    }
+
+    #[test]
+    fn human_bytes_reads_naturally() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(64 << 20), "64 MiB");
+        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
+    }
+}

@@ -1,0 +1,788 @@
+//! The server: creates the segment, keeps a GUID on offer, and receives files.
+//!
+//! One main thread runs the handout and the heartbeat; a fixed pool of worker
+//! threads (not one per stream) each serves a set of streams: it drains full ring
+//! slots into the output files, answers commands, and checks its clients are alive.
+//! Nothing read from the segment is trusted: the server keeps private copies of every
+//! offset it handed out and reads only states, lengths and commands from a record.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use named_lock::{NamedLock, NamedLockGuard};
+use uuid::Uuid;
+use xxhash_rust::xxh3::Xxh3Default;
+
+use crate::alloc::TwoEndedAllocator;
+use crate::handout::{self, Ticket};
+use crate::lock::{self, LockDir};
+use crate::protocol::{self, ClientCommand, ErrorCode, ServerReply};
+use crate::segment::{
+    self, human_bytes, Record, Segment, BUFFER_ALIGN, RECORD_ACTIVE, RECORD_ALIGN, RECORD_OFFERED,
+    RECORD_SIZE,
+};
+use crate::segment::{MAX_SLOTS, SERVER_RUNNING, SERVER_STOPPING, SLOT_EMPTY, SLOT_FULL, SLOT_UNUSED};
+use crate::sys;
+use crate::wait::SPIN_ITERATIONS;
+use crate::ExitStatus;
+
+/// Largest chunk a ring slot carries.
+pub const MAX_CHUNK: u64 = 1 << 20;
+/// Ring slots a stream asks for (fewer if the file is small or space is short).
+pub const WANTED_SLOTS: usize = 4;
+/// How often a worker checks that its clients still exist.
+const LIVENESS_PERIOD: Duration = Duration::from_millis(300);
+/// How long a worker sleeps at most when nothing happens.
+const IDLE_SLICE: Duration = Duration::from_millis(50);
+
+/// Everything the server needs to run, already validated by the binary.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub name: String,
+    pub size: u64,
+    pub output_dir: PathBuf,
+    pub overwrite: bool,
+    pub quiet: bool,
+    pub idle_timeout: Duration,
+    pub workers: usize,
+}
+
+/// State every thread of the server shares.
+struct Shared {
+    segment: Segment,
+    alloc: Mutex<TwoEndedAllocator>,
+    locks: LockDir,
+    options: ServerOptions,
+    stopping: AtomicBool,
+}
+
+/// A startup failure the user must fix (exit 2), as opposed to a runtime fault.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Runs the server until SIGINT or SIGTERM. Prints one ready line, one line per
+/// stream, and cleans up everything it made before returning.
+pub fn run(options: ServerOptions) -> anyhow::Result<ExitStatus> {
+    lock::validate_segment_name(&options.name).map_err(StartError)?;
+    sys::install_stop_handlers();
+    sys::ignore_file_size_signal();
+    sys::raise_nofile_limit();
+    prepare_output_dir(&options.output_dir)?;
+    let locks = LockDir::create(&options.name).map_err(|e| {
+        StartError(format!("cannot use lock folder {}: {e}", LockDir::path_for(&options.name).display()))
+    })?;
+    let server_lock: &'static NamedLock = Box::leak(Box::new(locks.lock(lock::SERVER_LOCK)?));
+    let server_guard = claim_name(server_lock, &locks, &options.name)?;
+    let started = start(options, locks.clone());
+    let result = started.and_then(serve);
+    drop(server_guard);
+    locks.remove();
+    result
+}
+
+fn prepare_output_dir(dir: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(dir)
+        .map_err(|e| StartError(format!("cannot create output folder {}: {e}", dir.display())))?;
+    if !dir.is_dir() {
+        bail!(StartError(format!("output folder {} is not a folder", dir.display())));
+    }
+    let probe = dir.join(format!(".sharedxfer-probe-{}", std::process::id()));
+    File::create_new(&probe)
+        .map_err(|e| StartError(format!("cannot write in output folder {}: {e}", dir.display())))?;
+    let _ = fs::remove_file(probe);
+    Ok(())
+}
+
+/// Takes the name's server lock, or explains who holds it.
+fn claim_name(lock: &'static NamedLock, locks: &LockDir, name: &str) -> anyhow::Result<NamedLockGuard> {
+    let pid_file = locks.path().join(lock::SERVER_PID_FILE);
+    match lock.try_lock() {
+        Ok(guard) => {
+            fs::write(&pid_file, format!("{}\n", std::process::id()))?;
+            Ok(guard)
+        }
+        Err(named_lock::Error::WouldBlock) => {
+            let pid = fs::read_to_string(&pid_file).unwrap_or_default();
+            let pid = pid.trim();
+            let who = if pid.is_empty() { String::new() } else { format!(" (pid {pid})") };
+            bail!(StartError(format!(
+                "a server is already running on segment '{name}'{who}: stop it first or pick another --name"
+            )))
+        }
+        Err(e) => bail!(StartError(format!("cannot take the server lock for '{name}': {e}"))),
+    }
+}
+
+fn start(options: ServerOptions, locks: LockDir) -> anyhow::Result<Arc<Shared>> {
+    // We hold the name's server lock: anything left under the name is from a dead server.
+    if segment::remove_stale(&options.name)? {
+        eprintln!("sharedserver: removed a stale segment '{}' left by a dead server", options.name);
+    }
+    let stale_locks = locks.remove_stale_stream_locks();
+    if stale_locks > 0 {
+        eprintln!("sharedserver: removed {stale_locks} stale lock file(s)");
+    }
+    remove_stale_temp_files(&options.output_dir, &options.name);
+    let segment = Segment::create(&options.name, options.size).map_err(|e| StartError(e.to_string()))?;
+    let layout = segment.layout();
+    let shared = Shared {
+        segment,
+        alloc: Mutex::new(TwoEndedAllocator::new(layout.area_start, layout.area_end)),
+        locks,
+        options,
+        stopping: AtomicBool::new(false),
+    };
+    shared.publish_stats(&shared.alloc.lock().expect("allocator lock"));
+    Ok(Arc::new(shared))
+}
+
+/// The temporary-file prefix of one segment name: `.sharedxfer-<name>-<guid>.part`.
+fn temp_prefix(name: &str) -> String {
+    format!(".sharedxfer-{name}-")
+}
+
+fn remove_stale_temp_files(dir: &Path, name: &str) {
+    let prefix = temp_prefix(name);
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        if file_name.starts_with(&prefix) && file_name.ends_with(".part") {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn serve(shared: Arc<Shared>) -> anyhow::Result<ExitStatus> {
+    let handout_lock = shared.locks.lock(lock::HANDOUT_LOCK)?;
+    let (senders, workers) = spawn_workers(&shared)?;
+    let header = shared.segment.header();
+    header.server_state.store(SERVER_RUNNING, Ordering::Release);
+    println!(
+        "sharedserver: ready on segment '{}' ({}), writing to {}",
+        shared.options.name,
+        human_bytes(shared.segment.layout().size),
+        shared.options.output_dir.display()
+    );
+    let result = handout_loop(&shared, &handout_lock, &senders);
+    header.server_state.store(SERVER_STOPPING, Ordering::Release);
+    shared.stopping.store(true, Ordering::SeqCst);
+    drop(senders);
+    header.doorbell.notify();
+    for worker in workers {
+        let _ = worker.join();
+    }
+    result.map(|()| ExitStatus::Interrupted)
+}
+
+type Workers = (Vec<Sender<Stream>>, Vec<thread::JoinHandle<()>>);
+
+fn spawn_workers(shared: &Arc<Shared>) -> anyhow::Result<Workers> {
+    let mut senders = Vec::new();
+    let mut handles = Vec::new();
+    for index in 0..shared.options.workers.max(1) {
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::clone(shared);
+        let handle = thread::Builder::new()
+            .name(format!("worker-{index}"))
+            .spawn(move || Worker { shared, incoming: rx, streams: Vec::new() }.run())?;
+        senders.push(tx);
+        handles.push(handle);
+    }
+    Ok((senders, handles))
+}
+
+/// The main thread: keep a GUID on offer, hand taken streams to workers, beat.
+fn handout_loop(shared: &Shared, handout_lock: &NamedLock, workers: &[Sender<Stream>]) -> anyhow::Result<()> {
+    let header = shared.segment.header();
+    let mut offered: Option<Offer> = None;
+    let mut next_worker = 0usize;
+    while sys::stop_signal().is_none() {
+        header.heartbeat.fetch_add(1, Ordering::Relaxed);
+        if offered.is_some() {
+            if let Some(pid) = handout::collect(&shared.segment, handout_lock)? {
+                let offer = offered.take().expect("checked above");
+                let stream = Stream::activate(shared, offer, pid);
+                workers[next_worker % workers.len()]
+                    .send(stream)
+                    .map_err(|_| anyhow!("a worker thread died"))?;
+                next_worker += 1;
+                header.doorbell.notify();
+            }
+        }
+        if offered.is_none() {
+            offered = shared.make_offer(handout_lock)?;
+        }
+        let wait_for = if offered.is_some() { Duration::from_millis(100) } else { IDLE_SLICE };
+        let mut taken = || handout::is_taken(&shared.segment) || sys::stop_signal().is_some();
+        header.handout_event.sleep_unless(&mut taken, wait_for);
+    }
+    Ok(())
+}
+
+/// A record the server allocated and put on offer, with its private facts.
+struct Offer {
+    ticket: Ticket,
+    lock: NamedLock,
+}
+
+impl Shared {
+    /// Allocates and offers a fresh record; `None` while the records area is full.
+    fn make_offer(&self, handout_lock: &NamedLock) -> anyhow::Result<Option<Offer>> {
+        let offset = {
+            let mut alloc = self.alloc.lock().expect("allocator lock");
+            let Some(offset) = alloc.alloc_low(RECORD_SIZE, RECORD_ALIGN) else { return Ok(None) };
+            self.publish_stats(&alloc);
+            offset
+        };
+        let guid = Uuid::new_v4();
+        self.segment.clear_record(offset)?;
+        let record = self.segment.record(offset)?;
+        let (hi, lo) = guid.as_u64_pair();
+        record.guid[0].store(hi, Ordering::Relaxed);
+        record.guid[1].store(lo, Ordering::Relaxed);
+        record.state.store(RECORD_OFFERED, Ordering::Release);
+        let lock = self.locks.stream_lock(guid)?;
+        let ticket = Ticket { guid, record_offset: offset };
+        handout::offer(&self.segment, handout_lock, ticket)?;
+        Ok(Some(Offer { ticket, lock }))
+    }
+
+    fn free_block(&self, offset: u64) {
+        let mut alloc = self.alloc.lock().expect("allocator lock");
+        // Offsets come from our own allocations; a failure here is a server bug.
+        if let Err(e) = alloc.free(offset) {
+            eprintln!("sharedserver: internal error freeing {offset}: {e}");
+        }
+        self.publish_stats(&alloc);
+    }
+
+    /// Mirrors the allocator into the header for `--status` (advisory).
+    fn publish_stats(&self, alloc: &TwoEndedAllocator) {
+        let stats = alloc.stats();
+        let header = self.segment.header();
+        // Relaxed: status readers only display these numbers.
+        header.low_mark.store(stats.low_mark, Ordering::Relaxed);
+        header.high_mark.store(stats.high_mark, Ordering::Relaxed);
+        header.free_bytes.store(stats.free_bytes, Ordering::Relaxed);
+        header.hole_count.store(stats.holes.len() as u64, Ordering::Relaxed);
+        header.live_streams.store(stats.low_blocks as u64, Ordering::Relaxed);
+    }
+
+    fn report(&self, line: String) {
+        if !self.options.quiet {
+            println!("{line}");
+        }
+    }
+}
+
+/// One file being received into a temporary name.
+struct Transfer {
+    name: String,
+    final_path: PathBuf,
+    temp_path: PathBuf,
+    file: File,
+    size: u64,
+    written: u64,
+    hasher: Xxh3Default,
+    started: Instant,
+    /// Private copies of the ring's (offset, capacity); empty while waiting for space.
+    slots: Vec<(u64, u64)>,
+    next_slot: usize,
+}
+
+enum Phase {
+    /// Waiting for a command (open or ping).
+    Idle,
+    /// Receiving a file (or waiting for buffer space when `slots` is empty).
+    Receiving(Box<Transfer>),
+}
+
+/// Why a stream ended badly, and whether to tell the client.
+struct Failure {
+    code: ErrorCode,
+    message: String,
+}
+
+fn failure(code: ErrorCode, message: impl Into<String>) -> Failure {
+    Failure { code, message: message.into() }
+}
+
+/// A live stream, owned by one worker.
+struct Stream {
+    offset: u64,
+    guid: Uuid,
+    lock: NamedLock,
+    client_pid: u32,
+    c2s_seen: u32,
+    s2c_seq: u32,
+    phase: Phase,
+    last_activity: Instant,
+    last_liveness: Instant,
+    /// What reports call this stream: the file name once one was asked for.
+    label: String,
+    /// Set when the record can be freed.
+    finished: bool,
+}
+
+impl Stream {
+    fn activate(shared: &Shared, offer: Offer, pid: u32) -> Stream {
+        if let Ok(record) = shared.segment.record(offer.ticket.record_offset) {
+            record.client_pid.store(pid, Ordering::Relaxed);
+            record.state.store(RECORD_ACTIVE, Ordering::Release);
+        }
+        let now = Instant::now();
+        Stream {
+            offset: offer.ticket.record_offset,
+            guid: offer.ticket.guid,
+            lock: offer.lock,
+            client_pid: pid,
+            c2s_seen: 0,
+            s2c_seq: 0,
+            phase: Phase::Idle,
+            last_activity: now,
+            last_liveness: now,
+            label: format!("stream {}", offer.ticket.guid.simple()),
+            finished: false,
+        }
+    }
+
+    fn record<'a>(&self, shared: &'a Shared) -> &'a Record {
+        shared.segment.record(self.offset).expect("the server's own record offset is in bounds")
+    }
+
+    /// One pass over the stream; returns whether anything happened.
+    fn poll(&mut self, shared: &Shared) -> bool {
+        let mut progressed = match self.drain(shared) {
+            Ok(progressed) => progressed,
+            Err(failure) => {
+                self.fail(shared, failure);
+                true
+            }
+        };
+        progressed |= self.handle_command(shared);
+        if let Phase::Receiving(transfer) = &self.phase {
+            if transfer.slots.is_empty() && transfer.size > 0 {
+                progressed |= self.try_start_ring(shared);
+            }
+        }
+        self.check_health(shared);
+        progressed
+    }
+
+    /// Moves every full slot, in ring order, into the output file.
+    fn drain(&mut self, shared: &Shared) -> Result<bool, Failure> {
+        let Phase::Receiving(transfer) = &mut self.phase else { return Ok(false) };
+        let record = shared.segment.record(self.offset).expect("own record");
+        let mut moved = false;
+        for _ in 0..transfer.slots.len() {
+            let slot = &record.slots[transfer.next_slot];
+            // SYNC POINT: pairs with the client's Release store of FULL: the buffer's
+            // bytes and `len` are visible.
+            if slot.state.load(Ordering::Acquire) != SLOT_FULL {
+                break;
+            }
+            let len = slot.len.load(Ordering::Relaxed);
+            let (offset, capacity) = transfer.slots[transfer.next_slot];
+            if len == 0 || len > capacity || transfer.written.saturating_add(len) > transfer.size {
+                return Err(failure(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "bad chunk length {len} (slot capacity {capacity}, {} of {} bytes written)",
+                        transfer.written, transfer.size
+                    ),
+                ));
+            }
+            let buffer = shared
+                .segment
+                .buffer(offset, len)
+                .map_err(|e| failure(ErrorCode::BadRequest, e.to_string()))?;
+            transfer.hasher.update(buffer.bytes(len as usize));
+            buffer.write_to(&transfer.file, len as usize).map_err(|e| {
+                failure(ErrorCode::Io, format!("writing {} failed: {e}", transfer.temp_path.display()))
+            })?;
+            transfer.written += len;
+            record.bytes_done.store(transfer.written, Ordering::Relaxed);
+            // SYNC POINT: hands the buffer back; pairs with the client's Acquire load.
+            slot.state.store(SLOT_EMPTY, Ordering::Release);
+            record.client_event.notify();
+            transfer.next_slot = (transfer.next_slot + 1) % transfer.slots.len();
+            moved = true;
+        }
+        if moved {
+            self.last_activity = Instant::now();
+        }
+        Ok(moved)
+    }
+
+    /// Takes and answers one pending command, if any.
+    fn handle_command(&mut self, shared: &Shared) -> bool {
+        let record = self.record(shared);
+        if protocol::pending(&record.c2s, self.c2s_seen).is_none() {
+            return false;
+        }
+        // Never block on a lock a stopped client may hold: try again next pass.
+        let raw = match self.lock.try_lock() {
+            Ok(_guard) => protocol::take(&record.c2s),
+            Err(_) => return false,
+        };
+        self.c2s_seen = raw.seq;
+        self.last_activity = Instant::now();
+        match ClientCommand::decode(&raw) {
+            Ok(command) => self.execute(shared, command),
+            Err(e) => self.fail(shared, failure(ErrorCode::BadRequest, format!("malformed command: {e}"))),
+        }
+        true
+    }
+
+    fn execute(&mut self, shared: &Shared, command: ClientCommand) {
+        match (command, &self.phase) {
+            (ClientCommand::Open { name, size }, Phase::Idle) => self.open(shared, name, size),
+            (ClientCommand::Finish { size, checksum }, Phase::Receiving(_)) => {
+                self.finish(shared, size, checksum)
+            }
+            (ClientCommand::Ping { seq, sent_nanos }, Phase::Idle) => {
+                self.reply(shared, ServerReply::Pong { seq, sent_nanos })
+            }
+            (ClientCommand::Abort { reason }, _) => {
+                self.close(shared, Some(format!("client aborted: {reason}")))
+            }
+            (ClientCommand::Close, _) => self.close(shared, None),
+            (command, _) => {
+                let message = format!("command {command:?} is not valid in this state");
+                self.fail(shared, failure(ErrorCode::BadRequest, message));
+            }
+        }
+    }
+
+    fn open(&mut self, shared: &Shared, name: String, size: u64) {
+        self.label.clone_from(&name);
+        let dir = &shared.options.output_dir;
+        let final_path = dir.join(&name);
+        if !shared.options.overwrite && fs::symlink_metadata(&final_path).is_ok() {
+            let message = format!(
+                "{} already exists: remove it or run the server with --overwrite",
+                final_path.display()
+            );
+            return self.fail(shared, failure(ErrorCode::Exists, message));
+        }
+        let temp_path = dir.join(format!("{}{}.part", temp_prefix(&shared.options.name), self.guid.simple()));
+        let file = match File::create_new(&temp_path) {
+            Ok(file) => file,
+            Err(e) => {
+                let message = format!("cannot create {}: {e}", temp_path.display());
+                return self.fail(shared, failure(ErrorCode::Io, message));
+            }
+        };
+        let record = self.record(shared);
+        record.file_size.store(size, Ordering::Relaxed);
+        record.bytes_done.store(0, Ordering::Relaxed);
+        self.phase = Phase::Receiving(Box::new(Transfer {
+            name,
+            final_path,
+            temp_path,
+            file,
+            size,
+            written: 0,
+            hasher: Xxh3Default::new(),
+            started: Instant::now(),
+            slots: Vec::new(),
+            next_slot: 0,
+        }));
+        if size == 0 {
+            self.reply(shared, ServerReply::Opened { slots: 0, chunk: 0 });
+        } else {
+            self.try_start_ring(shared);
+        }
+    }
+
+    /// Allocates the stream's buffers if there is room; otherwise the stream waits
+    /// (backpressure) and this is tried again on the next pass.
+    fn try_start_ring(&mut self, shared: &Shared) -> bool {
+        let Phase::Receiving(transfer) = &mut self.phase else { return false };
+        let area = shared.segment.layout().area_end - shared.segment.layout().area_start;
+        let chunk = chunk_size(transfer.size, area);
+        let wanted = transfer.size.div_ceil(chunk).min(WANTED_SLOTS as u64) as usize;
+        let mut slots = Vec::new();
+        {
+            let mut alloc = shared.alloc.lock().expect("allocator lock");
+            while slots.len() < wanted {
+                match alloc.alloc_high(chunk, BUFFER_ALIGN) {
+                    Some(offset) => slots.push((offset, chunk)),
+                    None => break,
+                }
+            }
+            shared.publish_stats(&alloc);
+        }
+        if slots.is_empty() {
+            return false;
+        }
+        let record = shared.segment.record(self.offset).expect("own record");
+        for (slot, (offset, capacity)) in record.slots.iter().zip(&slots) {
+            slot.offset.store(*offset, Ordering::Relaxed);
+            slot.capacity.store(*capacity, Ordering::Relaxed);
+            slot.len.store(0, Ordering::Relaxed);
+            slot.state.store(SLOT_EMPTY, Ordering::Relaxed);
+        }
+        record.nslots.store(slots.len() as u32, Ordering::Relaxed);
+        let reply = ServerReply::Opened { slots: slots.len() as u32, chunk };
+        transfer.slots = slots;
+        self.last_activity = Instant::now();
+        // The reply's Release publishes the slot fields above.
+        self.reply(shared, reply);
+        true
+    }
+
+    fn finish(&mut self, shared: &Shared, size: u64, checksum: u64) {
+        // The client filled its last slots before posting Finish (Release on seq):
+        // drain them all before judging the file.
+        loop {
+            match self.drain(shared) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(failure) => return self.fail(shared, failure),
+            }
+        }
+        let Phase::Receiving(transfer) = &self.phase else { return };
+        match publish(transfer, size, checksum, shared.options.overwrite) {
+            Ok(done) => {
+                if let Phase::Receiving(transfer) = std::mem::replace(&mut self.phase, Phase::Idle) {
+                    self.free_buffers(shared, &transfer.slots);
+                }
+                shared.segment.header().streams_done.fetch_add(1, Ordering::Relaxed);
+                shared.report(done.line);
+                self.reply(shared, ServerReply::Done { bytes: done.bytes });
+            }
+            Err(failure) => self.fail(shared, failure),
+        }
+    }
+
+    fn reply(&mut self, shared: &Shared, reply: ServerReply) {
+        let record = self.record(shared);
+        let (code, args, text) = reply.encode();
+        self.s2c_seq = self.s2c_seq.wrapping_add(1);
+        // A client stopped while holding the lock must not stall this worker: the
+        // seq-last protocol keeps the post safe even without it.
+        let _guard = self.lock.try_lock().ok();
+        protocol::post(&record.s2c, self.s2c_seq, code, args, &text);
+        drop(_guard);
+        record.client_event.notify();
+    }
+
+    /// Fails the current transfer: tells the client, removes the temporary file,
+    /// frees the buffers. The record stays, for another file or the client's Close.
+    fn fail(&mut self, shared: &Shared, failure: Failure) {
+        self.drop_transfer(shared);
+        shared.segment.header().streams_failed.fetch_add(1, Ordering::Relaxed);
+        shared.report(format!("failed {}: {}", self.label, failure.message));
+        self.reply(shared, ServerReply::Error { code: failure.code, message: failure.message });
+        self.last_activity = Instant::now();
+    }
+
+    /// The client is done with the record (Close) or gave up (Abort): no reply, the
+    /// record is freed; an unfinished transfer is dropped and reported.
+    fn close(&mut self, shared: &Shared, reason: Option<String>) {
+        if let Some(name) = self.transfer_name() {
+            let reason = reason.unwrap_or_else(|| "client closed the stream before finishing".into());
+            shared.segment.header().streams_failed.fetch_add(1, Ordering::Relaxed);
+            shared.report(format!("failed {name}: {reason}"));
+        }
+        self.drop_transfer(shared);
+        self.finished = true;
+    }
+
+    /// Removes the temporary file and frees the buffers of an unfinished transfer.
+    fn drop_transfer(&mut self, shared: &Shared) {
+        if let Phase::Receiving(transfer) = std::mem::replace(&mut self.phase, Phase::Idle) {
+            let _ = fs::remove_file(&transfer.temp_path);
+            self.free_buffers(shared, &transfer.slots);
+        }
+    }
+
+    fn free_buffers(&self, shared: &Shared, slots: &[(u64, u64)]) {
+        let record = self.record(shared);
+        record.nslots.store(0, Ordering::Relaxed);
+        for slot in &record.slots {
+            slot.state.store(SLOT_UNUSED, Ordering::Relaxed);
+        }
+        for (offset, _) in slots {
+            shared.free_block(*offset);
+        }
+        if !slots.is_empty() {
+            // Streams waiting for space retry on the next wake.
+            shared.segment.header().doorbell.notify();
+        }
+    }
+
+    /// Drops streams whose client died or went idle too long.
+    fn check_health(&mut self, shared: &Shared) {
+        let now = Instant::now();
+        if now.duration_since(self.last_liveness) >= LIVENESS_PERIOD {
+            self.last_liveness = now;
+            if !sys::process_alive(self.client_pid) {
+                let reason = format!("client (pid {}) died", self.client_pid);
+                self.close(shared, Some(reason));
+                return;
+            }
+        }
+        let waiting_for_space =
+            matches!(&self.phase, Phase::Receiving(t) if t.slots.is_empty() && t.size > 0);
+        if !waiting_for_space && now.duration_since(self.last_activity) >= shared.options.idle_timeout {
+            let message =
+                format!("no activity for {} s: stream dropped", shared.options.idle_timeout.as_secs());
+            self.fail(shared, failure(ErrorCode::IdleTimeout, message));
+            self.finished = true;
+        }
+    }
+
+    fn transfer_name(&self) -> Option<String> {
+        match &self.phase {
+            Phase::Receiving(transfer) => Some(transfer.name.clone()),
+            _ => None,
+        }
+    }
+
+    /// Frees the record and its lock file; the stream is gone.
+    fn release(mut self, shared: &Shared) {
+        self.drop_transfer(shared);
+        if let Ok(record) = shared.segment.record(self.offset) {
+            record.state.store(segment::RECORD_FREE, Ordering::Release);
+        }
+        shared.free_block(self.offset);
+        shared.locks.remove_stream_lock(self.guid);
+    }
+}
+
+/// A published file, for the report line.
+struct Published {
+    bytes: u64,
+    line: String,
+}
+
+/// Verifies size and checksum, then moves the temporary file to its final name
+/// (never over an existing file unless `overwrite`).
+fn publish(transfer: &Transfer, size: u64, checksum: u64, overwrite: bool) -> Result<Published, Failure> {
+    if size != transfer.size || transfer.written != transfer.size {
+        let message = format!(
+            "{}: size mismatch: announced {}, finished with {}, received {}",
+            transfer.name, transfer.size, size, transfer.written
+        );
+        return Err(failure(ErrorCode::Checksum, message));
+    }
+    if transfer.hasher.digest() != checksum {
+        let message = format!("{}: checksum mismatch: the data was corrupted in transit", transfer.name);
+        return Err(failure(ErrorCode::Checksum, message));
+    }
+    let renamed = if overwrite {
+        fs::rename(&transfer.temp_path, &transfer.final_path)
+    } else {
+        sys::rename_noreplace(&transfer.temp_path, &transfer.final_path)
+    };
+    if let Err(e) = renamed {
+        let message = if e.kind() == io::ErrorKind::AlreadyExists {
+            format!(
+                "{} already exists: remove it or run the server with --overwrite",
+                transfer.final_path.display()
+            )
+        } else {
+            format!("cannot publish {}: {e}", transfer.final_path.display())
+        };
+        let code = if e.kind() == io::ErrorKind::AlreadyExists { ErrorCode::Exists } else { ErrorCode::Io };
+        return Err(failure(code, message));
+    }
+    let secs = transfer.started.elapsed().as_secs_f64();
+    let line = format!(
+        "done {} {} bytes in {:.3} s ({:.1} MB/s)",
+        transfer.name,
+        transfer.written,
+        secs,
+        transfer.written as f64 / secs.max(1e-9) / 1e6
+    );
+    Ok(Published { bytes: transfer.written, line })
+}
+
+/// Chunk size for a file: the whole file if small, at most MAX_CHUNK, and small
+/// enough that the area holds many streams' rings at once.
+pub fn chunk_size(file_size: u64, area: u64) -> u64 {
+    let fair_share = (area / (WANTED_SLOTS as u64 * 8)).max(BUFFER_ALIGN);
+    let chunk = file_size.min(MAX_CHUNK).min(fair_share).max(1);
+    chunk.div_ceil(BUFFER_ALIGN) * BUFFER_ALIGN
+}
+
+const _: () = assert!(WANTED_SLOTS <= MAX_SLOTS);
+
+struct Worker {
+    shared: Arc<Shared>,
+    incoming: Receiver<Stream>,
+    streams: Vec<Stream>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let shared = Arc::clone(&self.shared);
+        let doorbell = &shared.segment.header().doorbell;
+        loop {
+            let seen = doorbell.seq();
+            while let Ok(stream) = self.incoming.try_recv() {
+                self.streams.push(stream);
+            }
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                self.shut_down();
+                return;
+            }
+            let progressed = self.poll_all();
+            if !progressed {
+                let rang = || doorbell.seq() != seen;
+                if !(0..SPIN_ITERATIONS).any(|_| {
+                    std::hint::spin_loop();
+                    rang()
+                }) {
+                    doorbell.wait_past(seen, IDLE_SLICE);
+                }
+            }
+        }
+    }
+
+    fn poll_all(&mut self) -> bool {
+        let mut progressed = false;
+        for stream in &mut self.streams {
+            progressed |= stream.poll(&self.shared);
+        }
+        let (done, live): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.streams).into_iter().partition(|s| s.finished);
+        self.streams = live;
+        for stream in done {
+            stream.release(&self.shared);
+            progressed = true;
+        }
+        progressed
+    }
+
+    /// Tells every client the server is going away and cleans up their streams.
+    fn shut_down(&mut self) {
+        for mut stream in std::mem::take(&mut self.streams) {
+            let message = "the server is shutting down".to_string();
+            if matches!(stream.phase, Phase::Receiving(_)) {
+                stream.fail(&self.shared, failure(ErrorCode::Shutdown, message));
+            } else {
+                stream.reply(&self.shared, ServerReply::Error { code: ErrorCode::Shutdown, message });
+            }
+            stream.release(&self.shared);
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Cross-process wait and wake: a sequence word plus a waiter count, living in the
+//! segment. The waker bumps the sequence after changing shared state and makes the
+//! futex call only when someone sleeps; the waiter spins briefly (wakeups cost tens
+//! of microseconds on a VM), then sleeps on the sequence word with a timeout so a
+//! dead peer or a lost wake never hangs it.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::sys;
+
+/// A doorbell in shared memory. `#[repr(C)]`, 8 bytes, all atomics: any bit pattern
+/// a peer writes is a valid value, at worst a spurious or missed wake, which the
+/// waiter's timeout absorbs.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct Event {
+    seq: AtomicU32,
+    waiters: AtomicU32,
+}
+
+const _: () = assert!(std::mem::size_of::<Event>() == 8);
+
+/// How many spin iterations a waiter tries before it sleeps.
+pub const SPIN_ITERATIONS: u32 = 2_000;
+
+impl Event {
+    /// Call after publishing the state the waiter is looking for.
+    pub fn notify(&self) {
+        // SYNC POINT: the SeqCst bump orders the caller's state change before the
+        // waiter-count read, pairing with `wait_once` (count up, then re-check).
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            sys::futex_wake_all(&self.seq);
+        }
+    }
+
+    /// Waits until `ready()` holds or `deadline` passes, spinning first, then
+    /// sleeping in slices of at most `slice` (so callers can check liveness between
+    /// calls). Returns whether `ready()` held.
+    pub fn wait_until(&self, mut ready: impl FnMut() -> bool, deadline: Instant, spin: u32) -> bool {
+        for _ in 0..spin {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        loop {
+            if ready() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            self.sleep_unless(&mut ready, deadline - now);
+        }
+    }
+
+    /// One sleep of at most `timeout`, skipped if `ready()` already holds.
+    pub fn sleep_unless(&self, ready: &mut impl FnMut() -> bool, timeout: Duration) {
+        let seen = self.seq.load(Ordering::SeqCst);
+        // SYNC POINT: announce the sleeper before the last check, pairing with
+        // `notify`: a state change after this check bumps `seq`, so the futex call
+        // below returns at once; a change before it is seen by `ready()`.
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        if !ready() {
+            sys::futex_wait(&self.seq, seen, timeout);
+        }
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The current sequence value, for callers that wait on "anything happened".
+    pub fn seq(&self) -> u32 {
+        self.seq.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps until the sequence moves past `seen` or `timeout` passes.
+    pub fn wait_past(&self, seen: u32, timeout: Duration) {
+        self.sleep_unless(&mut || self.seq.load(Ordering::SeqCst) != seen, timeout);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_notify_wakes_a_sleeping_waiter_before_its_deadline() {
+        let event = Arc::new(Event::default());
+        let flag = Arc::new(AtomicBool::new(false));
+        let (e2, f2) = (event.clone(), flag.clone());
+        let waker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            f2.store(true, Ordering::SeqCst);
+            e2.notify();
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        assert!(event.wait_until(|| flag.load(Ordering::SeqCst), deadline, 0));
+        waker.join().unwrap();
+    }
+
+    #[test]
+    fn waiting_for_something_that_never_happens_times_out() {
+        let event = Event::default();
+        let deadline = Instant::now() + Duration::from_millis(30);
+        assert!(!event.wait_until(|| false, deadline, 10));
+        assert!(Instant::now() >= deadline);
+    }
+}

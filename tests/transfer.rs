@@ -1,0 +1,288 @@
+//! End-to-end tests of the foundation: the real binaries, unique segment names,
+//! temp folders. Each test asserts exit codes, messages and file contents.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn files_arrive_byte_identical_under_their_own_names() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let nested = src.path().join("Тяжелое - наше");
+    fs::create_dir(&nested).unwrap();
+    let sizes = [0usize, 1, 4095, 4096, (1 << 20) + 3, 20 << 20];
+    let mut files: Vec<_> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| write_file(src.path(), &format!("f{i}.bin"), len, i as u64))
+        .collect();
+    files.push(write_file(&nested, "01. Время.mp3", 70_000, 99));
+    let refs: Vec<_> = files.iter().map(|p| p.as_path()).collect();
+    let config = write_config(src.path(), &refs);
+    let server = Server::start(&unique_name("basic"), out.path(), &[]);
+    let ids: Vec<String> = (1..=files.len()).map(|i| i.to_string()).collect();
+    let output = run({
+        let mut c = server.client(&config);
+        c.args(&ids);
+        c
+    });
+    assert!(output.status.success(), "{}", show(&output));
+    for file in &files {
+        let name = file.file_name().unwrap();
+        let got = fs::read(out.path().join(name)).unwrap_or_else(|e| panic!("{name:?} missing: {e}"));
+        assert!(got == fs::read(file).unwrap(), "{name:?} differs");
+        assert!(
+            stdout_of(&output).contains(&format!("sent {}", name.to_string_lossy())),
+            "{}",
+            show(&output)
+        );
+    }
+    assert!(server.temp_files().is_empty(), "temporary files left: {:?}", server.temp_files());
+    wait_until("stream lock files removed", || server.stream_locks().len() <= 1);
+}
+
+#[test]
+fn several_clients_at_once_all_complete() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let files: Vec<_> =
+        (0..6).map(|i| write_file(src.path(), &format!("c{i}.bin"), 3 << 20, 100 + i)).collect();
+    let refs: Vec<_> = files.iter().map(|p| p.as_path()).collect();
+    let config = write_config(src.path(), &refs);
+    let server = Server::start(&unique_name("multi"), out.path(), &["--size", "2M"]);
+    let children: Vec<_> = [["1", "2", "3"], ["4", "5", "6"]]
+        .iter()
+        .map(|ids| {
+            let mut c = server.client(&config);
+            c.args(ids);
+            std::thread::spawn(move || run(c))
+        })
+        .collect();
+    for child in children {
+        let output = child.join().unwrap();
+        assert!(output.status.success(), "{}", show(&output));
+    }
+    for file in &files {
+        assert!(fs::read(out.path().join(file.file_name().unwrap())).unwrap() == fs::read(file).unwrap());
+    }
+}
+
+#[test]
+fn an_existing_file_is_kept_and_the_client_is_told_why() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = write_file(src.path(), "keep.bin", 1000, 1);
+    fs::write(out.path().join("keep.bin"), b"precious").unwrap();
+    let config = write_config(src.path(), &[&file]);
+    let server = Server::start(&unique_name("exists"), out.path(), &[]);
+    let output = run({
+        let mut c = server.client(&config);
+        c.arg("1");
+        c
+    });
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("already exists"), "{}", show(&output));
+    assert!(stderr_of(&output).contains("--overwrite"), "{}", show(&output));
+    assert_eq!(fs::read(out.path().join("keep.bin")).unwrap(), b"precious");
+    assert!(server.temp_files().is_empty());
+}
+
+#[test]
+fn overwrite_replaces_an_existing_file() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = write_file(src.path(), "new.bin", 5000, 2);
+    fs::write(out.path().join("new.bin"), b"old").unwrap();
+    let config = write_config(src.path(), &[&file]);
+    let server = Server::start(&unique_name("overwrite"), out.path(), &["--overwrite"]);
+    let output = run({
+        let mut c = server.client(&config);
+        c.arg("1");
+        c
+    });
+    assert!(output.status.success(), "{}", show(&output));
+    assert!(fs::read(out.path().join("new.bin")).unwrap() == fs::read(&file).unwrap());
+}
+
+#[test]
+fn a_second_server_on_a_live_name_is_refused_naming_the_first() {
+    let out = tempfile::tempdir().unwrap();
+    let name = unique_name("second");
+    let first = Server::start(&name, out.path(), &[]);
+    let mut second = Server::spawn(&name, out.path(), &[]);
+    let status = wait_with_deadline(&mut second.child, "second server");
+    assert_eq!(status.code(), Some(2));
+    wait_until("second server's message", || !second.stderr().is_empty());
+    let message = second.stderr().join("\n");
+    assert!(message.contains("already running") && message.contains(&first.pid().to_string()), "{message}");
+    std::mem::forget(second); // its Drop would remove the first server's segment
+}
+
+#[test]
+fn a_client_without_a_server_fails_with_a_hint() {
+    let src = tempfile::tempdir().unwrap();
+    let file = write_file(src.path(), "x.bin", 10, 1);
+    let config = write_config(src.path(), &[&file]);
+    let mut command = std::process::Command::new(CLIENT);
+    command.args(["--name", &unique_name("noserver"), "--config"]).arg(&config).arg("1");
+    let output = run(command);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("start one with `sharedserver --name"), "{}", show(&output));
+}
+
+#[test]
+fn a_client_without_ids_prints_usage_and_exits_2() {
+    let output = run(std::process::Command::new(CLIENT));
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    assert!(stderr_of(&output).contains("Usage"), "{}", show(&output));
+}
+
+#[test]
+fn config_problems_are_named_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.xml");
+    let mut command = std::process::Command::new(CLIENT);
+    command.arg("--config").arg(&missing).arg("1");
+    let output = run(command);
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    assert!(stderr_of(&output).contains("nope.xml"), "{}", show(&output));
+
+    let broken = dir.path().join("broken.xml");
+    fs::write(&broken, "<streams>\n  <stream id=\"1\" file=\"a\">\n</streams>\n").unwrap();
+    let mut command = std::process::Command::new(CLIENT);
+    command.arg("--config").arg(&broken).arg("1");
+    let output = run(command);
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    assert!(stderr_of(&output).contains("broken.xml:"), "{}", show(&output));
+}
+
+#[test]
+fn bad_ids_and_missing_files_fail_alone_while_the_rest_arrive() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let good = write_file(src.path(), "good.bin", 300_000, 5);
+    let missing = src.path().join("missing.bin");
+    let config = write_config(src.path(), &[&good, &missing]);
+    let server = Server::start(&unique_name("partial"), out.path(), &[]);
+    let output = run({
+        let mut c = server.client(&config);
+        c.args(["1", "2", "77"]);
+        c
+    });
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    let err = stderr_of(&output);
+    assert!(
+        err.contains("stream 2: failed: cannot open") && err.contains("missing.bin"),
+        "{}",
+        show(&output)
+    );
+    assert!(err.contains("unknown stream id 77"), "{}", show(&output));
+    assert!(fs::read(out.path().join("good.bin")).unwrap() == fs::read(&good).unwrap());
+}
+
+#[test]
+fn a_killed_client_is_cleaned_up_and_the_server_keeps_serving() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let big = write_file(src.path(), "big.bin", 64 << 20, 7);
+    let small = write_file(src.path(), "after.bin", 100_000, 8);
+    let config = write_config(src.path(), &[&big, &small]);
+    let server = Server::start(&unique_name("killclient"), out.path(), &["--size", "1M"]);
+    let mut client = server.client(&config).arg("1").stdout(std::process::Stdio::null()).spawn().unwrap();
+    // Freeze the client once the server has its temporary file: it is mid-transfer.
+    wait_until("the transfer to start", || !server.temp_files().is_empty());
+    signal(client.id(), "STOP");
+    signal(client.id(), "KILL");
+    wait_with_deadline(&mut client, "killed client");
+    server.wait_for_line("the dead client's failure", |l| l.contains("failed big.bin") && l.contains("died"));
+    wait_until("temporary file removed", || server.temp_files().is_empty());
+    assert!(!out.path().join("big.bin").exists(), "a half file was published");
+    let output = run({
+        let mut c = server.client(&config);
+        c.arg("2");
+        c
+    });
+    assert!(output.status.success(), "{}", show(&output));
+    assert!(fs::read(out.path().join("after.bin")).unwrap() == fs::read(&small).unwrap());
+}
+
+#[test]
+fn a_killed_server_fails_its_clients_and_a_new_one_starts_cleanly() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let big = write_file(src.path(), "big.bin", 64 << 20, 9);
+    let small = write_file(src.path(), "small.bin", 1000, 10);
+    let config = write_config(src.path(), &[&big, &small]);
+    let name = unique_name("killserver");
+    let mut server = Server::start(&name, out.path(), &["--size", "1M"]);
+    let client = server
+        .client(&config)
+        .args(["--timeout", "3", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the transfer to start", || !server.temp_files().is_empty());
+    signal(client.id(), "STOP");
+    server.stop("KILL");
+    signal(client.id(), "CONT");
+    let started = std::time::Instant::now();
+    let output = {
+        let mut client = client;
+        wait_with_deadline(&mut client, "client of a dead server");
+        client.wait_with_output().unwrap()
+    };
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(started.elapsed() < Duration::from_secs(30), "the client took {:?} to notice", started.elapsed());
+    assert!(stderr_of(&output).contains("server"), "{}", show(&output));
+    assert!(!out.path().join("big.bin").exists());
+    assert!(shm_path(&name).exists(), "SIGKILL leaves the segment behind");
+    let server = Server::start(&name, out.path(), &[]);
+    assert!(server.stderr().join("\n").contains("stale") || server.stderr().is_empty());
+    assert!(server.temp_files().is_empty(), "the new server removes stale temporary files");
+    let output = run({
+        let mut c = server.client(&config);
+        c.arg("2");
+        c
+    });
+    assert!(output.status.success(), "{}", show(&output));
+}
+
+#[test]
+fn sigint_stops_the_server_and_removes_everything_it_made() {
+    let out = tempfile::tempdir().unwrap();
+    let name = unique_name("sigint");
+    let mut server = Server::start(&name, out.path(), &[]);
+    assert!(shm_path(&name).exists() && lock_dir(&name).exists());
+    let status = server.stop("INT");
+    assert_eq!(status.code(), Some(130));
+    assert!(!shm_path(&name).exists(), "segment left behind");
+    assert!(!lock_dir(&name).exists(), "lock folder left behind");
+}
+
+#[test]
+fn ping_reports_min_median_and_p99() {
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("ping"), out.path(), &[]);
+    let mut command = std::process::Command::new(CLIENT);
+    command.args(["--name", &server.name, "--ping", "200"]);
+    let output = run(command);
+    assert!(output.status.success(), "{}", show(&output));
+    let text = stdout_of(&output);
+    assert!(text.contains("200 round trips") && text.contains("median") && text.contains("p99"), "{text}");
+}
+
+#[test]
+fn a_segment_larger_than_dev_shm_is_refused_with_sizes() {
+    let out = tempfile::tempdir().unwrap();
+    let mut server = Server::spawn(&unique_name("huge"), out.path(), &["--size", "1000G"]);
+    let status = wait_with_deadline(&mut server.child, "oversized server");
+    assert_eq!(status.code(), Some(2));
+    wait_until("the message", || !server.stderr().is_empty());
+    let message = server.stderr().join("\n");
+    assert!(message.contains("free") && message.contains("--size"), "{message}");
+}
