@@ -350,6 +350,12 @@ impl Segment {
     }
 
     fn try_open(name: &str) -> Result<Option<Segment>, SegmentError> {
+        if let Ok(meta) = std::fs::symlink_metadata(shm_path(name)) {
+            if !meta.file_type().is_file() {
+                let detail = "it is not a regular file: remove it or pick another --name".to_owned();
+                return Err(SegmentError::Foreign { name: name.to_owned(), detail });
+            }
+        }
         let shmem = match ShmemConf::new().os_id(name).open() {
             Ok(shmem) => shmem,
             Err(ShmemError::MapOpenFailed(code)) if code == libc::ENOENT as u32 => {
@@ -492,7 +498,18 @@ impl Segment {
 /// Removes a segment left behind by a dead server. Only call while holding the
 /// server lock for `name`.
 pub fn remove_stale(name: &str) -> io::Result<bool> {
-    match std::fs::remove_file(shm_path(name)) {
+    let path = shm_path(name);
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if !meta.file_type().is_file() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a segment: remove it or pick another --name", path.display()),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        _ => {}
+    }
+    match std::fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),

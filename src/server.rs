@@ -130,7 +130,7 @@ fn claim_name(lock: &'static NamedLock, locks: &LockDir, name: &str) -> anyhow::
 
 fn start(options: ServerOptions, locks: LockDir) -> anyhow::Result<Arc<Shared>> {
     // We hold the name's server lock: anything left under the name is from a dead server.
-    if segment::remove_stale(&options.name)? {
+    if segment::remove_stale(&options.name).map_err(|e| StartError(e.to_string()))? {
         eprintln!("sharedserver: removed a stale segment '{}' left by a dead server", options.name);
     }
     let stale_locks = locks.remove_stale_stream_locks();
