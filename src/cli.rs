@@ -52,7 +52,7 @@ pub struct ServerCli {
 #[command(name = "sharedclient", version, after_help = crate::EXIT_CODES_HELP)]
 pub struct ClientCli {
     /// Stream ids from options.xml.
-    #[arg(value_name = "ID", required_unless_present_any = ["ping"])]
+    #[arg(value_name = "ID", required_unless_present_any = ["ping", "status"])]
     pub ids: Vec<u64>,
     #[command(flatten)]
     pub common: Common,
@@ -65,6 +65,12 @@ pub struct ClientCli {
     /// Streams sent at once; further ids wait their turn.
     #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub jobs: u64,
+    /// Print a read-only map of the running server's segment and its live streams.
+    #[arg(long = "status", conflicts_with_all = ["ping", "ids"])]
+    pub status: bool,
+    /// With --status: print JSON instead of text.
+    #[arg(long = "json")]
+    pub json: bool,
 }
 
 /// Parses "65536", "64K", "64M", "1G" (binary multiples; optional trailing "B"/"iB").
@@ -113,5 +119,6 @@ mod tests {
         let err = ClientCli::try_parse_from(["sharedclient"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(ClientCli::try_parse_from(["sharedclient", "--ping", "3"]).is_ok());
+        assert!(ClientCli::try_parse_from(["sharedclient", "--status", "--json"]).is_ok());
     }
 }

@@ -240,6 +240,16 @@ pub struct Sent {
 
 /// Sends one file and returns only once the server confirmed it is published.
 pub fn send_file(connection: &Connection, path: &Path, bar: &ProgressBar) -> Result<Sent, StreamError> {
+    send_stream(connection, 0, path, bar)
+}
+
+/// `send_file` for options.xml stream `id` (shown by `--status`).
+pub fn send_stream(
+    connection: &Connection,
+    id: StreamId,
+    path: &Path,
+    bar: &ProgressBar,
+) -> Result<Sent, StreamError> {
     let started = Instant::now();
     let file =
         File::open(path).map_err(|e| StreamError::Usage(format!("cannot open {}: {e}", path.display())))?;
@@ -256,6 +266,8 @@ pub fn send_file(connection: &Connection, path: &Path, bar: &ProgressBar) -> Res
     let size = meta.len();
     bar.set_length(size);
     let mut session = Session::open(connection)?;
+    // Relaxed: a display-only field, read by status.
+    session.record.stream_id.store(id, Ordering::Relaxed);
     session.post(&ClientCommand::Open { name: name.clone(), size })?;
     let result = transfer(&mut session, &file, &meta, size, bar);
     if let Err(e) = &result {
@@ -408,9 +420,16 @@ struct Outcome {
 /// Entry point of `sharedclient`.
 pub fn run(cli: ClientCli) -> ExitStatus {
     sys::install_stop_handlers();
+    if cli.json && !cli.status {
+        eprintln!("sharedclient: --json only goes with --status");
+        return ExitStatus::Usage;
+    }
     let timeout = Duration::from_secs(cli.timeout);
     if let Some(count) = cli.ping {
         return run_ping(&cli.common.name, timeout, count);
+    }
+    if cli.status {
+        return run_status(&cli.common.name, cli.json);
     }
     let config = match Config::load(&cli.common.config) {
         Ok(config) => config,
@@ -477,7 +496,7 @@ fn run_jobs(
             scope.spawn(|| loop {
                 let Some((id, path)) = queue.lock().expect("queue lock").pop_front() else { break };
                 let bar = multi.add(progress_bar(id, &path));
-                let result = send_file(connection, &path, &bar);
+                let result = send_stream(connection, id, &path, &bar);
                 bar.finish_and_clear();
                 outcomes.lock().expect("outcome lock").push(Outcome { id, result });
             });
@@ -547,4 +566,25 @@ fn run_ping(name: &str, timeout: Duration, count: u64) -> ExitStatus {
             ExitStatus::Failure
         }
     }
+}
+
+fn run_status(name: &str, json: bool) -> ExitStatus {
+    let segment = match lock::validate_segment_name(name)
+        .map_err(StreamError::Usage)
+        .and_then(|()| Segment::open(name, OPEN_WAIT).map_err(|e| failed(e.to_string())))
+    {
+        Ok(segment) => segment,
+        Err(e) => {
+            eprintln!("sharedclient: {e}");
+            return ExitStatus::Failure;
+        }
+    };
+    let locks = LockDir::open(name).ok();
+    let snapshot = crate::status::snapshot(&segment, locks.as_ref());
+    if json {
+        println!("{}", crate::status::render_json(&snapshot));
+    } else {
+        print!("{}", crate::status::render_text(&snapshot));
+    }
+    ExitStatus::Success
 }

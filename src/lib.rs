@@ -27,6 +27,7 @@ pub mod lock;
 pub mod protocol;
 pub mod segment;
 pub mod server;
+pub mod status;
 pub mod sys;
 pub mod wait;
 

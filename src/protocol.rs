@@ -9,7 +9,7 @@
 use std::fmt;
 use std::sync::atomic::Ordering;
 
-use crate::segment::{Mailbox, TEXT_CAPACITY};
+use crate::segment::{load_bytes, store_bytes, Mailbox, TEXT_CAPACITY};
 
 pub const C2S_OPEN: u32 = 0x101;
 pub const C2S_FINISH: u32 = 0x102;
@@ -135,12 +135,7 @@ pub fn post(mailbox: &Mailbox, next_seq: u32, code: u32, args: [u64; 4], text: &
     for (slot, value) in mailbox.args.iter().zip(args) {
         slot.store(value, Ordering::Relaxed);
     }
-    let mut words = [0u8; TEXT_CAPACITY];
-    words[..text.len()].copy_from_slice(text);
-    for (slot, chunk) in mailbox.text.iter().zip(words.chunks_exact(8)) {
-        let word = u64::from_le_bytes(chunk.try_into().expect("chunks of 8"));
-        slot.store(word, Ordering::Relaxed);
-    }
+    store_bytes(&mailbox.text, text);
     mailbox.text_len.store(text.len() as u32, Ordering::Relaxed);
     // SYNC POINT: publishes every field above to a reader that Acquire-loads `seq`.
     mailbox.seq.store(next_seq, Ordering::Release);
@@ -159,9 +154,7 @@ pub fn take(mailbox: &Mailbox) -> RawCommand {
     // SYNC POINT: pairs with the Release store in `post`.
     let seq = mailbox.seq.load(Ordering::Acquire);
     let mut text = [0u8; TEXT_CAPACITY];
-    for (chunk, slot) in text.chunks_exact_mut(8).zip(mailbox.text.iter()) {
-        chunk.copy_from_slice(&slot.load(Ordering::Relaxed).to_le_bytes());
-    }
+    text.copy_from_slice(&load_bytes(&mailbox.text, TEXT_CAPACITY));
     let raw = RawCommand {
         seq,
         code: mailbox.code.load(Ordering::Relaxed),

@@ -131,6 +131,12 @@ pub struct Slot {
     pub len: AtomicU64,
 }
 
+pub const PHASE_IDLE: u32 = 0;
+pub const PHASE_WAITING_FOR_SPACE: u32 = 1;
+pub const PHASE_RECEIVING: u32 = 2;
+/// Words of the record's name field: 256 bytes, enough for NAME_MAX.
+pub const NAME_WORDS: usize = 32;
+
 pub const RECORD_FREE: u32 = 0;
 pub const RECORD_OFFERED: u32 = 1;
 pub const RECORD_ACTIVE: u32 = 2;
@@ -150,6 +156,13 @@ pub struct Record {
     pub reserved: AtomicU32,
     pub file_size: AtomicU64,
     pub bytes_done: AtomicU64,
+    /// The options.xml id of the stream; written by the client, shown by status only.
+    pub stream_id: AtomicU64,
+    /// What the server is doing with the stream (`PHASE_*`), for status.
+    pub phase: AtomicU32,
+    pub name_len: AtomicU32,
+    /// The validated file name being received, for status.
+    pub name: [AtomicU64; NAME_WORDS],
     pub c2s: Mailbox,
     pub s2c: Mailbox,
     pub slots: [Slot; MAX_SLOTS],
@@ -162,6 +175,28 @@ const _: () = assert!(std::mem::size_of::<Slot>() == 32);
 const _: () = assert!(std::mem::size_of::<Record>() <= RECORD_SIZE as usize);
 const _: () = assert!(std::mem::align_of::<Record>() <= RECORD_ALIGN as usize);
 const _: () = assert!(std::mem::align_of::<Header>() <= 8 && std::mem::align_of::<Handout>() <= 8);
+
+/// Stores `bytes` (cut to the field) into a text field made of words, zero padded;
+/// returns the length stored.
+pub fn store_bytes(words: &[AtomicU64], bytes: &[u8]) -> usize {
+    let len = bytes.len().min(words.len() * 8);
+    for (i, word) in words.iter().enumerate() {
+        let mut chunk = [0u8; 8];
+        let start = (i * 8).min(len);
+        let end = (start + 8).min(len);
+        chunk[..end - start].copy_from_slice(&bytes[start..end]);
+        // Relaxed: published by the caller's later Release store.
+        word.store(u64::from_le_bytes(chunk), Ordering::Relaxed);
+    }
+    len
+}
+
+/// Copies the first `len` bytes (at most the field) out of a text field.
+pub fn load_bytes(words: &[AtomicU64], len: usize) -> Vec<u8> {
+    let mut out: Vec<u8> = words.iter().flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes()).collect();
+    out.truncate(len.min(words.len() * 8));
+    out
+}
 
 /// Layout facts validated once when the segment was created or opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

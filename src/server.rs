@@ -29,6 +29,7 @@ use crate::segment::{
     RECORD_SIZE,
 };
 use crate::segment::{MAX_SLOTS, SERVER_RUNNING, SERVER_STOPPING, SLOT_EMPTY, SLOT_FULL, SLOT_UNUSED};
+use crate::segment::{PHASE_IDLE, PHASE_RECEIVING, PHASE_WAITING_FOR_SPACE};
 use crate::sys;
 use crate::wait::SPIN_ITERATIONS;
 use crate::ExitStatus;
@@ -492,6 +493,9 @@ impl Stream {
         let record = self.record(shared);
         record.file_size.store(size, Ordering::Relaxed);
         record.bytes_done.store(0, Ordering::Relaxed);
+        let name_len = segment::store_bytes(&record.name, name.as_bytes());
+        record.name_len.store(name_len as u32, Ordering::Relaxed);
+        record.phase.store(PHASE_WAITING_FOR_SPACE, Ordering::Relaxed);
         self.phase = Phase::Receiving(Box::new(Transfer {
             name,
             final_path,
@@ -505,6 +509,7 @@ impl Stream {
             next_slot: 0,
         }));
         if size == 0 {
+            record.phase.store(PHASE_RECEIVING, Ordering::Relaxed);
             self.reply(shared, ServerReply::Opened { slots: 0, chunk: 0 });
         } else {
             self.try_start_ring(shared);
@@ -540,6 +545,7 @@ impl Stream {
             slot.state.store(SLOT_EMPTY, Ordering::Relaxed);
         }
         record.nslots.store(slots.len() as u32, Ordering::Relaxed);
+        record.phase.store(PHASE_RECEIVING, Ordering::Relaxed);
         let reply = ServerReply::Opened { slots: slots.len() as u32, chunk };
         transfer.slots = slots;
         self.last_activity = Instant::now();
@@ -617,6 +623,7 @@ impl Stream {
     fn free_buffers(&self, shared: &Shared, slots: &[(u64, u64)]) {
         let record = self.record(shared);
         record.nslots.store(0, Ordering::Relaxed);
+        record.phase.store(PHASE_IDLE, Ordering::Relaxed);
         for slot in &record.slots {
             slot.state.store(SLOT_UNUSED, Ordering::Relaxed);
         }
