@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -25,7 +25,7 @@ use crate::lock::{self, acquire, LockDir};
 use crate::protocol::{self, ClientCommand, ErrorCode, ServerReply};
 use crate::segment::{Record, Segment, MAX_SLOTS, SERVER_STOPPING, SLOT_EMPTY, SLOT_FULL};
 use crate::sys;
-use crate::wait::SPIN_ITERATIONS;
+use crate::wait::SPIN;
 use crate::ExitStatus;
 
 /// How long one sleep lasts between liveness checks.
@@ -193,7 +193,7 @@ impl<'a> Session<'a> {
     /// Waits for the next reply, checking the server between sleeps.
     pub fn wait_reply(&mut self) -> Result<ServerReply, StreamError> {
         let event = &self.record.client_event;
-        let mut spin = SPIN_ITERATIONS;
+        let mut spin = SPIN;
         loop {
             if let Some(reply) = self.poll_reply()? {
                 return Ok(reply);
@@ -203,7 +203,7 @@ impl<'a> Session<'a> {
             if !event.wait_until(|| protocol::pending(&record.s2c, seen).is_some(), deadline, spin) {
                 self.watchdog.check()?;
             }
-            spin = 0;
+            spin = Duration::ZERO;
         }
     }
 
@@ -240,16 +240,22 @@ pub struct Sent {
 
 /// Sends one file and returns only once the server confirmed it is published.
 pub fn send_file(connection: &Connection, path: &Path, bar: &ProgressBar) -> Result<Sent, StreamError> {
-    send_stream(connection, 0, path, bar)
+    send_stream(connection, &mut None, 0, path, bar)
 }
 
-/// `send_file` for options.xml stream `id` (shown by `--status`).
-pub fn send_stream(
-    connection: &Connection,
+/// Sends options.xml stream `id` on `session`, taking a new record from the handout
+/// if there is none. After a success the record stays open for the next file (one
+/// handout per job, not per file); after a failure it is given back.
+pub fn send_stream<'a>(
+    connection: &'a Connection,
+    session: &mut Option<Session<'a>>,
     id: StreamId,
     path: &Path,
     bar: &ProgressBar,
 ) -> Result<Sent, StreamError> {
+    if sys::stop_signal().is_some() {
+        return Err(StreamError::Interrupted);
+    }
     let started = Instant::now();
     let file =
         File::open(path).map_err(|e| StreamError::Usage(format!("cannot open {}: {e}", path.display())))?;
@@ -265,13 +271,18 @@ pub fn send_stream(
     protocol::validate_file_name(&name).map_err(|e| StreamError::Usage(e.to_string()))?;
     let size = meta.len();
     bar.set_length(size);
-    let mut session = Session::open(connection)?;
+    let active = match session {
+        Some(active) => active,
+        None => session.insert(Session::open(connection)?),
+    };
     // Relaxed: a display-only field, read by status.
-    session.record.stream_id.store(id, Ordering::Relaxed);
-    session.post(&ClientCommand::Open { name: name.clone(), size })?;
-    let result = transfer(&mut session, &file, &meta, size, bar);
+    active.record.stream_id.store(id, Ordering::Relaxed);
+    let result = active
+        .post(&ClientCommand::Open { name: name.clone(), size })
+        .and_then(|()| transfer(active, &file, &meta, size, bar));
     if let Err(e) = &result {
-        session.abort(&e.to_string());
+        active.abort(&e.to_string());
+        *session = None;
     }
     result?;
     Ok(Sent { name, bytes: size, elapsed: started.elapsed() })
@@ -303,10 +314,7 @@ fn transfer(
     ensure_unchanged(file, meta)?;
     session.post(&ClientCommand::Finish { size, checksum })?;
     match session.wait_reply()? {
-        ServerReply::Done { bytes } if bytes == size => {
-            session.close();
-            Ok(())
-        }
+        ServerReply::Done { bytes } if bytes == size => Ok(()),
         ServerReply::Done { bytes } => Err(failed(format!("server stored {bytes} bytes, expected {size}"))),
         other => Err(reply_error(other)),
     }
@@ -315,7 +323,7 @@ fn transfer(
 /// Fills ring slots in order straight from the file; returns the xxh3 of the file.
 fn send_chunks(
     session: &mut Session<'_>,
-    mut file: &File,
+    file: &File,
     size: u64,
     slots: usize,
     bar: &ProgressBar,
@@ -344,10 +352,6 @@ fn send_chunks(
         bar.set_position(sent);
         index = (index + 1) % slots;
     }
-    let mut probe = [0u8; 1];
-    if file.read(&mut probe)? != 0 {
-        return Err(failed("the source file grew while it was being sent"));
-    }
     Ok(hasher.digest())
 }
 
@@ -357,7 +361,7 @@ fn wait_for_slot(session: &mut Session<'_>, index: usize) -> Result<(), StreamEr
     let slot = &record.slots[index];
     // SYNC POINT: pairs with the server's Release store of EMPTY.
     let ours = || slot.state.load(Ordering::Acquire) == SLOT_EMPTY;
-    let mut spin = SPIN_ITERATIONS;
+    let mut spin = SPIN;
     while !ours() {
         if let Some(reply) = session.poll_reply()? {
             return Err(reply_error(reply));
@@ -368,7 +372,7 @@ fn wait_for_slot(session: &mut Session<'_>, index: usize) -> Result<(), StreamEr
         if !record.client_event.wait_until(ready, deadline, spin) {
             session.watchdog.check()?;
         }
-        spin = 0;
+        spin = Duration::ZERO;
     }
     Ok(())
 }
@@ -377,6 +381,9 @@ fn wait_for_slot(session: &mut Session<'_>, index: usize) -> Result<(), StreamEr
 /// server never publishes a file that is neither the old nor the new version.
 fn ensure_unchanged(file: &File, before: &std::fs::Metadata) -> Result<(), StreamError> {
     let after = file.metadata()?;
+    if after.len() > before.len() {
+        return Err(failed("the source file grew while it was being sent"));
+    }
     if after.len() != before.len() || after.modified().ok() != before.modified().ok() {
         return Err(failed("the source file changed while it was being sent"));
     }
@@ -493,12 +500,19 @@ fn run_jobs(
     let outcomes = Arc::new(Mutex::new(Vec::new()));
     std::thread::scope(|scope| {
         for _ in 0..parallel.max(1) {
-            scope.spawn(|| loop {
-                let Some((id, path)) = queue.lock().expect("queue lock").pop_front() else { break };
-                let bar = multi.add(progress_bar(id, &path));
-                let result = send_stream(connection, id, &path, &bar);
-                bar.finish_and_clear();
-                outcomes.lock().expect("outcome lock").push(Outcome { id, result });
+            scope.spawn(|| {
+                let mut session = None;
+                loop {
+                    let Some((id, path)) = queue.lock().expect("queue lock").pop_front() else { break };
+                    let bar = multi.add(progress_bar(id, &path));
+                    let result = send_stream(connection, &mut session, id, &path, &bar);
+                    bar.finish_and_clear();
+                    let interrupted = matches!(result, Err(StreamError::Interrupted));
+                    outcomes.lock().expect("outcome lock").push(Outcome { id, result });
+                    if interrupted {
+                        break;
+                    }
+                }
             });
         }
     });

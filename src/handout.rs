@@ -60,6 +60,17 @@ pub fn collect(segment: &Segment, lock: &NamedLock) -> io::Result<Option<u32>> {
     Ok(Some(pid))
 }
 
+/// Server: takes the offer back if no client took it yet; returns whether it did.
+pub fn withdraw(segment: &Segment, lock: &NamedLock) -> io::Result<bool> {
+    let handout = segment.handout();
+    let _guard = acquire(lock)?;
+    if handout.state.load(Ordering::Acquire) != HANDOUT_OFFERED {
+        return Ok(false);
+    }
+    handout.state.store(HANDOUT_EMPTY, Ordering::Release);
+    Ok(true)
+}
+
 /// Whether a client has taken the current offer (the server's wake condition).
 pub fn is_taken(segment: &Segment) -> bool {
     segment.handout().state.load(Ordering::Acquire) == HANDOUT_TAKEN
@@ -130,6 +141,11 @@ mod tests {
             assert_eq!(collect(&segment, &lock).unwrap(), Some(std::process::id()));
             assert_eq!(collect(&segment, &lock).unwrap(), None, "a take is collected once");
         }
+        let ticket = Ticket { guid: Uuid::new_v4(), record_offset: 4096 };
+        offer(&segment, &lock, ticket).unwrap();
+        assert!(withdraw(&segment, &lock).unwrap(), "an untaken offer can be withdrawn");
+        let deadline = Instant::now() + Duration::from_millis(50);
+        assert_eq!(take::<io::Error>(&segment, &lock, deadline, || Ok(())).unwrap(), None);
         dir.remove();
     }
 

@@ -31,7 +31,7 @@ use crate::segment::{
 use crate::segment::{MAX_SLOTS, SERVER_RUNNING, SERVER_STOPPING, SLOT_EMPTY, SLOT_FULL, SLOT_UNUSED};
 use crate::segment::{PHASE_IDLE, PHASE_RECEIVING, PHASE_WAITING_FOR_SPACE};
 use crate::sys;
-use crate::wait::SPIN_ITERATIONS;
+use crate::wait::{spin_until, SPIN};
 use crate::ExitStatus;
 
 /// Largest chunk a ring slot carries.
@@ -215,6 +215,7 @@ fn handout_loop(shared: &Shared, handout_lock: &NamedLock, workers: &[Sender<Str
     let mut next_worker = 0usize;
     while sys::stop_signal().is_none() {
         header.heartbeat.fetch_add(1, Ordering::Relaxed);
+        shared.publish_stats(&shared.alloc.lock().expect("allocator lock"));
         if offered.is_some() {
             if let Some(pid) = handout::collect(&shared.segment, handout_lock)? {
                 let offer = offered.take().expect("checked above");
@@ -225,6 +226,13 @@ fn handout_loop(shared: &Shared, handout_lock: &NamedLock, workers: &[Sender<Str
                 next_worker += 1;
                 header.doorbell.notify();
             }
+        }
+        if offered.as_ref().is_some_and(|offer| shared.offer_is_misplaced(offer))
+            && handout::withdraw(&shared.segment, handout_lock)?
+        {
+            let offer = offered.take().expect("checked above");
+            shared.free_block(offer.ticket.record_offset);
+            shared.locks.remove_stream_lock(offer.ticket.guid);
         }
         if offered.is_none() {
             offered = shared.make_offer(handout_lock)?;
@@ -248,7 +256,6 @@ impl Shared {
         let offset = {
             let mut alloc = self.alloc.lock().expect("allocator lock");
             let Some(offset) = alloc.alloc_low(RECORD_SIZE, RECORD_ALIGN) else { return Ok(None) };
-            self.publish_stats(&alloc);
             offset
         };
         let guid = Uuid::new_v4();
@@ -264,13 +271,20 @@ impl Shared {
         Ok(Some(Offer { ticket, lock }))
     }
 
+    /// At rest (no stream, no buffer), an offer above the area's first record
+    /// splits the free space in two: move it down so the segment is one hole again.
+    fn offer_is_misplaced(&self, offer: &Offer) -> bool {
+        let alloc = self.alloc.lock().expect("allocator lock");
+        let stats = alloc.stats();
+        stats.low_blocks == 1 && stats.high_blocks == 0 && offer.ticket.record_offset != stats.start
+    }
+
     fn free_block(&self, offset: u64) {
         let mut alloc = self.alloc.lock().expect("allocator lock");
         // Offsets come from our own allocations; a failure here is a server bug.
         if let Err(e) = alloc.free(offset) {
             eprintln!("sharedserver: internal error freeing {offset}: {e}");
         }
-        self.publish_stats(&alloc);
     }
 
     /// Mirrors the allocator into the header for `--status` (advisory).
@@ -532,7 +546,6 @@ impl Stream {
                     None => break,
                 }
             }
-            shared.publish_stats(&alloc);
         }
         if slots.is_empty() {
             return false;
@@ -754,11 +767,9 @@ impl Worker {
             }
             let progressed = self.poll_all();
             if !progressed {
-                let rang = || doorbell.seq() != seen;
-                if !(0..SPIN_ITERATIONS).any(|_| {
-                    std::hint::spin_loop();
-                    rang()
-                }) {
+                // Spin only while we have streams whose next step may come any moment.
+                let spin = if self.streams.is_empty() { Duration::ZERO } else { SPIN };
+                if !spin_until(|| doorbell.seq() != seen, spin) {
                     doorbell.wait_past(seen, IDLE_SLICE);
                 }
             }

@@ -21,8 +21,28 @@ pub struct Event {
 
 const _: () = assert!(std::mem::size_of::<Event>() == 8);
 
-/// How many spin iterations a waiter tries before it sleeps.
-pub const SPIN_ITERATIONS: u32 = 2_000;
+/// How long a waiter spins before it sleeps: longer than a round trip between two
+/// awake processes (a few microseconds), far shorter than a futex wakeup on a VM.
+pub const SPIN: Duration = Duration::from_micros(20);
+
+/// Spins until `ready()` holds or `limit` passes; returns whether it held.
+pub fn spin_until(mut ready: impl FnMut() -> bool, limit: Duration) -> bool {
+    if limit.is_zero() {
+        return ready();
+    }
+    let start = Instant::now();
+    loop {
+        for _ in 0..32 {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= limit {
+            return ready();
+        }
+    }
+}
 
 impl Event {
     /// Call after publishing the state the waiter is looking for.
@@ -35,15 +55,12 @@ impl Event {
         }
     }
 
-    /// Waits until `ready()` holds or `deadline` passes, spinning first, then
+    /// Waits until `ready()` holds or `deadline` passes, spinning `spin` first, then
     /// sleeping in slices of at most `slice` (so callers can check liveness between
     /// calls). Returns whether `ready()` held.
-    pub fn wait_until(&self, mut ready: impl FnMut() -> bool, deadline: Instant, spin: u32) -> bool {
-        for _ in 0..spin {
-            if ready() {
-                return true;
-            }
-            std::hint::spin_loop();
+    pub fn wait_until(&self, mut ready: impl FnMut() -> bool, deadline: Instant, spin: Duration) -> bool {
+        if spin_until(&mut ready, spin) {
+            return true;
         }
         loop {
             if ready() {
@@ -98,7 +115,7 @@ mod tests {
             e2.notify();
         });
         let deadline = Instant::now() + Duration::from_secs(30);
-        assert!(event.wait_until(|| flag.load(Ordering::SeqCst), deadline, 0));
+        assert!(event.wait_until(|| flag.load(Ordering::SeqCst), deadline, Duration::ZERO));
         waker.join().unwrap();
     }
 
@@ -106,7 +123,7 @@ mod tests {
     fn waiting_for_something_that_never_happens_times_out() {
         let event = Event::default();
         let deadline = Instant::now() + Duration::from_millis(30);
-        assert!(!event.wait_until(|| false, deadline, 10));
+        assert!(!event.wait_until(|| false, deadline, SPIN));
         assert!(Instant::now() >= deadline);
     }
 }

@@ -45,7 +45,7 @@ fn status_shows_a_live_stream_and_the_segment_map() {
     assert!(status_code.success());
     wait_until("the stream's record to be freed", || {
         let json: serde_json::Value = serde_json::from_str(&status(&server, true)).unwrap();
-        json["streams_done"] == 1 && json["buffer_bytes"] == 0 && json["records"] == 1
+        json["streams_done"] == 1 && json["buffer_bytes"] == 0 && json["records"] == 1 && json["holes"] == 1
     });
 }
 
