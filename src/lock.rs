@@ -162,6 +162,21 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_folder_owned_by_another_user_is_refused() {
+        let name = format!("sxf-unit-lockowner-{}", std::process::id());
+        let path = LockDir::path_for(&name);
+        fs::create_dir(&path).unwrap();
+        // Only root can give a folder away; elsewhere this case cannot be staged.
+        if std::os::unix::fs::chown(&path, Some(65534), None).is_err() {
+            fs::remove_dir(&path).unwrap();
+            return;
+        }
+        let err = LockDir::create(&name).unwrap_err();
+        fs::remove_dir(&path).unwrap();
+        assert!(err.to_string().contains("belongs to user id 65534"), "{err}");
+    }
+
+    #[test]
     fn stream_lock_files_are_listed_and_removed() {
         let name = format!("sxf-unit-lockfiles-{}", std::process::id());
         let dir = LockDir::create(&name).unwrap();

@@ -541,6 +541,16 @@ pub fn remove_stale(name: &str) -> io::Result<bool> {
                 format!("{} exists and is not a segment: remove it or pick another --name", path.display()),
             ))
         }
+        Ok(meta) if std::os::unix::fs::MetadataExt::uid(&meta) != sys::current_uid() => {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} belongs to user id {}, not to you: pick another --name",
+                    path.display(),
+                    std::os::unix::fs::MetadataExt::uid(&meta)
+                ),
+            ))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         _ => {}
     }
@@ -667,6 +677,21 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("free"), "{text}");
         assert!(matches!(err, SegmentError::NoSpace { .. }), "{text}");
+    }
+
+    #[test]
+    fn a_stale_segment_of_another_user_is_not_removed() {
+        let name = unique_name("foreign");
+        std::fs::write(shm_path(&name), b"").unwrap();
+        // Only root can give a file away; elsewhere this case cannot be staged.
+        if std::os::unix::fs::chown(shm_path(&name), Some(65534), None).is_err() {
+            std::fs::remove_file(shm_path(&name)).unwrap();
+            return;
+        }
+        let err = remove_stale(&name).unwrap_err();
+        assert!(shm_path(&name).exists());
+        std::fs::remove_file(shm_path(&name)).unwrap();
+        assert!(err.to_string().contains("belongs to user id 65534"), "{err}");
     }
 
     #[test]

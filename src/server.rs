@@ -781,12 +781,14 @@ impl Worker {
         for stream in &mut self.streams {
             progressed |= stream.poll(&self.shared);
         }
-        let (done, live): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.streams).into_iter().partition(|s| s.finished);
-        self.streams = live;
-        for stream in done {
-            stream.release(&self.shared);
-            progressed = true;
+        let mut index = 0;
+        while index < self.streams.len() {
+            if self.streams[index].finished {
+                self.streams.swap_remove(index).release(&self.shared);
+                progressed = true;
+            } else {
+                index += 1;
+            }
         }
         progressed
     }
