@@ -143,6 +143,9 @@ pub struct Session<'a> {
     s2c_seen: u32,
     watchdog: Watchdog<'a>,
     closed: bool,
+    /// Capacity of ring slot 0 once the server gave this stream a ring; the ring is
+    /// kept between files, so a file that fits goes in one step (`Put`).
+    kept_slot: Option<u64>,
 }
 
 impl<'a> Session<'a> {
@@ -163,7 +166,16 @@ impl<'a> Session<'a> {
         }
         let lock = connection.locks.stream_lock(ticket.guid)?;
         let s2c_seen = record.s2c.seq.load(Ordering::Acquire);
-        Ok(Session { connection, record, lock, c2s_seq: 0, s2c_seen, watchdog, closed: false })
+        Ok(Session {
+            connection,
+            record,
+            lock,
+            c2s_seq: 0,
+            s2c_seen,
+            watchdog,
+            closed: false,
+            kept_slot: None,
+        })
     }
 
     /// Posts a command under the record's lock and rings the server.
@@ -278,9 +290,14 @@ pub fn send_stream<'a>(
     };
     // Relaxed: a display-only field, read by status.
     active.record.stream_id.store(id, Ordering::Relaxed);
-    let result = active
-        .post(&ClientCommand::Open { name: name.clone(), size })
-        .and_then(|()| transfer(active, &file, &meta, size, bar));
+    let fits_kept_ring = active.kept_slot.is_some_and(|capacity| size <= capacity);
+    let result = if fits_kept_ring {
+        put(active, &file, &meta, &name, size, bar)
+    } else {
+        active
+            .post(&ClientCommand::Open { name: name.clone(), size })
+            .and_then(|()| transfer(active, &file, &meta, size, bar))
+    };
     if let Err(e) = &result {
         active.abort(&e.to_string());
         *session = None;
@@ -311,9 +328,32 @@ fn transfer(
     if slots > MAX_SLOTS || (slots == 0 && size > 0) {
         return Err(failed(format!("the server offered {slots} ring slots")));
     }
+    if slots > 0 {
+        session.kept_slot = Some(session.record.slots[0].capacity.load(Ordering::Relaxed));
+    }
     let checksum = send_chunks(session, file, size, slots, bar)?;
     ensure_unchanged(file, meta)?;
     session.post(&ClientCommand::Finish { size, checksum })?;
+    wait_done(session, size)
+}
+
+/// A file that fits slot 0 of the ring kept from the previous file: fill the slot,
+/// then one command and one reply.
+fn put(
+    session: &mut Session<'_>,
+    file: &File,
+    meta: &std::fs::Metadata,
+    name: &str,
+    size: u64,
+    bar: &ProgressBar,
+) -> Result<(), StreamError> {
+    let checksum = send_chunks(session, file, size, 1, bar)?;
+    ensure_unchanged(file, meta)?;
+    session.post(&ClientCommand::Put { name: name.to_owned(), size, checksum })?;
+    wait_done(session, size)
+}
+
+fn wait_done(session: &mut Session<'_>, size: u64) -> Result<(), StreamError> {
     match session.wait_reply()? {
         ServerReply::Done { bytes } if bytes == size => Ok(()),
         ServerReply::Done { bytes } => Err(failed(format!("server stored {bytes} bytes, expected {size}"))),

@@ -16,6 +16,7 @@ pub const C2S_FINISH: u32 = 0x102;
 pub const C2S_ABORT: u32 = 0x103;
 pub const C2S_PING: u32 = 0x104;
 pub const C2S_CLOSE: u32 = 0x105;
+pub const C2S_PUT: u32 = 0x106;
 
 pub const S2C_OPENED: u32 = 0x201;
 pub const S2C_DONE: u32 = 0x202;
@@ -48,6 +49,13 @@ pub enum ClientCommand {
     },
     /// The client is done with the record; the server may free it.
     Close,
+    /// A whole small file in one step: its `size` bytes already lie in ring slot 0
+    /// (kept from the stream's previous file), `checksum` is their xxh3-64.
+    Put {
+        name: String,
+        size: u64,
+        checksum: u64,
+    },
 }
 
 /// Why the server failed a stream, carried in `Error` replies.
@@ -186,6 +194,9 @@ impl ClientCommand {
             Self::Abort { reason } => (C2S_ABORT, [0; 4], truncate_utf8(reason).to_vec()),
             Self::Ping { seq, sent_nanos } => (C2S_PING, [*seq, *sent_nanos, 0, 0], Vec::new()),
             Self::Close => (C2S_CLOSE, [0; 4], Vec::new()),
+            Self::Put { name, size, checksum } => {
+                (C2S_PUT, [*size, *checksum, 0, 0], name.as_bytes().to_vec())
+            }
         }
     }
 
@@ -202,6 +213,11 @@ impl ClientCommand {
             C2S_ABORT => Ok(Self::Abort { reason: raw.text()?.to_owned() }),
             C2S_PING => Ok(Self::Ping { seq: a, sent_nanos: b }),
             C2S_CLOSE => Ok(Self::Close),
+            C2S_PUT => {
+                let name = raw.text()?;
+                validate_file_name(name)?;
+                Ok(Self::Put { name: name.to_owned(), size: a, checksum: b })
+            }
             code => Err(bad(format!("unknown client command code {code:#x}"))),
         }
     }
@@ -300,6 +316,7 @@ mod tests {
             ClientCommand::Abort { reason: "source shrank".into() },
             ClientCommand::Ping { seq: 3, sent_nanos: 99 },
             ClientCommand::Close,
+            ClientCommand::Put { name: "small.txt".into(), size: 4096, checksum: 7 },
         ] {
             assert_eq!(roundtrip_client(cmd.clone()), cmd);
         }

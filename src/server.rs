@@ -316,15 +316,13 @@ struct Transfer {
     written: u64,
     hasher: Xxh3Default,
     started: Instant,
-    /// Private copies of the ring's (offset, capacity); empty while waiting for space.
-    slots: Vec<(u64, u64)>,
     next_slot: usize,
 }
 
 enum Phase {
     /// Waiting for a command (open or ping).
     Idle,
-    /// Receiving a file (or waiting for buffer space when `slots` is empty).
+    /// Receiving a file (or waiting for buffer space while the ring is empty).
     Receiving(Box<Transfer>),
 }
 
@@ -351,6 +349,9 @@ struct Stream {
     last_liveness: Instant,
     /// What reports call this stream: the file name once one was asked for.
     label: String,
+    /// Private copies of the ring's (offset, capacity). Kept from one file to the
+    /// next on the same stream, so small files need no new buffers.
+    ring: Vec<(u64, u64)>,
     /// Set when the record can be freed.
     finished: bool,
 }
@@ -373,6 +374,7 @@ impl Stream {
             last_activity: now,
             last_liveness: now,
             label: format!("stream {}", offer.ticket.guid.simple()),
+            ring: Vec::new(),
             finished: false,
         }
     }
@@ -391,10 +393,8 @@ impl Stream {
             }
         };
         progressed |= self.handle_command(shared);
-        if let Phase::Receiving(transfer) = &self.phase {
-            if transfer.slots.is_empty() && transfer.size > 0 {
-                progressed |= self.try_start_ring(shared);
-            }
+        if self.waiting_for_space() {
+            progressed |= self.try_start_ring(shared);
         }
         self.check_health(shared);
         progressed
@@ -404,8 +404,9 @@ impl Stream {
     fn drain(&mut self, shared: &Shared) -> Result<bool, Failure> {
         let Phase::Receiving(transfer) = &mut self.phase else { return Ok(false) };
         let record = shared.segment.record(self.offset).expect("own record");
+        let ring = &self.ring;
         let mut moved = false;
-        for _ in 0..transfer.slots.len() {
+        for _ in 0..ring.len() {
             let slot = &record.slots[transfer.next_slot];
             // SYNC POINT: pairs with the client's Release store of FULL: the buffer's
             // bytes and `len` are visible.
@@ -413,7 +414,7 @@ impl Stream {
                 break;
             }
             let len = slot.len.load(Ordering::Relaxed);
-            let (offset, capacity) = transfer.slots[transfer.next_slot];
+            let (offset, capacity) = ring[transfer.next_slot];
             if len == 0 || len > capacity || transfer.written.saturating_add(len) > transfer.size {
                 return Err(failure(
                     ErrorCode::BadRequest,
@@ -436,7 +437,7 @@ impl Stream {
             // SYNC POINT: hands the buffer back; pairs with the client's Acquire load.
             slot.state.store(SLOT_EMPTY, Ordering::Release);
             record.client_event.notify();
-            transfer.next_slot = (transfer.next_slot + 1) % transfer.slots.len();
+            transfer.next_slot = (transfer.next_slot + 1) % ring.len();
             moved = true;
         }
         if moved {
@@ -468,6 +469,9 @@ impl Stream {
     fn execute(&mut self, shared: &Shared, command: ClientCommand) {
         match (command, &self.phase) {
             (ClientCommand::Open { name, size }, Phase::Idle) => self.open(shared, name, size),
+            (ClientCommand::Put { name, size, checksum }, Phase::Idle) => {
+                self.put(shared, name, size, checksum)
+            }
             (ClientCommand::Finish { size, checksum }, Phase::Receiving(_)) => {
                 self.finish(shared, size, checksum)
             }
@@ -485,7 +489,8 @@ impl Stream {
         }
     }
 
-    fn open(&mut self, shared: &Shared, name: String, size: u64) {
+    /// Checks the name and creates the temporary file: the common start of Open and Put.
+    fn begin(&mut self, shared: &Shared, name: String, size: u64) -> Result<(), Failure> {
         self.label.clone_from(&name);
         let dir = &shared.options.output_dir;
         let final_path = dir.join(&name);
@@ -494,22 +499,17 @@ impl Stream {
                 "{} already exists: remove it or run the server with --overwrite",
                 final_path.display()
             );
-            return self.fail(shared, failure(ErrorCode::Exists, message));
+            return Err(failure(ErrorCode::Exists, message));
         }
         let temp_path = dir.join(format!("{}{}.part", temp_prefix(&shared.options.name), self.guid.simple()));
-        let file = match File::create_new(&temp_path) {
-            Ok(file) => file,
-            Err(e) => {
-                let message = format!("cannot create {}: {e}", temp_path.display());
-                return self.fail(shared, failure(ErrorCode::Io, message));
-            }
-        };
+        let file = File::create_new(&temp_path)
+            .map_err(|e| failure(ErrorCode::Io, format!("cannot create {}: {e}", temp_path.display())))?;
         let record = self.record(shared);
         record.file_size.store(size, Ordering::Relaxed);
         record.bytes_done.store(0, Ordering::Relaxed);
         let name_len = segment::store_bytes(&record.name, name.as_bytes());
         record.name_len.store(name_len as u32, Ordering::Relaxed);
-        record.phase.store(PHASE_WAITING_FOR_SPACE, Ordering::Relaxed);
+        record.phase.store(PHASE_RECEIVING, Ordering::Relaxed);
         self.phase = Phase::Receiving(Box::new(Transfer {
             name,
             final_path,
@@ -519,48 +519,65 @@ impl Stream {
             written: 0,
             hasher: Xxh3Default::new(),
             started: Instant::now(),
-            slots: Vec::new(),
             next_slot: 0,
         }));
+        Ok(())
+    }
+
+    fn open(&mut self, shared: &Shared, name: String, size: u64) {
+        if let Err(failure) = self.begin(shared, name, size) {
+            return self.fail(shared, failure);
+        }
         if size == 0 {
-            record.phase.store(PHASE_RECEIVING, Ordering::Relaxed);
             self.reply(shared, ServerReply::Opened { slots: 0, chunk: 0 });
         } else {
             self.try_start_ring(shared);
         }
     }
 
+    /// A small file already in slot 0 of the ring the stream kept: one round trip.
+    fn put(&mut self, shared: &Shared, name: String, size: u64, checksum: u64) {
+        let fits = size == 0 || self.ring.first().is_some_and(|&(_, capacity)| size <= capacity);
+        if !fits {
+            let message = format!("put of {size} bytes does not fit the stream's ring");
+            return self.fail(shared, failure(ErrorCode::BadRequest, message));
+        }
+        match self.begin(shared, name, size) {
+            Ok(()) => self.finish(shared, size, checksum),
+            Err(failure) => self.fail(shared, failure),
+        }
+    }
+
+    fn waiting_for_space(&self) -> bool {
+        matches!(&self.phase, Phase::Receiving(t) if t.size > 0 && self.ring.is_empty())
+    }
+
     /// Allocates the stream's buffers if there is room; otherwise the stream waits
     /// (backpressure) and this is tried again on the next pass.
     fn try_start_ring(&mut self, shared: &Shared) -> bool {
-        let Phase::Receiving(transfer) = &mut self.phase else { return false };
+        let Phase::Receiving(transfer) = &self.phase else { return false };
         let area = shared.segment.layout().area_end - shared.segment.layout().area_start;
         let chunk = chunk_size(transfer.size, area);
         let wanted = transfer.size.div_ceil(chunk).min(WANTED_SLOTS as u64) as usize;
-        let mut slots = Vec::new();
-        {
-            let mut alloc = shared.alloc.lock().expect("allocator lock");
-            while slots.len() < wanted {
-                match alloc.alloc_high(chunk, BUFFER_ALIGN) {
-                    Some(offset) => slots.push((offset, chunk)),
-                    None => break,
-                }
+        let reusable = self.ring.first().is_some_and(|&(_, kept)| kept >= chunk) && self.ring.len() >= wanted;
+        if !reusable {
+            self.free_ring(shared);
+            self.ring = allocate_ring(shared, chunk, wanted);
+            let record = shared.segment.record(self.offset).expect("own record");
+            if self.ring.is_empty() {
+                record.phase.store(PHASE_WAITING_FOR_SPACE, Ordering::Relaxed);
+                return false;
             }
+            record.phase.store(PHASE_RECEIVING, Ordering::Relaxed);
+            for (slot, &(offset, capacity)) in record.slots.iter().zip(&self.ring) {
+                slot.offset.store(offset, Ordering::Relaxed);
+                slot.capacity.store(capacity, Ordering::Relaxed);
+                slot.len.store(0, Ordering::Relaxed);
+                slot.state.store(SLOT_EMPTY, Ordering::Relaxed);
+            }
+            record.nslots.store(self.ring.len() as u32, Ordering::Relaxed);
         }
-        if slots.is_empty() {
-            return false;
-        }
-        let record = shared.segment.record(self.offset).expect("own record");
-        for (slot, (offset, capacity)) in record.slots.iter().zip(&slots) {
-            slot.offset.store(*offset, Ordering::Relaxed);
-            slot.capacity.store(*capacity, Ordering::Relaxed);
-            slot.len.store(0, Ordering::Relaxed);
-            slot.state.store(SLOT_EMPTY, Ordering::Relaxed);
-        }
-        record.nslots.store(slots.len() as u32, Ordering::Relaxed);
-        record.phase.store(PHASE_RECEIVING, Ordering::Relaxed);
-        let reply = ServerReply::Opened { slots: slots.len() as u32, chunk };
-        transfer.slots = slots;
+        let reply = ServerReply::Opened { slots: self.ring.len() as u32, chunk: self.ring[0].1 };
         self.last_activity = Instant::now();
         // The reply's Release publishes the slot fields above.
         self.reply(shared, reply);
@@ -580,9 +597,9 @@ impl Stream {
         let Phase::Receiving(transfer) = &self.phase else { return };
         match publish(transfer, size, checksum, shared.options.overwrite) {
             Ok(done) => {
-                if let Phase::Receiving(transfer) = std::mem::replace(&mut self.phase, Phase::Idle) {
-                    self.free_buffers(shared, &transfer.slots);
-                }
+                // The ring stays with the stream for its next file.
+                self.phase = Phase::Idle;
+                self.record(shared).phase.store(PHASE_IDLE, Ordering::Relaxed);
                 shared.segment.header().streams_done.fetch_add(1, Ordering::Relaxed);
                 shared.report(done.line);
                 self.reply(shared, ServerReply::Done { bytes: done.bytes });
@@ -625,25 +642,24 @@ impl Stream {
         self.finished = true;
     }
 
-    /// Removes the temporary file and frees the buffers of an unfinished transfer.
+    /// Removes the temporary file of an unfinished transfer and frees the ring: after
+    /// a failure the client gives the record back, so its buffers go now.
     fn drop_transfer(&mut self, shared: &Shared) {
         if let Phase::Receiving(transfer) = std::mem::replace(&mut self.phase, Phase::Idle) {
             let _ = fs::remove_file(&transfer.temp_path);
-            self.free_buffers(shared, &transfer.slots);
         }
+        self.free_ring(shared);
     }
 
-    fn free_buffers(&self, shared: &Shared, slots: &[(u64, u64)]) {
+    fn free_ring(&mut self, shared: &Shared) {
         let record = self.record(shared);
         record.nslots.store(0, Ordering::Relaxed);
         record.phase.store(PHASE_IDLE, Ordering::Relaxed);
         for slot in &record.slots {
             slot.state.store(SLOT_UNUSED, Ordering::Relaxed);
         }
-        for (offset, _) in slots {
-            shared.free_block(*offset);
-        }
-        if !slots.is_empty() {
+        for (offset, _) in std::mem::take(&mut self.ring) {
+            shared.free_block(offset);
             // Streams waiting for space retry on the next wake.
             shared.segment.header().doorbell.notify();
         }
@@ -660,9 +676,8 @@ impl Stream {
                 return;
             }
         }
-        let waiting_for_space =
-            matches!(&self.phase, Phase::Receiving(t) if t.slots.is_empty() && t.size > 0);
-        if !waiting_for_space && now.duration_since(self.last_activity) >= shared.options.idle_timeout {
+        if !self.waiting_for_space() && now.duration_since(self.last_activity) >= shared.options.idle_timeout
+        {
             let message =
                 format!("no activity for {} s: stream dropped", shared.options.idle_timeout.as_secs());
             self.fail(shared, failure(ErrorCode::IdleTimeout, message));
@@ -686,6 +701,19 @@ impl Stream {
         shared.free_block(self.offset);
         shared.locks.remove_stream_lock(self.guid);
     }
+}
+
+/// Up to `wanted` buffers of `chunk` bytes from the high end; fewer if space is short.
+fn allocate_ring(shared: &Shared, chunk: u64, wanted: usize) -> Vec<(u64, u64)> {
+    let mut alloc = shared.alloc.lock().expect("allocator lock");
+    let mut ring = Vec::with_capacity(wanted);
+    while ring.len() < wanted {
+        match alloc.alloc_high(chunk, BUFFER_ALIGN) {
+            Some(offset) => ring.push((offset, chunk)),
+            None => break,
+        }
+    }
+    ring
 }
 
 /// A published file, for the report line.
