@@ -29,7 +29,7 @@ use crate::wait::SPIN;
 use crate::ExitStatus;
 
 /// How long one sleep lasts between liveness checks.
-const CHECK_SLICE: Duration = Duration::from_millis(100);
+const CHECK_SLICE: Duration = Duration::from_millis(250);
 /// How long to wait for a server that is still setting its segment up.
 const OPEN_WAIT: Duration = Duration::from_secs(2);
 

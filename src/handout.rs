@@ -96,7 +96,7 @@ pub fn take<E: From<io::Error>>(
         if now >= deadline {
             return Ok(None);
         }
-        let slice = (deadline - now).min(Duration::from_millis(100));
+        let slice = (deadline - now).min(Duration::from_millis(250));
         event.sleep_unless(&mut || handout.state.load(Ordering::Acquire) == HANDOUT_OFFERED, slice);
     }
 }

@@ -40,8 +40,12 @@ pub const MAX_CHUNK: u64 = 1 << 20;
 pub const WANTED_SLOTS: usize = 4;
 /// How often a worker checks that its clients still exist.
 const LIVENESS_PERIOD: Duration = Duration::from_millis(300);
-/// How long a worker sleeps at most when nothing happens.
-const IDLE_SLICE: Duration = Duration::from_millis(50);
+/// How long the handout thread sleeps between heartbeats when nothing happens.
+const HEARTBEAT_PERIOD: Duration = Duration::from_millis(250);
+/// How long the handout thread waits before retrying an offer when records are full.
+const RETRY_SLICE: Duration = Duration::from_millis(50);
+/// How long a worker without streams sleeps (a new stream or shutdown rings it).
+const EMPTY_WORKER_SLICE: Duration = Duration::from_secs(1);
 
 /// Everything the server needs to run, already validated by the binary.
 #[derive(Debug, Clone)]
@@ -237,7 +241,7 @@ fn handout_loop(shared: &Shared, handout_lock: &NamedLock, workers: &[Sender<Str
         if offered.is_none() {
             offered = shared.make_offer(handout_lock)?;
         }
-        let wait_for = if offered.is_some() { Duration::from_millis(100) } else { IDLE_SLICE };
+        let wait_for = if offered.is_some() { HEARTBEAT_PERIOD } else { RETRY_SLICE };
         let mut taken = || handout::is_taken(&shared.segment) || sys::stop_signal().is_some();
         header.handout_event.sleep_unless(&mut taken, wait_for);
     }
@@ -795,10 +799,15 @@ impl Worker {
             }
             let progressed = self.poll_all();
             if !progressed {
-                // Spin only while we have streams whose next step may come any moment.
-                let spin = if self.streams.is_empty() { Duration::ZERO } else { SPIN };
+                // Spin only while we have streams whose next step may come any moment;
+                // wake at least every liveness period to check their clients.
+                let (spin, slice) = if self.streams.is_empty() {
+                    (Duration::ZERO, EMPTY_WORKER_SLICE)
+                } else {
+                    (SPIN, LIVENESS_PERIOD)
+                };
                 if !spin_until(|| doorbell.seq() != seen, spin) {
-                    doorbell.wait_past(seen, IDLE_SLICE);
+                    doorbell.wait_past(seen, slice);
                 }
             }
         }

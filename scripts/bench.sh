@@ -1,0 +1,486 @@
+#!/usr/bin/env bash
+# Benchmark sharedxfer side by side with plain tools (cat, dd, pipes, cp) on this machine.
+#
+# Usage: scripts/bench.sh [--quick] [--json FILE] [--runs N]
+#
+#   --quick    3 runs and smaller sizes (256 MiB instead of 1 GiB, 16 MiB streams,
+#              20,000 pings, 3 s idle windows, 1 GiB for the memory case): about a minute
+#   --json F   also write the results as JSON to F
+#   --runs N   timed runs per case and side (default 5, --quick 3)
+#
+# Builds in release mode, makes its files under /dev/shm/sxbench-$$ (tmpfs), starts one
+# sharedserver (segment sxbseg-$$, 64M) for the whole run, and measures each case with
+# the two sides alternated (A B B A A B ...), after one untimed warm-up round. Every
+# sharedxfer run is checked right after the client exits (each output's size; content
+# with cmp on the first timed run of each case); a failed check fails the benchmark.
+# Cases: 1 one big file, 2 16 streams in one client, 3 4 clients x 4 streams,
+# 4 2,000 small files, 5 ping-pong latency, 6 idle CPU, 7 peak memory of a big file.
+# Exit status: 0 done, 1 a run or a check failed, 2 usage.
+set -euo pipefail
+export LC_ALL=C
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+die_usage() { echo "bench: $*" >&2; usage >&2; exit 2; }
+
+start_dir=$PWD
+quick=0 json="" runs=""
+while (($#)); do
+  case $1 in
+    --quick) quick=1 ;;
+    --json) (($# >= 2)) || die_usage "--json needs a FILE"; json=$2; shift ;;
+    --json=*) json=${1#--json=} ;;
+    --runs) (($# >= 2)) || die_usage "--runs needs a number"; runs=$2; shift ;;
+    --runs=*) runs=${1#--runs=} ;;
+    -h | --help) usage; exit 0 ;;
+    *) die_usage "unknown argument '$1'" ;;
+  esac
+  shift
+done
+[[ -z $runs || $runs =~ ^[1-9][0-9]*$ ]] || die_usage "--runs wants a whole number >= 1, not '$runs'"
+[[ -z $json || $json == /* ]] || json="$start_dir/$json"
+
+if ((quick)); then
+  runs=${runs:-3} big_mib=256 per_mib=16 nsmall=2000 pings=20000 idle_secs=3 huge_mib=1024
+else
+  runs=${runs:-5} big_mib=1024 per_mib=64 nsmall=2000 pings=100000 idle_secs=10 huge_mib=4096
+fi
+segsize=64M segsize_mib=64 small_jobs=8 timeout_s=300 wait_secs=$((idle_secs / 2 > 2 ? idle_secs / 2 : 2))
+
+cd "$(dirname "$0")/.."
+root=$PWD
+bin=$root/target/release
+report=$root/scripts/bench_report.py
+T=/dev/shm/sxbench-$$   # the segment gets a different name: it lives at /dev/shm/<name> too
+seg=sxbseg-$$
+res=$T/results.tsv
+server=""
+bg_pids=()
+bench_start=${EPOCHREALTIME/./}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  local p
+  for p in "${bg_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  if [[ -n $server ]] && kill -0 "$server" 2>/dev/null; then
+    kill -CONT "$server" 2>/dev/null || true
+    kill -INT "$server" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$server" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+  fi
+  rm -rf "$T"
+  # The server removes these on SIGINT; only a killed one leaves them (the name is ours).
+  rm -rf "/dev/shm/$seg" "/dev/shm/$seg.locks"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
+
+fail() { # MESSAGE [LOG]...
+  echo "bench: FAILED: $1" >&2
+  shift
+  local log
+  for log in "$@"; do
+    [[ -s $log ]] && { echo "--- $log (last 20 lines) ---" >&2; tail -n 20 "$log" >&2; }
+  done
+  exit 1
+}
+say() { echo "bench: $*" >&2; }
+meta() { printf 'M\t%s\t%s\n' "$1" "$2" >>"$res"; }
+sample() { # KEY RUN VALUE
+  [[ $3 =~ ^-?[0-9]+(\.[0-9]+)?$ ]] || fail "internal: bad value '$3' for $1 (run $2)"
+  printf 'S\t%s\t%s\t%s\n' "$1" "$2" "$3" >>"$res"
+}
+row() { printf 'R\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$res"; } # CASE METRIC UNIT BETTER SXKEY CMPNAME CMPREF
+div() { awk -v a="$1" -v b="$2" -v m="${3:-1}" 'BEGIN { printf "%.6f", a * m / b }'; }
+
+# Runs "$@", sets elapsed_us (wall time); returns its status.
+timed() {
+  local t0=${EPOCHREALTIME/./} rc=0
+  "$@" || rc=$?
+  local t1=${EPOCHREALTIME/./}
+  elapsed_us=$((t1 - t0))
+  return "$rc"
+}
+
+# --------------------------------------------------------------------------- setup
+
+say "building (cargo build --release --quiet)"
+cargo build --release --quiet || fail "cargo build --release failed"
+[[ -x $bin/sharedserver && -x $bin/sharedclient ]] || fail "no binaries in $bin"
+command -v gcc >/dev/null || fail "gcc is needed for the pipe ping-pong"
+command -v python3 >/dev/null || fail "python3 is needed for the report"
+
+need_mib=$((2 * huge_mib + big_mib + 512))
+free_mib=$(df -Pm /dev/shm | awk 'NR == 2 { print $4 }')
+((free_mib >= need_mib)) || fail "/dev/shm has $free_mib MiB free, the benchmark needs about $need_mib MiB"
+
+mkdir -p "$T"/{out,cmp,src1,src2,src4}
+: >"$res"
+cl=(timeout "$timeout_s" "$bin/sharedclient" --name "$seg" -q)
+
+nproc_=$(nproc)
+model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+kernel=$(uname -sr)
+memtotal=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
+mode=$([[ $quick == 1 ]] && echo quick || echo full)
+echo "machine: nproc=$nproc_, cpu='${model:-unknown}', kernel=$kernel, memory=$memtotal, /dev/shm free=${free_mib} MiB, loadavg at start=$load0"
+echo "settings: mode=$mode, runs=$runs (+1 untimed warm-up round), segment=$segsize (server started once, default workers), sizes: case1 ${big_mib} MiB, case2/3 16 x ${per_mib} MiB, case4 $nsmall x 4 KiB (-j $small_jobs), case5 $pings round trips, case6 ${idle_secs} s windows, case7 ${huge_mib} MiB"
+meta machine.nproc "$nproc_"; meta machine.model "$model"; meta machine.kernel "$kernel"
+meta machine.memory "$memtotal"; meta machine.loadavg_start "$load0"
+meta settings.mode "$mode"; meta settings.runs "$runs"; meta settings.segment "$segsize"
+meta settings.big_mib "$big_mib"; meta settings.stream_mib "$per_mib"; meta settings.small_files "$nsmall"
+meta settings.small_jobs "$small_jobs"; meta settings.pings "$pings"; meta settings.idle_secs "$idle_secs"
+meta settings.huge_mib "$huge_mib"; meta settings.tmpdir "$T"
+
+# Pseudo-random content at GB/s (/dev/urandom is ~5 s per GiB here); distinct per seed.
+make_random() { # FILE BYTES SEED
+  { openssl enc -aes-128-ctr -nosalt -pbkdf2 -pass "pass:$3" </dev/zero 2>/dev/null || true; } |
+    head -c "$2" >"$1"
+  (($(stat -c %s "$1") == $2)) || fail "could not make $1 (openssl enc -aes-128-ctr is used for fast random data)"
+}
+
+say "making test files in $T"
+make_random "$T/src1/big.bin" $((big_mib << 20)) sxbench-big
+# Cases 2 and 3: 16 distinct files.
+for i in $(seq -w 1 16); do make_random "$T/src2/f$i.bin" $((per_mib << 20)) "sxbench-f$i"; done
+# Case 4: 2,000 x 4 KiB, distinct contents, cut from one random stream.
+make_random "$T/small.all" $((nsmall * 4096)) sxbench-small
+(cd "$T/src4" && split -a 4 -d -b 4096 ../small.all s) || fail "could not split the small files"
+rm -f "$T/small.all"
+(($(find "$T/src4" -type f | wc -l) == nsmall)) || fail "could not make $nsmall small files"
+
+# options files (relative paths resolve against the options file's folder)
+write_config() { # FILE DIR
+  local n=0 f
+  {
+    echo '<streams>'
+    for f in $(cd "$2" && ls); do n=$((n + 1)); echo "  <stream id=\"$n\" file=\"$(basename "$2")/$f\"/>"; done
+    echo '</streams>'
+  } >"$1"
+}
+write_config "$T/c1.xml" "$T/src1"
+write_config "$T/c2.xml" "$T/src2"
+write_config "$T/c4.xml" "$T/src4"
+
+# The pipe ping-pong: two processes, two pipes, 1-byte messages.
+cat >"$T/pingpong.c" <<'EOF'
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/wait.h>
+static double now_us(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
+}
+static int by_value(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+int main(int argc, char **argv) {
+  long n = argc > 1 ? atol(argv[1]) : 100000;
+  int there[2], back[2];
+  char c = 'x';
+  if (n < 1 || pipe(there) || pipe(back)) { perror("pingpong"); return 1; }
+  pid_t pid = fork();
+  if (pid < 0) { perror("pingpong: fork"); return 1; }
+  if (pid == 0) {
+    close(there[1]); close(back[0]);
+    for (;;) {
+      ssize_t r = read(there[0], &c, 1);
+      if (r != 1) _exit(r == 0 ? 0 : 1);
+      if (write(back[1], &c, 1) != 1) _exit(1);
+    }
+  }
+  close(there[0]); close(back[1]);
+  double *t = malloc(n * sizeof *t);
+  if (!t) return 1;
+  for (long i = 0; i < n; i++) {
+    double s = now_us();
+    if (write(there[1], &c, 1) != 1 || read(back[0], &c, 1) != 1) { fprintf(stderr, "pingpong: pipe broke\n"); return 1; }
+    t[i] = now_us() - s;
+  }
+  close(there[1]);
+  int status;
+  waitpid(pid, &status, 0);
+  qsort(t, n, sizeof *t, by_value);
+  /* the same percentile rule as sharedclient: index round((n-1)*q) */
+  printf("pipe: %ld round trips: min %.2f us, median %.2f us, p99 %.2f us\n", n, t[0],
+         t[(long)((n - 1) * 0.5 + 0.5)], t[(long)((n - 1) * 0.99 + 0.5)]);
+  return 0;
+}
+EOF
+gcc -O2 -o "$T/pingpong" "$T/pingpong.c" || fail "gcc could not build the pipe ping-pong"
+
+say "starting sharedserver --name $seg --size $segsize"
+"$bin/sharedserver" "$T/out" --name "$seg" --size "$segsize" -q >"$T/server.log" 2>&1 &
+server=$!
+deadline=$((${EPOCHREALTIME/./} + 10000000))
+until grep -q "ready on segment" "$T/server.log"; do
+  kill -0 "$server" 2>/dev/null || fail "sharedserver exited before it was ready" "$T/server.log"
+  ((${EPOCHREALTIME/./} < deadline)) || fail "sharedserver was not ready within 10 s" "$T/server.log"
+  sleep 0.05
+done
+echo "server: $(grep -m1 "ready on segment" "$T/server.log") (pid $server)"
+
+server_alive() { kill -0 "$server" 2>/dev/null || fail "sharedserver died ($1)" "$T/server.log"; }
+clean_out() { find "$T/out" -mindepth 1 -delete; rm -rf "$T/cmp"; mkdir "$T/cmp"; }
+
+# Checks that DIR holds SRCDIR's files with the same sizes (and contents with --cmp).
+check_copy() { # LABEL SRCDIR DIR [--cmp]
+  local label=$1 src=$2 dir=$3
+  diff <(find "$src" -maxdepth 1 -type f -printf '%f %s\n' | sort) \
+    <(find "$dir" -maxdepth 1 -type f ! -name '.*' -printf '%f %s\n' | sort) >"$T/check.diff" ||
+    fail "$label: the outputs in $dir do not match the sources (name size; < missing or wrong, > unexpected)" \
+      "$T/check.diff" "$T/server.log"
+  local parts
+  parts=$(find "$dir" -maxdepth 1 -name '.*' | wc -l)
+  ((parts == 0)) || { say "NOTE: $label: $parts hidden (temporary?) file(s) left in $dir after the client exited"; meta "note.$label-leftovers" "$label: $parts hidden files left in the output folder after the client exited"; }
+  if [[ ${4:-} == --cmp ]]; then
+    if (($(find "$src" -maxdepth 1 -type f | wc -l) > 64)); then
+      diff -rq -x '.*' "$src" "$dir" >"$T/check.diff" || fail "$label: contents differ" "$T/check.diff"
+    else
+      local f
+      for f in "$src"/*; do
+        cmp "$f" "$dir/${f##*/}" >"$T/check.diff" 2>&1 || fail "$label: ${f##*/} differs from its source" "$T/check.diff"
+      done
+    fi
+  fi
+}
+
+# Runs one sharedxfer side: times "$@" (sharedclient args), checks exit 0 and outputs.
+sx_run() { # LABEL SRCDIR RUN CLIENT-ARGS...
+  local label=$1 src=$2 run=$3
+  shift 3
+  clean_out
+  timed "${cl[@]}" "$@" >"$T/client.log" 2>&1 ||
+    fail "$label: sharedclient exited $? ($(printf '%q ' "${cl[@]}" "$@" | cut -c1-300))" "$T/client.log" "$T/server.log"
+  check_copy "$label" "$src" "$T/out" $([[ $run == 0 ]] && echo --cmp)
+  server_alive "$label"
+}
+
+order() { # RUN SIDE... : the sides in order for this run (reversed on odd runs: A B B A A B ...)
+  local run=$1
+  shift
+  if ((run % 2 == 0)); then echo "$@"; else local -a s=("$@") r=(); local i; for ((i = ${#s[@]} - 1; i >= 0; i--)); do r+=("${s[i]}"); done; echo "${r[@]}"; fi
+}
+
+cpu_ticks() { local s; s=$(<"/proc/$1/stat"); s=${s##*\) }; local -a f=($s); echo $((f[11] + f[12])); }
+sched_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.0f\n", s }'; }
+ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { printf "%.0f\n", s }'; }
+clk_tck=$(getconf CLK_TCK)
+
+# CPU% (utime+stime ticks of /proc/PID/stat, and ns of every thread's schedstat) and
+# context switches per second of PID over SECS; records KEY.cpu, KEY.cpu_ns, KEY.wake.
+idle_window() { # KEY PID SECS
+  local key=$1 pid=$2 secs=$3 c0 c1 n0 n1 w0 w1 t0 t1
+  c0=$(cpu_ticks "$pid"); n0=$(sched_ns "$pid"); w0=$(ctx_switches "$pid"); t0=${EPOCHREALTIME/./}
+  sleep "$secs"
+  c1=$(cpu_ticks "$pid"); n1=$(sched_ns "$pid"); w1=$(ctx_switches "$pid"); t1=${EPOCHREALTIME/./}
+  sample "$key.cpu" 0 "$(div $((c1 - c0)) $((t1 - t0)) $((100 * 1000000 / clk_tck)))"
+  sample "$key.cpu_ns" 0 "$(div $((n1 - n0)) $((t1 - t0)) 0.1)"
+  sample "$key.wake" 0 "$(div $((w1 - w0)) $((t1 - t0)) 1000000)"
+}
+
+# --------------------------------------------------------------------------- case 6a
+
+say "case 6: idle server CPU over ${idle_secs} s, before any traffic"
+sleep 1
+idle_window c6.before "$server" "$idle_secs"
+server_alive "idle"
+
+# --------------------------------------------------------------------------- case 1
+
+c1_side() { # SIDE RUN : one timed run; RUN -1 is the warm-up
+  local side=$1 run=$2 src=$T/src1/big.bin dst=$T/cmp/big.bin
+  case $side in
+    sx) sx_run "case 1 sharedxfer" "$T/src1" "$run" --config "$T/c1.xml" 1 ;;
+    cat) clean_out; timed eval 'cat "$src" >"$dst"' || fail "case 1: cat failed" ;;
+    dd) clean_out; timed dd if=/dev/zero of="$dst" bs=1M count="$big_mib" status=none || fail "case 1: dd failed" ;;
+    pipe) clean_out; timed eval 'cat "$src" | cat >"$dst"' || fail "case 1: cat | cat failed" ;;
+  esac
+  [[ $side == sx ]] || (($(stat -c %s "$dst") == big_mib << 20)) || fail "case 1: $side wrote a short file"
+  ((run < 0)) || sample "c1.$side" "$run" "$(div $((big_mib << 20)) "$elapsed_us")"
+}
+say "case 1: one ${big_mib} MiB file: sharedxfer vs cat, dd, cat | cat"
+for side in sx cat dd pipe; do c1_side "$side" -1; done
+for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx cat dd pipe); do c1_side "$side" "$r"; done; done
+clean_out
+row "1 one ${big_mib} MiB file" "client -> server" MB/s higher c1.sx 'cat src > dst' key:c1.cat
+row "1 one ${big_mib} MiB file" "client -> server" MB/s higher c1.sx "dd of=dst bs=1M (write only)" key:c1.dd
+row "1 one ${big_mib} MiB file" "client -> server" MB/s higher c1.sx 'cat src | cat > dst' key:c1.pipe
+rm -rf "$T/src1"
+
+# --------------------------------------------------------------------------- cases 2, 3
+
+all16=$(seq 1 16 | tr '\n' ' ')
+c2_side() { # SIDE RUN
+  local side=$1 run=$2
+  case $side in
+    sx) sx_run "case 2 sharedxfer" "$T/src2" "$run" --config "$T/c2.xml" -j 16 $all16 ;;
+    cp) clean_out; timed cp "$T"/src2/*.bin "$T/cmp/" || fail "case 2: cp failed"; check_copy "case 2 cp" "$T/src2" "$T/cmp" ;;
+  esac
+  ((run < 0)) || sample "c2.$side" "$run" "$(div $((16 * per_mib << 20)) "$elapsed_us")"
+}
+say "case 2: 16 streams x ${per_mib} MiB, one client (-j 16) vs one cp"
+for side in sx cp; do c2_side "$side" -1; done
+for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx cp); do c2_side "$side" "$r"; done; done
+clean_out
+row "2 16 x ${per_mib} MiB, 1 client" aggregate MB/s higher c2.sx "cp 16 files dir/" key:c2.cp
+
+four_clients() {
+  local pids=() i rc=0 p
+  for i in 0 1 2 3; do
+    "${cl[@]}" --config "$T/c2.xml" -j 4 $((4 * i + 1)) $((4 * i + 2)) $((4 * i + 3)) $((4 * i + 4)) >"$T/client$i.log" 2>&1 &
+    pids+=($!)
+  done
+  bg_pids=("${pids[@]}")
+  for p in "${pids[@]}"; do wait "$p" || rc=$?; done
+  bg_pids=()
+  return "$rc"
+}
+c3_side() { # SIDE RUN
+  local side=$1 run=$2
+  case $side in
+    sx)
+      clean_out
+      timed four_clients || fail "case 3: a sharedclient exited non-zero" "$T"/client{0,1,2,3}.log "$T/server.log"
+      check_copy "case 3 sharedxfer" "$T/src2" "$T/out" $([[ $run == 0 ]] && echo --cmp)
+      server_alive "case 3"
+      ;;
+    cp) clean_out; timed cp "$T"/src2/*.bin "$T/cmp/" || fail "case 3: cp failed"; check_copy "case 3 cp" "$T/src2" "$T/cmp" ;;
+  esac
+  ((run < 0)) || sample "c3.$side" "$run" "$(div $((16 * per_mib << 20)) "$elapsed_us")"
+}
+say "case 3: 4 clients x 4 streams x ${per_mib} MiB at once vs one cp"
+for side in sx cp; do c3_side "$side" -1; done
+for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx cp); do c3_side "$side" "$r"; done; done
+clean_out
+row "3 4 clients x 4 x ${per_mib} MiB" aggregate MB/s higher c3.sx "cp 16 files dir/" key:c3.cp
+rm -rf "$T/src2"
+
+# --------------------------------------------------------------------------- case 4
+
+all_small=$(seq 1 "$nsmall" | tr '\n' ' ')
+c4_side() { # SIDE RUN
+  local side=$1 run=$2
+  case $side in
+    sx) sx_run "case 4 sharedxfer" "$T/src4" "$run" --config "$T/c4.xml" -j "$small_jobs" $all_small ;;
+    cp) clean_out; timed cp -r "$T/src4" "$T/cmp/s" || fail "case 4: cp -r failed"; check_copy "case 4 cp -r" "$T/src4" "$T/cmp/s" ;;
+  esac
+  ((run < 0)) || sample "c4.$side" "$run" "$(div "$nsmall" "$elapsed_us" 1000000)"
+}
+say "case 4: $nsmall files x 4 KiB, one client (-j $small_jobs) vs cp -r"
+for side in sx cp; do c4_side "$side" -1; done
+for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx cp); do c4_side "$side" "$r"; done; done
+clean_out
+row "4 $nsmall x 4 KiB files" "files/s (-j $small_jobs)" files/s higher c4.sx "cp -r dir" key:c4.cp
+
+# --------------------------------------------------------------------------- case 5
+
+ping_re='median ([0-9.]+) us, p99 ([0-9.]+) us'
+c5_side() { # SIDE RUN
+  local side=$1 run=$2 count=$pings out
+  ((run >= 0)) || count=$((pings / 10))
+  case $side in
+    sx) out=$(timeout "$timeout_s" "$bin/sharedclient" --name "$seg" --ping "$count" 2>&1) || fail "case 5: sharedclient --ping $count exited $?: $out" "$T/server.log"; server_alive "case 5" ;;
+    pipe) out=$(timeout "$timeout_s" "$T/pingpong" "$count" 2>&1) || fail "case 5: pingpong exited $?: $out" ;;
+  esac
+  [[ $out =~ $ping_re ]] || fail "case 5: cannot read the $side ping output: $out"
+  local median=${BASH_REMATCH[1]} p99=${BASH_REMATCH[2]}
+  if ((run >= 0)); then sample "c5.$side.median" "$run" "$median"; sample "c5.$side.p99" "$run" "$p99"; fi
+}
+say "case 5: ping-pong, $pings round trips: sharedclient --ping vs a pipe pair"
+for side in sx pipe; do c5_side "$side" -1; done
+for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx pipe); do c5_side "$side" "$r"; done; done
+row "5 ping-pong x $pings" "round trip, median" us lower c5.sx.median "pipe pair, 1 byte" key:c5.pipe.median
+row "5 ping-pong x $pings" "round trip, p99" us lower c5.sx.p99 "pipe pair, 1 byte" key:c5.pipe.p99
+
+# --------------------------------------------------------------------------- case 7
+
+say "case 7: one ${huge_mib} MiB file, peak Rss-RssShmem of server and client (sampled every 20 ms)"
+mkdir -p "$T/src7"
+make_random "$T/src7/huge.bin" $((huge_mib << 20)) sxbench-huge
+write_config "$T/c7.xml" "$T/src7"
+for ((r = 0; r < runs; r++)); do
+  clean_out
+  rc=0
+  python3 "$report" sample --server "$server" --out "$T/mem.txt" --log "$T/client.log" --interval 0.02 \
+    --timeout "$timeout_s" -- "$bin/sharedclient" --name "$seg" -q --config "$T/c7.xml" 1 || rc=$?
+  ((rc == 0)) || fail "case 7: sharedclient exited $rc" "$T/client.log" "$T/server.log"
+  check_copy "case 7 sharedxfer" "$T/src7" "$T/out" $([[ $r == 0 ]] && echo --cmp)
+  server_alive "case 7"
+  declare -A m=()
+  while read -r k v; do m[$k]=$v; done <"$T/mem.txt"
+  sample c7.server "$r" "$(div "${m[server_private_kib]}" 1024)"
+  sample c7.client "$r" "$(div "${m[client_private_kib]}" 1024)"
+  sample c7.server_rss "$r" "$(div "${m[server_rss_kib]}" 1024)"
+  sample c7.client_rss "$r" "$(div "${m[client_rss_kib]}" 1024)"
+  sample c7.rate "$r" "$(div $((huge_mib << 20)) "${m[elapsed_us]}")"
+  unset m
+done
+clean_out
+rm -rf "$T/src7"
+row "7 one ${huge_mib} MiB file" "server peak Rss-RssShmem" MiB lower c7.server "segment size" "const:$segsize_mib"
+row "7 one ${huge_mib} MiB file" "client peak Rss-RssShmem" MiB lower c7.client "segment size" "const:$segsize_mib"
+row "7 one ${huge_mib} MiB file" "server peak Rss (incl. segment)" MiB lower c7.server_rss "segment size" "const:$segsize_mib"
+row "7 one ${huge_mib} MiB file" "client peak Rss (incl. segment)" MiB lower c7.client_rss "segment size" "const:$segsize_mib"
+row "7 one ${huge_mib} MiB file" "client -> server (while sampled)" MB/s higher c7.rate - -
+
+# --------------------------------------------------------------------------- case 6b
+
+say "case 6: idle server CPU over ${idle_secs} s, after the traffic"
+sleep 1
+idle_window c6.after "$server" "$idle_secs"
+server_alive "idle"
+
+# An idle waiting client: the server is SIGSTOPped, a client is started and waits for it
+# (well inside its --timeout); then the server is continued and the file must arrive.
+say "case 6: a client waiting ${wait_secs} s for a stopped server"
+clean_out
+kill -STOP "$server"
+timeout "$timeout_s" "$bin/sharedclient" --name "$seg" -q --timeout 120 --config "$T/c4.xml" 1 >"$T/client.log" 2>&1 &
+tpid=$!
+bg_pids=("$tpid")
+sleep 1
+cpid=$(cat "/proc/$tpid/task/$tpid/children" 2>/dev/null | awk '{ print $1 }')
+[[ -n $cpid ]] || { kill -CONT "$server"; fail "case 6: the waiting client is gone" "$T/client.log"; }
+idle_window c6.client "$cpid" "$wait_secs"
+kill -CONT "$server"
+rc=0
+wait "$tpid" || rc=$?
+bg_pids=()
+((rc == 0)) || fail "case 6: the client that waited for a stopped server exited $rc" "$T/client.log" "$T/server.log"
+[[ -f $T/out/s0000 ]] && cmp -s "$T/src4/s0000" "$T/out/s0000" || fail "case 6: the waiting client's file did not arrive whole" "$T/client.log"
+server_alive "case 6"
+clean_out
+row "6 idle" "server CPU %, idle, before traffic" % lower c6.before.cpu target const:0
+row "6 idle" "server CPU %, idle, after traffic" % lower c6.after.cpu target const:0
+row "6 idle" "client CPU %, waiting for stopped server" % lower c6.client.cpu target const:0
+row "6 idle" "server CPU %, idle, before (schedstat ns)" % lower c6.before.cpu_ns target const:0
+row "6 idle" "server CPU %, idle, after (schedstat ns)" % lower c6.after.cpu_ns target const:0
+row "6 idle" "client CPU %, waiting (schedstat ns)" % lower c6.client.cpu_ns target const:0
+row "6 idle" "server context switches/s, idle, before traffic" /s lower c6.before.wake - -
+row "6 idle" "server context switches/s, idle, after traffic" /s lower c6.after.wake - -
+row "6 idle" "client context switches/s, waiting" /s lower c6.client.wake - -
+
+# --------------------------------------------------------------------------- report
+
+load1=$(cut -d' ' -f1-3 /proc/loadavg)
+meta machine.loadavg_end "$load1"
+elapsed_s=$(div $((${EPOCHREALTIME/./} - bench_start)) 1000000)
+meta settings.wall_seconds "$elapsed_s"
+if grep -v "ready on segment" "$T/server.log" | grep -q .; then
+  say "NOTE: the server printed more than its ready line (with -q):"
+  grep -v "ready on segment" "$T/server.log" | head -n 20 >&2
+  meta note.server-log "server printed: $(grep -v "ready on segment" "$T/server.log" | head -n 5 | tr '\n' '|')"
+fi
+echo
+python3 "$report" report --results "$res" ${json:+--json "$json"}
+echo
+echo "loadavg at end: $load1; benchmark took ${elapsed_s%.*} s"
+[[ -z $json ]] || echo "JSON written to $json"
