@@ -42,7 +42,7 @@ pub struct ServerCli {
     #[arg(long = "idle-timeout", value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,
     /// Worker threads writing files (default: one per core).
-    #[arg(long = "workers", value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    #[arg(long = "workers", value_name = "N", value_parser = clap::value_parser!(u64).range(1..=16))]
     pub workers: Option<u64>,
 }
 

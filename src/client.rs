@@ -186,7 +186,7 @@ impl<'a> Session<'a> {
             let _guard = acquire(&self.lock)?;
             protocol::post(&self.record.c2s, self.c2s_seq, code, args, &text);
         }
-        self.connection.segment.header().doorbell.notify();
+        self.connection.segment.doorbell(self.record).notify();
         Ok(())
     }
 
@@ -195,10 +195,7 @@ impl<'a> Session<'a> {
         if protocol::pending(&self.record.s2c, self.s2c_seen).is_none() {
             return Ok(None);
         }
-        let raw = {
-            let _guard = acquire(&self.lock)?;
-            protocol::take(&self.record.s2c)
-        };
+        let Some(raw) = protocol::take(&self.record.s2c) else { return Ok(None) };
         self.s2c_seen = raw.seq;
         ServerReply::decode(&raw).map(Some).map_err(|e| failed(format!("bad reply from the server: {e}")))
     }
@@ -388,7 +385,7 @@ fn send_chunks(
         slot.len.store(got as u64, Ordering::Relaxed);
         // SYNC POINT: hands the filled buffer to the server; pairs with its Acquire.
         slot.state.store(SLOT_FULL, Ordering::Release);
-        segment.header().doorbell.notify();
+        segment.doorbell(session.record).notify();
         sent += got as u64;
         bar.set_position(sent);
         index = (index + 1) % slots;

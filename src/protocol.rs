@@ -2,12 +2,15 @@
 //! decoder for it. Client commands use codes 0x1xx, server replies 0x2xx: each side
 //! decodes only the other side's range, so it can never act on its own message.
 //!
-//! Posting and taking happen under the record's named lock; `seq` is written last
-//! (Release) and read first (Acquire), so a command a dead peer left half-written is
-//! never seen. Every field is copied out of the segment before it is validated.
+//! Each mailbox is a sequence lock. The writer holds the record's named lock, makes
+//! `seq` odd, writes the fields, and makes `seq` even again (Release): a command a
+//! dead peer left half-written keeps an odd `seq` and is never taken. The reader
+//! takes no lock: it copies every field out and keeps the copy only if `seq` was the
+//! same even value before and after. Every field is copied out of the segment before
+//! it is validated.
 
 use std::fmt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 
 use crate::segment::{load_bytes, store_bytes, Mailbox, TEXT_CAPACITY};
 
@@ -134,10 +137,16 @@ fn bad(message: impl Into<String>) -> ProtocolError {
     ProtocolError(message.into())
 }
 
-/// Writes one message and publishes it by bumping `seq` last. The caller holds the
-/// record's lock; `next_seq` comes from the writer's private counter, never from the
-/// segment, so a peer cannot make us reuse a sequence number.
-pub fn post(mailbox: &Mailbox, next_seq: u32, code: u32, args: [u64; 4], text: &[u8]) {
+/// Writes message number `number` (1, 2, ... from the writer's private counter,
+/// never from the segment, so a peer cannot make us reuse one) and publishes it. The
+/// caller holds the record's lock.
+pub fn post(mailbox: &Mailbox, number: u32, code: u32, args: [u64; 4], text: &[u8]) {
+    let seq = number.wrapping_mul(2);
+    // Odd: a write is in progress; readers keep away.
+    mailbox.seq.store(seq.wrapping_sub(1), Ordering::Relaxed);
+    // SYNC POINT: orders the odd `seq` before the field writes, pairing with the
+    // reader's Acquire fence before its second `seq` load.
+    fence(Ordering::Release);
     let text = &text[..text.len().min(TEXT_CAPACITY)];
     mailbox.code.store(code, Ordering::Relaxed);
     for (slot, value) in mailbox.args.iter().zip(args) {
@@ -146,33 +155,50 @@ pub fn post(mailbox: &Mailbox, next_seq: u32, code: u32, args: [u64; 4], text: &
     store_bytes(&mailbox.text, text);
     mailbox.text_len.store(text.len() as u32, Ordering::Relaxed);
     // SYNC POINT: publishes every field above to a reader that Acquire-loads `seq`.
-    mailbox.seq.store(next_seq, Ordering::Release);
+    mailbox.seq.store(seq, Ordering::Release);
 }
 
-/// The mailbox's sequence number if it moved past `last_seen`.
+/// The mailbox's sequence value if a complete message newer than `last_seen` is there.
 pub fn pending(mailbox: &Mailbox, last_seen: u32) -> Option<u32> {
     // SYNC POINT: pairs with the Release store in `post`.
     let seq = mailbox.seq.load(Ordering::Acquire);
-    (seq != last_seen).then_some(seq)
+    (seq.is_multiple_of(2) && seq != last_seen).then_some(seq)
 }
 
-/// Copies the whole message out of the segment (the caller holds the record's lock)
-/// and acknowledges it. Nothing is interpreted here.
-pub fn take(mailbox: &Mailbox) -> RawCommand {
-    // SYNC POINT: pairs with the Release store in `post`.
-    let seq = mailbox.seq.load(Ordering::Acquire);
-    let mut text = [0u8; TEXT_CAPACITY];
-    text.copy_from_slice(&load_bytes(&mailbox.text, TEXT_CAPACITY));
-    let raw = RawCommand {
-        seq,
-        code: mailbox.code.load(Ordering::Relaxed),
-        args: std::array::from_fn(|i| mailbox.args[i].load(Ordering::Relaxed)),
-        text_len: mailbox.text_len.load(Ordering::Relaxed),
-        text,
-    };
-    // Relaxed: `ack` is advisory (shown by status), nothing synchronises on it.
-    mailbox.ack.store(seq, Ordering::Relaxed);
-    raw
+/// How often `take` retries a copy torn by a concurrent write before giving up
+/// for now (the caller tries again on its next pass).
+const TAKE_ATTEMPTS: usize = 64;
+
+/// Copies the whole message out of the segment without a lock, and acknowledges
+/// it. `None` while a write is in progress (or a dead writer left one half-done).
+/// Nothing is interpreted here.
+pub fn take(mailbox: &Mailbox) -> Option<RawCommand> {
+    for _ in 0..TAKE_ATTEMPTS {
+        // SYNC POINT: pairs with the Release store in `post`.
+        let before = mailbox.seq.load(Ordering::Acquire);
+        if !before.is_multiple_of(2) {
+            std::hint::spin_loop();
+            continue;
+        }
+        let mut text = [0u8; TEXT_CAPACITY];
+        text.copy_from_slice(&load_bytes(&mailbox.text, TEXT_CAPACITY));
+        let raw = RawCommand {
+            seq: before,
+            code: mailbox.code.load(Ordering::Relaxed),
+            args: std::array::from_fn(|i| mailbox.args[i].load(Ordering::Relaxed)),
+            text_len: mailbox.text_len.load(Ordering::Relaxed),
+            text,
+        };
+        // SYNC POINT: orders the field loads before the second `seq` load, pairing
+        // with the writer's Release fence after its odd store.
+        fence(Ordering::Acquire);
+        if mailbox.seq.load(Ordering::Relaxed) == before {
+            // Relaxed: `ack` is advisory (shown by status), nothing synchronises on it.
+            mailbox.ack.store(before, Ordering::Relaxed);
+            return Some(raw);
+        }
+    }
+    None
 }
 
 impl RawCommand {
@@ -304,8 +330,8 @@ mod tests {
         let mailbox = empty_mailbox();
         let (code, args, text) = cmd.encode();
         post(&mailbox, 1, code, args, &text);
-        assert_eq!(pending(&mailbox, 0), Some(1));
-        ClientCommand::decode(&take(&mailbox)).unwrap()
+        assert_eq!(pending(&mailbox, 0), Some(2));
+        ClientCommand::decode(&take(&mailbox).unwrap()).unwrap()
     }
 
     #[test]
@@ -333,8 +359,8 @@ mod tests {
             let mailbox = empty_mailbox();
             let (code, args, text) = reply.encode();
             post(&mailbox, 9, code, args, &text);
-            assert_eq!(ServerReply::decode(&take(&mailbox)).unwrap(), reply);
-            assert_eq!(mailbox.ack.load(Ordering::Relaxed), 9);
+            assert_eq!(ServerReply::decode(&take(&mailbox).unwrap()).unwrap(), reply);
+            assert_eq!(mailbox.ack.load(Ordering::Relaxed), 18);
         }
     }
 
@@ -343,11 +369,11 @@ mod tests {
         let mailbox = empty_mailbox();
         let (code, args, text) = ServerReply::Done { bytes: 1 }.encode();
         post(&mailbox, 1, code, args, &text);
-        let err = ClientCommand::decode(&take(&mailbox)).unwrap_err();
+        let err = ClientCommand::decode(&take(&mailbox).unwrap()).unwrap_err();
         assert!(err.0.contains("unknown client command code 0x202"), "{err}");
         let (code, args, text) = ClientCommand::Close.encode();
         post(&mailbox, 2, code, args, &text);
-        assert!(ServerReply::decode(&take(&mailbox)).is_err());
+        assert!(ServerReply::decode(&take(&mailbox).unwrap()).is_err());
     }
 
     #[test]
@@ -360,12 +386,48 @@ mod tests {
     }
 
     #[test]
+    fn a_write_left_half_done_is_never_taken() {
+        let mailbox = empty_mailbox();
+        post(&mailbox, 1, C2S_PING, [1, 2, 0, 0], b"");
+        // A writer that died after marking message 2 in progress (odd seq).
+        mailbox.seq.store(3, Ordering::Relaxed);
+        mailbox.code.store(C2S_OPEN, Ordering::Relaxed);
+        assert_eq!(pending(&mailbox, 2), None);
+        assert_eq!(take(&mailbox), None);
+    }
+
+    #[test]
+    fn concurrent_rewrites_never_yield_a_torn_copy() {
+        let mailbox = std::sync::Arc::new(*empty_mailbox());
+        let writer = {
+            let mailbox = std::sync::Arc::clone(&mailbox);
+            std::thread::spawn(move || {
+                for n in 1..20_000u32 {
+                    let value = u64::from(n);
+                    post(&mailbox, n, C2S_PING, [value; 4], &value.to_le_bytes().repeat(8));
+                }
+            })
+        };
+        let mut seen = 0;
+        while !writer.is_finished() {
+            if let Some(raw) = take(&mailbox) {
+                let value = raw.args[0];
+                assert!(raw.args.iter().all(|&a| a == value), "torn args {:?}", raw.args);
+                assert_eq!(&raw.text[..8], &value.to_le_bytes(), "torn text");
+                seen += 1;
+            }
+        }
+        writer.join().unwrap();
+        assert!(seen > 0);
+    }
+
+    #[test]
     fn hostile_open_names_are_refused() {
         for name in ["", ".", "..", "../etc/passwd", "a/b", "nul\0byte", &"x".repeat(256)] {
             let mailbox = empty_mailbox();
             let (code, args, text) = ClientCommand::Open { name: name.into(), size: 1 }.encode();
             post(&mailbox, 1, code, args, &text);
-            assert!(ClientCommand::decode(&take(&mailbox)).is_err(), "{name:?} accepted");
+            assert!(ClientCommand::decode(&take(&mailbox).unwrap()).is_err(), "{name:?} accepted");
         }
     }
 
@@ -374,9 +436,9 @@ mod tests {
         let mailbox = empty_mailbox();
         post(&mailbox, 1, C2S_OPEN, [1, 0, 0, 0], b"ok");
         mailbox.text_len.store(TEXT_CAPACITY as u32 + 1, Ordering::Relaxed);
-        assert!(ClientCommand::decode(&take(&mailbox)).unwrap_err().0.contains("exceeds"));
+        assert!(ClientCommand::decode(&take(&mailbox).unwrap()).unwrap_err().0.contains("exceeds"));
         post(&mailbox, 2, C2S_OPEN, [1, 0, 0, 0], &[0xff, 0xfe, b'a']);
-        assert!(ClientCommand::decode(&take(&mailbox)).unwrap_err().0.contains("UTF-8"));
+        assert!(ClientCommand::decode(&take(&mailbox).unwrap()).unwrap_err().0.contains("UTF-8"));
     }
 
     #[test]

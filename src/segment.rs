@@ -43,6 +43,8 @@ pub const AREA_START: u64 = 4096;
 pub const RECORD_SIZE: u64 = 2048;
 pub const RECORD_ALIGN: u64 = 64;
 pub const BUFFER_ALIGN: u64 = 4096;
+/// Server worker threads, at most (each has a doorbell in the header).
+pub const MAX_WORKERS: usize = 16;
 /// Ring slots per stream, at most (the server may give fewer).
 pub const MAX_SLOTS: usize = 16;
 /// Bytes of text one mailbox carries (file names, error messages).
@@ -70,8 +72,9 @@ pub struct Header {
     pub server_state: AtomicU32,
     /// Bumped by the server about every 100 ms: a stalled server is visible.
     pub heartbeat: AtomicU64,
-    /// Clients ring it after posting anything; the server sleeps on it.
-    pub doorbell: Event,
+    /// One per server worker: a client rings the one its record names
+    /// (`Record::doorbell`) after posting anything; that worker sleeps on it.
+    pub doorbells: [Event; MAX_WORKERS],
     /// The server rings it after putting a fresh GUID on offer.
     pub handout_event: Event,
     /// Allocator picture published by the server for `--status` (advisory only).
@@ -153,7 +156,8 @@ pub struct Record {
     /// The server rings it after replying or handing a buffer back; the client sleeps on it.
     pub client_event: Event,
     pub nslots: AtomicU32,
-    pub reserved: AtomicU32,
+    /// Which header doorbell serves this record (its worker); written before the offer.
+    pub doorbell: AtomicU32,
     pub file_size: AtomicU64,
     pub bytes_done: AtomicU64,
     /// The options.xml id of the stream; written by the client, shown by status only.
@@ -511,6 +515,14 @@ impl Segment {
         // SAFETY: offset is inside the mapping (checked above).
         let ptr = unsafe { self.shmem.as_ptr().add(offset as usize) };
         Ok(Buffer { ptr, len: len as usize, _segment: PhantomData })
+    }
+
+    /// The doorbell of the worker serving `record` (an out-of-range index, which only
+    /// a misbehaving peer could write, falls back to the last one: a wrong wake, never
+    /// a fault; the worker's timeout covers it).
+    pub fn doorbell(&self, record: &Record) -> &Event {
+        let index = (record.doorbell.load(Ordering::Relaxed) as usize).min(MAX_WORKERS - 1);
+        &self.header().doorbells[index]
     }
 
     /// Zeroes a record before it is offered, so no stale command survives reuse.

@@ -9,7 +9,7 @@
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -28,7 +28,9 @@ use crate::segment::{
     self, human_bytes, Record, Segment, BUFFER_ALIGN, RECORD_ACTIVE, RECORD_ALIGN, RECORD_OFFERED,
     RECORD_SIZE,
 };
-use crate::segment::{MAX_SLOTS, SERVER_RUNNING, SERVER_STOPPING, SLOT_EMPTY, SLOT_FULL, SLOT_UNUSED};
+use crate::segment::{
+    MAX_SLOTS, MAX_WORKERS, SERVER_RUNNING, SERVER_STOPPING, SLOT_EMPTY, SLOT_FULL, SLOT_UNUSED,
+};
 use crate::segment::{PHASE_IDLE, PHASE_RECEIVING, PHASE_WAITING_FOR_SPACE};
 use crate::sys;
 use crate::wait::{spin_until, SPIN};
@@ -66,6 +68,8 @@ struct Shared {
     locks: LockDir,
     options: ServerOptions,
     stopping: AtomicBool,
+    /// Live streams per worker, to place new ones on the least loaded.
+    loads: Vec<AtomicUsize>,
 }
 
 /// A startup failure the user must fix (exit 2), as opposed to a runtime fault.
@@ -149,6 +153,7 @@ fn start(options: ServerOptions, locks: LockDir) -> anyhow::Result<Arc<Shared>> 
         segment,
         alloc: Mutex::new(TwoEndedAllocator::new(layout.area_start, layout.area_end)),
         locks,
+        loads: (0..options.workers.clamp(1, MAX_WORKERS)).map(|_| AtomicUsize::new(0)).collect(),
         options,
         stopping: AtomicBool::new(false),
     };
@@ -188,7 +193,7 @@ fn serve(shared: Arc<Shared>) -> anyhow::Result<ExitStatus> {
     header.server_state.store(SERVER_STOPPING, Ordering::Release);
     shared.stopping.store(true, Ordering::SeqCst);
     drop(senders);
-    header.doorbell.notify();
+    shared.ring_all_workers();
     for worker in workers {
         let _ = worker.join();
     }
@@ -200,12 +205,12 @@ type Workers = (Vec<Sender<Stream>>, Vec<thread::JoinHandle<()>>);
 fn spawn_workers(shared: &Arc<Shared>) -> anyhow::Result<Workers> {
     let mut senders = Vec::new();
     let mut handles = Vec::new();
-    for index in 0..shared.options.workers.max(1) {
+    for index in 0..shared.loads.len() {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::clone(shared);
         let handle = thread::Builder::new()
             .name(format!("worker-{index}"))
-            .spawn(move || Worker { shared, incoming: rx, streams: Vec::new() }.run())?;
+            .spawn(move || Worker { shared, index, incoming: rx, streams: Vec::new() }.run())?;
         senders.push(tx);
         handles.push(handle);
     }
@@ -216,19 +221,17 @@ fn spawn_workers(shared: &Arc<Shared>) -> anyhow::Result<Workers> {
 fn handout_loop(shared: &Shared, handout_lock: &NamedLock, workers: &[Sender<Stream>]) -> anyhow::Result<()> {
     let header = shared.segment.header();
     let mut offered: Option<Offer> = None;
-    let mut next_worker = 0usize;
     while sys::stop_signal().is_none() {
         header.heartbeat.fetch_add(1, Ordering::Relaxed);
         shared.publish_stats(&shared.alloc.lock().expect("allocator lock"));
         if offered.is_some() {
             if let Some(pid) = handout::collect(&shared.segment, handout_lock)? {
                 let offer = offered.take().expect("checked above");
+                let worker = offer.worker;
                 let stream = Stream::activate(shared, offer, pid);
-                workers[next_worker % workers.len()]
-                    .send(stream)
-                    .map_err(|_| anyhow!("a worker thread died"))?;
-                next_worker += 1;
-                header.doorbell.notify();
+                shared.loads[worker].fetch_add(1, Ordering::Relaxed);
+                workers[worker].send(stream).map_err(|_| anyhow!("a worker thread died"))?;
+                header.doorbells[worker].notify();
             }
         }
         if offered.as_ref().is_some_and(|offer| shared.offer_is_misplaced(offer))
@@ -252,6 +255,8 @@ fn handout_loop(shared: &Shared, handout_lock: &NamedLock, workers: &[Sender<Str
 struct Offer {
     ticket: Ticket,
     lock: NamedLock,
+    /// The worker that will serve the stream (its doorbell is in the record).
+    worker: usize,
 }
 
 impl Shared {
@@ -265,6 +270,10 @@ impl Shared {
         let guid = Uuid::new_v4();
         self.segment.clear_record(offset)?;
         let record = self.segment.record(offset)?;
+        // Relaxed: a placement hint; the least loaded worker when the offer is made.
+        let worker =
+            (0..self.loads.len()).min_by_key(|&i| self.loads[i].load(Ordering::Relaxed)).unwrap_or(0);
+        record.doorbell.store(worker as u32, Ordering::Relaxed);
         let (hi, lo) = guid.as_u64_pair();
         record.guid[0].store(hi, Ordering::Relaxed);
         record.guid[1].store(lo, Ordering::Relaxed);
@@ -272,7 +281,7 @@ impl Shared {
         let lock = self.locks.stream_lock(guid)?;
         let ticket = Ticket { guid, record_offset: offset };
         handout::offer(&self.segment, handout_lock, ticket)?;
-        Ok(Some(Offer { ticket, lock }))
+        Ok(Some(Offer { ticket, lock, worker }))
     }
 
     /// At rest (no stream, no buffer), an offer above the area's first record
@@ -281,6 +290,14 @@ impl Shared {
         let alloc = self.alloc.lock().expect("allocator lock");
         let stats = alloc.stats();
         stats.low_blocks == 1 && stats.high_blocks == 0 && offer.ticket.record_offset != stats.start
+    }
+
+    /// Wakes every worker: space was freed (streams anywhere may be waiting for
+    /// it) or the server is stopping.
+    fn ring_all_workers(&self) {
+        for doorbell in &self.segment.header().doorbells[..self.loads.len()] {
+            doorbell.notify();
+        }
     }
 
     fn free_block(&self, offset: u64) {
@@ -456,11 +473,8 @@ impl Stream {
         if protocol::pending(&record.c2s, self.c2s_seen).is_none() {
             return false;
         }
-        // Never block on a lock a stopped client may hold: try again next pass.
-        let raw = match self.lock.try_lock() {
-            Ok(_guard) => protocol::take(&record.c2s),
-            Err(_) => return false,
-        };
+        // A write in progress (or left half-done by a dead client): next pass.
+        let Some(raw) = protocol::take(&record.c2s) else { return false };
         self.c2s_seen = raw.seq;
         self.last_activity = Instant::now();
         match ClientCommand::decode(&raw) {
@@ -662,10 +676,13 @@ impl Stream {
         for slot in &record.slots {
             slot.state.store(SLOT_UNUSED, Ordering::Relaxed);
         }
-        for (offset, _) in std::mem::take(&mut self.ring) {
+        let ring = std::mem::take(&mut self.ring);
+        for &(offset, _) in &ring {
             shared.free_block(offset);
+        }
+        if !ring.is_empty() {
             // Streams waiting for space retry on the next wake.
-            shared.segment.header().doorbell.notify();
+            shared.ring_all_workers();
         }
     }
 
@@ -780,6 +797,7 @@ const _: () = assert!(WANTED_SLOTS <= MAX_SLOTS);
 
 struct Worker {
     shared: Arc<Shared>,
+    index: usize,
     incoming: Receiver<Stream>,
     streams: Vec<Stream>,
 }
@@ -787,7 +805,7 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         let shared = Arc::clone(&self.shared);
-        let doorbell = &shared.segment.header().doorbell;
+        let doorbell = &shared.segment.header().doorbells[self.index];
         loop {
             let seen = doorbell.seq();
             while let Ok(stream) = self.incoming.try_recv() {
@@ -822,6 +840,7 @@ impl Worker {
         while index < self.streams.len() {
             if self.streams[index].finished {
                 self.streams.swap_remove(index).release(&self.shared);
+                self.shared.loads[self.index].fetch_sub(1, Ordering::Relaxed);
                 progressed = true;
             } else {
                 index += 1;
