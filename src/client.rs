@@ -154,9 +154,9 @@ impl<'a> Session<'a> {
         let mut watchdog = Watchdog::new(connection);
         // No deadline of its own: the watchdog ends the wait if the server is gone.
         let deadline = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-        let ticket: Ticket =
-            handout::take(&connection.segment, &connection.handout_lock, deadline, || watchdog.check())?
-                .ok_or_else(|| failed("no stream was handed out"))?;
+        let (segment, lock, busy_limit) = (&connection.segment, &connection.handout_lock, connection.timeout);
+        let ticket: Ticket = handout::take_within(segment, lock, deadline, busy_limit, || watchdog.check())?
+            .ok_or_else(|| failed("no stream was handed out"))?;
         let record = connection
             .segment
             .record(ticket.record_offset)
@@ -370,6 +370,9 @@ fn send_chunks(
     let mut hasher = Xxh3Default::new();
     let (mut sent, mut index) = (0u64, 0usize);
     while sent < size {
+        if sys::stop_signal().is_some() {
+            return Err(StreamError::Interrupted);
+        }
         let slot = &session.record.slots[index];
         wait_for_slot(session, index)?;
         let offset = slot.offset.load(Ordering::Relaxed);

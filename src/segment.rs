@@ -143,6 +143,8 @@ pub const NAME_WORDS: usize = 32;
 pub const RECORD_FREE: u32 = 0;
 pub const RECORD_OFFERED: u32 = 1;
 pub const RECORD_ACTIVE: u32 = 2;
+/// Dropped for idleness; kept until its client exits (see `server`).
+pub const RECORD_DROPPED: u32 = 3;
 
 /// A stream's command record. `state`, `guid`, `nslots`, the slots' offsets and the
 /// progress fields are written by the server; the client writes `c2s`, slot states

@@ -31,7 +31,7 @@ use crate::segment::{
 use crate::segment::{
     MAX_SLOTS, MAX_WORKERS, SERVER_RUNNING, SERVER_STOPPING, SLOT_EMPTY, SLOT_FULL, SLOT_UNUSED,
 };
-use crate::segment::{PHASE_IDLE, PHASE_RECEIVING, PHASE_WAITING_FOR_SPACE};
+use crate::segment::{PHASE_IDLE, PHASE_RECEIVING, PHASE_WAITING_FOR_SPACE, RECORD_DROPPED};
 use crate::sys;
 use crate::wait::{spin_until, SPIN};
 use crate::ExitStatus;
@@ -161,9 +161,13 @@ fn start(options: ServerOptions, locks: LockDir) -> anyhow::Result<Arc<Shared>> 
     Ok(Arc::new(shared))
 }
 
+/// Every temporary file starts with this; clients may not use it for their names,
+/// so cleaning up temporary files can never delete a published file.
+const TEMP_MARK: &str = ".sharedxfer-";
+
 /// The temporary-file prefix of one segment name: `.sharedxfer-<name>-<guid>.part`.
 fn temp_prefix(name: &str) -> String {
-    format!(".sharedxfer-{name}-")
+    format!("{TEMP_MARK}{name}-")
 }
 
 fn remove_stale_temp_files(dir: &Path, name: &str) {
@@ -221,11 +225,21 @@ fn spawn_workers(shared: &Arc<Shared>) -> anyhow::Result<Workers> {
 fn handout_loop(shared: &Shared, handout_lock: &NamedLock, workers: &[Sender<Stream>]) -> anyhow::Result<()> {
     let header = shared.segment.header();
     let mut offered: Option<Offer> = None;
+    let mut busy_backoff = Duration::from_micros(100);
     while sys::stop_signal().is_none() {
         header.heartbeat.fetch_add(1, Ordering::Relaxed);
         shared.publish_stats(&shared.alloc.lock().expect("allocator lock"));
         if offered.is_some() {
-            if let Some(pid) = handout::collect(&shared.segment, handout_lock)? {
+            let pid = handout::collect(&shared.segment, handout_lock)?;
+            if pid.is_none() && handout::is_taken(&shared.segment) {
+                // Taken, but the taker still holds the lock (for a few stores, or
+                // stopped inside): back off instead of spinning on "taken".
+                std::thread::sleep(busy_backoff);
+                busy_backoff = (busy_backoff * 2).min(RETRY_SLICE);
+                continue;
+            }
+            busy_backoff = Duration::from_micros(100);
+            if let Some(pid) = pid {
                 let offer = offered.take().expect("checked above");
                 let worker = offer.worker;
                 let stream = Stream::activate(shared, offer, pid);
@@ -280,7 +294,12 @@ impl Shared {
         record.state.store(RECORD_OFFERED, Ordering::Release);
         let lock = self.locks.stream_lock(guid)?;
         let ticket = Ticket { guid, record_offset: offset };
-        handout::offer(&self.segment, handout_lock, ticket)?;
+        if !handout::offer(&self.segment, handout_lock, ticket)? {
+            // A peer holds the handout lock (stopped inside it?): undo, retry later.
+            self.free_block(offset);
+            self.locks.remove_stream_lock(guid);
+            return Ok(None);
+        }
         Ok(Some(Offer { ticket, lock, worker }))
     }
 
@@ -375,6 +394,11 @@ struct Stream {
     ring: Vec<(u64, u64)>,
     /// Set when the record can be freed.
     finished: bool,
+    /// Dropped for idleness while its client still lives: the buffers are freed, but
+    /// the record is kept (and ignored) until the client exits, so a client that
+    /// wakes up later reads its own error and can never touch a record the server
+    /// has given to someone else.
+    dropped: bool,
 }
 
 impl Stream {
@@ -397,6 +421,7 @@ impl Stream {
             label: format!("stream {}", offer.ticket.guid.simple()),
             ring: Vec::new(),
             finished: false,
+            dropped: false,
         }
     }
 
@@ -406,6 +431,10 @@ impl Stream {
 
     /// One pass over the stream; returns whether anything happened.
     fn poll(&mut self, shared: &Shared) -> bool {
+        if self.dropped {
+            self.check_health(shared);
+            return false;
+        }
         let mut progressed = match self.drain(shared) {
             Ok(progressed) => progressed,
             Err(failure) => {
@@ -510,6 +539,11 @@ impl Stream {
     /// Checks the name and creates the temporary file: the common start of Open and Put.
     fn begin(&mut self, shared: &Shared, name: String, size: u64) -> Result<(), Failure> {
         self.label.clone_from(&name);
+        if name.starts_with(TEMP_MARK) {
+            let message =
+                format!("names starting with {TEMP_MARK} are reserved for the server's temporary files");
+            return Err(failure(ErrorCode::BadRequest, message));
+        }
         let dir = &shared.options.output_dir;
         let final_path = dir.join(&name);
         if !shared.options.overwrite && fs::symlink_metadata(&final_path).is_ok() {
@@ -697,12 +731,16 @@ impl Stream {
                 return;
             }
         }
+        if self.dropped {
+            return;
+        }
         if !self.waiting_for_space() && now.duration_since(self.last_activity) >= shared.options.idle_timeout
         {
             let message =
                 format!("no activity for {} s: stream dropped", shared.options.idle_timeout.as_secs());
             self.fail(shared, failure(ErrorCode::IdleTimeout, message));
-            self.finished = true;
+            self.dropped = true;
+            self.record(shared).state.store(RECORD_DROPPED, Ordering::Release);
         }
     }
 

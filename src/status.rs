@@ -10,8 +10,9 @@ use serde::Serialize;
 
 use crate::handout::load_guid;
 use crate::lock::LockDir;
-use crate::segment::{self, Segment, MAX_SLOTS, NAME_WORDS, RECORD_ACTIVE, RECORD_OFFERED, RECORD_SIZE};
+use crate::segment::{self, Segment, MAX_SLOTS, NAME_WORDS, RECORD_SIZE};
 use crate::segment::{PHASE_IDLE, PHASE_RECEIVING, PHASE_WAITING_FOR_SPACE, SERVER_RUNNING, SERVER_STOPPING};
+use crate::segment::{RECORD_ACTIVE, RECORD_DROPPED, RECORD_OFFERED};
 
 /// Cells of the segment map.
 pub const MAP_WIDTH: usize = 64;
@@ -20,7 +21,8 @@ pub const MAP_WIDTH: usize = 64;
 pub struct StreamStatus {
     pub guid: String,
     pub record_offset: u64,
-    /// "offered" (GUID on offer, not yet taken) or "active".
+    /// "offered" (GUID on offer, not yet taken), "active" or "dropped" (idle, kept
+    /// until its client exits).
     pub state: &'static str,
     /// "idle", "waiting for space" or "receiving".
     pub phase: &'static str,
@@ -117,6 +119,7 @@ fn stream_at(segment: &Segment, offset: u64) -> Option<StreamStatus> {
     let state = match record.state.load(Ordering::Acquire) {
         RECORD_OFFERED => "offered",
         RECORD_ACTIVE => "active",
+        RECORD_DROPPED => "dropped",
         _ => return None,
     };
     let nslots = (record.nslots.load(Ordering::Relaxed) as usize).min(MAX_SLOTS);
@@ -131,7 +134,11 @@ fn stream_at(segment: &Segment, offset: u64) -> Option<StreamStatus> {
         guid: load_guid(&record.guid).simple().to_string(),
         record_offset: offset,
         state,
-        phase: if state == "offered" { "on offer" } else { phase_name(phase) },
+        phase: match state {
+            "offered" => "on offer",
+            "dropped" => "dropped (idle)",
+            _ => phase_name(phase),
+        },
         stream_id: record.stream_id.load(Ordering::Relaxed),
         file: String::from_utf8_lossy(&segment::load_bytes(&record.name, name_len)).into_owned(),
         bytes_done: record.bytes_done.load(Ordering::Relaxed),

@@ -259,3 +259,311 @@ pub fn stderr_of(output: &Output) -> String {
 pub fn stdout_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+// ---------------------------------------------------------------------------------
+// Helpers for the hardening suites (hostile.rs, faults.rs): wrapped servers, clients
+// that are signalled while they run, frozen processes, and a read-only look at the
+// segment so tests wait for protocol events instead of sleeping.
+// ---------------------------------------------------------------------------------
+
+use std::sync::atomic::Ordering as AtomicOrdering;
+
+use sharedxfer::segment::{Record, Segment, HANDOUT_OFFERED, HANDOUT_TAKEN, SLOT_EMPTY, SLOT_FULL};
+
+impl Server {
+    /// Starts a server through `bash -c '<prelude>; exec sharedserver ...'` (for
+    /// example `ulimit -f 2048`) and waits for its ready line. `exec` keeps the pid.
+    pub fn start_wrapped(name: &str, out: &Path, prelude: &str, extra: &[&str]) -> Server {
+        let size: &[&str] = if extra.contains(&"--size") { &[] } else { &["--size", "8M"] };
+        let mut child = Command::new("bash")
+            .arg("-c")
+            .arg(format!("{prelude}; exec \"$0\" \"$@\""))
+            .arg(SERVER)
+            .arg(out)
+            .args(["--name", name])
+            .args(size)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = collect_lines(child.stdout.take().unwrap());
+        let errors = collect_lines(child.stderr.take().unwrap());
+        let server = Server { child, name: name.to_owned(), out: out.to_owned(), lines, errors };
+        server.wait_for_line("ready", |l| l.contains("ready on segment"));
+        server
+    }
+
+    /// Like `wait_for_line`, with its own bound: "notices within `limit`".
+    pub fn wait_for_line_within(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut matches: impl FnMut(&str) -> bool,
+    ) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(line) = self.stdout().into_iter().find(|l| matches(l)) {
+                return line;
+            }
+            assert!(
+                start.elapsed() < limit && !has_exited(self.pid()),
+                "server never printed {what} within {limit:?}\nstdout: {:#?}\nstderr: {:#?}",
+                self.stdout(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stdout lines that mention `needle`.
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.stdout().into_iter().filter(|l| l.contains(needle)).collect()
+    }
+
+    /// The temporary file the server uses for stream `guid`.
+    pub fn temp_path(&self, guid: uuid::Uuid) -> PathBuf {
+        self.out.join(format!(".sharedxfer-{}-{}.part", self.name, guid.simple()))
+    }
+
+    /// A client bound to this server, with a long `--timeout` so that a server the
+    /// test froze on purpose is not given up on.
+    pub fn patient_client(&self, config: &Path) -> Command {
+        let mut command = self.client(config);
+        command.args(["--timeout", "60"]);
+        command
+    }
+}
+
+/// A child process whose stdout and stderr are collected in the background, so the
+/// test can signal it while it runs. Killed and reaped on drop.
+pub struct Running {
+    child: Child,
+    what: String,
+    out: Option<std::thread::JoinHandle<Vec<u8>>>,
+    err: Option<std::thread::JoinHandle<Vec<u8>>>,
+    reaped: bool,
+}
+
+impl Running {
+    pub fn spawn(mut command: Command) -> Running {
+        let what = format!("{command:?}");
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let out = Some(std::thread::spawn(move || read_all(stdout)));
+        let err = Some(std::thread::spawn(move || read_all(stderr)));
+        Running { child, what, out, err, reaped: false }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn has_exited(&self) -> bool {
+        has_exited(self.pid())
+    }
+
+    /// Waits for the exit (under the deadline) and returns everything it printed.
+    pub fn finish(mut self) -> Output {
+        let status = wait_with_deadline(&mut self.child, &self.what);
+        self.reaped = true;
+        let stdout = self.out.take().unwrap().join().unwrap();
+        let stderr = self.err.take().unwrap().join().unwrap();
+        Output { status, stdout, stderr }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One-letter scheduler state of every thread of `pid` ('R', 'S', 'T', 'Z', ...).
+pub fn thread_states(pid: u32) -> Vec<char> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter_map(|stat| stat.rsplit(')').next().and_then(|rest| rest.trim_start().chars().next()))
+        .collect()
+}
+
+/// SIGSTOPs `pid` and waits until every one of its threads is stopped.
+pub fn freeze(pid: u32) {
+    signal(pid, "STOP");
+    wait_until(&format!("pid {pid} to stop"), || {
+        assert!(!has_exited(pid), "pid {pid} exited instead of stopping");
+        let states = thread_states(pid);
+        !states.is_empty() && states.iter().all(|s| matches!(s, 'T' | 't'))
+    });
+}
+
+/// SIGCONTs `pid`.
+pub fn thaw(pid: u32) {
+    signal(pid, "CONT");
+}
+
+/// All regular files under `dir`, recursively (symlinks are listed, not followed).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else {
+                found.push(entry.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// A read-only look at a server's segment through the library, for waiting on
+/// protocol events (an offer made, a command posted, a ring filled).
+pub struct Probe {
+    pub segment: Segment,
+    locks: sharedxfer::lock::LockDir,
+}
+
+impl Probe {
+    pub fn open(name: &str) -> Probe {
+        let segment = Segment::open(name, DEADLINE).unwrap();
+        let locks = sharedxfer::lock::LockDir::open(name).unwrap();
+        Probe { segment, locks }
+    }
+
+    pub fn record(&self, offset: u64) -> &Record {
+        self.segment.record(offset).unwrap()
+    }
+
+    /// Waits until a GUID is on offer; returns the offered record's offset.
+    pub fn wait_offer(&self) -> u64 {
+        let handout = self.segment.handout();
+        wait_until("a GUID on offer", || handout.state.load(AtomicOrdering::Acquire) == HANDOUT_OFFERED);
+        handout.record_offset.load(AtomicOrdering::Relaxed)
+    }
+
+    pub fn handout_state(&self) -> u32 {
+        self.segment.handout().state.load(AtomicOrdering::Acquire)
+    }
+
+    /// Whether nobody holds the handout lock nor (if given) `record`'s stream lock.
+    pub fn locks_free(&self, record: Option<u64>) -> bool {
+        let handout_lock = self.locks.lock(sharedxfer::lock::HANDOUT_LOCK).unwrap();
+        let stream_lock = record.map(|r| self.locks.stream_lock(self.guid(r)).unwrap());
+        // Each successful try_lock is released at once (the guard is dropped).
+        handout_lock.try_lock().is_ok() && stream_lock.is_none_or(|l| l.try_lock().is_ok())
+    }
+
+    /// SIGSTOPs `pid` at a moment it holds neither the handout lock nor `record`'s
+    /// stream lock, and `also` holds (checked while it is stopped, so no race):
+    /// otherwise it is continued and the attempt repeated.
+    pub fn freeze_at_rest(&self, pid: u32, record: Option<u64>, mut also: impl FnMut() -> bool) {
+        loop {
+            wait_until("the locks to be free", || self.locks_free(record) && also());
+            freeze(pid);
+            if self.locks_free(record) && also() {
+                return;
+            }
+            thaw(pid);
+        }
+    }
+
+    pub fn guid(&self, record: u64) -> uuid::Uuid {
+        sharedxfer::handout::load_guid(&self.record(record).guid)
+    }
+}
+
+/// Waits for `ready`, failing early (with its output) if `client` exits first.
+fn wait_with_client(what: &str, client: &Running, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(!client.has_exited(), "the client exited while the test waited for {what}");
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A real client caught mid-transfer, by stepping it and the server with
+/// SIGSTOP/SIGCONT and watching the segment: nothing depends on timing.
+///
+/// After `start`: the server is stopped; the client's Open was answered; the client
+/// filled every ring slot and now waits for the server (so it has read exactly
+/// `slots * chunk` bytes of a file larger than that); a fresh GUID is on offer and
+/// no lock is held.
+pub struct Frozen {
+    pub probe: Probe,
+    pub client: Running,
+    pub server_pid: u32,
+    /// The client's record and stream GUID.
+    pub record: u64,
+    pub guid: uuid::Uuid,
+    pub slots: usize,
+    pub chunk: u64,
+    pub size: u64,
+}
+
+impl Frozen {
+    /// `client` must send one file larger than the ring (e.g. 4 MiB with `--size 1M`)
+    /// and should come from `Server::patient_client`.
+    pub fn start(server: &Server, client: Command) -> Frozen {
+        let probe = Probe::open(&server.name);
+        let handout = probe.segment.handout();
+        let offered = || handout.state.load(AtomicOrdering::Acquire) == HANDOUT_OFFERED;
+        probe.freeze_at_rest(server.pid(), None, offered);
+        let record = handout.record_offset.load(AtomicOrdering::Relaxed);
+        let client = Running::spawn(client);
+        let rec = probe.record(record);
+        wait_with_client("the client to take the GUID and post Open", &client, || {
+            probe.handout_state() == HANDOUT_TAKEN && sharedxfer::protocol::pending(&rec.c2s, 0).is_some()
+        });
+        probe.freeze_at_rest(client.pid(), Some(record), || true);
+        thaw(server.pid());
+        let replied_and_offered = || {
+            sharedxfer::protocol::pending(&rec.s2c, 0).is_some()
+                && handout.state.load(AtomicOrdering::Acquire) == HANDOUT_OFFERED
+                && handout.record_offset.load(AtomicOrdering::Relaxed) != record
+        };
+        probe.freeze_at_rest(server.pid(), Some(record), replied_and_offered);
+        let reply = rec.s2c.code.load(AtomicOrdering::Relaxed);
+        assert_eq!(reply, sharedxfer::protocol::S2C_OPENED, "the server did not open the stream");
+        let slots = rec.nslots.load(AtomicOrdering::Relaxed) as usize;
+        let chunk = rec.slots[0].capacity.load(AtomicOrdering::Relaxed);
+        let size = rec.file_size.load(AtomicOrdering::Relaxed);
+        assert!(
+            slots > 0 && size > slots as u64 * chunk,
+            "the file fits the ring: {size} <= {slots} x {chunk}"
+        );
+        thaw(client.pid());
+        wait_with_client("the client to fill the ring", &client, || {
+            rec.slots[..slots].iter().all(|s| s.state.load(AtomicOrdering::Acquire) == SLOT_FULL)
+        });
+        let guid = probe.guid(record);
+        Frozen { probe, client, server_pid: server.pid(), record, guid, slots, chunk, size }
+    }
+
+    pub fn rec(&self) -> &Record {
+        self.probe.record(self.record)
+    }
+
+    /// From `start`'s state to: the client stopped, the server running, the ring
+    /// drained (the server wrote `slots * chunk` bytes and waits for more).
+    pub fn drain_with_client_stopped(&self) {
+        self.probe.freeze_at_rest(self.client.pid(), Some(self.record), || true);
+        thaw(self.server_pid);
+        let rec = self.rec();
+        let expected = self.slots as u64 * self.chunk;
+        wait_until("the server to drain the ring", || {
+            rec.slots[..self.slots].iter().all(|s| s.state.load(AtomicOrdering::Acquire) == SLOT_EMPTY)
+                && rec.bytes_done.load(AtomicOrdering::Relaxed) == expected
+        });
+    }
+}

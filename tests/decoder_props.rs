@@ -1,0 +1,206 @@
+//! Property tests of the record decoder: whatever bytes a peer leaves in a mailbox,
+//! `ClientCommand::decode` and `ServerReply::decode` never panic, accept exactly what
+//! the protocol allows, and everything they accept is in bounds.
+
+use proptest::prelude::*;
+use sharedxfer::protocol::*;
+use sharedxfer::segment::{Mailbox, TEXT_CAPACITY};
+
+/// The README's rule for a file name, written independently of the library.
+fn name_allowed(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0']) && name.len() <= 255
+}
+
+/// The text field as the protocol defines it: `text_len` bytes, at most the field,
+/// valid UTF-8.
+fn text_of(raw: &RawCommand) -> Option<&str> {
+    let len = raw.text_len as usize;
+    (len <= TEXT_CAPACITY).then(|| std::str::from_utf8(&raw.text[..len]).ok()).flatten()
+}
+
+fn padded(bytes: &[u8]) -> [u8; TEXT_CAPACITY] {
+    let mut text = [0u8; TEXT_CAPACITY];
+    let n = bytes.len().min(TEXT_CAPACITY);
+    text[..n].copy_from_slice(&bytes[..n]);
+    text
+}
+
+fn code() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        4 => 0x0ffu32..=0x108,
+        3 => 0x1ffu32..=0x206,
+        1 => any::<u32>(),
+    ]
+}
+
+/// Bytes that make names interesting: mostly letters, with separators, dots, NULs
+/// and bytes that break UTF-8.
+fn byte() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        10 => b'a'..=b'z',
+        2 => Just(b'.'),
+        1 => Just(b'/'),
+        1 => Just(0u8),
+        2 => 0x80u8..=0xff,
+        1 => any::<u8>(),
+    ]
+}
+
+/// A mailbox as a peer may leave it: random fields, or a plausible name whose
+/// announced length is right, a little off, or wild.
+fn raw_command() -> impl Strategy<Value = RawCommand> {
+    let random_text = (
+        proptest::collection::vec(byte(), TEXT_CAPACITY),
+        prop_oneof![
+            4 => 0u32..=16,
+            2 => 0u32..=(TEXT_CAPACITY as u32 + 16),
+            1 => any::<u32>(),
+        ],
+    )
+        .prop_map(|(bytes, len)| (padded(&bytes), len));
+    let name_text = ("[a-zA-Z0-9 ._/\\-]{0,12}|[Врéмя.]{1,90}|\\.{1,3}", -2i64..=2, proptest::bool::ANY)
+        .prop_map(|(name, skew, exact)| {
+            let len = if exact { name.len() as i64 } else { (name.len() as i64 + skew).max(0) };
+            (padded(name.as_bytes()), len as u32)
+        });
+    let text = prop_oneof![random_text, name_text];
+    (any::<u32>(), code(), any::<[u64; 4]>(), text)
+        .prop_map(|(seq, code, args, (text, text_len))| RawCommand { seq, code, args, text_len, text })
+}
+
+fn check_client_decode(raw: &RawCommand) -> Result<(), TestCaseError> {
+    let text = text_of(raw);
+    let [a, b, ..] = raw.args;
+    let should_accept = match raw.code {
+        C2S_OPEN | C2S_PUT => text.is_some_and(name_allowed),
+        C2S_ABORT => text.is_some(),
+        C2S_FINISH | C2S_PING | C2S_CLOSE => true,
+        _ => false,
+    };
+    match ClientCommand::decode(raw) {
+        Ok(command) => {
+            prop_assert!(should_accept, "accepted {command:?} from {raw:?}");
+            match &command {
+                ClientCommand::Open { name, size } => {
+                    prop_assert_eq!(raw.code, C2S_OPEN);
+                    prop_assert_eq!(Some(name.as_str()), text);
+                    prop_assert!(validate_file_name(name).is_ok() && name.len() <= MAX_NAME_LEN);
+                    prop_assert_eq!(*size, a);
+                }
+                ClientCommand::Put { name, size, checksum } => {
+                    prop_assert_eq!(raw.code, C2S_PUT);
+                    prop_assert_eq!(Some(name.as_str()), text);
+                    prop_assert!(validate_file_name(name).is_ok() && name.len() <= MAX_NAME_LEN);
+                    prop_assert_eq!((*size, *checksum), (a, b));
+                }
+                ClientCommand::Abort { reason } => {
+                    prop_assert_eq!(raw.code, C2S_ABORT);
+                    prop_assert_eq!(Some(reason.as_str()), text);
+                    prop_assert!(reason.len() <= TEXT_CAPACITY);
+                }
+                ClientCommand::Finish { size, checksum } => {
+                    prop_assert_eq!(raw.code, C2S_FINISH);
+                    prop_assert_eq!((*size, *checksum), (a, b));
+                }
+                ClientCommand::Ping { seq, sent_nanos } => {
+                    prop_assert_eq!(raw.code, C2S_PING);
+                    prop_assert_eq!((*seq, *sent_nanos), (a, b));
+                }
+                ClientCommand::Close => prop_assert_eq!(raw.code, C2S_CLOSE),
+            }
+            // What was accepted encodes back to the same code and fits a mailbox.
+            let (code, _, bytes) = command.encode();
+            prop_assert_eq!(code, raw.code);
+            prop_assert!(bytes.len() <= TEXT_CAPACITY);
+        }
+        Err(e) => {
+            prop_assert!(!should_accept, "refused a valid command {raw:?}: {e}");
+            prop_assert!(!e.to_string().is_empty());
+        }
+    }
+    Ok(())
+}
+
+fn check_server_decode(raw: &RawCommand) -> Result<(), TestCaseError> {
+    let [a, b, ..] = raw.args;
+    let should_accept = match raw.code {
+        S2C_OPENED => a <= u32::MAX as u64,
+        S2C_DONE | S2C_ERROR | S2C_PONG => true,
+        _ => false,
+    };
+    match ServerReply::decode(raw) {
+        Ok(reply) => {
+            prop_assert!(should_accept, "accepted {reply:?} from {raw:?}");
+            match reply {
+                ServerReply::Opened { slots, chunk } => prop_assert_eq!((slots as u64, chunk), (a, b)),
+                ServerReply::Done { bytes } => prop_assert_eq!(bytes, a),
+                ServerReply::Pong { seq, sent_nanos } => prop_assert_eq!((seq, sent_nanos), (a, b)),
+                ServerReply::Error { message, .. } => {
+                    let len = (raw.text_len as usize).min(TEXT_CAPACITY);
+                    prop_assert!(message.chars().count() <= TEXT_CAPACITY);
+                    prop_assert_eq!(message, String::from_utf8_lossy(&raw.text[..len]).into_owned());
+                }
+            }
+        }
+        Err(e) => prop_assert!(!should_accept, "refused a valid reply {raw:?}: {e}"),
+    }
+    Ok(())
+}
+
+fn empty_mailbox() -> Mailbox {
+    Mailbox {
+        seq: 0.into(),
+        ack: 0.into(),
+        code: 0.into(),
+        text_len: 0.into(),
+        args: Default::default(),
+        text: std::array::from_fn(|_| 0.into()),
+    }
+}
+
+fn client_command() -> impl Strategy<Value = ClientCommand> {
+    let name = "[a-zA-Z0-9 ._\\-Время]{1,60}".prop_filter("a file name", |n| name_allowed(n));
+    prop_oneof![
+        (name.clone(), any::<u64>()).prop_map(|(name, size)| ClientCommand::Open { name, size }),
+        (name, any::<u64>(), any::<u64>()).prop_map(|(name, size, checksum)| ClientCommand::Put {
+            name,
+            size,
+            checksum
+        }),
+        (any::<u64>(), any::<u64>()).prop_map(|(size, checksum)| ClientCommand::Finish { size, checksum }),
+        "\\PC{0,100}".prop_map(|reason| ClientCommand::Abort { reason }),
+        (any::<u64>(), any::<u64>()).prop_map(|(seq, sent_nanos)| ClientCommand::Ping { seq, sent_nanos }),
+        Just(ClientCommand::Close),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn any_mailbox_contents_decode_safely_and_only_in_bounds(raw in raw_command()) {
+        check_client_decode(&raw)?;
+        check_server_decode(&raw)?;
+    }
+
+    #[test]
+    fn valid_commands_survive_a_mailbox_whatever_was_there_before(
+        stale in raw_command(),
+        command in client_command(),
+        number in 1u32..1_000_000,
+    ) {
+        // The mailbox holds a peer's leftovers (message `number`, taken); a full post
+        // of the next message replaces all of them.
+        let mailbox = empty_mailbox();
+        let stale_len = (stale.text_len as usize).min(TEXT_CAPACITY);
+        post(&mailbox, number, stale.code, stale.args, &stale.text[..stale_len]);
+        let seen = take(&mailbox).expect("a complete message").seq;
+        prop_assert_eq!(pending(&mailbox, seen), None);
+        let (code, args, text) = command.encode();
+        post(&mailbox, number + 1, code, args, &text);
+        prop_assert!(pending(&mailbox, seen).is_some());
+        let raw = take(&mailbox).expect("a complete message");
+        prop_assert_ne!(raw.seq, seen);
+        prop_assert_eq!(ClientCommand::decode(&raw), Ok(command));
+    }
+}

@@ -1,0 +1,1206 @@
+//! Hostile and corrupted segment contents: a test process plays a misbehaving client
+//! through the library (its own record, mailbox, ring slots and buffers) while real
+//! clients transfer beside it. The server must fail only the hostile stream, never
+//! write outside OUTPUT_DIR, publish nothing for it, and keep serving everyone else.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use named_lock::NamedLock;
+use sharedxfer::handout::{self, load_guid};
+use sharedxfer::lock::{acquire, LockDir, HANDOUT_LOCK};
+use sharedxfer::protocol::{self, ClientCommand, ErrorCode, ServerReply};
+use sharedxfer::protocol::{S2C_DONE, S2C_ERROR, S2C_OPENED, S2C_PONG};
+use sharedxfer::segment::{Mailbox, Record, Segment, Slot, HANDOUT_OFFERED, HANDOUT_TAKEN, MAX_SLOTS};
+use sharedxfer::segment::{PHASE_WAITING_FOR_SPACE, RECORD_DROPPED, SLOT_EMPTY, SLOT_FULL, TEXT_CAPACITY};
+use uuid::Uuid;
+use xxhash_rust::xxh3::xxh3_64;
+
+use common::*;
+
+/// How long a test gives the server to notice something (idle drops and the like).
+const NOTICE: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------
+// The hostile client: the library's own building blocks, used without its manners.
+// ---------------------------------------------------------------------------------
+
+/// A connection made the way a client makes one (segment, lock folder, handout lock).
+struct Rogue {
+    segment: Segment,
+    locks: LockDir,
+    handout_lock: NamedLock,
+}
+
+impl Rogue {
+    fn connect(name: &str) -> Rogue {
+        let segment = Segment::open(name, DEADLINE).unwrap();
+        let locks = LockDir::open(name).unwrap();
+        let handout_lock = locks.lock(HANDOUT_LOCK).unwrap();
+        Rogue { segment, locks, handout_lock }
+    }
+
+    /// Takes the GUID on offer, exactly as `Session::open` does.
+    fn take(&self) -> RogueStream<'_> {
+        let deadline = Instant::now() + DEADLINE;
+        let ticket = handout::take::<std::io::Error>(&self.segment, &self.handout_lock, deadline, || Ok(()))
+            .unwrap()
+            .expect("a GUID on offer within the deadline");
+        let record = self.segment.record(ticket.record_offset).unwrap();
+        assert_eq!(load_guid(&record.guid), ticket.guid, "the handout and the record disagree");
+        let lock = self.locks.stream_lock(ticket.guid).unwrap();
+        let seen = record.s2c.seq.load(Ordering::Acquire);
+        RogueStream {
+            segment: &self.segment,
+            guid: ticket.guid,
+            offset: ticket.record_offset,
+            record,
+            lock,
+            number: 0,
+            published: 0,
+            seen,
+        }
+    }
+
+    fn heartbeat(&self) -> u64 {
+        self.segment.header().heartbeat.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the server's main loop has gone round `beats` more times: an
+    /// observable window in which a server that meant to act on something has had
+    /// every chance to (never a correctness condition on its own).
+    fn wait_beats(&self, beats: u64) {
+        let start = self.heartbeat();
+        wait_until("server heartbeats", || self.heartbeat() >= start + beats);
+    }
+}
+
+/// A mailbox outside the segment, to see what `protocol::post` writes.
+fn scratch_mailbox() -> Box<Mailbox> {
+    Box::new(Mailbox {
+        seq: 0.into(),
+        ack: 0.into(),
+        code: 0.into(),
+        text_len: 0.into(),
+        args: Default::default(),
+        text: std::array::from_fn(|_| 0.into()),
+    })
+}
+
+/// One stream of the rogue: its record, its lock, its private counters.
+struct RogueStream<'a> {
+    segment: &'a Segment,
+    guid: Uuid,
+    offset: u64,
+    record: &'a Record,
+    lock: NamedLock,
+    /// Commands posted so far (the writer's private counter).
+    number: u32,
+    /// The mailbox `seq` of the last command posted, as the protocol published it.
+    published: u32,
+    seen: u32,
+}
+
+impl RogueStream<'_> {
+    /// Writes every field of a client command exactly as given (any code, any
+    /// text_len, any bytes) without publishing it.
+    fn write_fields(&self, code: u32, args: [u64; 4], text: &[u8], text_len: u32) {
+        let mailbox = &self.record.c2s;
+        mailbox.code.store(code, Ordering::Relaxed);
+        for (slot, value) in mailbox.args.iter().zip(args) {
+            slot.store(value, Ordering::Relaxed);
+        }
+        let mut bytes = [0u8; TEXT_CAPACITY];
+        let n = text.len().min(TEXT_CAPACITY);
+        bytes[..n].copy_from_slice(&text[..n]);
+        for (slot, chunk) in mailbox.text.iter().zip(bytes.chunks_exact(8)) {
+            slot.store(u64::from_le_bytes(chunk.try_into().unwrap()), Ordering::Relaxed);
+        }
+        mailbox.text_len.store(text_len, Ordering::Relaxed);
+    }
+
+    /// Posts a command with every field exactly as given (any code, any text_len,
+    /// any bytes). A well-formed one goes through `protocol::post`; one whose
+    /// `text_len` lies is written field by field and then published with the `seq`
+    /// value `protocol::post` gives that message number (learned on a scratch
+    /// mailbox), so the test does not depend on how `seq` is encoded.
+    fn post_raw(&mut self, code: u32, args: [u64; 4], text: &[u8], text_len: u32) {
+        self.number = self.number.wrapping_add(1);
+        let mailbox = &self.record.c2s;
+        {
+            let _guard = acquire(&self.lock).unwrap();
+            if text_len as usize == text.len() && text.len() <= TEXT_CAPACITY {
+                protocol::post(mailbox, self.number, code, args, text);
+            } else {
+                let scratch = scratch_mailbox();
+                protocol::post(&scratch, self.number, code, args, text);
+                let published = scratch.seq.load(Ordering::Relaxed);
+                self.write_fields(code, args, text, text_len);
+                mailbox.seq.store(published, Ordering::Release);
+            }
+            self.published = mailbox.seq.load(Ordering::Relaxed);
+        }
+        self.ring();
+    }
+
+    /// Rings the doorbell of the server worker that serves this record, as a client
+    /// does after posting anything.
+    fn ring(&self) {
+        self.segment.doorbell(self.record).notify();
+    }
+
+    fn post(&mut self, command: &ClientCommand) {
+        let (code, args, text) = command.encode();
+        self.post_raw(code, args, &text, text.len() as u32);
+    }
+
+    fn try_reply(&mut self) -> Option<ServerReply> {
+        protocol::pending(&self.record.s2c, self.seen)?;
+        let raw = protocol::take(&self.record.s2c)?;
+        self.seen = raw.seq;
+        Some(ServerReply::decode(&raw).unwrap_or_else(|e| panic!("undecodable reply: {e}")))
+    }
+
+    fn reply_within(&mut self, limit: Duration) -> ServerReply {
+        let start = Instant::now();
+        loop {
+            if let Some(reply) = self.try_reply() {
+                return reply;
+            }
+            assert!(start.elapsed() < limit, "no reply for stream {} within {limit:?}", self.guid.simple());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn reply(&mut self) -> ServerReply {
+        self.reply_within(DEADLINE)
+    }
+
+    fn expect_error(&mut self) -> (ErrorCode, String) {
+        match self.reply() {
+            ServerReply::Error { code, message } => (code, message),
+            other => panic!("stream {}: expected an error, got {other:?}", self.guid.simple()),
+        }
+    }
+
+    fn ping(&mut self, seq: u64) {
+        self.post(&ClientCommand::Ping { seq, sent_nanos: 7 });
+        assert_eq!(self.reply(), ServerReply::Pong { seq, sent_nanos: 7 }, "{}", self.label());
+    }
+
+    /// Opens a file; returns (slots, chunk) from the Opened reply.
+    fn open(&mut self, name: &str, size: u64) -> (u32, u64) {
+        self.post(&ClientCommand::Open { name: name.into(), size });
+        match self.reply() {
+            ServerReply::Opened { slots, chunk } => (slots, chunk),
+            other => panic!("opening {name}: expected Opened, got {other:?}"),
+        }
+    }
+
+    fn slot(&self, index: usize) -> &Slot {
+        &self.record.slots[index]
+    }
+
+    /// Copies `data` into slot `index`'s buffer at the offset the record names now.
+    fn write_buffer(&self, index: usize, data: &[u8]) {
+        let slot = self.slot(index);
+        wait_until("our slot to be empty", || slot.state.load(Ordering::Acquire) == SLOT_EMPTY);
+        let offset = slot.offset.load(Ordering::Relaxed);
+        let capacity = slot.capacity.load(Ordering::Relaxed);
+        let buffer = self.segment.buffer(offset, capacity).unwrap();
+        assert_eq!(buffer.copy_from(data), data.len(), "test data larger than the slot");
+    }
+
+    /// Hands slot `index` to the server claiming `len` bytes.
+    fn hand_over(&self, index: usize, len: u64) {
+        let slot = self.slot(index);
+        slot.len.store(len, Ordering::Relaxed);
+        slot.state.store(SLOT_FULL, Ordering::Release);
+        self.ring();
+    }
+
+    fn send_chunk(&self, index: usize, data: &[u8], len: u64) {
+        self.write_buffer(index, data);
+        self.hand_over(index, len);
+    }
+
+    fn close(mut self) {
+        self.post(&ClientCommand::Close);
+    }
+
+    fn label(&self) -> String {
+        format!("stream {}", self.guid.simple())
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Real transfers beside the hostile streams, and the "nothing escaped" checks.
+// ---------------------------------------------------------------------------------
+
+/// Rounds of real transfers (the real client binary) that keep going until the test
+/// says stop, then run one more round; every file is checked byte for byte.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Vec<(PathBuf, String)>>,
+}
+
+fn start_traffic(server: &Server, src: &Path) -> Traffic {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (name, src, flag) = (server.name.clone(), src.to_path_buf(), Arc::clone(&stop));
+    let handle = std::thread::spawn(move || {
+        let mut sent = Vec::new();
+        for round in 0usize.. {
+            let last = flag.load(Ordering::SeqCst);
+            let dir = src.join(format!("round{round}"));
+            fs::create_dir_all(&dir).unwrap();
+            let files = [
+                write_file(&dir, &format!("r{round}-a.bin"), (1 << 20) + round, round as u64),
+                write_file(&dir, &format!("r{round}-b.bin"), 700_000, 1000 + round as u64),
+                write_file(&dir, &format!("r{round}-c.bin"), 65_537, 2000 + round as u64),
+            ];
+            let refs: Vec<_> = files.iter().map(|p| p.as_path()).collect();
+            let config = write_config(&dir, &refs);
+            let mut command = Command::new(CLIENT);
+            command.args(["--name", &name, "--config"]).arg(&config).args(["1", "2", "3"]);
+            let output = run(command);
+            assert!(
+                output.status.success(),
+                "a real transfer beside hostile streams failed: {}",
+                show(&output)
+            );
+            for file in files {
+                let file_name = file.file_name().unwrap().to_string_lossy().into_owned();
+                sent.push((file, file_name));
+            }
+            if last && round >= 1 {
+                break;
+            }
+        }
+        sent
+    });
+    Traffic { stop, handle }
+}
+
+impl Traffic {
+    /// Stops the rounds and checks every real file arrived whole; returns their names.
+    fn finish(self, out: &Path) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        let sent = match self.handle.join() {
+            Ok(sent) => sent,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        for (source, name) in &sent {
+            let got = fs::read(out.join(name)).unwrap_or_else(|e| panic!("{name} was not published: {e}"));
+            assert!(got == fs::read(source).unwrap(), "{name} differs from its source");
+        }
+        sent.into_iter().map(|(_, name)| name).collect()
+    }
+}
+
+/// A temp tree `root` with sources in `root/src` and the output folder two levels
+/// down (`root/a/out`), so "../escape" and "../../escape" would land inside `root`.
+struct Tree {
+    root: tempfile::TempDir,
+}
+
+impl Tree {
+    fn new() -> Tree {
+        let tree = Tree { root: tempfile::tempdir().unwrap() };
+        fs::create_dir_all(tree.src()).unwrap();
+        fs::create_dir_all(tree.out()).unwrap();
+        tree
+    }
+
+    fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    fn src(&self) -> PathBuf {
+        self.root().join("src")
+    }
+
+    fn out(&self) -> PathBuf {
+        self.root().join("a").join("out")
+    }
+
+    /// Everything the server wrote is inside OUTPUT_DIR and is exactly `published`;
+    /// nothing named like an escape attempt exists anywhere in the tree.
+    fn assert_only_published(&self, published: &BTreeSet<String>) {
+        let src = self.src();
+        let out = self.out();
+        let mut in_out = BTreeSet::new();
+        for file in files_under(self.root()) {
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(!name.contains("escape"), "an escape attempt created {}", file.display());
+            if file.starts_with(&src) {
+                continue;
+            }
+            assert_eq!(
+                file.parent(),
+                Some(out.as_path()),
+                "the server wrote outside OUTPUT_DIR: {}",
+                file.display()
+            );
+            in_out.insert(name);
+        }
+        assert_eq!(&in_out, published, "OUTPUT_DIR holds other files than the real transfers'");
+    }
+}
+
+fn assert_alive(server: &Server) {
+    assert!(!has_exited(server.pid()), "the server died\nstderr: {:#?}", server.stderr());
+}
+
+// ---------------------------------------------------------------------------------
+// Malformed commands.
+// ---------------------------------------------------------------------------------
+
+/// One malformed command and the words its refusal must contain.
+struct BadCommand {
+    what: String,
+    code: u32,
+    args: [u64; 4],
+    text: Vec<u8>,
+    text_len: u32,
+    expect: String,
+}
+
+fn bad(what: &str, code: u32, text: &[u8], text_len: u32, expect: &str) -> BadCommand {
+    let what = what.to_owned();
+    BadCommand { what, code, args: [10, 0, 0, 0], text: text.to_vec(), text_len, expect: expect.to_owned() }
+}
+
+fn bad_open(what: &str, name: &[u8], expect: &str) -> BadCommand {
+    bad(what, protocol::C2S_OPEN, name, name.len() as u32, expect)
+}
+
+fn malformed_commands(root: &Path) -> Vec<BadCommand> {
+    let mut cases = Vec::new();
+    for code in [0, 1, 0x100, 0x107, 0x1ff, 0x301, 0xdead_beef, u32::MAX] {
+        cases.push(bad(
+            &format!("unknown code {code:#x}"),
+            code,
+            b"escape",
+            6,
+            "unknown client command code",
+        ));
+    }
+    for code in [S2C_OPENED, S2C_DONE, S2C_ERROR, S2C_PONG] {
+        let expect = format!("unknown client command code {code:#x}");
+        cases.push(bad(&format!("server code {code:#x}"), code, b"escape", 6, &expect));
+    }
+    let absolute = format!("{}/abs-escape", root.display());
+    cases.extend([
+        bad_open("parent escape", b"../escape", "contains '/' or NUL"),
+        bad_open("double parent escape", b"../../escape", "contains '/' or NUL"),
+        bad_open("absolute path", absolute.as_bytes(), "contains '/' or NUL"),
+        bad_open("absolute /etc path", b"/etc/x-escape", "contains '/' or NUL"),
+        bad_open("sub-folder", b"sub/escape", "contains '/' or NUL"),
+        bad_open("empty name", b"", "file name is empty"),
+        bad_open("dot", b".", "is not a file"),
+        bad_open("dot dot", b"..", "is not a file"),
+        bad_open("300-byte name", &[b'e'; 300], "300 bytes long, the limit is 255"),
+        bad_open("256-byte name", &[b'e'; 256], "256 bytes long"),
+        bad_open("NUL in name", b"esc\0ape", "contains '/' or NUL"),
+        bad_open("trailing NUL", b"escape\0", "contains '/' or NUL"),
+        bad_open("invalid UTF-8", &[0xff, 0xfe, b'e', b's', b'c'], "not valid UTF-8"),
+        bad_open("truncated UTF-8", "escapé".as_bytes().split_last().unwrap().1, "not valid UTF-8"),
+        bad("text_len past the field", protocol::C2S_OPEN, b"escape", TEXT_CAPACITY as u32 + 1, "exceeds"),
+        bad("text_len 600", protocol::C2S_OPEN, b"escape", 600, "exceeds the 512-byte field"),
+        bad("text_len u32::MAX", protocol::C2S_OPEN, b"escape", u32::MAX, "exceeds"),
+        bad("abort with invalid UTF-8", protocol::C2S_ABORT, &[0xc3, 0x28], 2, "not valid UTF-8"),
+        bad("finish before open", protocol::C2S_FINISH, b"", 0, "not valid in this state"),
+        bad("put to a parent folder", protocol::C2S_PUT, b"../escape", 9, "contains '/' or NUL"),
+        bad(
+            "put with an absolute name",
+            protocol::C2S_PUT,
+            absolute.as_bytes(),
+            absolute.len() as u32,
+            "contains '/'",
+        ),
+        bad("put with text_len past the field", protocol::C2S_PUT, b"escape", 4096, "exceeds"),
+        bad("put without a ring", protocol::C2S_PUT, b"noring-escape", 13, "does not fit the stream's ring"),
+    ]);
+    cases
+}
+
+#[test]
+fn malformed_commands_fail_only_their_stream_while_real_transfers_complete() {
+    let tree = Tree::new();
+    let server = Server::start(&unique_name("badcmd"), &tree.out(), &[]);
+    let rogue = Rogue::connect(&server.name);
+    let traffic = start_traffic(&server, &tree.src());
+    let mut guids = Vec::new();
+    for case in malformed_commands(tree.root()) {
+        let mut stream = rogue.take();
+        stream.post_raw(case.code, case.args, &case.text, case.text_len);
+        let (code, message) = stream.expect_error();
+        assert_eq!(code, ErrorCode::BadRequest, "{}: {message}", case.what);
+        assert!(message.contains(&case.expect), "{}: the refusal says {message:?}", case.what);
+        let label = stream.label();
+        let line = server.wait_for_line(&format!("the failure of {}", case.what), |l| {
+            l.starts_with(&format!("failed {label}: ")) && l.contains(&case.expect)
+        });
+        assert!(!line.contains("done"), "{line}");
+        assert!(!server.temp_path(stream.guid).exists(), "{}: a temporary file exists", case.what);
+        // Only that command failed: the stream still answers and can be closed.
+        stream.ping(1);
+        guids.push(stream.guid);
+        stream.close();
+    }
+    let published = traffic.finish(&tree.out());
+    for guid in &guids {
+        assert_eq!(server.lines_with(&guid.simple().to_string()).len(), 1, "one line per hostile stream");
+    }
+    // The only files published are the real transfers'.
+    for line in server.stdout().iter().filter(|l| l.starts_with("done ")) {
+        let name = line.split(' ').nth(1).unwrap_or_default();
+        assert!(published.contains(name), "published for a hostile stream: {line}");
+    }
+    assert!(!Path::new("/etc/x-escape").exists(), "an absolute name was honoured");
+    wait_until("hostile streams' lock files removed", || server.stream_locks().len() <= 1);
+    assert!(server.temp_files().is_empty(), "temporary files left: {:?}", server.temp_files());
+    tree.assert_only_published(&published);
+    assert_alive(&server);
+}
+
+// ---------------------------------------------------------------------------------
+// Hostile data: sizes, chunk lengths, checksums.
+// ---------------------------------------------------------------------------------
+
+/// Checks a failed data stream: the refusal, the server's line, no temporary file,
+/// nothing published; then the stream still answers and is closed.
+fn assert_failed(server: &Server, stream: RogueStream<'_>, name: &str, code: ErrorCode, expect: &str) {
+    assert_failed_as(server, stream, name, name, code, expect);
+}
+
+/// As `assert_failed`, for failures the server reports under `label` (a stream that
+/// never got as far as naming its file is reported as "stream <guid>").
+fn assert_failed_as(
+    server: &Server,
+    mut stream: RogueStream<'_>,
+    label: &str,
+    name: &str,
+    code: ErrorCode,
+    expect: &str,
+) {
+    let (got, message) = stream.expect_error();
+    assert_eq!(got, code, "{name}: {message}");
+    assert!(message.contains(expect), "{name}: the refusal says {message:?}, expected {expect:?}");
+    server.wait_for_line(&format!("the failure of {name}"), |l| {
+        l.starts_with(&format!("failed {label}: ")) && l.contains(expect)
+    });
+    assert!(!server.temp_path(stream.guid).exists(), "{name}: the temporary file was kept");
+    assert!(!server.out.join(name).exists(), "{name} was published");
+    stream.ping(9);
+    stream.close();
+}
+
+/// A stream that sent `name` (one chunk) properly, so it keeps its ring for a Put.
+fn with_ring<'a>(rogue: &'a Rogue, name: &str, data: &[u8]) -> RogueStream<'a> {
+    let mut stream = rogue.take();
+    stream.open(name, data.len() as u64);
+    stream.send_chunk(0, data, data.len() as u64);
+    stream.post(&ClientCommand::Finish { size: data.len() as u64, checksum: xxh3_64(data) });
+    assert_eq!(stream.reply(), ServerReply::Done { bytes: data.len() as u64 }, "{name}");
+    stream
+}
+
+#[test]
+fn hostile_sizes_lengths_and_checksums_fail_only_their_stream() {
+    let tree = Tree::new();
+    let server = Server::start(&unique_name("baddata"), &tree.out(), &[]);
+    let rogue = Rogue::connect(&server.name);
+    let traffic = start_traffic(&server, &tree.src());
+    let data = pattern(1 << 20, 42);
+
+    // A size no file has: the server opens a ring (or waits for space) but never
+    // believes the stream complete.
+    let mut s = rogue.take();
+    let (slots, chunk) = s.open("huge.bin", u64::MAX);
+    assert!((1..=MAX_SLOTS as u32).contains(&slots) && chunk > 0, "Opened {slots} x {chunk}");
+    assert!(server.temp_path(s.guid).exists(), "huge.bin has a temporary file while open");
+    s.send_chunk(0, &data[..4096], 4096);
+    s.post(&ClientCommand::Finish { size: u64::MAX, checksum: xxh3_64(&data[..4096]) });
+    assert_failed(
+        &server,
+        s,
+        "huge.bin",
+        ErrorCode::Checksum,
+        "size mismatch: announced 18446744073709551615",
+    );
+
+    // Chunk lengths the slot cannot hold, zero, or past the announced size.
+    let mut s = rogue.take();
+    let (_, chunk) = s.open("overcap.bin", 1 << 20);
+    s.send_chunk(0, &data[..chunk as usize], chunk + 1);
+    assert_failed(
+        &server,
+        s,
+        "overcap.bin",
+        ErrorCode::BadRequest,
+        &format!("bad chunk length {}", chunk + 1),
+    );
+
+    let mut s = rogue.take();
+    s.open("maxlen.bin", 1 << 20);
+    s.send_chunk(0, &data[..10], u64::MAX);
+    assert_failed(&server, s, "maxlen.bin", ErrorCode::BadRequest, "bad chunk length 18446744073709551615");
+
+    let mut s = rogue.take();
+    s.open("zerolen.bin", 1000);
+    s.send_chunk(0, &data[..10], 0);
+    assert_failed(&server, s, "zerolen.bin", ErrorCode::BadRequest, "bad chunk length 0");
+
+    let mut s = rogue.take();
+    s.open("pastsize.bin", 10);
+    s.send_chunk(0, &data[..11], 11);
+    assert_failed(&server, s, "pastsize.bin", ErrorCode::BadRequest, "bad chunk length 11");
+
+    let mut s = rogue.take();
+    let (slots, chunk) = s.open("secondpast.bin", 3 * (1 << 20));
+    assert!(slots >= 2, "a 3 MiB file gets several slots");
+    s.send_chunk(0, &data[..chunk as usize], chunk);
+    s.send_chunk(1, &data[..10], 3 * (1 << 20) - chunk + 1);
+    assert_failed(&server, s, "secondpast.bin", ErrorCode::BadRequest, "bad chunk length");
+
+    // Finish that lies about the checksum or the size, or comes early.
+    let mut s = rogue.take();
+    s.open("badsum.bin", 1000);
+    s.send_chunk(0, &data[..1000], 1000);
+    s.post(&ClientCommand::Finish { size: 1000, checksum: xxh3_64(&data[..1000]) ^ 1 });
+    assert_failed(&server, s, "badsum.bin", ErrorCode::Checksum, "checksum mismatch");
+
+    let mut s = rogue.take();
+    s.open("badsize.bin", 1000);
+    s.send_chunk(0, &data[..1000], 1000);
+    s.post(&ClientCommand::Finish { size: 999, checksum: xxh3_64(&data[..1000]) });
+    assert_failed(&server, s, "badsize.bin", ErrorCode::Checksum, "announced 1000, finished with 999");
+
+    let mut s = rogue.take();
+    s.open("short.bin", 2000);
+    s.send_chunk(0, &data[..1000], 1000);
+    s.post(&ClientCommand::Finish { size: 2000, checksum: xxh3_64(&data[..1000]) });
+    assert_failed(&server, s, "short.bin", ErrorCode::Checksum, "received 1000");
+
+    // Commands that are well formed but not valid mid-transfer.
+    let mut s = rogue.take();
+    s.open("twice.bin", 1000);
+    s.post(&ClientCommand::Open { name: "twice-escape".into(), size: 5 });
+    assert_failed(&server, s, "twice.bin", ErrorCode::BadRequest, "not valid in this state");
+
+    let mut s = rogue.take();
+    s.open("pingmid.bin", 1000);
+    s.post(&ClientCommand::Ping { seq: 1, sent_nanos: 1 });
+    assert_failed(&server, s, "pingmid.bin", ErrorCode::BadRequest, "not valid in this state");
+
+    // A malformed command mid-transfer drops the transfer too.
+    let mut s = rogue.take();
+    s.open("garbled.bin", 1000);
+    s.post_raw(0x1ff, [0; 4], b"", 0);
+    assert_failed(&server, s, "garbled.bin", ErrorCode::BadRequest, "unknown client command code 0x1ff");
+
+    // Closing mid-transfer drops the file (reported, nothing published).
+    let mut s = rogue.take();
+    s.open("closed.bin", 1000);
+    s.send_chunk(0, &data[..500], 500);
+    let guid = s.guid;
+    s.close();
+    server.wait_for_line("the dropped closed.bin", |l| l.starts_with("failed closed.bin: client closed"));
+    wait_until("closed.bin's temporary file removed", || !server.temp_path(guid).exists());
+
+    // Put: a small file in slot 0 of the ring the stream kept from its last file.
+    let small = &data[..100];
+    let s = with_ring(&rogue, "ring1.bin", small);
+    let chunk = s.slot(0).capacity.load(Ordering::Relaxed);
+    let mut s = s;
+    s.post(&ClientCommand::Put { name: "put-big.bin".into(), size: chunk + 1, checksum: 0 });
+    assert_failed_as(
+        &server,
+        s,
+        "ring1.bin",
+        "put-big.bin",
+        ErrorCode::BadRequest,
+        "does not fit the stream's ring",
+    );
+
+    let mut s = with_ring(&rogue, "ring2.bin", small);
+    s.post(&ClientCommand::Put { name: "put-unfilled.bin".into(), size: 100, checksum: xxh3_64(small) });
+    assert_failed(&server, s, "put-unfilled.bin", ErrorCode::Checksum, "received 0");
+
+    let mut s = with_ring(&rogue, "ring3.bin", small);
+    s.send_chunk(0, &data[..200], 200);
+    s.post(&ClientCommand::Put { name: "put-long.bin".into(), size: 100, checksum: xxh3_64(small) });
+    assert_failed(&server, s, "put-long.bin", ErrorCode::BadRequest, "bad chunk length 200");
+
+    let mut s = with_ring(&rogue, "ring4.bin", small);
+    s.send_chunk(0, small, 100);
+    s.post(&ClientCommand::Put { name: "put-badsum.bin".into(), size: 100, checksum: xxh3_64(small) ^ 1 });
+    assert_failed(&server, s, "put-badsum.bin", ErrorCode::Checksum, "checksum mismatch");
+
+    let mut s = with_ring(&rogue, "ring5.bin", small);
+    s.send_chunk(0, &data[500..600], 100);
+    s.post(&ClientCommand::Put { name: "ring5.bin".into(), size: 100, checksum: xxh3_64(&data[500..600]) });
+    let (code, message) = s.expect_error();
+    assert_eq!(code, ErrorCode::Exists, "{message}");
+    assert!(message.contains("already exists"), "{message}");
+    assert!(!server.temp_path(s.guid).exists());
+    s.close();
+
+    let mut s = with_ring(&rogue, "ring6.bin", small);
+    s.open("receiving.bin", 1000);
+    s.post(&ClientCommand::Put { name: "put-mid.bin".into(), size: 10, checksum: 0 });
+    assert_failed_as(
+        &server,
+        s,
+        "receiving.bin",
+        "put-mid.bin",
+        ErrorCode::BadRequest,
+        "not valid in this state",
+    );
+
+    let mut published = traffic.finish(&tree.out());
+    for i in 1..=6 {
+        let name = format!("ring{i}.bin");
+        assert_eq!(fs::read(tree.out().join(&name)).unwrap(), small, "{name} was changed");
+        published.insert(name);
+    }
+    wait_until("hostile streams' lock files removed", || server.stream_locks().len() <= 1);
+    assert!(server.temp_files().is_empty(), "temporary files left: {:?}", server.temp_files());
+    tree.assert_only_published(&published);
+    assert_alive(&server);
+}
+
+#[test]
+fn huge_sizes_can_fill_the_segment_but_the_server_waits_and_recovers() {
+    let tree = Tree::new();
+    let server = Server::start(&unique_name("hog"), &tree.out(), &["--size", "1M"]);
+    let rogue = Rogue::connect(&server.name);
+    // Streams announcing u64::MAX bytes, each given a ring, until one has to wait.
+    let mut hogs = Vec::new();
+    let waiting = loop {
+        assert!(hogs.len() < 64, "the segment never ran out of buffer space");
+        let mut hog = rogue.take();
+        hog.post(&ClientCommand::Open { name: format!("hog{}.bin", hogs.len()), size: u64::MAX });
+        let record = hog.record;
+        wait_until("a ring or a wait for space", || {
+            protocol::pending(&record.s2c, hog.seen).is_some()
+                || record.phase.load(Ordering::Relaxed) == PHASE_WAITING_FOR_SPACE
+        });
+        if record.phase.load(Ordering::Relaxed) == PHASE_WAITING_FOR_SPACE {
+            break hog;
+        }
+        assert!(matches!(hog.reply(), ServerReply::Opened { .. }));
+        hogs.push(hog);
+    };
+    // A real client now waits for space too (it does not fail).
+    let source = write_file(&tree.src(), "patient.bin", 1 << 20, 21);
+    let config = write_config(&tree.src(), &[&source]);
+    let probe = Probe::open(&server.name);
+    let offered = probe.record(probe.wait_offer());
+    let client = Running::spawn({
+        let mut c = server.client(&config);
+        c.arg("1");
+        c
+    });
+    wait_until("the real client to wait for space", || {
+        offered.phase.load(Ordering::Relaxed) == PHASE_WAITING_FOR_SPACE
+    });
+    assert!(!client.has_exited());
+    // The hogs give up: everyone gets space, the real file arrives whole.
+    for hog in hogs {
+        hog.close();
+    }
+    let output = client.finish();
+    assert!(output.status.success(), "{}", show(&output));
+    assert!(fs::read(tree.out().join("patient.bin")).unwrap() == fs::read(&source).unwrap());
+    waiting.close();
+    wait_until("every hog's temporary file removed", || server.temp_files().is_empty());
+    tree.assert_only_published(&BTreeSet::from(["patient.bin".to_owned()]));
+    assert_alive(&server);
+}
+
+// ---------------------------------------------------------------------------------
+// Lies in the fields the server owns: it must use its private copies.
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn rewritten_slot_offsets_and_garbage_in_server_fields_are_ignored() {
+    let tree = Tree::new();
+    let server = Server::start(&unique_name("redirect"), &tree.out(), &[]);
+    let rogue = Rogue::connect(&server.name);
+    let traffic = start_traffic(&server, &tree.src());
+    let size = 3000usize;
+    let (da, db) = (pattern(size, 1), pattern(size, 2));
+    let mut a = rogue.take();
+    let mut b = rogue.take();
+    assert_eq!(a.open("redirect-a.bin", size as u64).0, 1);
+    assert_eq!(b.open("redirect-b.bin", size as u64).0, 1);
+    a.write_buffer(0, &da);
+    b.write_buffer(0, &db);
+    let b_buffer = b.slot(0).offset.load(Ordering::Relaxed);
+    let segment_size = rogue.segment.layout().size;
+
+    // A's slot now names B's buffer, B's names the header, both claim huge capacity.
+    a.slot(0).offset.store(b_buffer, Ordering::Relaxed);
+    a.slot(0).capacity.store(u64::MAX, Ordering::Relaxed);
+    b.slot(0).offset.store(0, Ordering::Relaxed);
+    b.slot(0).capacity.store(segment_size, Ordering::Relaxed);
+    // C sends one file properly (so it keeps a ring), then Puts a second one after
+    // pointing slot 0 at the header.
+    let dc = pattern(size, 3);
+    let c = with_ring(&rogue, "redirect-c-first.bin", &pattern(size, 4));
+    c.write_buffer(0, &dc);
+    c.slot(0).offset.store(0, Ordering::Relaxed);
+    c.slot(0).capacity.store(u64::MAX, Ordering::Relaxed);
+    let mut c = c;
+    for stream in [&a, &b, &c] {
+        let record = stream.record;
+        // C's record stays "active" so that `--status` reads its garbage below.
+        if stream.offset != c.offset {
+            record.state.store(0xdead_beef, Ordering::Relaxed);
+        }
+        record.guid[0].store(0x0bad_0bad, Ordering::Relaxed);
+        record.guid[1].store(u64::MAX, Ordering::Relaxed);
+        record.client_pid.store(0x7fff_fff0, Ordering::Relaxed); // no such process
+        record.nslots.store(u32::MAX, Ordering::Relaxed);
+        record.doorbell.store(u32::MAX, Ordering::Relaxed); // we now ring a wrong worker
+        record.file_size.store(1, Ordering::Relaxed);
+        record.bytes_done.store(u64::MAX, Ordering::Relaxed);
+        record.stream_id.store(u64::MAX, Ordering::Relaxed);
+        record.phase.store(u32::MAX, Ordering::Relaxed);
+        record.name_len.store(u32::MAX, Ordering::Relaxed);
+        for (i, word) in record.name.iter().enumerate() {
+            word.store(0xfffe_fdfc_0000_2f2e ^ i as u64, Ordering::Relaxed); // "../" and invalid UTF-8
+        }
+        for slot in &record.slots[1..] {
+            slot.offset.store(segment_size - 8, Ordering::Relaxed);
+            slot.capacity.store(u64::MAX, Ordering::Relaxed);
+            slot.len.store(u64::MAX, Ordering::Relaxed);
+            slot.state.store(SLOT_FULL, Ordering::Release);
+        }
+    }
+    // Long enough for liveness checks to have run on the lying client_pid.
+    rogue.wait_beats(8);
+    // The read-only status view copes with the garbage too.
+    for json in [false, true] {
+        let mut status = Command::new(CLIENT);
+        status.args(["--name", &server.name, "--status"]);
+        if json {
+            status.arg("--json");
+        }
+        let output = run(status);
+        assert!(output.status.success(), "{}", show(&output));
+        let text = stdout_of(&output);
+        if json {
+            let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let streams = parsed["streams"].as_array().unwrap_or_else(|| panic!("no streams: {text}"));
+            let entry = streams.iter().find(|s| s["record_offset"] == c.offset).expect("C is listed");
+            assert_eq!(entry["phase"], "unknown", "{text}");
+            assert_eq!(entry["buffers"].as_array().map(Vec::len), Some(0), "bogus buffers listed: {text}");
+        } else {
+            assert!(text.contains("live record(s)"), "{text}");
+        }
+    }
+    a.hand_over(0, size as u64);
+    b.hand_over(0, size as u64);
+    c.hand_over(0, size as u64);
+    a.post(&ClientCommand::Finish { size: size as u64, checksum: xxh3_64(&da) });
+    b.post(&ClientCommand::Finish { size: size as u64, checksum: xxh3_64(&db) });
+    c.post(&ClientCommand::Put { name: "redirect-c.bin".into(), size: size as u64, checksum: xxh3_64(&dc) });
+    assert_eq!(a.reply(), ServerReply::Done { bytes: size as u64 });
+    assert_eq!(b.reply(), ServerReply::Done { bytes: size as u64 });
+    assert_eq!(c.reply(), ServerReply::Done { bytes: size as u64 });
+    assert!(fs::read(tree.out().join("redirect-a.bin")).unwrap() == da, "A's file is not A's bytes");
+    assert!(fs::read(tree.out().join("redirect-b.bin")).unwrap() == db, "B's file is not B's bytes");
+    assert!(fs::read(tree.out().join("redirect-c.bin")).unwrap() == dc, "C's file is not C's bytes");
+    c.close();
+    a.close();
+    b.close();
+
+    let mut published = traffic.finish(&tree.out());
+    published.extend(
+        ["redirect-a.bin", "redirect-b.bin", "redirect-c.bin", "redirect-c-first.bin"].map(String::from),
+    );
+    wait_until("lock files removed", || server.stream_locks().len() <= 1);
+    tree.assert_only_published(&published);
+    assert_alive(&server);
+}
+
+// ---------------------------------------------------------------------------------
+// A command its writer never published.
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_half_written_command_is_never_acted_on() {
+    let tree = Tree::new();
+    let server = Server::start(&unique_name("halfwritten"), &tree.out(), &[]);
+    let rogue = Rogue::connect(&server.name);
+    let mut stream = rogue.take();
+    let c2s = &stream.record.c2s;
+    let unpublished = |stream: &RogueStream<'_>, what: &str| {
+        stream.ring();
+        rogue.wait_beats(5);
+        assert!(!server.temp_path(stream.guid).exists(), "{what}: the server opened a file");
+        assert!(server.lines_with("half.bin").is_empty(), "{what}: {:#?}", server.stdout());
+        assert!(
+            server.lines_with(&stream.guid.simple().to_string()).is_empty(),
+            "{what}: {:#?}",
+            server.stdout()
+        );
+        assert_eq!(stream.record.c2s.ack.load(Ordering::Relaxed), stream.published, "{what}: taken");
+    };
+    // Every field of an Open, but seq never touched: a peer that died mid-write.
+    stream.write_fields(protocol::C2S_OPEN, [100, 0, 0, 0], b"half.bin", 8);
+    unpublished(&stream, "fields without seq");
+    // Publishing a Ping gets a Pong: the stream was idle, so the Open was never run.
+    stream.ping(1);
+    // A writer that died after marking its next message in progress (seq odd, as
+    // `protocol::post` leaves it while it writes) and writing the fields.
+    let in_progress = c2s.seq.load(Ordering::Relaxed).wrapping_add(1);
+    assert_eq!(in_progress % 2, 1);
+    c2s.seq.store(in_progress, Ordering::Relaxed);
+    stream.write_fields(protocol::C2S_OPEN, [100, 0, 0, 0], b"half.bin", 8);
+    unpublished(&stream, "seq left odd");
+    // The next complete message is taken, and the stream is still idle.
+    stream.ping(2);
+    assert!(!server.temp_path(stream.guid).exists());
+    assert!(server.lines_with("half.bin").is_empty(), "{:#?}", server.stdout());
+    assert!(!tree.out().join("half.bin").exists());
+    stream.close();
+    assert_alive(&server);
+}
+
+// ---------------------------------------------------------------------------------
+// Idle streams: a GUID never used, a client SIGSTOPped mid-transfer.
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_guid_taken_and_never_used_is_dropped_while_other_transfers_complete() {
+    let tree = Tree::new();
+    let server = Server::start(&unique_name("idleguid"), &tree.out(), &["--idle-timeout", "2"]);
+    let rogue = Rogue::connect(&server.name);
+    let idle = rogue.take();
+    let label = idle.label();
+    let lock_file = lock_dir(&server.name).join(LockDir::stream_lock_name(idle.guid));
+    assert!(lock_file.exists());
+    let files: Vec<_> = (0..3)
+        .map(|i| write_file(&tree.src(), &format!("busy{i}.bin"), (2 << 20) + i, 300 + i as u64))
+        .collect();
+    let refs: Vec<_> = files.iter().map(|p| p.as_path()).collect();
+    let config = write_config(&tree.src(), &refs);
+    let busy = Running::spawn({
+        let mut c = server.client(&config);
+        c.args(["1", "2", "3"]);
+        c
+    });
+    let line = server.wait_for_line_within("the idle stream's drop", NOTICE, |l| {
+        l.starts_with(&format!("failed {label}"))
+    });
+    assert!(line.contains("no activity for 2 s"), "{line}");
+    // The idle client (this process) still lives: its record is kept, marked dropped
+    // and ignored, so nobody else can be handed a record it may still write to.
+    let record = rogue.segment.record(idle.offset).unwrap();
+    wait_until("the idle record marked dropped", || record.state.load(Ordering::Acquire) == RECORD_DROPPED);
+    assert_eq!(record.nslots.load(Ordering::Relaxed), 0);
+    assert!(lock_file.exists(), "the lock file goes with the record, once its client exits");
+    let output = busy.finish();
+    assert!(output.status.success(), "{}", show(&output));
+    for file in &files {
+        assert!(fs::read(tree.out().join(file.file_name().unwrap())).unwrap() == fs::read(file).unwrap());
+    }
+    let header = rogue.segment.header();
+    wait_until("every record but the offer and the dropped one freed", || {
+        header.live_streams.load(Ordering::Relaxed) == 2
+    });
+    assert_eq!(record.state.load(Ordering::Acquire), RECORD_DROPPED);
+    assert!(server.temp_files().is_empty());
+    assert_alive(&server);
+}
+
+/// Freezes a client mid-transfer (`stalled.bin`, id 1) on a server started with
+/// `--idle-timeout 2`, runs another client (`meanwhile.bin`, id 2) to completion
+/// while it is stopped, and waits for the server to drop the stalled stream. The
+/// other client takes its GUID before the stall starts. Returns the stalled client
+/// (still stopped) and the config (id 3 is a small `after.bin`).
+fn stall_until_dropped(server: &Server, tree: &Tree) -> (Frozen, PathBuf) {
+    let big = write_file(&tree.src(), "stalled.bin", 4 << 20, 11);
+    let other = write_file(&tree.src(), "meanwhile.bin", 3 << 20, 12);
+    let after = write_file(&tree.src(), "after.bin", 200_000, 13);
+    let config = write_config(&tree.src(), &[&big, &other, &after]);
+    let stalled = Frozen::start(server, {
+        let mut c = server.patient_client(&config);
+        c.arg("1");
+        c
+    });
+    let temp = server.temp_path(stalled.guid);
+    assert!(temp.exists());
+    // The server is stopped: its offer stays put until the other client takes it.
+    let offer = stalled.probe.wait_offer();
+    let meanwhile = Running::spawn({
+        let mut c = server.patient_client(&config);
+        c.arg("2");
+        c
+    });
+    let offer_rec = stalled.probe.record(offer);
+    wait_until("the other client to post its Open", || {
+        stalled.probe.handout_state() == HANDOUT_TAKEN && protocol::pending(&offer_rec.c2s, 0).is_some()
+    });
+    stalled.probe.freeze_at_rest(stalled.client.pid(), Some(stalled.record), || true);
+    thaw(server.pid());
+
+    let line = server
+        .wait_for_line_within("the stalled stream's drop", NOTICE, |l| l.starts_with("failed stalled.bin"));
+    assert!(line.contains("no activity for 2 s"), "{line}");
+    wait_until("the stalled stream's temporary file removed", || !temp.exists());
+    let output = meanwhile.finish();
+    assert!(output.status.success(), "{}", show(&output));
+    assert!(fs::read(tree.out().join("meanwhile.bin")).unwrap() == fs::read(&other).unwrap());
+    (stalled, config)
+}
+
+#[test]
+fn a_stopped_client_is_dropped_while_others_transfer_and_fails_once_continued() {
+    let tree = Tree::new();
+    let server =
+        Server::start(&unique_name("idlestop"), &tree.out(), &["--size", "1M", "--idle-timeout", "2"]);
+    let (stalled, _) = stall_until_dropped(&server, &tree);
+    let lock_file = lock_dir(&server.name).join(LockDir::stream_lock_name(stalled.guid));
+    thaw(stalled.client.pid());
+    let Frozen { client, probe, .. } = stalled;
+    let output = client.finish();
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("stream 1: failed: "), "{}", show(&output));
+    assert!(!tree.out().join("stalled.bin").exists(), "a stalled, dropped file was published");
+    assert!(server.temp_files().is_empty(), "{:?}", server.temp_files());
+    // Once the dropped client has exited, its record and lock file go too.
+    let header = probe.segment.header();
+    wait_until("the dropped record freed", || header.live_streams.load(Ordering::Relaxed) == 1);
+    wait_until("the dropped stream's lock file removed", || !lock_file.exists());
+    assert_alive(&server);
+}
+
+#[test]
+fn a_client_resumed_after_its_drop_reports_it_and_harms_no_one() {
+    let tree = Tree::new();
+    let server =
+        Server::start(&unique_name("idleresume"), &tree.out(), &["--size", "1M", "--idle-timeout", "2"]);
+    let (stalled, config) = stall_until_dropped(&server, &tree);
+    let dropped = stalled.probe.record(stalled.record);
+    assert_eq!(dropped.state.load(Ordering::Acquire), RECORD_DROPPED);
+    // While the stalled client lives, its record is never handed to anyone else: a
+    // whole transfer by another client goes through another record.
+    let output = run({
+        let mut c = server.patient_client(&config);
+        c.arg("3");
+        c
+    });
+    assert!(output.status.success(), "{}", show(&output));
+    assert_eq!(dropped.state.load(Ordering::Acquire), RECORD_DROPPED);
+    assert_eq!(load_guid(&dropped.guid), stalled.guid, "the dropped record was reused");
+    thaw(stalled.client.pid());
+    let Frozen { client, .. } = stalled;
+    let output = client.finish();
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(
+        stderr_of(&output).contains("no activity"),
+        "the client should say why it failed: {}",
+        show(&output)
+    );
+    assert!(fs::read(tree.out().join("after.bin")).is_ok());
+    assert!(!tree.out().join("stalled.bin").exists());
+    assert_alive(&server);
+}
+
+/// The same hazard through the library, step by step: a dropped client's late
+/// command must not reach any other stream.
+#[test]
+fn a_late_command_from_a_dropped_client_is_ignored_and_touches_no_other_stream() {
+    let tree = Tree::new();
+    let server = Server::start(&unique_name("late"), &tree.out(), &["--idle-timeout", "2", "--workers", "1"]);
+    let rogue = Rogue::connect(&server.name);
+    let mut stale = rogue.take();
+    let stale_record = stale.offset;
+    let line = server.wait_for_line_within("the idle drop", NOTICE, |l| {
+        l.starts_with(&format!("failed {}", stale.label()))
+    });
+    assert!(line.contains("no activity"), "{line}");
+    let record = rogue.segment.record(stale_record).unwrap();
+    wait_until("the record marked dropped", || record.state.load(Ordering::Acquire) == RECORD_DROPPED);
+    // The stalled client wakes up and does what `sharedclient` does after a failure.
+    let ack_before = record.c2s.ack.load(Ordering::Relaxed);
+    stale.post(&ClientCommand::Abort { reason: "late".into() });
+    // Another client is served on another record, undisturbed.
+    let mut victim = rogue.take();
+    assert_ne!(victim.offset, stale_record);
+    victim.post(&ClientCommand::Ping { seq: 1, sent_nanos: 1 });
+    let reply = victim.reply_within(NOTICE);
+    assert_eq!(reply, ServerReply::Pong { seq: 1, sent_nanos: 1 }, "the victim's stream was disturbed");
+    victim.close();
+    assert_eq!(record.c2s.ack.load(Ordering::Relaxed), ack_before, "a dropped record's command was taken");
+    assert_eq!(record.state.load(Ordering::Acquire), RECORD_DROPPED);
+    assert_alive(&server);
+}
+
+// ---------------------------------------------------------------------------------
+// Names that are valid but collide with the server's own files; links in OUTPUT_DIR.
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_published_file_named_like_a_temporary_file_survives_a_restart() {
+    let tree = Tree::new();
+    let name = unique_name("tempname");
+    let file_name = format!(".sharedxfer-{name}-{}.part", "0".repeat(32));
+    let source = write_file(&tree.src(), &file_name, 5000, 5);
+    let config = write_config(&tree.src(), &[&source]);
+    let mut server = Server::start(&name, &tree.out(), &[]);
+    let output = run({
+        let mut c = server.client(&config);
+        c.arg("1");
+        c
+    });
+    let published = tree.out().join(&file_name);
+    if output.status.success() {
+        assert!(fs::read(&published).unwrap() == fs::read(&source).unwrap());
+    } else {
+        // Refusing such names is fine too; then nothing may be published.
+        assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+        assert!(!published.exists());
+        return;
+    }
+    assert_eq!(server.stop("INT").code(), Some(130));
+    let _restarted = Server::start(&name, &tree.out(), &[]);
+    assert!(
+        published.exists(),
+        "the client was told {file_name} is published (exit 0), and a server restart deleted it"
+    );
+}
+
+#[test]
+fn links_planted_in_output_dir_are_never_written_through() {
+    let tree = Tree::new();
+    let victim = tree.root().join("victim.txt");
+    fs::write(&victim, b"precious").unwrap();
+    let source = write_file(&tree.src(), "link.bin", 5000, 6);
+    let config = write_config(&tree.src(), &[&source]);
+    let link = tree.out().join("link.bin");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+
+    // Without --overwrite the link counts as an existing file.
+    let server = Server::start(&unique_name("link"), &tree.out(), &[]);
+    let output = run({
+        let mut c = server.client(&config);
+        c.arg("1");
+        c
+    });
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("already exists"), "{}", show(&output));
+
+    // A link planted at the temporary name of the GUID on offer is not followed. The
+    // server is stopped while the client takes that very GUID (it could otherwise
+    // move its offer and pick a new GUID).
+    let probe = Probe::open(&server.name);
+    let handout = probe.segment.handout();
+    probe.freeze_at_rest(server.pid(), None, || handout.state.load(Ordering::Acquire) == HANDOUT_OFFERED);
+    let guid = load_guid(&handout.guid);
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&victim, server.temp_path(guid)).unwrap();
+    let client = Running::spawn({
+        let mut c = server.client(&config);
+        c.arg("1");
+        c
+    });
+    wait_until("the client to take the GUID", || handout.state.load(Ordering::Acquire) == HANDOUT_TAKEN);
+    thaw(server.pid());
+    let output = client.finish();
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("cannot create"), "{}", show(&output));
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    fs::remove_file(server.temp_path(guid)).unwrap();
+    drop(server);
+
+    // With --overwrite the link itself is replaced, its target untouched.
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let server = Server::start(&unique_name("linkover"), &tree.out(), &["--overwrite"]);
+    let output = run({
+        let mut c = server.client(&config);
+        c.arg("1");
+        c
+    });
+    assert!(output.status.success(), "{}", show(&output));
+    assert_eq!(fs::read(&victim).unwrap(), b"precious", "the link's target was written");
+    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_file(), "the link was not replaced");
+    assert!(fs::read(&link).unwrap() == fs::read(&source).unwrap());
+}
+
+// ---------------------------------------------------------------------------------
+// A peer frozen while it holds the handout lock.
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_peer_frozen_inside_the_handout_does_not_hang_new_clients() {
+    let tree = Tree::new();
+    let server = Server::start(&unique_name("handoutheld"), &tree.out(), &[]);
+    let rogue = Rogue::connect(&server.name);
+    let source = write_file(&tree.src(), "waits.bin", 1000, 7);
+    let config = write_config(&tree.src(), &[&source]);
+    let probe = Probe::open(&server.name);
+    probe.wait_offer();
+    // What a client SIGSTOPped inside `handout::take` leaves behind: the lock held.
+    let guard = acquire(&rogue.handout_lock).unwrap();
+    let client = Running::spawn({
+        let mut c = server.client(&config);
+        c.args(["--timeout", "3", "1"]);
+        c
+    });
+    let start = Instant::now();
+    while !client.has_exited() && start.elapsed() < NOTICE {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let exited = client.has_exited();
+    drop(guard);
+    let output = client.finish();
+    assert!(exited, "the client hung for {NOTICE:?} (its --timeout is 3 s): {}", show(&output));
+}
+
+#[test]
+fn a_peer_frozen_after_taking_a_guid_does_not_block_server_shutdown() {
+    let tree = Tree::new();
+    let name = unique_name("handouttaken");
+    let mut server = Server::start(&name, &tree.out(), &[]);
+    let rogue = Rogue::connect(&server.name);
+    let probe = Probe::open(&server.name);
+    probe.wait_offer();
+    // A client SIGSTOPped between marking the offer TAKEN and unlocking.
+    let handout = rogue.segment.handout();
+    let guard = loop {
+        let guard = acquire(&rogue.handout_lock).unwrap();
+        if handout.state.load(Ordering::Acquire) == HANDOUT_OFFERED {
+            break guard;
+        }
+        drop(guard);
+        probe.wait_offer();
+    };
+    handout.taker_pid.store(std::process::id(), Ordering::Relaxed);
+    handout.state.store(HANDOUT_TAKEN, Ordering::Release);
+    rogue.segment.header().handout_event.notify();
+    signal(server.pid(), "INT");
+    let start = Instant::now();
+    while !has_exited(server.pid()) && start.elapsed() < NOTICE {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let exited = has_exited(server.pid());
+    drop(guard);
+    assert!(exited, "the server ignored SIGINT for {NOTICE:?} while a frozen peer held handout.lock");
+    let status = wait_with_deadline(&mut server.child, "sharedserver");
+    assert_eq!(status.code(), Some(130));
+    assert!(!shm_path(&name).exists());
+}
