@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use named_lock::NamedLock;
-use xxhash_rust::xxh3::Xxh3Default;
 
+use crate::checksum::Checksum;
 use crate::cli::ClientCli;
 use crate::config::{Config, StreamId};
 use crate::handout::{self, load_guid, Ticket};
@@ -367,7 +367,7 @@ fn send_chunks(
     bar: &ProgressBar,
 ) -> Result<u64, StreamError> {
     let segment = &session.connection.segment;
-    let mut hasher = Xxh3Default::new();
+    let mut hasher = Checksum::new();
     let (mut sent, mut index) = (0u64, 0usize);
     while sent < size {
         if sys::stop_signal().is_some() {

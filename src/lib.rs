@@ -19,6 +19,7 @@
 //! `config` and `cli` beside them. `unsafe` lives only in `segment` and `sys`.
 
 pub mod alloc;
+pub mod checksum;
 pub mod cli;
 pub mod client;
 pub mod config;

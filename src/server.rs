@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail};
 use named_lock::{NamedLock, NamedLockGuard};
 use uuid::Uuid;
-use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::alloc::TwoEndedAllocator;
+use crate::checksum::Checksum;
 use crate::handout::{self, Ticket};
 use crate::lock::{self, LockDir};
 use crate::protocol::{self, ClientCommand, ErrorCode, ServerReply};
@@ -354,7 +354,7 @@ struct Transfer {
     file: File,
     size: u64,
     written: u64,
-    hasher: Xxh3Default,
+    hasher: Checksum,
     started: Instant,
     next_slot: usize,
 }
@@ -569,7 +569,7 @@ impl Stream {
             file,
             size,
             written: 0,
-            hasher: Xxh3Default::new(),
+            hasher: Checksum::new(),
             started: Instant::now(),
             next_slot: 0,
         }));

@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use named_lock::NamedLock;
+use sharedxfer::checksum::of as xxh3_64;
 use sharedxfer::handout::{self, load_guid};
 use sharedxfer::lock::{acquire, LockDir, HANDOUT_LOCK};
 use sharedxfer::protocol::{self, ClientCommand, ErrorCode, ServerReply};
@@ -22,7 +23,6 @@ use sharedxfer::protocol::{S2C_DONE, S2C_ERROR, S2C_OPENED, S2C_PONG};
 use sharedxfer::segment::{Mailbox, Record, Segment, Slot, HANDOUT_OFFERED, HANDOUT_TAKEN, MAX_SLOTS};
 use sharedxfer::segment::{PHASE_WAITING_FOR_SPACE, RECORD_DROPPED, SLOT_EMPTY, SLOT_FULL, TEXT_CAPACITY};
 use uuid::Uuid;
-use xxhash_rust::xxh3::xxh3_64;
 
 use common::*;
 
