@@ -545,7 +545,8 @@ fn run_jobs(
                 let mut session = None;
                 loop {
                     let Some((id, path)) = queue.lock().expect("queue lock").pop_front() else { break };
-                    let bar = multi.add(progress_bar(id, &path));
+                    let bar =
+                        if show_bars { multi.add(progress_bar(id, &path)) } else { ProgressBar::hidden() };
                     let result = send_stream(connection, &mut session, id, &path, &bar);
                     bar.finish_and_clear();
                     let interrupted = matches!(result, Err(StreamError::Interrupted));

@@ -537,7 +537,13 @@ impl Stream {
     }
 
     /// Checks the name and creates the temporary file: the common start of Open and Put.
-    fn begin(&mut self, shared: &Shared, name: String, size: u64) -> Result<(), Failure> {
+    fn begin(
+        &mut self,
+        shared: &Shared,
+        name: String,
+        size: u64,
+        early_exists_check: bool,
+    ) -> Result<(), Failure> {
         self.label.clone_from(&name);
         if name.starts_with(TEMP_MARK) {
             let message =
@@ -546,7 +552,9 @@ impl Stream {
         }
         let dir = &shared.options.output_dir;
         let final_path = dir.join(&name);
-        if !shared.options.overwrite && fs::symlink_metadata(&final_path).is_ok() {
+        // Fail a big transfer before it starts; a small one (`early == false`) is
+        // refused just as surely, by the no-replace rename at publish.
+        if early_exists_check && !shared.options.overwrite && fs::symlink_metadata(&final_path).is_ok() {
             let message = format!(
                 "{} already exists: remove it or run the server with --overwrite",
                 final_path.display()
@@ -577,7 +585,7 @@ impl Stream {
     }
 
     fn open(&mut self, shared: &Shared, name: String, size: u64) {
-        if let Err(failure) = self.begin(shared, name, size) {
+        if let Err(failure) = self.begin(shared, name, size, true) {
             return self.fail(shared, failure);
         }
         if size == 0 {
@@ -594,7 +602,7 @@ impl Stream {
             let message = format!("put of {size} bytes does not fit the stream's ring");
             return self.fail(shared, failure(ErrorCode::BadRequest, message));
         }
-        match self.begin(shared, name, size) {
+        match self.begin(shared, name, size, false) {
             Ok(()) => self.finish(shared, size, checksum),
             Err(failure) => self.fail(shared, failure),
         }

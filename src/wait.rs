@@ -4,7 +4,7 @@
 //! of microseconds on a VM), then sleeps on the sequence word with a timeout so a
 //! dead peer or a lost wake never hangs it.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::sys;
@@ -25,11 +25,24 @@ const _: () = assert!(std::mem::size_of::<Event>() == 8);
 /// awake processes (a few microseconds), far shorter than a futex wakeup on a VM.
 pub const SPIN: Duration = Duration::from_micros(20);
 
-/// Spins until `ready()` holds or `limit` passes; returns whether it held.
+/// Whether some thread of this process is spinning right now.
+static SPINNING: AtomicBool = AtomicBool::new(false);
+
+/// Spins until `ready()` holds or `limit` passes; returns whether it held. At most
+/// one thread per process spins at a time: with more waiters than cores (a client
+/// running eight streams on two cores), spinners would only steal the CPU the peer
+/// needs to answer; the others go straight to sleep.
 pub fn spin_until(mut ready: impl FnMut() -> bool, limit: Duration) -> bool {
-    if limit.is_zero() {
+    // Relaxed: a courtesy flag; a wrong guess only costs a spin or a sleep.
+    if limit.is_zero() || SPINNING.swap(true, Ordering::Relaxed) {
         return ready();
     }
+    let held = spin_for(&mut ready, limit);
+    SPINNING.store(false, Ordering::Relaxed);
+    held
+}
+
+fn spin_for(ready: &mut impl FnMut() -> bool, limit: Duration) -> bool {
     let start = Instant::now();
     loop {
         for _ in 0..32 {
