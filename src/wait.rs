@@ -4,6 +4,7 @@
 //! of microseconds on a VM), then sleeps on the sequence word with a timeout so a
 //! dead peer or a lost wake never hangs it.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -32,14 +33,47 @@ static SPINNING: AtomicBool = AtomicBool::new(false);
 /// one thread per process spins at a time: with more waiters than cores (a client
 /// running eight streams on two cores), spinners would only steal the CPU the peer
 /// needs to answer; the others go straight to sleep.
+///
+/// Spinning is also adaptive per thread: after two spins in a row that ran out
+/// (bulk transfers, where the peer takes far longer than a spin), a thread tries
+/// only one wait in sixteen, until a spin pays off again (ping-pong).
 pub fn spin_until(mut ready: impl FnMut() -> bool, limit: Duration) -> bool {
+    if limit.is_zero() || !SPIN_HISTORY.with(|h| h.worth_trying()) {
+        return ready();
+    }
     // Relaxed: a courtesy flag; a wrong guess only costs a spin or a sleep.
-    if limit.is_zero() || SPINNING.swap(true, Ordering::Relaxed) {
+    if SPINNING.swap(true, Ordering::Relaxed) {
         return ready();
     }
     let held = spin_for(&mut ready, limit);
     SPINNING.store(false, Ordering::Relaxed);
+    SPIN_HISTORY.with(|h| h.record(held));
     held
+}
+
+/// Recent spin outcomes of one thread.
+struct SpinHistory {
+    misses: Cell<u32>,
+    skipped: Cell<u32>,
+}
+
+thread_local! {
+    static SPIN_HISTORY: SpinHistory = const { SpinHistory { misses: Cell::new(0), skipped: Cell::new(0) } };
+}
+
+impl SpinHistory {
+    fn worth_trying(&self) -> bool {
+        if self.misses.get() < 2 {
+            return true;
+        }
+        let skipped = self.skipped.get().wrapping_add(1);
+        self.skipped.set(skipped);
+        skipped % 16 == 0
+    }
+
+    fn record(&self, held: bool) {
+        self.misses.set(if held { 0 } else { self.misses.get().saturating_add(1) });
+    }
 }
 
 fn spin_for(ready: &mut impl FnMut() -> bool, limit: Duration) -> bool {
@@ -130,6 +164,19 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(30);
         assert!(event.wait_until(|| flag.load(Ordering::SeqCst), deadline, Duration::ZERO));
         waker.join().unwrap();
+    }
+
+    #[test]
+    fn a_thread_whose_spins_keep_missing_mostly_stops_spinning() {
+        let history = SpinHistory { misses: Cell::new(0), skipped: Cell::new(0) };
+        assert!(history.worth_trying());
+        history.record(false);
+        assert!(history.worth_trying(), "one miss is not a pattern");
+        history.record(false);
+        let tries = (0..32).filter(|_| history.worth_trying()).count();
+        assert_eq!(tries, 2, "one wait in sixteen still spins");
+        history.record(true);
+        assert!(history.worth_trying(), "a spin that paid off turns spinning back on");
     }
 
     #[test]
