@@ -68,7 +68,7 @@ impl SpinHistory {
         }
         let skipped = self.skipped.get().wrapping_add(1);
         self.skipped.set(skipped);
-        skipped % 16 == 0
+        skipped.is_multiple_of(16)
     }
 
     fn record(&self, held: bool) {
