@@ -315,15 +315,7 @@ mod tests {
     use crate::segment::Mailbox;
 
     fn empty_mailbox() -> Box<Mailbox> {
-        // SAFETY-free construction: a Mailbox is all atomics, so build it field by field.
-        Box::new(Mailbox {
-            seq: 0.into(),
-            ack: 0.into(),
-            code: 0.into(),
-            text_len: 0.into(),
-            args: Default::default(),
-            text: std::array::from_fn(|_| 0.into()),
-        })
+        Box::default()
     }
 
     fn roundtrip_client(cmd: ClientCommand) -> ClientCommand {

@@ -117,6 +117,20 @@ pub struct Mailbox {
     pub text: [AtomicU64; TEXT_CAPACITY / 8],
 }
 
+impl Default for Mailbox {
+    /// An empty mailbox outside the segment (tests, scratch space).
+    fn default() -> Self {
+        Mailbox {
+            seq: 0.into(),
+            ack: 0.into(),
+            code: 0.into(),
+            text_len: 0.into(),
+            args: Default::default(),
+            text: std::array::from_fn(|_| 0.into()),
+        }
+    }
+}
+
 pub const SLOT_UNUSED: u32 = 0;
 /// The client owns the buffer and may fill it.
 pub const SLOT_EMPTY: u32 = 1;

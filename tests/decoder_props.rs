@@ -148,14 +148,7 @@ fn check_server_decode(raw: &RawCommand) -> Result<(), TestCaseError> {
 }
 
 fn empty_mailbox() -> Mailbox {
-    Mailbox {
-        seq: 0.into(),
-        ack: 0.into(),
-        code: 0.into(),
-        text_len: 0.into(),
-        args: Default::default(),
-        text: std::array::from_fn(|_| 0.into()),
-    }
+    Mailbox::default()
 }
 
 fn client_command() -> impl Strategy<Value = ClientCommand> {

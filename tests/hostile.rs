@@ -85,14 +85,7 @@ impl Rogue {
 
 /// A mailbox outside the segment, to see what `protocol::post` writes.
 fn scratch_mailbox() -> Box<Mailbox> {
-    Box::new(Mailbox {
-        seq: 0.into(),
-        ack: 0.into(),
-        code: 0.into(),
-        text_len: 0.into(),
-        args: Default::default(),
-        text: std::array::from_fn(|_| 0.into()),
-    })
+    Box::default()
 }
 
 /// One stream of the rogue: its record, its lock, its private counters.

@@ -157,20 +157,8 @@ impl Server {
         self.errors.lock().unwrap().clone()
     }
 
-    pub fn wait_for_line(&self, what: &str, mut matches: impl FnMut(&str) -> bool) -> String {
-        let start = Instant::now();
-        loop {
-            if let Some(line) = self.stdout().into_iter().find(|l| matches(l)) {
-                return line;
-            }
-            assert!(
-                start.elapsed() < DEADLINE && !has_exited(self.pid()),
-                "server never printed {what}\nstdout: {:#?}\nstderr: {:#?}",
-                self.stdout(),
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    pub fn wait_for_line(&self, what: &str, matches: impl FnMut(&str) -> bool) -> String {
+        self.wait_for_line_within(what, DEADLINE, matches)
     }
 
     /// Sends `signal_name` and waits for the exit.
