@@ -21,7 +21,7 @@ use crate::checksum::Checksum;
 use crate::cli::ClientCli;
 use crate::config::{Config, StreamId};
 use crate::handout::{self, load_guid, Ticket};
-use crate::lock::{self, acquire, LockDir};
+use crate::lock::{self, LockDir};
 use crate::protocol::{self, ClientCommand, ErrorCode, ServerReply};
 use crate::segment::{Record, Segment, MAX_SLOTS, SERVER_STOPPING, SLOT_EMPTY, SLOT_FULL};
 use crate::sys;
@@ -183,11 +183,27 @@ impl<'a> Session<'a> {
         let (code, args, text) = command.encode();
         self.c2s_seq = self.c2s_seq.wrapping_add(1);
         {
-            let _guard = acquire(&self.lock)?;
+            let _guard = self.lock_record()?;
             protocol::post(&self.record.c2s, self.c2s_seq, code, args, &text);
         }
         self.connection.segment.doorbell(self.record).notify();
         Ok(())
+    }
+
+    /// The record's named lock, without ever blocking for good: the holder is the
+    /// server for a few stores, unless it was stopped right there, which the
+    /// watchdog (heartbeat, pid, SIGINT) turns into an error.
+    fn lock_record(&mut self) -> Result<named_lock::NamedLockGuard, StreamError> {
+        loop {
+            match self.lock.try_lock() {
+                Ok(guard) => return Ok(guard),
+                Err(named_lock::Error::WouldBlock) => {
+                    self.watchdog.check()?;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(e) => return Err(failed(format!("cannot lock the stream's record: {e}"))),
+            }
+        }
     }
 
     /// A reply the server posted since we last looked, if any.
@@ -493,10 +509,13 @@ pub fn run(cli: ClientCli) -> ExitStatus {
                 outcomes.extend(run_jobs(&connection, jobs, cli.jobs as usize, cli.common.quiet))
             }
             Err(e) => {
-                let message = e.to_string();
-                outcomes.extend(
-                    jobs.into_iter().map(|(id, _)| Outcome { id, result: Err(failed(message.clone())) }),
-                );
+                // Every stream fails the same way; keep the kind (usage or failure).
+                let again = |e: &StreamError| match e {
+                    StreamError::Usage(m) => StreamError::Usage(m.clone()),
+                    StreamError::Failed(m) => StreamError::Failed(m.clone()),
+                    StreamError::Interrupted => StreamError::Interrupted,
+                };
+                outcomes.extend(jobs.into_iter().map(|(id, _)| Outcome { id, result: Err(again(&e)) }));
             }
         }
     }
@@ -616,11 +635,19 @@ fn run_ping(name: &str, timeout: Duration, count: u64) -> ExitStatus {
             );
             ExitStatus::Success
         }
-        Err(StreamError::Interrupted) => ExitStatus::Interrupted,
         Err(e) => {
             eprintln!("sharedclient: ping failed: {e}");
-            ExitStatus::Failure
+            exit_status_of(&e)
         }
+    }
+}
+
+/// The README's exit-code table for a stream error.
+fn exit_status_of(error: &StreamError) -> ExitStatus {
+    match error {
+        StreamError::Usage(_) => ExitStatus::Usage,
+        StreamError::Failed(_) => ExitStatus::Failure,
+        StreamError::Interrupted => ExitStatus::Interrupted,
     }
 }
 
@@ -632,7 +659,7 @@ fn run_status(name: &str, json: bool) -> ExitStatus {
         Ok(segment) => segment,
         Err(e) => {
             eprintln!("sharedclient: {e}");
-            return ExitStatus::Failure;
+            return exit_status_of(&e);
         }
     };
     let locks = LockDir::open(name).ok();

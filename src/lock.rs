@@ -55,10 +55,12 @@ impl LockDir {
         }
         let dir = LockDir { path };
         dir.check_owned()?;
+        // Ours: make sure nobody else can plant or open locks in it.
+        fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o700))?;
         Ok(dir)
     }
 
-    /// Opens an existing folder (a client: the server made it).
+    /// Opens an existing folder (a client: the server made it). Changes nothing.
     pub fn open(name: &str) -> io::Result<LockDir> {
         let dir = LockDir { path: Self::path_for(name) };
         dir.check_owned()?;
@@ -81,9 +83,6 @@ impl LockDir {
                 self.path.display(),
                 meta.uid()
             )));
-        }
-        if meta.permissions().mode() & 0o077 != 0 {
-            fs::set_permissions(&self.path, fs::Permissions::from_mode(0o700))?;
         }
         Ok(())
     }

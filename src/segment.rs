@@ -21,8 +21,9 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io;
 use std::marker::PhantomData;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -606,34 +607,63 @@ impl Buffer<'_> {
     }
 
     /// Reads from `file` straight into the buffer until it is full or EOF; returns
-    /// the bytes read. No private copy.
-    pub fn fill_from(&self, mut file: &File) -> io::Result<usize> {
-        // SAFETY: in bounds (checked at construction); this side owns the buffer by
-        // the ring protocol (slot EMPTY, Acquire-loaded). A misbehaving peer writing
-        // at the same time can only change bytes (u8 has no invalid values), which
-        // the end-to-end checksum catches.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) };
+    /// the bytes read. No private copy, and no Rust reference to the bytes is made:
+    /// the kernel writes them through the raw pointer.
+    pub fn fill_from(&self, file: &File) -> io::Result<usize> {
         let mut filled = 0;
-        while filled < bytes.len() {
-            match file.read(&mut bytes[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+        while filled < self.len {
+            // SAFETY: [ptr+filled, ptr+len) lies inside the mapping (checked at
+            // construction) and stays mapped while `self` borrows the segment. The
+            // kernel only stores bytes there; no Rust reference aliases them.
+            let n = unsafe {
+                libc::read(file.as_raw_fd(), self.ptr.add(filled).cast::<libc::c_void>(), self.len - filled)
+            };
+            match n {
+                0 => break,
+                n if n > 0 => filled += n as usize,
+                _ => {
+                    let err = io::Error::last_os_error();
+                    if err.kind() != io::ErrorKind::Interrupted {
+                        return Err(err);
+                    }
+                }
             }
         }
         Ok(filled)
     }
 
-    /// Writes the first `len` bytes to `file` straight from the segment.
-    pub fn write_to(&self, mut file: &File, len: usize) -> io::Result<()> {
-        file.write_all(self.bytes(len))
+    /// Writes the first `len` bytes to `file` straight from the segment, through the
+    /// raw pointer (no Rust reference to the shared bytes).
+    pub fn write_to(&self, file: &File, len: usize) -> io::Result<()> {
+        let len = len.min(self.len);
+        let mut done = 0;
+        while done < len {
+            // SAFETY: [ptr+done, ptr+len) lies inside the mapping (checked at
+            // construction); the kernel only reads it.
+            let n = unsafe {
+                libc::write(file.as_raw_fd(), self.ptr.add(done).cast::<libc::c_void>(), len - done)
+            };
+            match n {
+                n if n > 0 => done += n as usize,
+                0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                _ => {
+                    let err = io::Error::last_os_error();
+                    if err.kind() != io::ErrorKind::Interrupted {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The first `len` bytes (at most the buffer length), for hashing.
     pub fn bytes(&self, len: usize) -> &[u8] {
-        // SAFETY: in bounds (`min`); the reader owns the buffer by the ring protocol.
-        // A peer writing concurrently can only change values, caught by the checksum.
+        // SAFETY: in bounds (`min`). The caller owns the buffer by the ring protocol
+        // (slot state Acquire-loaded, and the server never frees a slot the client may
+        // be filling), so no one else writes these bytes while the slice lives; a
+        // process breaking the protocol can only change byte values (any u8 is
+        // valid), which the end-to-end checksum then reports.
         unsafe { std::slice::from_raw_parts(self.ptr, len.min(self.len)) }
     }
 

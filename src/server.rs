@@ -170,13 +170,21 @@ fn temp_prefix(name: &str) -> String {
     format!("{TEMP_MARK}{name}-")
 }
 
+/// Exactly `<prefix><32 hex digits>.part`: a server named `a` must not take the
+/// temporary files of a server named `a-b` for its own.
+fn is_temp_name(file_name: &str, prefix: &str) -> bool {
+    let Some(rest) = file_name.strip_prefix(prefix) else { return false };
+    let Some(guid) = rest.strip_suffix(".part") else { return false };
+    guid.len() == 32 && guid.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn remove_stale_temp_files(dir: &Path, name: &str) {
     let prefix = temp_prefix(name);
     let Ok(entries) = fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let file_name = entry.file_name();
         let file_name = file_name.to_string_lossy();
-        if file_name.starts_with(&prefix) && file_name.ends_with(".part") {
+        if is_temp_name(&file_name, &prefix) {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -292,7 +300,15 @@ impl Shared {
         record.guid[0].store(hi, Ordering::Relaxed);
         record.guid[1].store(lo, Ordering::Relaxed);
         record.state.store(RECORD_OFFERED, Ordering::Release);
-        let lock = self.locks.stream_lock(guid)?;
+        let lock = match self.locks.stream_lock(guid) {
+            Ok(lock) => lock,
+            Err(e) => {
+                // Out of descriptors, say: not a reason to stop serving everyone.
+                eprintln!("sharedserver: cannot create a stream lock ({e}); retrying");
+                self.free_block(offset);
+                return Ok(None);
+            }
+        };
         let ticket = Ticket { guid, record_offset: offset };
         if !handout::offer(&self.segment, handout_lock, ticket)? {
             // A peer holds the handout lock (stopped inside it?): undo, retry later.
@@ -432,8 +448,9 @@ impl Stream {
     /// One pass over the stream; returns whether anything happened.
     fn poll(&mut self, shared: &Shared) -> bool {
         if self.dropped {
+            let answered = self.handle_dropped_command(shared);
             self.check_health(shared);
-            return false;
+            return answered;
         }
         let mut progressed = match self.drain(shared) {
             Ok(progressed) => progressed,
@@ -509,6 +526,21 @@ impl Stream {
         match ClientCommand::decode(&raw) {
             Ok(command) => self.execute(shared, command),
             Err(e) => self.fail(shared, failure(ErrorCode::BadRequest, format!("malformed command: {e}"))),
+        }
+        true
+    }
+
+    /// A dropped stream listens only for its client giving the record back.
+    fn handle_dropped_command(&mut self, shared: &Shared) -> bool {
+        let record = self.record(shared);
+        if protocol::pending(&record.c2s, self.c2s_seen).is_none() {
+            return false;
+        }
+        let Some(raw) = protocol::take(&record.c2s) else { return false };
+        self.c2s_seen = raw.seq;
+        if matches!(ClientCommand::decode(&raw), Ok(ClientCommand::Abort { .. } | ClientCommand::Close)) {
+            self.drop_transfer(shared);
+            self.finished = true;
         }
         true
     }
@@ -620,7 +652,15 @@ impl Stream {
         let chunk = chunk_size(transfer.size, area);
         let wanted = transfer.size.div_ceil(chunk).min(WANTED_SLOTS as u64) as usize;
         let reusable = self.ring.first().is_some_and(|&(_, kept)| kept >= chunk) && self.ring.len() >= wanted;
-        if !reusable {
+        if reusable {
+            // Hand every kept slot back to the client (a failure may have revoked them).
+            let record = shared.segment.record(self.offset).expect("own record");
+            for slot in &record.slots[..self.ring.len()] {
+                slot.len.store(0, Ordering::Relaxed);
+                slot.state.store(SLOT_EMPTY, Ordering::Relaxed);
+            }
+            record.phase.store(PHASE_RECEIVING, Ordering::Relaxed);
+        } else {
             self.free_ring(shared);
             self.ring = allocate_ring(shared, chunk, wanted);
             let record = shared.segment.record(self.offset).expect("own record");
@@ -682,8 +722,15 @@ impl Stream {
 
     /// Fails the current transfer: tells the client, removes the temporary file,
     /// frees the buffers. The record stays, for another file or the client's Close.
+    ///
+    /// The ring is NOT freed here: a slot the client owns (EMPTY) may be in the middle
+    /// of a `read(2)` into it, and handing that buffer to another stream could slip
+    /// foreign bytes into that stream's file. The slots are revoked (the client sees
+    /// them leave EMPTY and reads the error), and the buffers go when the client
+    /// answers with Abort or Close, or exits.
     fn fail(&mut self, shared: &Shared, failure: Failure) {
-        self.drop_transfer(shared);
+        self.remove_transfer();
+        self.revoke_ring(shared);
         shared.segment.header().streams_failed.fetch_add(1, Ordering::Relaxed);
         shared.report(format!("failed {}: {}", self.label, failure.message));
         self.reply(shared, ServerReply::Error { code: failure.code, message: failure.message });
@@ -702,13 +749,27 @@ impl Stream {
         self.finished = true;
     }
 
-    /// Removes the temporary file of an unfinished transfer and frees the ring: after
-    /// a failure the client gives the record back, so its buffers go now.
+    /// Removes the temporary file of an unfinished transfer and frees the ring (the
+    /// client gave the record back, or is gone).
     fn drop_transfer(&mut self, shared: &Shared) {
+        self.remove_transfer();
+        self.free_ring(shared);
+    }
+
+    fn remove_transfer(&mut self) {
         if let Phase::Receiving(transfer) = std::mem::replace(&mut self.phase, Phase::Idle) {
             let _ = fs::remove_file(&transfer.temp_path);
         }
-        self.free_ring(shared);
+    }
+
+    /// Takes every slot away from the client without freeing the buffers.
+    fn revoke_ring(&self, shared: &Shared) {
+        let record = self.record(shared);
+        record.phase.store(PHASE_IDLE, Ordering::Relaxed);
+        for slot in &record.slots {
+            // SYNC POINT: pairs with the client's Acquire load in its slot wait.
+            slot.state.store(SLOT_UNUSED, Ordering::Release);
+        }
     }
 
     fn free_ring(&mut self, shared: &Shared) {
@@ -733,10 +794,16 @@ impl Stream {
         let now = Instant::now();
         if now.duration_since(self.last_liveness) >= LIVENESS_PERIOD {
             self.last_liveness = now;
-            if !sys::process_alive(self.client_pid) {
-                let reason = format!("client (pid {}) died", self.client_pid);
-                self.close(shared, Some(reason));
-                return;
+            match sys::process_state(self.client_pid) {
+                sys::ProcessState::Gone => {
+                    let reason = format!("client (pid {}) died", self.client_pid);
+                    self.close(shared, Some(reason));
+                    return;
+                }
+                // A stopped process is not inside a read(2) into our buffers (it stops
+                // on the way back to user space), so a dropped stream's ring can go.
+                sys::ProcessState::Stopped if self.dropped => self.free_ring(shared),
+                _ => {}
             }
         }
         if self.dropped {
@@ -749,6 +816,8 @@ impl Stream {
             self.fail(shared, failure(ErrorCode::IdleTimeout, message));
             self.dropped = true;
             self.record(shared).state.store(RECORD_DROPPED, Ordering::Release);
+            // Reclaim at once if the client is stopped; else on its Abort, or exit.
+            self.last_liveness = now.checked_sub(LIVENESS_PERIOD).unwrap_or(now);
         }
     }
 
@@ -906,5 +975,30 @@ impl Worker {
             }
             stream.release(&self.shared);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_exact_temporary_names_of_this_segment_count_as_stale() {
+        let guid = "0123456789abcdef0123456789abcdef";
+        assert!(is_temp_name(&format!(".sharedxfer-a-{guid}.part"), &temp_prefix("a")));
+        assert!(
+            !is_temp_name(&format!(".sharedxfer-a-b-{guid}.part"), &temp_prefix("a")),
+            "server a-b's file"
+        );
+        assert!(!is_temp_name(".sharedxfer-a-notes.part", &temp_prefix("a")));
+        assert!(!is_temp_name(&format!(".sharedxfer-a-{guid}.partial"), &temp_prefix("a")));
+    }
+
+    #[test]
+    fn chunks_are_page_multiples_and_leave_room_for_many_streams() {
+        let area = 64 << 20;
+        assert_eq!(chunk_size(1, area), BUFFER_ALIGN);
+        assert_eq!(chunk_size(1 << 30, area), MAX_CHUNK);
+        assert!(chunk_size(1 << 30, 1 << 20) * (WANTED_SLOTS as u64) * 8 <= 1 << 20);
     }
 }

@@ -126,17 +126,41 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
     Ok((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
 }
 
-/// Whether a process with this pid exists (it may belong to another user).
-pub fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    if pid <= 0 {
-        return false;
+/// What a process is doing, as far as a peer's liveness checks care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessState {
+    /// No such process, or it exited and only its zombie is left to reap.
+    Gone,
+    /// Stopped by a signal (SIGSTOP, SIGTSTP) or a tracer.
+    Stopped,
+    Running,
+}
+
+/// The state of process `pid` (it may belong to another user). A zombie counts as
+/// gone: a killed client whose parent has not reaped it yet is dead all the same.
+pub fn process_state(pid: u32) -> ProcessState {
+    let Ok(pid_t) = libc::pid_t::try_from(pid) else { return ProcessState::Gone };
+    if pid_t <= 0 {
+        return ProcessState::Gone;
     }
     // SAFETY: signal 0 only checks existence and permission; nothing is delivered.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let rc = unsafe { libc::kill(pid_t, 0) };
+    if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+        return ProcessState::Gone;
+    }
+    // The state letter follows the parenthesised command name, which may itself
+    // contain spaces or parentheses: take what follows the last ')'.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    match stat.rsplit(')').next().and_then(|rest| rest.trim_start().chars().next()) {
+        Some('Z' | 'X') => ProcessState::Gone,
+        Some('T' | 't') => ProcessState::Stopped,
+        _ => ProcessState::Running,
+    }
+}
+
+/// Whether a process with this pid exists and has not exited.
+pub fn process_alive(pid: u32) -> bool {
+    process_state(pid) != ProcessState::Gone
 }
 
 /// Our own pid.

@@ -989,6 +989,9 @@ fn a_client_resumed_after_its_drop_reports_it_and_harms_no_one() {
     let (stalled, config) = stall_until_dropped(&server, &tree);
     let dropped = stalled.probe.record(stalled.record);
     assert_eq!(dropped.state.load(Ordering::Acquire), RECORD_DROPPED);
+    // The client is stopped, so it is not inside a read into its buffers: they are
+    // reclaimed at once (only the 2 KiB record waits for the client to exit).
+    wait_until("the stopped client's buffers reclaimed", || dropped.nslots.load(Ordering::Relaxed) == 0);
     // While the stalled client lives, its record is never handed to anyone else: a
     // whole transfer by another client goes through another record.
     let output = run({
@@ -1014,9 +1017,9 @@ fn a_client_resumed_after_its_drop_reports_it_and_harms_no_one() {
 }
 
 /// The same hazard through the library, step by step: a dropped client's late
-/// command must not reach any other stream.
+/// command reaches only its own (kept) record, never another stream.
 #[test]
-fn a_late_command_from_a_dropped_client_is_ignored_and_touches_no_other_stream() {
+fn a_late_abort_from_a_dropped_client_releases_only_its_own_record() {
     let tree = Tree::new();
     let server = Server::start(&unique_name("late"), &tree.out(), &["--idle-timeout", "2", "--workers", "1"]);
     let rogue = Rogue::connect(&server.name);
@@ -1028,18 +1031,16 @@ fn a_late_command_from_a_dropped_client_is_ignored_and_touches_no_other_stream()
     assert!(line.contains("no activity"), "{line}");
     let record = rogue.segment.record(stale_record).unwrap();
     wait_until("the record marked dropped", || record.state.load(Ordering::Acquire) == RECORD_DROPPED);
-    // The stalled client wakes up and does what `sharedclient` does after a failure.
-    let ack_before = record.c2s.ack.load(Ordering::Relaxed);
+    // The stalled client wakes up and does what `sharedclient` does after a failure:
+    // its Abort gives the dropped record back (and nothing else happens with it).
     stale.post(&ClientCommand::Abort { reason: "late".into() });
-    // Another client is served on another record, undisturbed.
+    wait_until("the dropped record released", || record.state.load(Ordering::Acquire) != RECORD_DROPPED);
+    // Another client is served undisturbed, whichever record it gets.
     let mut victim = rogue.take();
-    assert_ne!(victim.offset, stale_record);
     victim.post(&ClientCommand::Ping { seq: 1, sent_nanos: 1 });
     let reply = victim.reply_within(NOTICE);
     assert_eq!(reply, ServerReply::Pong { seq: 1, sent_nanos: 1 }, "the victim's stream was disturbed");
     victim.close();
-    assert_eq!(record.c2s.ack.load(Ordering::Relaxed), ack_before, "a dropped record's command was taken");
-    assert_eq!(record.state.load(Ordering::Acquire), RECORD_DROPPED);
     assert_alive(&server);
 }
 

@@ -286,3 +286,17 @@ fn a_segment_larger_than_dev_shm_is_refused_with_sizes() {
     let message = server.stderr().join("\n");
     assert!(message.contains("free") && message.contains("--size"), "{message}");
 }
+
+#[test]
+fn a_bad_segment_name_is_a_usage_error_for_every_client_mode() {
+    let src = tempfile::tempdir().unwrap();
+    let file = write_file(src.path(), "x.bin", 10, 1);
+    let config = write_config(src.path(), &[&file]);
+    for args in [vec!["1"], vec!["--status"], vec!["--ping", "3"]] {
+        let mut command = std::process::Command::new(CLIENT);
+        command.args(["--name", "bad/name", "--config"]).arg(&config).args(&args);
+        let output = run(command);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", show(&output));
+        assert!(stderr_of(&output).contains("letters, digits"), "{args:?}: {}", show(&output));
+    }
+}
