@@ -513,17 +513,21 @@ impl Stream {
         Ok(moved)
     }
 
+    /// The next complete command the client posted, if any (copied out, decoded).
+    fn next_command(&mut self, shared: &Shared) -> Option<Result<ClientCommand, protocol::ProtocolError>> {
+        let record = self.record(shared);
+        protocol::pending(&record.c2s, self.c2s_seen)?;
+        // A write in progress (or left half-done by a dead client): next pass.
+        let raw = protocol::take(&record.c2s)?;
+        self.c2s_seen = raw.seq;
+        Some(ClientCommand::decode(&raw))
+    }
+
     /// Takes and answers one pending command, if any.
     fn handle_command(&mut self, shared: &Shared) -> bool {
-        let record = self.record(shared);
-        if protocol::pending(&record.c2s, self.c2s_seen).is_none() {
-            return false;
-        }
-        // A write in progress (or left half-done by a dead client): next pass.
-        let Some(raw) = protocol::take(&record.c2s) else { return false };
-        self.c2s_seen = raw.seq;
+        let Some(command) = self.next_command(shared) else { return false };
         self.last_activity = Instant::now();
-        match ClientCommand::decode(&raw) {
+        match command {
             Ok(command) => self.execute(shared, command),
             Err(e) => self.fail(shared, failure(ErrorCode::BadRequest, format!("malformed command: {e}"))),
         }
@@ -532,13 +536,8 @@ impl Stream {
 
     /// A dropped stream listens only for its client giving the record back.
     fn handle_dropped_command(&mut self, shared: &Shared) -> bool {
-        let record = self.record(shared);
-        if protocol::pending(&record.c2s, self.c2s_seen).is_none() {
-            return false;
-        }
-        let Some(raw) = protocol::take(&record.c2s) else { return false };
-        self.c2s_seen = raw.seq;
-        if matches!(ClientCommand::decode(&raw), Ok(ClientCommand::Abort { .. } | ClientCommand::Close)) {
+        let Some(command) = self.next_command(shared) else { return false };
+        if matches!(command, Ok(ClientCommand::Abort { .. } | ClientCommand::Close)) {
             self.drop_transfer(shared);
             self.finished = true;
         }

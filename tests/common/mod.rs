@@ -130,8 +130,14 @@ impl Server {
 
     /// Starts a server without waiting (for tests of refused starts).
     pub fn spawn(name: &str, out: &Path, extra: &[&str]) -> Server {
+        Self::launch(Command::new(SERVER), name, out, extra)
+    }
+
+    /// Runs `command` (the server binary, or a wrapper that execs it with the
+    /// arguments that follow) with the usual server arguments.
+    fn launch(mut command: Command, name: &str, out: &Path, extra: &[&str]) -> Server {
         let size: &[&str] = if extra.contains(&"--size") { &[] } else { &["--size", "8M"] };
-        let mut child = Command::new(SERVER)
+        let mut child = command
             .arg(out)
             .args(["--name", name])
             .args(size)
@@ -262,22 +268,9 @@ impl Server {
     /// Starts a server through `bash -c '<prelude>; exec sharedserver ...'` (for
     /// example `ulimit -f 2048`) and waits for its ready line. `exec` keeps the pid.
     pub fn start_wrapped(name: &str, out: &Path, prelude: &str, extra: &[&str]) -> Server {
-        let size: &[&str] = if extra.contains(&"--size") { &[] } else { &["--size", "8M"] };
-        let mut child = Command::new("bash")
-            .arg("-c")
-            .arg(format!("{prelude}; exec \"$0\" \"$@\""))
-            .arg(SERVER)
-            .arg(out)
-            .args(["--name", name])
-            .args(size)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = collect_lines(child.stdout.take().unwrap());
-        let errors = collect_lines(child.stderr.take().unwrap());
-        let server = Server { child, name: name.to_owned(), out: out.to_owned(), lines, errors };
+        let mut wrapper = Command::new("bash");
+        wrapper.arg("-c").arg(format!("{prelude}; exec \"$0\" \"$@\"")).arg(SERVER);
+        let server = Self::launch(wrapper, name, out, extra);
         server.wait_for_line("ready", |l| l.contains("ready on segment"));
         server
     }
