@@ -24,7 +24,8 @@ done
 
 if [ "$profile" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
 bin=$PWD/target/$profile
-work=/dev/shm/sxsoak-work-$$
+# Files live on ordinary disk: only the 16 MiB segment needs /dev/shm.
+work=$(mktemp -d "${TMPDIR:-/tmp}/sxsoak.XXXXXX")
 name=sxsoak-$$
 mkdir -p "$work/src" "$work/out"
 server=
