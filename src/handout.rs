@@ -177,12 +177,18 @@ mod tests {
     use super::*;
     use crate::lock::LockDir;
 
-    #[test]
-    fn offers_can_be_taken_one_after_another_forever() {
-        let name = format!("sxf-unit-handout-{}", std::process::id());
+    /// A fresh segment and lock folder with the handout lock, unique to this test.
+    fn fixture(tag: &str) -> (Segment, LockDir, NamedLock) {
+        let name = format!("{tag}-{}", std::process::id());
         let segment = Segment::create(&name, 1 << 20).unwrap();
         let dir = LockDir::create(&name).unwrap();
         let lock = dir.lock(crate::lock::HANDOUT_LOCK).unwrap();
+        (segment, dir, lock)
+    }
+
+    #[test]
+    fn offers_can_be_taken_one_after_another_forever() {
+        let (segment, dir, lock) = fixture("sxf-unit-handout");
         let deadline = || Instant::now() + Duration::from_secs(5);
         for round in 0..50u64 {
             let ticket = Ticket { guid: Uuid::new_v4(), record_offset: 4096 + round * 2048 };
@@ -202,10 +208,7 @@ mod tests {
 
     #[test]
     fn a_handout_lock_held_by_a_stopped_peer_is_a_timeout_not_a_hang() {
-        let name = format!("sxf-unit-handout-held-{}", std::process::id());
-        let segment = Segment::create(&name, 1 << 20).unwrap();
-        let dir = LockDir::create(&name).unwrap();
-        let lock = dir.lock(crate::lock::HANDOUT_LOCK).unwrap();
+        let (segment, dir, lock) = fixture("sxf-unit-handout-held");
         let ticket = Ticket { guid: Uuid::new_v4(), record_offset: 4096 };
         assert!(offer(&segment, &lock, ticket).unwrap());
         // A holder that never lets go (a stopped peer), from another thread.
@@ -232,10 +235,7 @@ mod tests {
 
     #[test]
     fn nothing_on_offer_times_out_instead_of_hanging() {
-        let name = format!("sxf-unit-handout-empty-{}", std::process::id());
-        let segment = Segment::create(&name, 1 << 20).unwrap();
-        let dir = LockDir::create(&name).unwrap();
-        let lock = dir.lock(crate::lock::HANDOUT_LOCK).unwrap();
+        let (segment, dir, lock) = fixture("sxf-unit-handout-empty");
         let deadline = Instant::now() + Duration::from_millis(200);
         let taken = take::<io::Error>(&segment, &lock, deadline, || Ok(())).unwrap();
         assert_eq!(taken, None);
