@@ -1,6 +1,7 @@
 //! Command-line definitions of both binaries (clap derive). The binaries only parse
 //! these and call `server::run` / `client::run`; flags both share live in `Common`.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser};
@@ -46,32 +47,62 @@ pub struct ServerCli {
     pub workers: Option<u64>,
 }
 
-/// sharedclient: send the files that the given stream ids name in options.xml, each
-/// id one stream, in parallel.
+/// sharedclient: send files, folders, file lists or standard input to a running
+/// sharedserver; each ARG is a stream id from options.xml, an id range, or a path.
 #[derive(Debug, Parser)]
-#[command(name = "sharedclient", version, after_help = crate::EXIT_CODES_HELP)]
+#[command(name = "sharedclient", version, after_help = CLIENT_AFTER_HELP)]
 pub struct ClientCli {
-    /// Stream ids from options.xml.
-    #[arg(value_name = "ID", required_unless_present_any = ["ping", "status"])]
-    pub ids: Vec<u64>,
+    /// A stream id from options.xml (`7`), an id range (`3-9`, both ends included), or
+    /// a PATH: a file, a folder (sent whole, as `cp -r`), or `-` for standard input.
+    /// Write `./7` for a file named 7.
+    #[arg(value_name = "ARG", required_unless_present_any = ["ping", "status", "all", "files_from"])]
+    pub args: Vec<OsString>,
     #[command(flatten)]
     pub common: Common,
-    /// Seconds to wait for a server that does not answer.
+    /// Every stream in options.xml.
+    #[arg(long = "all")]
+    pub all: bool,
+    /// Paths to send, one per line (`-`: standard input); each arrives under the same relative path.
+    #[arg(long = "files-from", value_name = "FILE")]
+    pub files_from: Option<PathBuf>,
+    /// --files-from entries end with NUL instead of a newline.
+    #[arg(short = '0', long = "from0", requires = "files_from")]
+    pub from0: bool,
+    /// The output name, when exactly one file or `-` is sent.
+    #[arg(long = "as", value_name = "NAME")]
+    pub as_name: Option<String>,
+    /// A file the server already has under that name is skipped, not a failure.
+    #[arg(long = "skip-existing")]
+    pub skip_existing: bool,
+    /// Follow symbolic links found inside folders (links named on the command line are always followed).
+    #[arg(short = 'L', long = "follow-symlinks")]
+    pub follow_symlinks: bool,
+    /// One line per file when sending paths.
+    #[arg(short = 'v', long = "verbose")]
+    pub verbose: bool,
+    /// Print the final summary (or, with --status, the map) as JSON on stdout.
+    #[arg(long = "json")]
+    pub json: bool,
+    /// Seconds to wait for a server that does not answer (or is still setting up).
     #[arg(long = "timeout", value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
     /// Run COUNT ping-pong round trips on one stream and print min/median/p99.
     #[arg(long = "ping", value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
     pub ping: Option<u64>,
-    /// Streams sent at once; further ids wait their turn.
+    /// Streams sent at once, whatever the number of files.
     #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub jobs: u64,
     /// Print a read-only map of the running server's segment and its live streams.
-    #[arg(long = "status", conflicts_with_all = ["ping", "ids"])]
+    #[arg(long = "status", conflicts_with_all = ["ping", "args", "all", "files_from"])]
     pub status: bool,
-    /// With --status: print JSON instead of text.
-    #[arg(long = "json")]
-    pub json: bool,
 }
+
+const CLIENT_AFTER_HELP: &str =
+    "Examples:\n  sharedclient report.pdf photos/      a file and a whole folder\n  \
+tar c src | sharedclient - --as src.tar\n  find . -name '*.log' | sharedclient --files-from -\n  \
+sharedclient 1 3-5                    streams named in options.xml\n\n\
+Exit codes: 0 all done, 1 a stream or the peer failed, 2 usage or configuration error, \
+130 interrupted (SIGINT/SIGTERM).";
 
 /// Parses "65536", "64K", "64M", "1G" (binary multiples; optional trailing "B"/"iB").
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -120,5 +151,8 @@ mod tests {
         assert_eq!(err.exit_code(), 2);
         assert!(ClientCli::try_parse_from(["sharedclient", "--ping", "3"]).is_ok());
         assert!(ClientCli::try_parse_from(["sharedclient", "--status", "--json"]).is_ok());
+        assert!(ClientCli::try_parse_from(["sharedclient", "--all"]).is_ok());
+        assert!(ClientCli::try_parse_from(["sharedclient", "--files-from", "-", "-0"]).is_ok());
+        assert!(ClientCli::try_parse_from(["sharedclient", "-0", "a"]).is_err(), "-0 needs --files-from");
     }
 }

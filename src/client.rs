@@ -9,21 +9,25 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use named_lock::NamedLock;
 
 use crate::checksum::Checksum;
 use crate::cli::ClientCli;
-use crate::config::{Config, StreamId};
+use crate::config::StreamId;
+use crate::escape::escaped;
 use crate::handout::{self, load_guid, Ticket};
 use crate::lock::{self, LockDir};
-use crate::protocol::{self, ClientCommand, ErrorCode, ServerReply};
+use crate::outdir::mtime_ns;
+use crate::protocol::{self, ClientCommand, ErrorCode, FileMeta, ServerReply, MODE_BITS};
 use crate::segment::{Record, Segment, MAX_SLOTS, SERVER_STOPPING, SLOT_EMPTY, SLOT_FULL};
+use crate::sources::{self, Item, Kind, Origin, Request, Source, Verdict};
 use crate::sys;
 use crate::wait::SPIN;
 use crate::ExitStatus;
@@ -34,7 +38,7 @@ const CHECK_SLICE: Duration = Duration::from_millis(250);
 const OPEN_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a stream failed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum StreamError {
     /// The user must fix something (unknown id, unreadable file): exit 2 or 1.
     Usage(String),
@@ -76,7 +80,7 @@ impl Connection {
     /// Maps the segment of server `name` and checks the server is alive.
     pub fn open(name: &str, timeout: Duration) -> Result<Connection, StreamError> {
         lock::validate_segment_name(name).map_err(StreamError::Usage)?;
-        let segment = Segment::open(name, OPEN_WAIT).map_err(|e| failed(e.to_string()))?;
+        let segment = Segment::open(name, timeout).map_err(|e| failed(e.to_string()))?;
         let server_pid = segment.header().server_pid.load(Ordering::Relaxed);
         if !sys::process_alive(server_pid) {
             return Err(failed(format!(
@@ -256,67 +260,123 @@ impl Drop for Session<'_> {
     }
 }
 
-/// What a finished stream reports.
-#[derive(Debug, Clone)]
-pub struct Sent {
-    pub name: String,
-    pub bytes: u64,
-    pub elapsed: Duration,
+/// What the server did with one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// Published whole (a folder: made); `bytes` as the server confirmed them.
+    Sent { bytes: u64 },
+    /// The server already had a file under that name, and skipping was asked for.
+    Skipped,
 }
 
-/// Sends one file and returns only once the server confirmed it is published.
-pub fn send_file(connection: &Connection, path: &Path, bar: &ProgressBar) -> Result<Sent, StreamError> {
-    send_stream(connection, &mut None, 0, path, bar)
+/// How items are sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SendOptions {
+    /// A file the server already has under the same name is skipped, not a failure.
+    pub skip_existing: bool,
 }
 
-/// Sends options.xml stream `id` on `session`, taking a new record from the handout
-/// if there is none. After a success the record stays open for the next file (one
-/// handout per job, not per file); after a failure it is given back.
-pub fn send_stream<'a>(
+/// The ring a source of unknown length (a pipe) asks for: that of a large file.
+const STREAM_SIZE_HINT: u64 = 1 << 30;
+
+/// A source opened for reading, with what is known of its length.
+struct Opened {
+    file: File,
+    /// Metadata of a regular file, to notice it changing while it is sent.
+    regular: Option<std::fs::Metadata>,
+    /// The exact length, when `stat` can be trusted for it; else read to EOF.
+    exact: Option<u64>,
+    /// The length to plan the ring for (and show progress against).
+    hint: u64,
+    meta: FileMeta,
+}
+
+fn open_source(item: &Item, options: &SendOptions) -> Result<Opened, StreamError> {
+    let (file, shown) = match &item.source {
+        Source::Stdin => {
+            let fd = std::io::stdin().as_fd().try_clone_to_owned()?;
+            (File::from(fd), "standard input".to_owned())
+        }
+        Source::Path { path, no_follow } => {
+            let flags = if *no_follow { libc::O_NOFOLLOW } else { 0 };
+            let shown = escaped(&path.display().to_string()).into_owned();
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(flags)
+                .open(path)
+                .map_err(|e| StreamError::Usage(format!("cannot open {shown}: {e}")))?;
+            (file, shown)
+        }
+    };
+    let stat = file.metadata()?;
+    let kind = stat.file_type();
+    let from_stdin = item.source == Source::Stdin;
+    if kind.is_dir() || !(kind.is_file() || kind.is_fifo() || from_stdin) {
+        return Err(StreamError::Usage(format!("{shown} is not a regular file or a FIFO")));
+    }
+    let mut meta = FileMeta { skip_existing: options.skip_existing, ..FileMeta::default() };
+    if !kind.is_file() {
+        // A pipe: read to EOF; the file gets the server's default mode and the time of writing.
+        meta.size_is_hint = true;
+        return Ok(Opened { file, regular: None, exact: None, hint: STREAM_SIZE_HINT, meta });
+    }
+    meta.mode = Some(stat.mode() & MODE_BITS);
+    meta.mtime_ns = stat.modified().ok().map(mtime_ns);
+    // Files of /proc and /sys (and empty files) occupy no blocks and report a size
+    // that is not their content: read those to EOF.
+    let exact = (stat.blocks() > 0).then_some(stat.len());
+    meta.size_is_hint = exact.is_none();
+    Ok(Opened { file, hint: stat.len(), regular: Some(stat), exact, meta })
+}
+
+/// Sends one item on `session` (taking a record from the handout if there is
+/// none) and returns only once the server confirmed it. After a success the record
+/// stays open for the next item; after a failure it is given back.
+pub fn send_item<'a>(
     connection: &'a Connection,
     session: &mut Option<Session<'a>>,
-    id: StreamId,
-    path: &Path,
+    item: &Item,
+    options: &SendOptions,
     bar: &ProgressBar,
-) -> Result<Sent, StreamError> {
+) -> Result<Delivered, StreamError> {
     if sys::stop_signal().is_some() {
         return Err(StreamError::Interrupted);
     }
-    let started = Instant::now();
-    let file =
-        File::open(path).map_err(|e| StreamError::Usage(format!("cannot open {}: {e}", path.display())))?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(StreamError::Usage(format!("{} is not a regular file", path.display())));
-    }
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| StreamError::Usage(format!("{}: the file name is not valid UTF-8", path.display())))?
-        .to_owned();
-    protocol::validate_file_name(&name).map_err(|e| StreamError::Usage(e.to_string()))?;
-    let size = meta.len();
-    bar.set_length(size);
+    let opened = match item.kind {
+        Kind::File => Some(open_source(item, options)?),
+        Kind::Dir { .. } => None,
+    };
     let active = match session {
         Some(active) => active,
         None => session.insert(Session::open(connection)?),
     };
+    let id = match item.origin {
+        Origin::Id(id) => id,
+        Origin::Path => 0,
+    };
     // Relaxed: a display-only field, read by status.
     active.record.stream_id.store(id, Ordering::Relaxed);
-    let fits_kept_ring = active.kept_slot.is_some_and(|capacity| size <= capacity);
-    let result = if fits_kept_ring {
-        put(active, &file, &meta, &name, size, bar)
-    } else {
-        active
-            .post(&ClientCommand::Open { name: name.clone(), size })
-            .and_then(|()| transfer(active, &file, &meta, size, bar))
+    let result = match (&opened, item.kind) {
+        (None, Kind::Dir { mode }) => make_dir(active, &item.name, mode),
+        (Some(opened), _) => match active.kept_slot {
+            Some(capacity) if opened.hint < capacity => put(active, opened, &item.name, capacity, bar),
+            _ => stream(active, opened, &item.name, None, bar),
+        },
+        (None, Kind::File) => unreachable!("files are opened above"),
     };
     if let Err(e) = &result {
         active.abort(&e.to_string());
         *session = None;
     }
-    result?;
-    Ok(Sent { name, bytes: size, elapsed: started.elapsed() })
+    result
+}
+
+fn make_dir(session: &mut Session<'_>, name: &str, mode: u32) -> Result<Delivered, StreamError> {
+    session.post(&ClientCommand::Mkdir { name: name.to_owned(), mode })?;
+    match session.wait_reply()? {
+        ServerReply::Done { .. } => Ok(Delivered::Sent { bytes: 0 }),
+        other => Err(reply_error(other)),
+    }
 }
 
 fn reply_error(reply: ServerReply) -> StreamError {
@@ -327,65 +387,100 @@ fn reply_error(reply: ServerReply) -> StreamError {
     }
 }
 
-fn transfer(
+/// Open, fill the ring, Finish: any size, known or not. `prefix`: bytes already
+/// read from the source (by a `put` that found more than it expected).
+fn stream(
     session: &mut Session<'_>,
-    file: &File,
-    meta: &std::fs::Metadata,
-    size: u64,
+    source: &Opened,
+    name: &str,
+    prefix: Option<Vec<u8>>,
     bar: &ProgressBar,
-) -> Result<(), StreamError> {
+) -> Result<Delivered, StreamError> {
+    let exact = if prefix.is_some() { None } else { source.exact };
+    let meta = FileMeta { size_is_hint: exact.is_none(), ..source.meta };
+    let hint = if prefix.is_some() { STREAM_SIZE_HINT } else { source.hint };
+    session.post(&ClientCommand::Open { name: name.to_owned(), size: hint, meta })?;
     let slots = match session.wait_reply()? {
         ServerReply::Opened { slots, .. } => slots as usize,
+        ServerReply::Skipped => return Ok(Delivered::Skipped),
         other => return Err(reply_error(other)),
     };
-    if slots > MAX_SLOTS || (slots == 0 && size > 0) {
+    if slots > MAX_SLOTS || (slots == 0 && exact != Some(0)) {
         return Err(failed(format!("the server offered {slots} ring slots")));
     }
     if slots > 0 {
         session.kept_slot = Some(session.record.slots[0].capacity.load(Ordering::Relaxed));
     }
-    let checksum = send_chunks(session, file, size, slots, bar)?;
-    ensure_unchanged(file, meta)?;
+    let (size, checksum) = send_chunks(session, &source.file, exact, prefix, slots, bar)?;
+    ensure_unchanged(source)?;
     session.post(&ClientCommand::Finish { size, checksum })?;
     wait_done(session, size)
 }
 
-/// A file that fits slot 0 of the ring kept from the previous file: fill the slot,
-/// then one command and one reply.
+/// A file that may fit slot 0 of the ring kept from the previous file: fill the
+/// slot, then one command and one reply. A source longer than the slot (it grew,
+/// or /proc said less than it holds) goes on as a stream, its first bytes kept.
 fn put(
     session: &mut Session<'_>,
-    file: &File,
-    meta: &std::fs::Metadata,
+    source: &Opened,
     name: &str,
-    size: u64,
+    capacity: u64,
     bar: &ProgressBar,
-) -> Result<(), StreamError> {
-    let checksum = send_chunks(session, file, size, 1, bar)?;
-    ensure_unchanged(file, meta)?;
-    session.post(&ClientCommand::Put { name: name.to_owned(), size, checksum })?;
+) -> Result<Delivered, StreamError> {
+    wait_for_slot(session, 0)?;
+    let segment = &session.connection.segment;
+    let slot = &session.record.slots[0];
+    let offset = slot.offset.load(Ordering::Relaxed);
+    let buffer =
+        segment.buffer(offset, capacity).map_err(|e| failed(format!("the server gave a bad buffer: {e}")))?;
+    let got = buffer.fill_from(&source.file)?;
+    if got as u64 == capacity {
+        let prefix = buffer.bytes(got).to_vec();
+        return stream(session, source, name, Some(prefix), bar);
+    }
+    if source.exact.is_some_and(|size| size != got as u64) {
+        return Err(failed("the source file changed while it was being sent"));
+    }
+    let checksum = crate::checksum::of(buffer.bytes(got));
+    if got > 0 {
+        slot.len.store(got as u64, Ordering::Relaxed);
+        // SYNC POINT: hands the filled buffer to the server; pairs with its Acquire.
+        slot.state.store(SLOT_FULL, Ordering::Release);
+        bar.inc(got as u64);
+    }
+    ensure_unchanged(source)?;
+    let size = got as u64;
+    session.post(&ClientCommand::Put { name: name.to_owned(), size, checksum, meta: source.meta })?;
     wait_done(session, size)
 }
 
-fn wait_done(session: &mut Session<'_>, size: u64) -> Result<(), StreamError> {
+fn wait_done(session: &mut Session<'_>, size: u64) -> Result<Delivered, StreamError> {
     match session.wait_reply()? {
-        ServerReply::Done { bytes } if bytes == size => Ok(()),
+        ServerReply::Done { bytes } if bytes == size => Ok(Delivered::Sent { bytes }),
         ServerReply::Done { bytes } => Err(failed(format!("server stored {bytes} bytes, expected {size}"))),
+        ServerReply::Skipped => Ok(Delivered::Skipped),
         other => Err(reply_error(other)),
     }
 }
 
-/// Fills ring slots in order straight from the file; returns the xxh3 of the file.
+/// Fills ring slots in order straight from the file: exactly `exact` bytes, or
+/// until end of file. Returns the length and the xxh3 of what was sent.
 fn send_chunks(
     session: &mut Session<'_>,
     file: &File,
-    size: u64,
+    exact: Option<u64>,
+    prefix: Option<Vec<u8>>,
     slots: usize,
     bar: &ProgressBar,
-) -> Result<u64, StreamError> {
+) -> Result<(u64, u64), StreamError> {
     let segment = &session.connection.segment;
     let mut hasher = Checksum::new();
     let (mut sent, mut index) = (0u64, 0usize);
-    while sent < size {
+    let mut prefix = prefix.filter(|p| !p.is_empty());
+    loop {
+        if exact.is_some_and(|size| sent >= size) {
+            break;
+        }
         if sys::stop_signal().is_some() {
             return Err(StreamError::Interrupted);
         }
@@ -393,12 +488,19 @@ fn send_chunks(
         wait_for_slot(session, index)?;
         let offset = slot.offset.load(Ordering::Relaxed);
         let capacity = slot.capacity.load(Ordering::Relaxed);
-        let want = capacity.min(size - sent);
+        let want = exact.map_or(capacity, |size| capacity.min(size - sent));
         let buffer =
             segment.buffer(offset, want).map_err(|e| failed(format!("the server gave a bad buffer: {e}")))?;
-        let got = buffer.fill_from(file)?;
-        if (got as u64) < want {
+        let got = match prefix.take() {
+            Some(bytes) if bytes.len() as u64 <= want => buffer.copy_from(&bytes),
+            Some(_) => return Err(failed("the server's ring is smaller than its previous one")),
+            None => buffer.fill_from(file)?,
+        };
+        if exact.is_some() && (got as u64) < want {
             return Err(failed("the source file shrank while it was being sent"));
+        }
+        if got == 0 {
+            break;
         }
         hasher.update(buffer.bytes(got));
         slot.len.store(got as u64, Ordering::Relaxed);
@@ -406,10 +508,10 @@ fn send_chunks(
         slot.state.store(SLOT_FULL, Ordering::Release);
         segment.doorbell(session.record).notify();
         sent += got as u64;
-        bar.set_position(sent);
-        index = (index + 1) % slots;
+        bar.inc(got as u64);
+        index = (index + 1) % slots.max(1);
     }
-    Ok(hasher.digest())
+    Ok((sent, hasher.digest()))
 }
 
 /// Waits until slot `index` is ours again; a server error ends the wait.
@@ -436,8 +538,9 @@ fn wait_for_slot(session: &mut Session<'_>, index: usize) -> Result<(), StreamEr
 
 /// Fails if the file changed while it was read (size or modification time), so the
 /// server never publishes a file that is neither the old nor the new version.
-fn ensure_unchanged(file: &File, before: &std::fs::Metadata) -> Result<(), StreamError> {
-    let after = file.metadata()?;
+fn ensure_unchanged(source: &Opened) -> Result<(), StreamError> {
+    let Some(before) = &source.regular else { return Ok(()) };
+    let after = source.file.metadata()?;
     if after.len() > before.len() {
         return Err(failed("the source file grew while it was being sent"));
     }
@@ -475,19 +578,42 @@ pub fn percentiles(times: &mut [Duration]) -> Option<(Duration, Duration, Durati
     Some((times[0], at(0.5), at(0.99)))
 }
 
-/// The outcome of one id on the command line.
-struct Outcome {
-    id: StreamId,
-    result: Result<Sent, StreamError>,
+/// The outcome of one item.
+#[derive(Debug)]
+enum Outcome {
+    /// What the server confirmed, and how long the item took.
+    Done(Delivered, Duration),
+    /// Skipped before sending (a link inside a folder without -L).
+    Skipped,
+    Failed(StreamError),
+}
+
+/// The items and what became of each, shared by the job threads and the main
+/// thread (which answers Ctrl-C even while a job is blocked, say on a FIFO).
+struct Board {
+    items: Vec<Item>,
+    outcomes: Mutex<Vec<Option<Outcome>>>,
+    queue: Mutex<VecDeque<usize>>,
+    running: AtomicUsize,
+}
+
+impl Board {
+    fn record(&self, index: usize, outcome: Outcome) {
+        self.outcomes.lock().expect("outcome lock")[index] = Some(outcome);
+    }
+}
+
+/// What the front end decided from the command line.
+struct Front {
+    verbose: bool,
+    json: bool,
+    options: SendOptions,
+    bar: ProgressBar,
 }
 
 /// Entry point of `sharedclient`.
 pub fn run(cli: ClientCli) -> ExitStatus {
     sys::install_stop_handlers();
-    if cli.json && !cli.status {
-        eprintln!("sharedclient: --json only goes with --status");
-        return ExitStatus::Usage;
-    }
     let timeout = Duration::from_secs(cli.timeout);
     if let Some(count) = cli.ping {
         return run_ping(&cli.common.name, timeout, count);
@@ -495,131 +621,279 @@ pub fn run(cli: ClientCli) -> ExitStatus {
     if cli.status {
         return run_status(&cli.common.name, cli.json);
     }
-    let config = match Config::load(&cli.common.config) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("sharedclient: {e}");
+    let show_bars = !cli.common.quiet && !cli.json && std::io::stderr().is_terminal();
+    let counting = if show_bars { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
+    let request = Request {
+        args: &cli.args,
+        all: cli.all,
+        files_from: cli.files_from.as_deref(),
+        from0: cli.from0,
+        as_name: cli.as_name.as_deref(),
+        follow_symlinks: cli.follow_symlinks,
+        config: &cli.common.config,
+    };
+    let planned = sources::plan(&request, |n| {
+        if n % 256 == 0 {
+            counting.set_message(format!("{n} files found"));
+            counting.tick();
+        }
+    });
+    counting.finish_and_clear();
+    let items = match planned {
+        Ok(items) => items,
+        Err(message) => {
+            eprintln!("sharedclient: {message}");
             return ExitStatus::Usage;
         }
     };
-    let (jobs, mut outcomes) = plan(&config, &cli.ids);
-    if !jobs.is_empty() {
+    let bar = if show_bars { aggregate_bar(&items) } else { ProgressBar::hidden() };
+    let front = Front {
+        verbose: cli.verbose,
+        json: cli.json,
+        options: SendOptions { skip_existing: cli.skip_existing },
+        bar,
+    };
+    let started = Instant::now();
+    let board = Board {
+        outcomes: Mutex::new(items.iter().map(preset).collect()),
+        items,
+        queue: Mutex::new(VecDeque::new()),
+        running: AtomicUsize::new(0),
+    };
+    let phases = phases(&board.items);
+    if !phases.is_empty() {
         match Connection::open(&cli.common.name, timeout) {
             Ok(connection) => {
-                outcomes.extend(run_jobs(&connection, jobs, cli.jobs as usize, cli.common.quiet))
+                for phase in phases {
+                    run_phase(&connection, &board, &front, phase, cli.jobs as usize, started);
+                }
             }
             Err(e) => {
-                // Every stream fails the same way; keep the kind (usage or failure).
-                let again = |e: &StreamError| match e {
-                    StreamError::Usage(m) => StreamError::Usage(m.clone()),
-                    StreamError::Failed(m) => StreamError::Failed(m.clone()),
-                    StreamError::Interrupted => StreamError::Interrupted,
-                };
-                outcomes.extend(jobs.into_iter().map(|(id, _)| Outcome { id, result: Err(again(&e)) }));
-            }
-        }
-    }
-    outcomes.sort_by_key(|o| o.id);
-    summarize(&outcomes)
-}
-
-/// Splits the ids into runnable jobs and immediate failures (unknown ids).
-fn plan(config: &Config, ids: &[StreamId]) -> (Vec<(StreamId, PathBuf)>, Vec<Outcome>) {
-    let mut jobs = Vec::new();
-    let mut outcomes = Vec::new();
-    for &id in ids {
-        match config.stream_file(id) {
-            Some(path) => jobs.push((id, path.to_path_buf())),
-            None => {
-                let known: Vec<String> = config.streams.keys().map(|k| k.to_string()).collect();
-                let message = format!(
-                    "{}: unknown stream id {id} (known ids: {})",
-                    config.source.display(),
-                    known.join(", ")
-                );
-                outcomes.push(Outcome { id, result: Err(StreamError::Usage(message)) });
-            }
-        }
-    }
-    (jobs, outcomes)
-}
-
-fn run_jobs(
-    connection: &Connection,
-    jobs: Vec<(StreamId, PathBuf)>,
-    parallel: usize,
-    quiet: bool,
-) -> Vec<Outcome> {
-    let show_bars = !quiet && std::io::stderr().is_terminal();
-    let multi = MultiProgress::with_draw_target(if show_bars {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
-    let queue = Mutex::new(jobs.into_iter().collect::<VecDeque<_>>());
-    let outcomes = Arc::new(Mutex::new(Vec::new()));
-    std::thread::scope(|scope| {
-        for _ in 0..parallel.max(1) {
-            scope.spawn(|| {
-                let mut session = None;
-                loop {
-                    let Some((id, path)) = queue.lock().expect("queue lock").pop_front() else { break };
-                    let bar =
-                        if show_bars { multi.add(progress_bar(id, &path)) } else { ProgressBar::hidden() };
-                    let result = send_stream(connection, &mut session, id, &path, &bar);
-                    bar.finish_and_clear();
-                    let interrupted = matches!(result, Err(StreamError::Interrupted));
-                    outcomes.lock().expect("outcome lock").push(Outcome { id, result });
-                    if interrupted {
-                        break;
-                    }
+                for index in phases.into_iter().flatten() {
+                    board.record(index, Outcome::Failed(e.clone()));
                 }
+            }
+        }
+    }
+    front.bar.finish_and_clear();
+    report(&board, &front, started.elapsed())
+}
+
+/// The items to send, in phases run one after the other: folders first, level by
+/// level (a folder must exist with its own mode before anything is made inside it,
+/// else it would be created with the default mode), then every file.
+fn phases(items: &[Item]) -> Vec<Vec<usize>> {
+    let mut levels: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    let mut files = Vec::new();
+    for (index, item) in items.iter().enumerate().filter(|(_, i)| i.verdict == Verdict::Send) {
+        match item.kind {
+            Kind::Dir { .. } => levels.entry(item.name.matches('/').count()).or_default().push(index),
+            Kind::File => files.push(index),
+        }
+    }
+    let mut phases: Vec<Vec<usize>> = levels.into_values().collect();
+    if !files.is_empty() {
+        phases.push(files);
+    }
+    phases
+}
+
+/// The outcome an item has before anything is sent.
+fn preset(item: &Item) -> Option<Outcome> {
+    match &item.verdict {
+        Verdict::Send => None,
+        Verdict::Skip(why) => {
+            eprintln!("skipped: {why}");
+            Some(Outcome::Skipped)
+        }
+        Verdict::Refuse(why) => Some(Outcome::Failed(StreamError::Usage(why.clone()))),
+    }
+}
+
+fn aggregate_bar(items: &[Item]) -> ProgressBar {
+    let files = items.iter().filter(|i| i.kind == Kind::File && i.verdict == Verdict::Send).count();
+    let bytes: u64 = items.iter().filter_map(|i| i.size_hint).sum();
+    let style =
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .expect("valid template")
+            .progress_chars("=> ");
+    let bar = ProgressBar::with_draw_target(Some(bytes), ProgressDrawTarget::stderr()).with_style(style);
+    bar.set_message(format!("0/{files} files"));
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Sends `indices` with at most `jobs` streams; the calling thread watches for
+/// Ctrl-C and, if a job does not stop within a second (blocked on a FIFO without
+/// a writer, say), reports and exits 130 itself.
+fn run_phase(
+    connection: &Connection,
+    board: &Board,
+    front: &Front,
+    indices: Vec<usize>,
+    jobs: usize,
+    started: Instant,
+) {
+    if indices.is_empty() {
+        return;
+    }
+    *board.queue.lock().expect("queue lock") = indices.into_iter().collect();
+    let workers = jobs.clamp(1, board.queue.lock().expect("queue lock").len());
+    let files_total =
+        board.items.iter().filter(|i| i.kind == Kind::File && i.verdict == Verdict::Send).count();
+    let files_done = AtomicUsize::new(0);
+    board.running.store(workers, Ordering::SeqCst);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                job(connection, board, front, &files_done, files_total);
+                board.running.fetch_sub(1, Ordering::SeqCst);
             });
         }
+        let mut stop_seen: Option<Instant> = None;
+        while board.running.load(Ordering::SeqCst) > 0 {
+            std::thread::sleep(Duration::from_millis(20));
+            if sys::stop_signal().is_some() {
+                let since = *stop_seen.get_or_insert_with(Instant::now);
+                if since.elapsed() >= Duration::from_millis(800) {
+                    front.bar.finish_and_clear();
+                    let status = report(board, front, started.elapsed());
+                    std::process::exit(i32::from(status.max(ExitStatus::Interrupted).code()));
+                }
+            }
+        }
     });
-    let mut outcomes = outcomes.lock().expect("outcome lock");
-    std::mem::take(&mut *outcomes)
 }
 
-fn progress_bar(id: StreamId, path: &Path) -> ProgressBar {
-    let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-        .expect("valid template")
-        .progress_chars("=> ");
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    ProgressBar::new(0).with_style(style).with_prefix(format!("{id}:{name}"))
-}
-
-/// Prints one line per stream and picks the exit status (130 > 2 > 1 > 0).
-fn summarize(outcomes: &[Outcome]) -> ExitStatus {
-    let mut status = ExitStatus::Success;
-    for outcome in outcomes {
-        let id = outcome.id;
-        let this = match &outcome.result {
-            Ok(sent) => {
-                let secs = sent.elapsed.as_secs_f64();
-                let rate = sent.bytes as f64 / secs.max(1e-9) / 1e6;
-                println!(
-                    "stream {id}: sent {} ({} bytes) in {secs:.3} s, {rate:.1} MB/s",
-                    sent.name, sent.bytes
-                );
-                ExitStatus::Success
+fn job(connection: &Connection, board: &Board, front: &Front, files_done: &AtomicUsize, files_total: usize) {
+    let mut session = None;
+    loop {
+        if sys::stop_signal().is_some() {
+            break;
+        }
+        let Some(index) = board.queue.lock().expect("queue lock").pop_front() else { break };
+        let item = &board.items[index];
+        let item_started = Instant::now();
+        let result = send_item(connection, &mut session, item, &front.options, &front.bar);
+        if item.kind == Kind::File {
+            let done = files_done.fetch_add(1, Ordering::Relaxed) + 1;
+            front.bar.set_message(format!("{done}/{files_total} files"));
+        }
+        if front.verbose {
+            if let Ok(delivered) = &result {
+                let line = match (delivered, item.kind) {
+                    (Delivered::Sent { .. }, Kind::Dir { .. }) => format!("made {}/", escaped(&item.name)),
+                    (Delivered::Sent { bytes }, Kind::File) => {
+                        format!("sent {} ({bytes} bytes)", escaped(&item.name))
+                    }
+                    (Delivered::Skipped, _) => format!("skipped {} (exists)", escaped(&item.name)),
+                };
+                if front.json {
+                    eprintln!("{line}");
+                } else {
+                    front.bar.suspend(|| println!("{line}"));
+                }
             }
-            Err(StreamError::Interrupted) => {
-                eprintln!("stream {id}: interrupted");
-                ExitStatus::Interrupted
-            }
-            Err(StreamError::Usage(message)) => {
-                eprintln!("stream {id}: failed: {message}");
-                ExitStatus::Usage
-            }
-            Err(StreamError::Failed(message)) => {
-                eprintln!("stream {id}: failed: {message}");
-                ExitStatus::Failure
-            }
+        }
+        let interrupted = matches!(result, Err(StreamError::Interrupted));
+        let outcome = match result {
+            Ok(delivered) => Outcome::Done(delivered, item_started.elapsed()),
+            Err(e) => Outcome::Failed(e),
         };
+        board.record(index, outcome);
+        if interrupted {
+            break;
+        }
+    }
+}
+
+/// Prints the summary (lines, or JSON) and picks the exit status (130 > 2 > 1 > 0).
+fn report(board: &Board, front: &Front, elapsed: Duration) -> ExitStatus {
+    let outcomes = board.outcomes.lock().expect("outcome lock");
+    let interrupted = sys::stop_signal().is_some();
+    let outcome_of = |index: usize| match &outcomes[index] {
+        Some(outcome) => outcome_view(outcome),
+        None if interrupted => ("interrupted", None, ExitStatus::Interrupted),
+        None => ("not started", None, ExitStatus::Interrupted),
+    };
+    let mut status = ExitStatus::Success;
+    let (mut sent, mut skipped, mut failed, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    let mut files = Vec::new();
+    let mut failures = Vec::new();
+    for (index, item) in board.items.iter().enumerate() {
+        let (state, error, this) = outcome_of(index);
         status = status.max(this);
+        let sent_bytes = match &outcomes[index] {
+            Some(Outcome::Done(Delivered::Sent { bytes }, _)) => *bytes,
+            _ => 0,
+        };
+        match state {
+            "sent" if item.kind == Kind::File => sent += 1,
+            "skipped" => skipped += 1,
+            "sent" => {}
+            _ => failed += 1,
+        }
+        bytes += sent_bytes;
+        if let Some(error) = &error {
+            failures.push(format!("failed: {}: {error}", escaped(&item.shown)));
+        }
+        if front.json {
+            files.push(serde_json::json!({
+                "source": item.shown, "name": item.name, "bytes": sent_bytes, "status": state, "error": error,
+            }));
+        } else if let Origin::Id(id) = item.origin {
+            print_stream_line(id, item, &outcomes[index], state, error.as_deref());
+        }
+    }
+    let only_ids = board.items.iter().all(|i| matches!(i.origin, Origin::Id(_)));
+    let secs = elapsed.as_secs_f64();
+    if front.json {
+        let summary = serde_json::json!({
+            "files": files, "sent": sent, "skipped": skipped, "failed": failed, "bytes": bytes, "seconds": secs,
+        });
+        println!("{summary}");
+    }
+    if !only_ids {
+        if !front.json {
+            println!(
+                "sharedclient: {sent} files, {bytes} bytes in {secs:.3} s ({:.1} MB/s), {skipped} skipped, {failed} failed",
+                bytes as f64 / secs.max(1e-9) / 1e6
+            );
+        }
+        for line in failures {
+            eprintln!("{line}");
+        }
     }
     status
+}
+
+/// (JSON status, error text, exit status) of a recorded outcome.
+fn outcome_view(outcome: &Outcome) -> (&'static str, Option<String>, ExitStatus) {
+    match outcome {
+        Outcome::Done(Delivered::Sent { .. }, _) => ("sent", None, ExitStatus::Success),
+        Outcome::Done(Delivered::Skipped, _) | Outcome::Skipped => ("skipped", None, ExitStatus::Success),
+        Outcome::Failed(StreamError::Interrupted) => ("interrupted", None, ExitStatus::Interrupted),
+        Outcome::Failed(e) => ("failed", Some(e.to_string()), exit_status_of(e)),
+    }
+}
+
+/// The per-stream line of an options.xml id (as before paths existed).
+fn print_stream_line(id: StreamId, item: &Item, outcome: &Option<Outcome>, state: &str, error: Option<&str>) {
+    match (outcome, error) {
+        (Some(Outcome::Done(Delivered::Sent { bytes }, elapsed)), _) => {
+            let secs = elapsed.as_secs_f64();
+            let rate = *bytes as f64 / secs.max(1e-9) / 1e6;
+            println!(
+                "stream {id}: sent {} ({bytes} bytes) in {secs:.3} s, {rate:.1} MB/s",
+                escaped(&item.name)
+            );
+        }
+        (Some(Outcome::Done(Delivered::Skipped, _)), _) => {
+            println!("stream {id}: skipped {} (exists)", escaped(&item.name))
+        }
+        (_, Some(error)) => eprintln!("stream {id}: failed: {error}"),
+        _ => eprintln!("stream {id}: {state}"),
+    }
 }
 
 fn run_ping(name: &str, timeout: Duration, count: u64) -> ExitStatus {

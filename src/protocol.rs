@@ -20,22 +20,90 @@ pub const C2S_ABORT: u32 = 0x103;
 pub const C2S_PING: u32 = 0x104;
 pub const C2S_CLOSE: u32 = 0x105;
 pub const C2S_PUT: u32 = 0x106;
+pub const C2S_MKDIR: u32 = 0x107;
 
 pub const S2C_OPENED: u32 = 0x201;
 pub const S2C_DONE: u32 = 0x202;
 pub const S2C_ERROR: u32 = 0x203;
 pub const S2C_PONG: u32 = 0x204;
+pub const S2C_SKIPPED: u32 = 0x205;
 
-/// Longest file name the server accepts, in bytes (Linux NAME_MAX).
+/// Longest path component the server accepts, in bytes (Linux NAME_MAX).
 pub const MAX_NAME_LEN: usize = 255;
+/// Longest relative path the server accepts, in bytes (Linux PATH_MAX).
+pub const MAX_PATH_LEN: usize = 4096;
+const _: () = assert!(MAX_PATH_LEN <= TEXT_CAPACITY);
+
+/// Permission bits a client may ask for: never set-user-id, set-group-id or sticky.
+pub const MODE_BITS: u32 = 0o777;
+const META_HAS_MODE: u64 = 1 << 32;
+const META_HAS_MTIME: u64 = 1 << 33;
+const META_SIZE_HINT: u64 = 1 << 34;
+const META_SKIP_EXISTING: u64 = 1 << 35;
+const META_KNOWN: u64 =
+    META_HAS_MODE | META_HAS_MTIME | META_SIZE_HINT | META_SKIP_EXISTING | MODE_BITS as u64;
+
+/// What a client says about a file besides its name and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FileMeta {
+    /// Permission bits for the published file (within `MODE_BITS`); `None`: the
+    /// server's default (0666 less its umask).
+    pub mode: Option<u32>,
+    /// Modification time in nanoseconds since the epoch; `None`: when it is written.
+    pub mtime_ns: Option<i64>,
+    /// The announced size is only a hint (standard input, FIFOs, /proc): the file
+    /// is as long as `Finish` says.
+    pub size_is_hint: bool,
+    /// A file that already exists under the name is skipped, not a failure.
+    pub skip_existing: bool,
+}
+
+impl FileMeta {
+    /// Two words: mode and flags, and the modification time.
+    fn encode(&self) -> [u64; 2] {
+        let mut word = 0;
+        if let Some(mode) = self.mode {
+            word |= META_HAS_MODE | u64::from(mode & MODE_BITS);
+        }
+        if self.mtime_ns.is_some() {
+            word |= META_HAS_MTIME;
+        }
+        if self.size_is_hint {
+            word |= META_SIZE_HINT;
+        }
+        if self.skip_existing {
+            word |= META_SKIP_EXISTING;
+        }
+        [word, self.mtime_ns.unwrap_or(0) as u64]
+    }
+
+    /// Check, then parse: unknown flags or mode bits are refused, not ignored.
+    fn decode(word: u64, mtime: u64) -> Result<FileMeta, ProtocolError> {
+        if word & !META_KNOWN != 0 {
+            return Err(bad(format!("unknown metadata bits {:#x}", word & !META_KNOWN)));
+        }
+        let has_mode = word & META_HAS_MODE != 0;
+        if !has_mode && word & u64::from(MODE_BITS) != 0 {
+            return Err(bad("mode bits without the mode flag"));
+        }
+        Ok(FileMeta {
+            mode: has_mode.then_some((word & u64::from(MODE_BITS)) as u32),
+            mtime_ns: (word & META_HAS_MTIME != 0).then_some(mtime as i64),
+            size_is_hint: word & META_SIZE_HINT != 0,
+            skip_existing: word & META_SKIP_EXISTING != 0,
+        })
+    }
+}
 
 /// What a client asks of the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientCommand {
-    /// Start sending a file of `size` bytes to be published as `name`.
+    /// Start sending a file of `size` bytes to be published as `name` (a relative
+    /// path, checked by `validate_path`).
     Open {
         name: String,
         size: u64,
+        meta: FileMeta,
     },
     /// All `size` bytes are in the ring; `checksum` is xxh3-64 of the whole file.
     Finish {
@@ -58,6 +126,13 @@ pub enum ClientCommand {
         name: String,
         size: u64,
         checksum: u64,
+        meta: FileMeta,
+    },
+    /// Create the folder `name` (and its parents) with permission bits `mode`
+    /// (plus the owner's rwx, so the server can fill it); an existing folder is kept.
+    Mkdir {
+        name: String,
+        mode: u32,
     },
 }
 
@@ -110,6 +185,9 @@ pub enum ServerReply {
         seq: u64,
         sent_nanos: u64,
     },
+    /// The file already existed and the client asked to skip it: nothing was
+    /// written, the stream is ready for the next file.
+    Skipped,
 }
 
 /// A command exactly as it lay in the mailbox, before any meaning is given to it.
@@ -119,7 +197,7 @@ pub struct RawCommand {
     pub code: u32,
     pub args: [u64; 4],
     pub text_len: u32,
-    pub text: [u8; TEXT_CAPACITY],
+    pub text: Box<[u8; TEXT_CAPACITY]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,13 +258,15 @@ pub fn take(mailbox: &Mailbox) -> Option<RawCommand> {
             std::hint::spin_loop();
             continue;
         }
-        let mut text = [0u8; TEXT_CAPACITY];
-        text.copy_from_slice(&load_bytes(&mailbox.text, TEXT_CAPACITY));
+        let text_len = mailbox.text_len.load(Ordering::Relaxed);
+        let mut text = Box::new([0u8; TEXT_CAPACITY]);
+        let copied = load_bytes(&mailbox.text, text_len as usize);
+        text[..copied.len()].copy_from_slice(&copied);
         let raw = RawCommand {
             seq: before,
             code: mailbox.code.load(Ordering::Relaxed),
             args: std::array::from_fn(|i| mailbox.args[i].load(Ordering::Relaxed)),
-            text_len: mailbox.text_len.load(Ordering::Relaxed),
+            text_len,
             text,
         };
         // SYNC POINT: orders the field loads before the second `seq` load, pairing
@@ -215,25 +295,30 @@ impl RawCommand {
 impl ClientCommand {
     pub fn encode(&self) -> (u32, [u64; 4], Vec<u8>) {
         match self {
-            Self::Open { name, size } => (C2S_OPEN, [*size, 0, 0, 0], name.as_bytes().to_vec()),
+            Self::Open { name, size, meta } => {
+                let [word, mtime] = meta.encode();
+                (C2S_OPEN, [*size, word, mtime, 0], name.as_bytes().to_vec())
+            }
             Self::Finish { size, checksum } => (C2S_FINISH, [*size, *checksum, 0, 0], Vec::new()),
             Self::Abort { reason } => (C2S_ABORT, [0; 4], truncate_utf8(reason).to_vec()),
             Self::Ping { seq, sent_nanos } => (C2S_PING, [*seq, *sent_nanos, 0, 0], Vec::new()),
             Self::Close => (C2S_CLOSE, [0; 4], Vec::new()),
-            Self::Put { name, size, checksum } => {
-                (C2S_PUT, [*size, *checksum, 0, 0], name.as_bytes().to_vec())
+            Self::Put { name, size, checksum, meta } => {
+                let [word, mtime] = meta.encode();
+                (C2S_PUT, [*size, *checksum, word, mtime], name.as_bytes().to_vec())
             }
+            Self::Mkdir { name, mode } => (C2S_MKDIR, [u64::from(*mode), 0, 0, 0], name.as_bytes().to_vec()),
         }
     }
 
     /// Check, then parse: only client codes, every field validated.
     pub fn decode(raw: &RawCommand) -> Result<ClientCommand, ProtocolError> {
-        let [a, b, ..] = raw.args;
+        let [a, b, c, d] = raw.args;
         match raw.code {
             C2S_OPEN => {
                 let name = raw.text()?;
-                validate_file_name(name)?;
-                Ok(Self::Open { name: name.to_owned(), size: a })
+                validate_path(name)?;
+                Ok(Self::Open { name: name.to_owned(), size: a, meta: FileMeta::decode(b, c)? })
             }
             C2S_FINISH => Ok(Self::Finish { size: a, checksum: b }),
             C2S_ABORT => Ok(Self::Abort { reason: raw.text()?.to_owned() }),
@@ -241,8 +326,17 @@ impl ClientCommand {
             C2S_CLOSE => Ok(Self::Close),
             C2S_PUT => {
                 let name = raw.text()?;
-                validate_file_name(name)?;
-                Ok(Self::Put { name: name.to_owned(), size: a, checksum: b })
+                validate_path(name)?;
+                Ok(Self::Put { name: name.to_owned(), size: a, checksum: b, meta: FileMeta::decode(c, d)? })
+            }
+            C2S_MKDIR => {
+                let name = raw.text()?;
+                validate_path(name)?;
+                let mode = u32::try_from(a)
+                    .ok()
+                    .filter(|m| m & !MODE_BITS == 0)
+                    .ok_or_else(|| bad(format!("folder mode {a:#o} has bits beyond {MODE_BITS:#o}")))?;
+                Ok(Self::Mkdir { name: name.to_owned(), mode })
             }
             code => Err(bad(format!("unknown client command code {code:#x}"))),
         }
@@ -258,6 +352,7 @@ impl ServerReply {
                 (S2C_ERROR, [*code as u64, 0, 0, 0], truncate_utf8(message).to_vec())
             }
             Self::Pong { seq, sent_nanos } => (S2C_PONG, [*seq, *sent_nanos, 0, 0], Vec::new()),
+            Self::Skipped => (S2C_SKIPPED, [0; 4], Vec::new()),
         }
     }
 
@@ -277,6 +372,7 @@ impl ServerReply {
                 Ok(Self::Error { code: ErrorCode::from_wire(a), message })
             }
             S2C_PONG => Ok(Self::Pong { seq: a, sent_nanos: b }),
+            S2C_SKIPPED => Ok(Self::Skipped),
             code => Err(bad(format!("unknown server reply code {code:#x}"))),
         }
     }
@@ -291,8 +387,31 @@ fn truncate_utf8(text: &str) -> &[u8] {
     &text.as_bytes()[..end]
 }
 
-/// A name the server may create inside its output folder: one path component, not
-/// empty, not `.` or `..`, no `/` or NUL, at most 255 bytes.
+/// A relative path the server may create beneath its output folder: at most 4,096
+/// bytes, components separated by single `/`, each one valid for `validate_file_name`
+/// (so no leading or trailing `/`, no `.` or `..`, no NUL).
+pub fn validate_path(path: &str) -> Result<(), ProtocolError> {
+    if path.len() > MAX_PATH_LEN {
+        return Err(bad(format!("path is {} bytes long, the limit is {MAX_PATH_LEN}", path.len())));
+    }
+    if path.is_empty() {
+        return Err(bad("file name is empty"));
+    }
+    if path.starts_with('/') {
+        return Err(bad(format!(
+            "path {path:?} is absolute: only paths relative to the output folder are allowed"
+        )));
+    }
+    for component in path.split('/') {
+        if component.is_empty() {
+            return Err(bad(format!("path {path:?} has an empty component (a doubled or trailing '/')")));
+        }
+        validate_file_name(component).map_err(|e| bad(format!("path {path:?}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// One path component: not empty, not `.` or `..`, no `/` or NUL, at most 255 bytes.
 pub fn validate_file_name(name: &str) -> Result<(), ProtocolError> {
     if name.is_empty() {
         return Err(bad("file name is empty"));
@@ -301,7 +420,7 @@ pub fn validate_file_name(name: &str) -> Result<(), ProtocolError> {
         return Err(bad(format!("file name '{name}' is not a file")));
     }
     if name.contains('/') || name.contains('\0') {
-        return Err(bad(format!("file name {name:?} contains '/' or NUL: only a base name is allowed")));
+        return Err(bad(format!("file name {name:?} contains '/' or NUL")));
     }
     if name.len() > MAX_NAME_LEN {
         return Err(bad(format!("file name is {} bytes long, the limit is {MAX_NAME_LEN}", name.len())));
@@ -329,12 +448,34 @@ mod tests {
     #[test]
     fn every_client_command_survives_the_mailbox() {
         for cmd in [
-            ClientCommand::Open { name: "Время 01.mp3".into(), size: 1 << 40 },
+            ClientCommand::Open {
+                name: "Время 01.mp3".into(), size: 1 << 40, meta: FileMeta::default()
+            },
+            ClientCommand::Open {
+                name: "a/b c/d.txt".into(),
+                size: 3,
+                meta: FileMeta {
+                    mode: Some(0o600),
+                    mtime_ns: Some(-5),
+                    size_is_hint: true,
+                    skip_existing: true,
+                },
+            },
+            ClientCommand::Mkdir { name: "photos/2001".into(), mode: 0o750 },
             ClientCommand::Finish { size: 7, checksum: u64::MAX },
             ClientCommand::Abort { reason: "source shrank".into() },
             ClientCommand::Ping { seq: 3, sent_nanos: 99 },
             ClientCommand::Close,
-            ClientCommand::Put { name: "small.txt".into(), size: 4096, checksum: 7 },
+            ClientCommand::Put {
+                name: "small.txt".into(),
+                size: 4096,
+                checksum: 7,
+                meta: FileMeta {
+                    mode: Some(0o755),
+                    mtime_ns: Some(978_307_200_000_000_000),
+                    ..Default::default()
+                },
+            },
         ] {
             assert_eq!(roundtrip_client(cmd.clone()), cmd);
         }
@@ -347,6 +488,7 @@ mod tests {
             ServerReply::Done { bytes: 12 },
             ServerReply::Error { code: ErrorCode::Exists, message: "a.bin exists".into() },
             ServerReply::Pong { seq: 5, sent_nanos: 6 },
+            ServerReply::Skipped,
         ] {
             let mailbox = empty_mailbox();
             let (code, args, text) = reply.encode();
@@ -415,9 +557,22 @@ mod tests {
 
     #[test]
     fn hostile_open_names_are_refused() {
-        for name in ["", ".", "..", "../etc/passwd", "a/b", "nul\0byte", &"x".repeat(256)] {
+        for name in [
+            "",
+            ".",
+            "..",
+            "../etc/passwd",
+            "/abs",
+            "a//b",
+            "a/",
+            "a/./b",
+            "a/../b",
+            "nul\0byte",
+            &"x".repeat(256),
+        ] {
             let mailbox = empty_mailbox();
-            let (code, args, text) = ClientCommand::Open { name: name.into(), size: 1 }.encode();
+            let meta = FileMeta::default();
+            let (code, args, text) = ClientCommand::Open { name: name.into(), size: 1, meta }.encode();
             post(&mailbox, 1, code, args, &text);
             assert!(ClientCommand::decode(&take(&mailbox).unwrap()).is_err(), "{name:?} accepted");
         }
@@ -439,5 +594,37 @@ mod tests {
         let cut = truncate_utf8(&message);
         assert!(cut.len() <= TEXT_CAPACITY);
         assert!(std::str::from_utf8(cut).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    #[test]
+    fn nested_relative_paths_are_accepted() {
+        for path in [
+            "a",
+            "a/b",
+            "Тяжелое - наше/01. Время.txt",
+            "line\nbreak/x",
+            &vec!["z".repeat(255); 16].join("/"),
+        ] {
+            assert!(validate_path(path).is_ok(), "{path:?} refused");
+        }
+    }
+
+    #[test]
+    fn paths_past_path_max_are_refused() {
+        let long_path = vec!["y".repeat(200); 21].join("/");
+        assert!(validate_path(&long_path).unwrap_err().0.contains("limit is 4096"));
+    }
+
+    #[test]
+    fn unknown_metadata_bits_are_refused() {
+        assert!(FileMeta::decode(1 << 40, 0).is_err());
+        assert!(FileMeta::decode(0o4755 | META_HAS_MODE, 0).is_err(), "set-user-id");
+        assert!(FileMeta::decode(0o644, 0).is_err(), "mode without its flag");
+        assert_eq!(FileMeta::decode(0o644 | META_HAS_MODE, 9).unwrap().mode, Some(0o644));
     }
 }

@@ -36,12 +36,12 @@ use crate::wait::Event;
 
 /// "SHXFER" + layout version in the last two bytes, little endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHXFER\x01\x00");
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 pub const HEADER_OFFSET: u64 = 0;
 pub const HANDOUT_OFFSET: u64 = 512;
 /// First byte of the allocator's area: records start on the second page.
 pub const AREA_START: u64 = 4096;
-pub const RECORD_SIZE: u64 = 2048;
+pub const RECORD_SIZE: u64 = 10240;
 pub const RECORD_ALIGN: u64 = 64;
 pub const BUFFER_ALIGN: u64 = 4096;
 /// Server worker threads, at most (each has a doorbell in the header).
@@ -49,7 +49,8 @@ pub const MAX_WORKERS: usize = 16;
 /// Ring slots per stream, at most (the server may give fewer).
 pub const MAX_SLOTS: usize = 16;
 /// Bytes of text one mailbox carries (file names, error messages).
-pub const TEXT_CAPACITY: usize = 512;
+/// A mailbox's text field: room for a whole relative path (Linux PATH_MAX).
+pub const TEXT_CAPACITY: usize = 4096;
 pub const MIN_SEGMENT_SIZE: u64 = 256 * 1024;
 pub const MAX_SEGMENT_SIZE: u64 = 1 << 40;
 pub const SHM_DIR: &str = "/dev/shm";
@@ -197,11 +198,13 @@ const _: () = assert!(std::mem::size_of::<Record>() <= RECORD_SIZE as usize);
 const _: () = assert!(std::mem::align_of::<Record>() <= RECORD_ALIGN as usize);
 const _: () = assert!(std::mem::align_of::<Header>() <= 8 && std::mem::align_of::<Handout>() <= 8);
 
-/// Stores `bytes` (cut to the field) into a text field made of words, zero padded;
+/// Stores `bytes` (cut to the field) into a text field made of words, the last word
+/// zero padded;
 /// returns the length stored.
 pub fn store_bytes(words: &[AtomicU64], bytes: &[u8]) -> usize {
     let len = bytes.len().min(words.len() * 8);
-    for (i, word) in words.iter().enumerate() {
+    // Readers copy only the words that hold `len` bytes; the rest is left as it was.
+    for (i, word) in words[..len.div_ceil(8)].iter().enumerate() {
         let mut chunk = [0u8; 8];
         let start = (i * 8).min(len);
         let end = (start + 8).min(len);
@@ -212,10 +215,13 @@ pub fn store_bytes(words: &[AtomicU64], bytes: &[u8]) -> usize {
     len
 }
 
-/// Copies the first `len` bytes (at most the field) out of a text field.
+/// Copies the first `len` bytes (at most the field) out of a text field; only the
+/// words that hold them are read.
 pub fn load_bytes(words: &[AtomicU64], len: usize) -> Vec<u8> {
-    let mut out: Vec<u8> = words.iter().flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes()).collect();
-    out.truncate(len.min(words.len() * 8));
+    let len = len.min(words.len() * 8);
+    let mut out: Vec<u8> =
+        words[..len.div_ceil(8)].iter().flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes()).collect();
+    out.truncate(len);
     out
 }
 

@@ -21,9 +21,11 @@ use uuid::Uuid;
 
 use crate::alloc::TwoEndedAllocator;
 use crate::checksum::Checksum;
+use crate::escape::escaped;
 use crate::handout::{self, Ticket};
 use crate::lock::{self, LockDir};
-use crate::protocol::{self, ClientCommand, ErrorCode, ServerReply};
+use crate::outdir::{Incoming, OutputDir};
+use crate::protocol::{self, ClientCommand, ErrorCode, FileMeta, ServerReply};
 use crate::segment::{
     self, human_bytes, Record, Segment, BUFFER_ALIGN, RECORD_ACTIVE, RECORD_ALIGN, RECORD_OFFERED,
     RECORD_SIZE,
@@ -70,6 +72,9 @@ struct Shared {
     stopping: AtomicBool,
     /// Live streams per worker, to place new ones on the least loaded.
     loads: Vec<AtomicUsize>,
+    output: OutputDir,
+    /// Permission bits of a file whose client sent none: 0666 less the umask.
+    default_mode: u32,
 }
 
 /// A startup failure the user must fix (exit 2), as opposed to a runtime fault.
@@ -154,6 +159,8 @@ fn start(options: ServerOptions, locks: LockDir) -> anyhow::Result<Arc<Shared>> 
         alloc: Mutex::new(TwoEndedAllocator::new(layout.area_start, layout.area_end)),
         locks,
         loads: (0..options.workers.clamp(1, MAX_WORKERS)).map(|_| AtomicUsize::new(0)).collect(),
+        output: OutputDir::new(&options.output_dir),
+        default_mode: 0o666 & !sys::umask(),
         options,
         stopping: AtomicBool::new(false),
     };
@@ -362,12 +369,13 @@ impl Shared {
     }
 }
 
-/// One file being received into a temporary name.
+/// One file being received beneath the output folder, not yet under its name.
 struct Transfer {
+    /// The relative path the client asked for (validated).
     name: String,
-    final_path: PathBuf,
-    temp_path: PathBuf,
-    file: File,
+    incoming: Incoming,
+    meta: FileMeta,
+    /// The announced size: exact, or only a hint (`meta.size_is_hint`).
     size: u64,
     written: u64,
     hasher: Checksum,
@@ -482,7 +490,9 @@ impl Stream {
             }
             let len = slot.len.load(Ordering::Relaxed);
             let (offset, capacity) = ring[transfer.next_slot];
-            if len == 0 || len > capacity || transfer.written.saturating_add(len) > transfer.size {
+            let past_size =
+                !transfer.meta.size_is_hint && transfer.written.saturating_add(len) > transfer.size;
+            if len == 0 || len > capacity || past_size {
                 return Err(failure(
                     ErrorCode::BadRequest,
                     format!(
@@ -496,8 +506,9 @@ impl Stream {
                 .buffer(offset, len)
                 .map_err(|e| failure(ErrorCode::BadRequest, e.to_string()))?;
             transfer.hasher.update(buffer.bytes(len as usize));
-            buffer.write_to(&transfer.file, len as usize).map_err(|e| {
-                failure(ErrorCode::Io, format!("writing {} failed: {e}", transfer.temp_path.display()))
+            buffer.write_to(&transfer.incoming.file, len as usize).map_err(|e| {
+                let path = shared.options.output_dir.join(&transfer.name);
+                failure(ErrorCode::Io, format!("writing {} failed: {e}", escaped(&path.to_string_lossy())))
             })?;
             transfer.written += len;
             record.bytes_done.store(transfer.written, Ordering::Relaxed);
@@ -546,10 +557,11 @@ impl Stream {
 
     fn execute(&mut self, shared: &Shared, command: ClientCommand) {
         match (command, &self.phase) {
-            (ClientCommand::Open { name, size }, Phase::Idle) => self.open(shared, name, size),
-            (ClientCommand::Put { name, size, checksum }, Phase::Idle) => {
-                self.put(shared, name, size, checksum)
+            (ClientCommand::Open { name, size, meta }, Phase::Idle) => self.open(shared, name, size, meta),
+            (ClientCommand::Put { name, size, checksum, meta }, Phase::Idle) => {
+                self.put(shared, name, size, checksum, meta)
             }
+            (ClientCommand::Mkdir { name, mode }, Phase::Idle) => self.mkdir(shared, name, mode),
             (ClientCommand::Finish { size, checksum }, Phase::Receiving(_)) => {
                 self.finish(shared, size, checksum)
             }
@@ -567,34 +579,38 @@ impl Stream {
         }
     }
 
-    /// Checks the name and creates the temporary file: the common start of Open and Put.
+    /// Checks the name and creates the file to receive into: the common start of
+    /// Open and Put. `Ok(false)`: the file exists and the client asked to skip it.
     fn begin(
         &mut self,
         shared: &Shared,
         name: String,
         size: u64,
+        meta: FileMeta,
         early_exists_check: bool,
-    ) -> Result<(), Failure> {
+    ) -> Result<bool, Failure> {
         self.label.clone_from(&name);
-        if name.starts_with(TEMP_MARK) {
+        let base = name.rsplit('/').next().unwrap_or(&name);
+        if base.starts_with(TEMP_MARK) {
             let message =
                 format!("names starting with {TEMP_MARK} are reserved for the server's temporary files");
             return Err(failure(ErrorCode::BadRequest, message));
         }
-        let dir = &shared.options.output_dir;
-        let final_path = dir.join(&name);
+        let target = shared.output.target(&name, true).map_err(|e| failure(ErrorCode::Io, e.message))?;
         // Fail a big transfer before it starts; a small one (`early == false`) is
-        // refused just as surely, by the no-replace rename at publish.
-        if early_exists_check && !shared.options.overwrite && fs::symlink_metadata(&final_path).is_ok() {
-            let message = format!(
-                "{} already exists: remove it or run the server with --overwrite",
-                final_path.display()
-            );
-            return Err(failure(ErrorCode::Exists, message));
+        // refused just as surely by the no-clobber publish.
+        let check_now = early_exists_check || meta.skip_existing;
+        if check_now && !shared.options.overwrite && target.exists() {
+            if meta.skip_existing {
+                return Ok(false);
+            }
+            return Err(exists_failure(shared, &name));
         }
-        let temp_path = dir.join(format!("{}{}.part", temp_prefix(&shared.options.name), self.guid.simple()));
-        let file = File::create_new(&temp_path)
-            .map_err(|e| failure(ErrorCode::Io, format!("cannot create {}: {e}", temp_path.display())))?;
+        let temp_name = format!("{}{}.part", temp_prefix(&shared.options.name), self.guid.simple());
+        let incoming = Incoming::create(target, &temp_name, shared.options.overwrite).map_err(|e| {
+            let path = shared.options.output_dir.join(&name);
+            failure(ErrorCode::Io, format!("cannot create {}: {e}", escaped(&path.to_string_lossy())))
+        })?;
         let record = self.record(shared);
         record.file_size.store(size, Ordering::Relaxed);
         record.bytes_done.store(0, Ordering::Relaxed);
@@ -603,44 +619,72 @@ impl Stream {
         record.phase.store(PHASE_RECEIVING, Ordering::Relaxed);
         self.phase = Phase::Receiving(Box::new(Transfer {
             name,
-            final_path,
-            temp_path,
-            file,
+            incoming,
+            meta,
             size,
             written: 0,
             hasher: Checksum::new(),
             started: Instant::now(),
             next_slot: 0,
         }));
-        Ok(())
+        Ok(true)
     }
 
-    fn open(&mut self, shared: &Shared, name: String, size: u64) {
-        if let Err(failure) = self.begin(shared, name, size, true) {
-            return self.fail(shared, failure);
-        }
-        if size == 0 {
-            self.reply(shared, ServerReply::Opened { slots: 0, chunk: 0 });
-        } else {
-            self.try_start_ring(shared);
+    fn open(&mut self, shared: &Shared, name: String, size: u64, meta: FileMeta) {
+        match self.begin(shared, name, size, meta, true) {
+            Err(failure) => self.fail(shared, failure),
+            Ok(false) => self.skip(shared),
+            Ok(true) if size == 0 && !meta.size_is_hint => {
+                self.reply(shared, ServerReply::Opened { slots: 0, chunk: 0 })
+            }
+            Ok(true) => {
+                self.try_start_ring(shared);
+            }
         }
     }
 
     /// A small file already in slot 0 of the ring the stream kept: one round trip.
-    fn put(&mut self, shared: &Shared, name: String, size: u64, checksum: u64) {
+    fn put(&mut self, shared: &Shared, name: String, size: u64, checksum: u64, meta: FileMeta) {
         let fits = size == 0 || self.ring.first().is_some_and(|&(_, capacity)| size <= capacity);
         if !fits {
             let message = format!("put of {size} bytes does not fit the stream's ring");
             return self.fail(shared, failure(ErrorCode::BadRequest, message));
         }
-        match self.begin(shared, name, size, false) {
-            Ok(()) => self.finish(shared, size, checksum),
+        // A put's size is exact: its bytes are already in the slot.
+        let meta = FileMeta { size_is_hint: false, ..meta };
+        match self.begin(shared, name, size, meta, false) {
+            Ok(true) => self.finish(shared, size, checksum),
+            Ok(false) => {
+                // Nothing will read slot 0: hand it back for the next file.
+                let record = self.record(shared);
+                // SYNC POINT: pairs with the client's Acquire load in its slot wait.
+                record.slots[0].state.store(SLOT_EMPTY, Ordering::Release);
+                self.skip(shared)
+            }
             Err(failure) => self.fail(shared, failure),
         }
     }
 
+    /// Creates a folder (and its parents) beneath the output folder.
+    fn mkdir(&mut self, shared: &Shared, name: String, mode: u32) {
+        self.label.clone_from(&name);
+        match shared.output.make_dirs(&name, mode | 0o700) {
+            Ok(()) => self.reply(shared, ServerReply::Done { bytes: 0 }),
+            Err(e) => self.fail(shared, failure(ErrorCode::Io, e.message)),
+        }
+    }
+
+    /// The file exists and the client asked to skip it: the stream stays ready.
+    fn skip(&mut self, shared: &Shared) {
+        self.remove_transfer();
+        self.phase = Phase::Idle;
+        self.record(shared).phase.store(PHASE_IDLE, Ordering::Relaxed);
+        self.last_activity = Instant::now();
+        self.reply(shared, ServerReply::Skipped);
+    }
+
     fn waiting_for_space(&self) -> bool {
-        matches!(&self.phase, Phase::Receiving(t) if t.size > 0 && self.ring.is_empty())
+        matches!(&self.phase, Phase::Receiving(t) if needs_ring(t) && self.ring.is_empty())
     }
 
     /// Allocates the stream's buffers if there is room; otherwise the stream waits
@@ -648,8 +692,10 @@ impl Stream {
     fn try_start_ring(&mut self, shared: &Shared) -> bool {
         let Phase::Receiving(transfer) = &self.phase else { return false };
         let area = shared.segment.layout().area_end - shared.segment.layout().area_start;
+        // A size that is only a hint (a pipe, /proc) still sizes the ring; the data
+        // may run past it, so such a ring has at least one slot.
         let chunk = chunk_size(transfer.size, area);
-        let wanted = transfer.size.div_ceil(chunk).min(WANTED_SLOTS as u64) as usize;
+        let wanted = transfer.size.div_ceil(chunk).clamp(1, WANTED_SLOTS as u64) as usize;
         let reusable = self.ring.first().is_some_and(|&(_, kept)| kept >= chunk) && self.ring.len() >= wanted;
         if reusable {
             // Hand every kept slot back to the client (a failure may have revoked them).
@@ -693,9 +739,10 @@ impl Stream {
                 Err(failure) => return self.fail(shared, failure),
             }
         }
-        let Phase::Receiving(transfer) = &self.phase else { return };
-        match publish(transfer, size, checksum, shared.options.overwrite) {
-            Ok(done) => {
+        let Phase::Receiving(transfer) = std::mem::replace(&mut self.phase, Phase::Idle) else { return };
+        match publish(shared, *transfer, size, checksum) {
+            Ok(None) => self.skip(shared),
+            Ok(Some(done)) => {
                 // The ring stays with the stream for its next file.
                 self.phase = Phase::Idle;
                 self.record(shared).phase.store(PHASE_IDLE, Ordering::Relaxed);
@@ -731,7 +778,7 @@ impl Stream {
         self.remove_transfer();
         self.revoke_ring(shared);
         shared.segment.header().streams_failed.fetch_add(1, Ordering::Relaxed);
-        shared.report(format!("failed {}: {}", self.label, failure.message));
+        shared.report(format!("failed {}: {}", escaped(&self.label), failure.message));
         self.reply(shared, ServerReply::Error { code: failure.code, message: failure.message });
         self.last_activity = Instant::now();
     }
@@ -742,7 +789,7 @@ impl Stream {
         if let Some(name) = self.transfer_name() {
             let reason = reason.unwrap_or_else(|| "client closed the stream before finishing".into());
             shared.segment.header().streams_failed.fetch_add(1, Ordering::Relaxed);
-            shared.report(format!("failed {name}: {reason}"));
+            shared.report(format!("failed {}: {reason}", escaped(&name)));
         }
         self.drop_transfer(shared);
         self.finished = true;
@@ -757,7 +804,7 @@ impl Stream {
 
     fn remove_transfer(&mut self) {
         if let Phase::Receiving(transfer) = std::mem::replace(&mut self.phase, Phase::Idle) {
-            let _ = fs::remove_file(&transfer.temp_path);
+            transfer.incoming.discard();
         }
     }
 
@@ -839,14 +886,21 @@ impl Stream {
 }
 
 /// Up to `wanted` buffers of `chunk` bytes from the high end; fewer if space is short.
+/// Buffers never take the last record's worth of the middle gap: the server can
+/// always put a GUID on offer, so a new client gets a stream and waits for buffer
+/// space in plain view (`--status`) instead of waiting for a handout.
 fn allocate_ring(shared: &Shared, chunk: u64, wanted: usize) -> Vec<(u64, u64)> {
     let mut alloc = shared.alloc.lock().expect("allocator lock");
     let mut ring = Vec::with_capacity(wanted);
     while ring.len() < wanted {
-        match alloc.alloc_high(chunk, BUFFER_ALIGN) {
-            Some(offset) => ring.push((offset, chunk)),
-            None => break,
+        let Some(offset) = alloc.alloc_high(chunk, BUFFER_ALIGN) else { break };
+        let stats = alloc.stats();
+        if stats.high_mark.saturating_sub(stats.low_mark) < RECORD_SIZE + RECORD_ALIGN {
+            // Our own fresh allocation: freeing it cannot fail.
+            let _ = alloc.free(offset);
+            break;
         }
+        ring.push((offset, chunk));
     }
     ring
 }
@@ -857,46 +911,64 @@ struct Published {
     line: String,
 }
 
-/// Verifies size and checksum, then moves the temporary file to its final name
-/// (never over an existing file unless `overwrite`).
-fn publish(transfer: &Transfer, size: u64, checksum: u64, overwrite: bool) -> Result<Published, Failure> {
-    if size != transfer.size || transfer.written != transfer.size {
+fn needs_ring(transfer: &Transfer) -> bool {
+    transfer.meta.size_is_hint || transfer.size > 0
+}
+
+fn exists_failure(shared: &Shared, name: &str) -> Failure {
+    let path = shared.options.output_dir.join(name);
+    let message = format!(
+        "{} already exists: remove it or run the server with --overwrite",
+        escaped(&path.to_string_lossy())
+    );
+    failure(ErrorCode::Exists, message)
+}
+
+/// Verifies size and checksum, then gives the file its mode, time and final name
+/// (never over an existing file unless `--overwrite`). `Ok(None)`: the name was
+/// taken and the client asked to skip such files.
+fn publish(
+    shared: &Shared,
+    transfer: Transfer,
+    size: u64,
+    checksum: u64,
+) -> Result<Option<Published>, Failure> {
+    let shown = escaped(&transfer.name).into_owned();
+    let size_ok = if transfer.meta.size_is_hint { true } else { size == transfer.size };
+    if !size_ok || transfer.written != size {
         let message = format!(
-            "{}: size mismatch: announced {}, finished with {}, received {}",
-            transfer.name, transfer.size, size, transfer.written
+            "{shown}: size mismatch: announced {}, finished with {}, received {}",
+            transfer.size, size, transfer.written
         );
+        transfer.incoming.discard();
         return Err(failure(ErrorCode::Checksum, message));
     }
     if transfer.hasher.digest() != checksum {
-        let message = format!("{}: checksum mismatch: the data was corrupted in transit", transfer.name);
+        transfer.incoming.discard();
+        let message = format!("{shown}: checksum mismatch: the data was corrupted in transit");
         return Err(failure(ErrorCode::Checksum, message));
     }
-    let renamed = if overwrite {
-        fs::rename(&transfer.temp_path, &transfer.final_path)
-    } else {
-        sys::rename_noreplace(&transfer.temp_path, &transfer.final_path)
-    };
-    if let Err(e) = renamed {
-        let message = if e.kind() == io::ErrorKind::AlreadyExists {
-            format!(
-                "{} already exists: remove it or run the server with --overwrite",
-                transfer.final_path.display()
-            )
-        } else {
-            format!("cannot publish {}: {e}", transfer.final_path.display())
-        };
-        let code = if e.kind() == io::ErrorKind::AlreadyExists { ErrorCode::Exists } else { ErrorCode::Io };
-        return Err(failure(code, message));
+    let overwrite = shared.options.overwrite;
+    let mode = transfer.meta.mode.unwrap_or(shared.default_mode);
+    if let Err(e) = transfer.incoming.publish(mode, transfer.meta.mtime_ns, overwrite) {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            if transfer.meta.skip_existing {
+                return Ok(None);
+            }
+            return Err(exists_failure(shared, &transfer.name));
+        }
+        let path = shared.options.output_dir.join(&transfer.name);
+        let message = format!("cannot publish {}: {e}", escaped(&path.to_string_lossy()));
+        return Err(failure(ErrorCode::Io, message));
     }
     let secs = transfer.started.elapsed().as_secs_f64();
     let line = format!(
-        "done {} {} bytes in {:.3} s ({:.1} MB/s)",
-        transfer.name,
+        "done {shown} {} bytes in {:.3} s ({:.1} MB/s)",
         transfer.written,
         secs,
         transfer.written as f64 / secs.max(1e-9) / 1e6
     );
-    Ok(Published { bytes: transfer.written, line })
+    Ok(Some(Published { bytes: transfer.written, line }))
 }
 
 /// Chunk size for a file: the whole file if small, at most MAX_CHUNK, and small

@@ -6,7 +6,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::time::Duration;
@@ -213,4 +213,132 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
         return std::fs::remove_file(from);
     }
     Err(err)
+}
+
+// ---- Paths beneath a folder descriptor (the server's OUTPUT_DIR) ----
+
+fn c_name(name: &str) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a name contains NUL"))
+}
+
+fn owned_fd(fd: libc::c_int) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by the kernel to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Opens the folder `name` inside `dir` without following a symbolic link: a link
+/// (or anything but a folder) planted there fails with ELOOP or ENOTDIR.
+pub fn open_dir_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
+    let name = c_name(name)?;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: `name` is NUL-terminated and outlives the call; `dir` is an open fd.
+    owned_fd(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) })
+}
+
+/// Creates the folder `name` inside `dir` with `mode` (less the umask).
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<()> {
+    let name = c_name(name)?;
+    // SAFETY: as in `open_dir_at`.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) })
+}
+
+/// An unnamed file in `dir` (`O_TMPFILE`), mode 0600 until published: a killed
+/// server leaves nothing behind. Fails with EOPNOTSUPP/EISDIR where unsupported.
+pub fn tmpfile_in(dir: BorrowedFd<'_>) -> io::Result<File> {
+    let flags = libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC;
+    // SAFETY: "." is a static NUL-terminated string; `dir` is an open fd.
+    owned_fd(unsafe { libc::openat(dir.as_raw_fd(), c".".as_ptr(), flags, 0o600 as libc::c_uint) })
+        .map(File::from)
+}
+
+/// Creates the new file `name` in `dir` (never an existing one, never through a link).
+pub fn create_new_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<File> {
+    let name = c_name(name)?;
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: as in `open_dir_at`.
+    owned_fd(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, 0o600 as libc::c_uint) })
+        .map(File::from)
+}
+
+/// Gives the unnamed file `file` the name `name` in `dir`; fails with EEXIST if the
+/// name exists (no clobber). Tries `AT_EMPTY_PATH` first, then `/proc/self/fd`.
+pub fn link_tmpfile(file: &File, dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    let name = c_name(name)?;
+    // SAFETY: "" and `name` are NUL-terminated; both fds are open.
+    let rc = unsafe {
+        libc::linkat(file.as_raw_fd(), c"".as_ptr(), dir.as_raw_fd(), name.as_ptr(), libc::AT_EMPTY_PATH)
+    };
+    match check(rc) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EPERM)) => {
+            let proc_path = c_name(&format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+            // SAFETY: both paths are NUL-terminated; `dir` is open.
+            check(unsafe {
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    proc_path.as_ptr(),
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::AT_SYMLINK_FOLLOW,
+                )
+            })
+        }
+        other => other,
+    }
+}
+
+/// Renames `from` to `to`, both in `dir`; with `replace == false` only if `to` does
+/// not exist. Never follows a link at `to` (a link there is replaced or refused).
+pub fn rename_at(dir: BorrowedFd<'_>, from: &str, to: &str, replace: bool) -> io::Result<()> {
+    let (from_c, to_c) = (c_name(from)?, c_name(to)?);
+    let flags = if replace { 0 } else { libc::RENAME_NOREPLACE };
+    let fd = dir.as_raw_fd();
+    // SAFETY: both names are NUL-terminated and outlive the call; `dir` is open.
+    let rc = unsafe { libc::renameat2(fd, from_c.as_ptr(), fd, to_c.as_ptr(), flags) };
+    match check(rc) {
+        Err(e) if !replace && e.raw_os_error() == Some(libc::EINVAL) => {
+            // Filesystems without RENAME_NOREPLACE: a hard link fails if `to` exists.
+            // SAFETY: as above.
+            check(unsafe { libc::linkat(fd, from_c.as_ptr(), fd, to_c.as_ptr(), 0) })?;
+            unlink_at(dir, from)
+        }
+        other => other,
+    }
+}
+
+/// Removes the file `name` in `dir`.
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    let name = c_name(name)?;
+    // SAFETY: as in `open_dir_at`.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })
+}
+
+/// Whether anything (a link included, not followed) exists at `name` in `dir`.
+pub fn exists_at(dir: BorrowedFd<'_>, name: &str) -> bool {
+    let Ok(name) = c_name(name) else { return false };
+    // SAFETY: a zeroed stat is a valid out-parameter; `name` is NUL-terminated.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) == 0
+    }
+}
+
+/// The process's umask (read by setting and restoring it: call before threads start).
+pub fn umask() -> u32 {
+    // SAFETY: umask cannot fail; the old value is restored at once.
+    unsafe {
+        let old = libc::umask(0o022);
+        libc::umask(old);
+        old as u32
+    }
 }

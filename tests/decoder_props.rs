@@ -6,9 +6,30 @@ use proptest::prelude::*;
 use sharedxfer::protocol::*;
 use sharedxfer::segment::{Mailbox, TEXT_CAPACITY};
 
-/// The README's rule for a file name, written independently of the library.
-fn name_allowed(name: &str) -> bool {
+/// The README's rule for a path component, written independently of the library.
+fn component_allowed(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0']) && name.len() <= 255
+}
+
+/// The README's rule for a relative path: at most 4,096 bytes of allowed components.
+fn name_allowed(name: &str) -> bool {
+    name.len() <= 4096 && name.split('/').all(component_allowed)
+}
+
+/// The metadata word's rule: only the mode bits 0o777 and flag bits 32-35, and
+/// mode bits only with the mode flag (bit 32).
+fn meta_allowed(word: u64) -> bool {
+    let known = 0xF_0000_0000u64 | 0o777;
+    word & !known == 0 && (word & (1 << 32) != 0 || word & 0o777 == 0)
+}
+
+/// A metadata word: mostly well formed, sometimes not.
+fn meta_word() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        4 => (0u64..16, 0u64..=0o777).prop_map(|(flags, mode)| (flags << 32) | if flags & 1 == 1 { mode } else { 0 }),
+        1 => any::<u64>(),
+        1 => (0u64..64, 0u64..=0o7777).prop_map(|(flags, mode)| (flags << 32) | mode),
+    ]
 }
 
 /// The text field as the protocol defines it: `text_len` bytes, at most the field,
@@ -18,8 +39,8 @@ fn text_of(raw: &RawCommand) -> Option<&str> {
     (len <= TEXT_CAPACITY).then(|| std::str::from_utf8(&raw.text[..len]).ok()).flatten()
 }
 
-fn padded(bytes: &[u8]) -> [u8; TEXT_CAPACITY] {
-    let mut text = [0u8; TEXT_CAPACITY];
+fn padded(bytes: &[u8]) -> Box<[u8; TEXT_CAPACITY]> {
+    let mut text = Box::new([0u8; TEXT_CAPACITY]);
     let n = bytes.len().min(TEXT_CAPACITY);
     text[..n].copy_from_slice(&bytes[..n]);
     text
@@ -64,15 +85,23 @@ fn raw_command() -> impl Strategy<Value = RawCommand> {
             (padded(name.as_bytes()), len as u32)
         });
     let text = prop_oneof![random_text, name_text];
-    (any::<u32>(), code(), any::<[u64; 4]>(), text)
-        .prop_map(|(seq, code, args, (text, text_len))| RawCommand { seq, code, args, text_len, text })
+    let args = (any::<u64>(), meta_word(), meta_word(), any::<u64>()).prop_map(|(a, b, c, d)| [a, b, c, d]);
+    (any::<u32>(), code(), args, text).prop_map(|(seq, code, args, (text, text_len))| RawCommand {
+        seq,
+        code,
+        args,
+        text_len,
+        text,
+    })
 }
 
 fn check_client_decode(raw: &RawCommand) -> Result<(), TestCaseError> {
     let text = text_of(raw);
-    let [a, b, ..] = raw.args;
+    let [a, b, c, d] = raw.args;
     let should_accept = match raw.code {
-        C2S_OPEN | C2S_PUT => text.is_some_and(name_allowed),
+        C2S_OPEN => text.is_some_and(name_allowed) && meta_allowed(b),
+        C2S_PUT => text.is_some_and(name_allowed) && meta_allowed(c),
+        C2S_MKDIR => text.is_some_and(name_allowed) && a <= 0o777,
         C2S_ABORT => text.is_some(),
         C2S_FINISH | C2S_PING | C2S_CLOSE => true,
         _ => false,
@@ -81,17 +110,33 @@ fn check_client_decode(raw: &RawCommand) -> Result<(), TestCaseError> {
         Ok(command) => {
             prop_assert!(should_accept, "accepted {command:?} from {raw:?}");
             match &command {
-                ClientCommand::Open { name, size } => {
+                ClientCommand::Open { name, size, meta } => {
                     prop_assert_eq!(raw.code, C2S_OPEN);
                     prop_assert_eq!(Some(name.as_str()), text);
-                    prop_assert!(validate_file_name(name).is_ok() && name.len() <= MAX_NAME_LEN);
+                    prop_assert!(validate_path(name).is_ok() && name.len() <= MAX_PATH_LEN);
                     prop_assert_eq!(*size, a);
+                    prop_assert!(meta.mode.is_none_or(|m| m <= 0o777));
+                    prop_assert_eq!(meta.mtime_ns.is_some(), b & (1 << 33) != 0);
+                    if meta.mtime_ns.is_some() {
+                        prop_assert_eq!(meta.mtime_ns, Some(c as i64));
+                    }
                 }
-                ClientCommand::Put { name, size, checksum } => {
+                ClientCommand::Put { name, size, checksum, meta } => {
                     prop_assert_eq!(raw.code, C2S_PUT);
                     prop_assert_eq!(Some(name.as_str()), text);
-                    prop_assert!(validate_file_name(name).is_ok() && name.len() <= MAX_NAME_LEN);
+                    prop_assert!(validate_path(name).is_ok() && name.len() <= MAX_PATH_LEN);
                     prop_assert_eq!((*size, *checksum), (a, b));
+                    prop_assert!(meta.mode.is_none_or(|m| m <= 0o777));
+                    prop_assert_eq!(meta.size_is_hint, c & (1 << 34) != 0);
+                    if meta.mtime_ns.is_some() {
+                        prop_assert_eq!(meta.mtime_ns, Some(d as i64));
+                    }
+                }
+                ClientCommand::Mkdir { name, mode } => {
+                    prop_assert_eq!(raw.code, C2S_MKDIR);
+                    prop_assert_eq!(Some(name.as_str()), text);
+                    prop_assert!(validate_path(name).is_ok());
+                    prop_assert_eq!(u64::from(*mode), a);
                 }
                 ClientCommand::Abort { reason } => {
                     prop_assert_eq!(raw.code, C2S_ABORT);
@@ -125,7 +170,7 @@ fn check_server_decode(raw: &RawCommand) -> Result<(), TestCaseError> {
     let [a, b, ..] = raw.args;
     let should_accept = match raw.code {
         S2C_OPENED => a <= u32::MAX as u64,
-        S2C_DONE | S2C_ERROR | S2C_PONG => true,
+        S2C_DONE | S2C_ERROR | S2C_PONG | S2C_SKIPPED => true,
         _ => false,
     };
     match ServerReply::decode(raw) {
@@ -135,6 +180,7 @@ fn check_server_decode(raw: &RawCommand) -> Result<(), TestCaseError> {
                 ServerReply::Opened { slots, chunk } => prop_assert_eq!((slots as u64, chunk), (a, b)),
                 ServerReply::Done { bytes } => prop_assert_eq!(bytes, a),
                 ServerReply::Pong { seq, sent_nanos } => prop_assert_eq!((seq, sent_nanos), (a, b)),
+                ServerReply::Skipped => prop_assert_eq!(raw.code, S2C_SKIPPED),
                 ServerReply::Error { message, .. } => {
                     let len = (raw.text_len as usize).min(TEXT_CAPACITY);
                     prop_assert!(message.chars().count() <= TEXT_CAPACITY);
@@ -152,14 +198,28 @@ fn empty_mailbox() -> Mailbox {
 }
 
 fn client_command() -> impl Strategy<Value = ClientCommand> {
-    let name = "[a-zA-Z0-9 ._\\-Время]{1,60}".prop_filter("a file name", |n| name_allowed(n));
+    let name = "[a-zA-Z0-9 ._/\\-Время]{1,60}".prop_filter("a relative path", |n| name_allowed(n));
+    let meta = (
+        proptest::option::of(0u32..=0o777),
+        proptest::option::of(any::<i64>()),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(mode, mtime_ns, size_is_hint, skip_existing)| FileMeta {
+            mode,
+            mtime_ns,
+            size_is_hint,
+            skip_existing,
+        });
     prop_oneof![
-        (name.clone(), any::<u64>()).prop_map(|(name, size)| ClientCommand::Open { name, size }),
-        (name, any::<u64>(), any::<u64>()).prop_map(|(name, size, checksum)| ClientCommand::Put {
+        (name.clone(), any::<u64>(), meta.clone()).prop_map(|(name, size, meta)| ClientCommand::Open {
             name,
             size,
-            checksum
+            meta
         }),
+        (name.clone(), any::<u64>(), any::<u64>(), meta)
+            .prop_map(|(name, size, checksum, meta)| ClientCommand::Put { name, size, checksum, meta }),
+        (name, 0u32..=0o777).prop_map(|(name, mode)| ClientCommand::Mkdir { name, mode }),
         (any::<u64>(), any::<u64>()).prop_map(|(size, checksum)| ClientCommand::Finish { size, checksum }),
         "\\PC{0,100}".prop_map(|reason| ClientCommand::Abort { reason }),
         (any::<u64>(), any::<u64>()).prop_map(|(seq, sent_nanos)| ClientCommand::Ping { seq, sent_nanos }),

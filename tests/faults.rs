@@ -110,7 +110,7 @@ fn output_dir_removed_mid_transfer_fails_at_publish_and_the_server_recovers() {
         c.arg("1");
         c
     });
-    assert!(server.temp_path(frozen.guid).exists());
+    assert!(!server.temp_files().is_empty(), "the transfer has a file in progress");
     fs::remove_dir_all(&out).unwrap();
     thaw(server.pid());
     let Frozen { client, .. } = frozen;
@@ -158,14 +158,13 @@ fn source_change_fails_the_stream(tag: &str, change: impl FnOnce(&Path, u64), ex
     assert!(read < frozen.size);
     change(&big, frozen.size);
     thaw(server.pid());
-    let temp = server.temp_path(frozen.guid);
     let Frozen { client, .. } = frozen;
     let output = client.finish();
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
     assert!(stderr_of(&output).contains(&format!("stream 1: failed: {expect}")), "{}", show(&output));
     let line = server.wait_for_line("the failure", |l| l.starts_with("failed big.bin"));
     assert!(line.contains("client aborted") && line.contains(expect), "{line}");
-    wait_until("the temporary file removed", || !temp.exists());
+    wait_until("the file in progress dropped", || server.temp_files().is_empty());
     assert!(!out.path().join("big.bin").exists(), "a changed file was published");
     assert_alive(&server);
 }
@@ -203,10 +202,10 @@ fn a_source_rewritten_in_place_mid_transfer_fails_and_nothing_is_published() {
 
 /// The server's clean-up of an interrupted stream: a "failed" line, no temporary
 /// file, nothing published, still serving.
-fn assert_interrupted_stream_cleaned_up(server: &Server, temp: &Path, out: &Path) {
+fn assert_interrupted_stream_cleaned_up(server: &Server, out: &Path) {
     let line = server.wait_for_line("the interrupted stream's failure", |l| l.starts_with("failed big.bin"));
     assert!(line.contains("interrupted") || line.contains("died"), "{line}");
-    wait_until("the temporary file removed", || !temp.exists());
+    wait_until("the file in progress dropped", || server.temp_files().is_empty());
     assert!(!out.join("big.bin").exists(), "an interrupted file was published");
     assert_alive(server);
 }
@@ -223,7 +222,7 @@ fn sigint_to_a_client_waiting_on_the_server_exits_130_and_the_stream_is_cleaned_
         c.arg("1");
         c
     });
-    let temp = server.temp_path(frozen.guid);
+    assert!(!server.temp_files().is_empty(), "the transfer has a file in progress");
     signal(frozen.client.pid(), "INT");
     let Frozen { client, .. } = frozen;
     // The server is still stopped: the client notices the signal on its own.
@@ -231,7 +230,7 @@ fn sigint_to_a_client_waiting_on_the_server_exits_130_and_the_stream_is_cleaned_
     assert_eq!(output.status.code(), Some(130), "{}", show(&output));
     assert!(stderr_of(&output).contains("stream 1: interrupted"), "{}", show(&output));
     thaw(server.pid());
-    assert_interrupted_stream_cleaned_up(&server, &temp, out.path());
+    assert_interrupted_stream_cleaned_up(&server, out.path());
 }
 
 #[test]
@@ -249,14 +248,14 @@ fn sigint_to_a_client_mid_transfer_exits_130_and_nothing_is_published() {
     // Client stopped part-way, server running with an empty ring: as soon as the
     // client continues, every slot it needs is free.
     frozen.drain_with_client_stopped();
-    let temp = server.temp_path(frozen.guid);
+    assert!(!server.temp_files().is_empty(), "the transfer has a file in progress");
     signal(frozen.client.pid(), "INT");
     thaw(frozen.client.pid());
     let Frozen { client, .. } = frozen;
     let output = client.finish();
     assert_eq!(output.status.code(), Some(130), "{}", show(&output));
     assert!(stderr_of(&output).contains("stream 1: interrupted"), "{}", show(&output));
-    assert_interrupted_stream_cleaned_up(&server, &temp, out.path());
+    assert_interrupted_stream_cleaned_up(&server, out.path());
 }
 
 // ---------------------------------------------------------------------------------
@@ -276,13 +275,12 @@ fn server_signal_mid_transfer(signal_name: &str) {
         c
     });
     frozen.drain_with_client_stopped();
-    let temp = server.temp_path(frozen.guid);
-    assert!(temp.exists());
+    assert!(!server.temp_files().is_empty(), "the transfer has a file in progress");
     let status = server.stop(signal_name);
     assert_eq!(status.code(), Some(130), "stderr: {:#?}", server.stderr());
     assert!(!shm_path(&name).exists(), "segment left behind");
     assert!(!lock_dir(&name).exists(), "lock folder left behind");
-    assert!(!temp.exists(), "temporary file left behind");
+    assert!(server.temp_files().is_empty(), "temporary file left behind");
     thaw(frozen.client.pid());
     let Frozen { client, .. } = frozen;
     let output = client.finish();

@@ -18,7 +18,7 @@ use named_lock::NamedLock;
 use sharedxfer::checksum::of as xxh3_64;
 use sharedxfer::handout::{self, load_guid};
 use sharedxfer::lock::{acquire, LockDir, HANDOUT_LOCK};
-use sharedxfer::protocol::{self, ClientCommand, ErrorCode, ServerReply};
+use sharedxfer::protocol::{self, ClientCommand, ErrorCode, FileMeta, ServerReply};
 use sharedxfer::protocol::{S2C_DONE, S2C_ERROR, S2C_OPENED, S2C_PONG};
 use sharedxfer::segment::{Mailbox, Record, Segment, Slot, HANDOUT_OFFERED, HANDOUT_TAKEN, MAX_SLOTS};
 use sharedxfer::segment::{PHASE_WAITING_FOR_SPACE, RECORD_DROPPED, SLOT_EMPTY, SLOT_FULL, TEXT_CAPACITY};
@@ -191,7 +191,7 @@ impl RogueStream<'_> {
 
     /// Opens a file; returns (slots, chunk) from the Opened reply.
     fn open(&mut self, name: &str, size: u64) -> (u32, u64) {
-        self.post(&ClientCommand::Open { name: name.into(), size });
+        self.post(&ClientCommand::Open { name: name.into(), size, meta: FileMeta::default() });
         match self.reply() {
             ServerReply::Opened { slots, chunk } => (slots, chunk),
             other => panic!("opening {name}: expected Opened, got {other:?}"),
@@ -227,6 +227,12 @@ impl RogueStream<'_> {
 
     fn close(mut self) {
         self.post(&ClientCommand::Close);
+    }
+
+    /// Whether the server is receiving a file on this stream (it sets the phase
+    /// when it creates the file and clears it when the file is published or dropped).
+    fn receiving(&self) -> bool {
+        self.record.phase.load(Ordering::Relaxed) == sharedxfer::segment::PHASE_RECEIVING
     }
 
     fn label(&self) -> String {
@@ -377,7 +383,7 @@ fn bad_open(what: &str, name: &[u8], expect: &str) -> BadCommand {
 
 fn malformed_commands(root: &Path) -> Vec<BadCommand> {
     let mut cases = Vec::new();
-    for code in [0, 1, 0x100, 0x107, 0x1ff, 0x301, 0xdead_beef, u32::MAX] {
+    for code in [0, 1, 0x100, 0x108, 0x1ff, 0x301, 0xdead_beef, u32::MAX] {
         cases.push(bad(
             &format!("unknown code {code:#x}"),
             code,
@@ -386,17 +392,20 @@ fn malformed_commands(root: &Path) -> Vec<BadCommand> {
             "unknown client command code",
         ));
     }
-    for code in [S2C_OPENED, S2C_DONE, S2C_ERROR, S2C_PONG] {
+    for code in [S2C_OPENED, S2C_DONE, S2C_ERROR, S2C_PONG, protocol::S2C_SKIPPED] {
         let expect = format!("unknown client command code {code:#x}");
         cases.push(bad(&format!("server code {code:#x}"), code, b"escape", 6, &expect));
     }
     let absolute = format!("{}/abs-escape", root.display());
     cases.extend([
-        bad_open("parent escape", b"../escape", "contains '/' or NUL"),
-        bad_open("double parent escape", b"../../escape", "contains '/' or NUL"),
-        bad_open("absolute path", absolute.as_bytes(), "contains '/' or NUL"),
-        bad_open("absolute /etc path", b"/etc/x-escape", "contains '/' or NUL"),
-        bad_open("sub-folder", b"sub/escape", "contains '/' or NUL"),
+        bad_open("parent escape", b"../escape", "'..' is not a file"),
+        bad_open("double parent escape", b"../../escape", "'..' is not a file"),
+        bad_open("parent escape inside", b"sub/../../escape", "'..' is not a file"),
+        bad_open("absolute path", absolute.as_bytes(), "is absolute"),
+        bad_open("absolute /etc path", b"/etc/x-escape", "is absolute"),
+        bad_open("doubled slash", b"sub//escape", "empty component"),
+        bad_open("trailing slash", b"escape/", "empty component"),
+        bad_open("path past PATH_MAX", &[b'e'; 4097], "exceeds the 4096-byte field"),
         bad_open("empty name", b"", "file name is empty"),
         bad_open("dot", b".", "is not a file"),
         bad_open("dot dot", b"..", "is not a file"),
@@ -407,19 +416,25 @@ fn malformed_commands(root: &Path) -> Vec<BadCommand> {
         bad_open("invalid UTF-8", &[0xff, 0xfe, b'e', b's', b'c'], "not valid UTF-8"),
         bad_open("truncated UTF-8", "escapé".as_bytes().split_last().unwrap().1, "not valid UTF-8"),
         bad("text_len past the field", protocol::C2S_OPEN, b"escape", TEXT_CAPACITY as u32 + 1, "exceeds"),
-        bad("text_len 600", protocol::C2S_OPEN, b"escape", 600, "exceeds the 512-byte field"),
+        bad("text_len 5000", protocol::C2S_OPEN, b"escape", 5000, "exceeds the 4096-byte field"),
         bad("text_len u32::MAX", protocol::C2S_OPEN, b"escape", u32::MAX, "exceeds"),
         bad("abort with invalid UTF-8", protocol::C2S_ABORT, &[0xc3, 0x28], 2, "not valid UTF-8"),
         bad("finish before open", protocol::C2S_FINISH, b"", 0, "not valid in this state"),
-        bad("put to a parent folder", protocol::C2S_PUT, b"../escape", 9, "contains '/' or NUL"),
+        bad("put to a parent folder", protocol::C2S_PUT, b"../escape", 9, "'..' is not a file"),
         bad(
             "put with an absolute name",
             protocol::C2S_PUT,
             absolute.as_bytes(),
             absolute.len() as u32,
-            "contains '/'",
+            "is absolute",
         ),
-        bad("put with text_len past the field", protocol::C2S_PUT, b"escape", 4096, "exceeds"),
+        bad(
+            "put with text_len past the field",
+            protocol::C2S_PUT,
+            b"escape",
+            TEXT_CAPACITY as u32 + 1,
+            "exceeds",
+        ),
         bad("put without a ring", protocol::C2S_PUT, b"noring-escape", 13, "does not fit the stream's ring"),
     ]);
     cases
@@ -443,7 +458,7 @@ fn malformed_commands_fail_only_their_stream_while_real_transfers_complete() {
             l.starts_with(&format!("failed {label}: ")) && l.contains(&case.expect)
         });
         assert!(!line.contains("done"), "{line}");
-        assert!(!server.temp_path(stream.guid).exists(), "{}: a temporary file exists", case.what);
+        assert!(!stream.receiving(), "{}: the server holds a file for it", case.what);
         // Only that command failed: the stream still answers and can be closed.
         stream.ping(1);
         guids.push(stream.guid);
@@ -491,7 +506,7 @@ fn assert_failed_as(
     server.wait_for_line(&format!("the failure of {name}"), |l| {
         l.starts_with(&format!("failed {label}: ")) && l.contains(expect)
     });
-    assert!(!server.temp_path(stream.guid).exists(), "{name}: the temporary file was kept");
+    assert!(!stream.receiving(), "{name}: the file in progress was kept");
     assert!(!server.out.join(name).exists(), "{name} was published");
     stream.ping(9);
     stream.close();
@@ -520,7 +535,7 @@ fn hostile_sizes_lengths_and_checksums_fail_only_their_stream() {
     let mut s = rogue.take();
     let (slots, chunk) = s.open("huge.bin", u64::MAX);
     assert!((1..=MAX_SLOTS as u32).contains(&slots) && chunk > 0, "Opened {slots} x {chunk}");
-    assert!(server.temp_path(s.guid).exists(), "huge.bin has a temporary file while open");
+    assert!(s.receiving(), "huge.bin has a file in progress while open");
     s.send_chunk(0, &data[..4096], 4096);
     s.post(&ClientCommand::Finish { size: u64::MAX, checksum: xxh3_64(&data[..4096]) });
     assert_failed(
@@ -587,7 +602,7 @@ fn hostile_sizes_lengths_and_checksums_fail_only_their_stream() {
     // Commands that are well formed but not valid mid-transfer.
     let mut s = rogue.take();
     s.open("twice.bin", 1000);
-    s.post(&ClientCommand::Open { name: "twice-escape".into(), size: 5 });
+    s.post(&ClientCommand::Open { name: "twice-escape".into(), size: 5, meta: FileMeta::default() });
     assert_failed(&server, s, "twice.bin", ErrorCode::BadRequest, "not valid in this state");
 
     let mut s = rogue.take();
@@ -605,17 +620,20 @@ fn hostile_sizes_lengths_and_checksums_fail_only_their_stream() {
     let mut s = rogue.take();
     s.open("closed.bin", 1000);
     s.send_chunk(0, &data[..500], 500);
-    let guid = s.guid;
     s.close();
     server.wait_for_line("the dropped closed.bin", |l| l.starts_with("failed closed.bin: client closed"));
-    wait_until("closed.bin's temporary file removed", || !server.temp_path(guid).exists());
 
     // Put: a small file in slot 0 of the ring the stream kept from its last file.
     let small = &data[..100];
     let s = with_ring(&rogue, "ring1.bin", small);
     let chunk = s.slot(0).capacity.load(Ordering::Relaxed);
     let mut s = s;
-    s.post(&ClientCommand::Put { name: "put-big.bin".into(), size: chunk + 1, checksum: 0 });
+    s.post(&ClientCommand::Put {
+        name: "put-big.bin".into(),
+        size: chunk + 1,
+        checksum: 0,
+        meta: FileMeta::default(),
+    });
     assert_failed_as(
         &server,
         s,
@@ -626,31 +644,56 @@ fn hostile_sizes_lengths_and_checksums_fail_only_their_stream() {
     );
 
     let mut s = with_ring(&rogue, "ring2.bin", small);
-    s.post(&ClientCommand::Put { name: "put-unfilled.bin".into(), size: 100, checksum: xxh3_64(small) });
+    s.post(&ClientCommand::Put {
+        name: "put-unfilled.bin".into(),
+        size: 100,
+        checksum: xxh3_64(small),
+        meta: FileMeta::default(),
+    });
     assert_failed(&server, s, "put-unfilled.bin", ErrorCode::Checksum, "received 0");
 
     let mut s = with_ring(&rogue, "ring3.bin", small);
     s.send_chunk(0, &data[..200], 200);
-    s.post(&ClientCommand::Put { name: "put-long.bin".into(), size: 100, checksum: xxh3_64(small) });
+    s.post(&ClientCommand::Put {
+        name: "put-long.bin".into(),
+        size: 100,
+        checksum: xxh3_64(small),
+        meta: FileMeta::default(),
+    });
     assert_failed(&server, s, "put-long.bin", ErrorCode::BadRequest, "bad chunk length 200");
 
     let mut s = with_ring(&rogue, "ring4.bin", small);
     s.send_chunk(0, small, 100);
-    s.post(&ClientCommand::Put { name: "put-badsum.bin".into(), size: 100, checksum: xxh3_64(small) ^ 1 });
+    s.post(&ClientCommand::Put {
+        name: "put-badsum.bin".into(),
+        size: 100,
+        checksum: xxh3_64(small) ^ 1,
+        meta: FileMeta::default(),
+    });
     assert_failed(&server, s, "put-badsum.bin", ErrorCode::Checksum, "checksum mismatch");
 
     let mut s = with_ring(&rogue, "ring5.bin", small);
     s.send_chunk(0, &data[500..600], 100);
-    s.post(&ClientCommand::Put { name: "ring5.bin".into(), size: 100, checksum: xxh3_64(&data[500..600]) });
+    s.post(&ClientCommand::Put {
+        name: "ring5.bin".into(),
+        size: 100,
+        checksum: xxh3_64(&data[500..600]),
+        meta: FileMeta::default(),
+    });
     let (code, message) = s.expect_error();
     assert_eq!(code, ErrorCode::Exists, "{message}");
     assert!(message.contains("already exists"), "{message}");
-    assert!(!server.temp_path(s.guid).exists());
+    assert!(!s.receiving());
     s.close();
 
     let mut s = with_ring(&rogue, "ring6.bin", small);
     s.open("receiving.bin", 1000);
-    s.post(&ClientCommand::Put { name: "put-mid.bin".into(), size: 10, checksum: 0 });
+    s.post(&ClientCommand::Put {
+        name: "put-mid.bin".into(),
+        size: 10,
+        checksum: 0,
+        meta: FileMeta::default(),
+    });
     assert_failed_as(
         &server,
         s,
@@ -682,7 +725,11 @@ fn huge_sizes_can_fill_the_segment_but_the_server_waits_and_recovers() {
     let waiting = loop {
         assert!(hogs.len() < 64, "the segment never ran out of buffer space");
         let mut hog = rogue.take();
-        hog.post(&ClientCommand::Open { name: format!("hog{}.bin", hogs.len()), size: u64::MAX });
+        hog.post(&ClientCommand::Open {
+            name: format!("hog{}.bin", hogs.len()),
+            size: u64::MAX,
+            meta: FileMeta::default(),
+        });
         let record = hog.record;
         wait_until("a ring or a wait for space", || {
             protocol::pending(&record.s2c, hog.seen).is_some()
@@ -808,7 +855,12 @@ fn rewritten_slot_offsets_and_garbage_in_server_fields_are_ignored() {
     c.hand_over(0, size as u64);
     a.post(&ClientCommand::Finish { size: size as u64, checksum: xxh3_64(&da) });
     b.post(&ClientCommand::Finish { size: size as u64, checksum: xxh3_64(&db) });
-    c.post(&ClientCommand::Put { name: "redirect-c.bin".into(), size: size as u64, checksum: xxh3_64(&dc) });
+    c.post(&ClientCommand::Put {
+        name: "redirect-c.bin".into(),
+        size: size as u64,
+        checksum: xxh3_64(&dc),
+        meta: FileMeta::default(),
+    });
     assert_eq!(a.reply(), ServerReply::Done { bytes: size as u64 });
     assert_eq!(b.reply(), ServerReply::Done { bytes: size as u64 });
     assert_eq!(c.reply(), ServerReply::Done { bytes: size as u64 });
@@ -842,7 +894,7 @@ fn a_half_written_command_is_never_acted_on() {
     let unpublished = |stream: &RogueStream<'_>, what: &str| {
         stream.ring();
         rogue.wait_beats(5);
-        assert!(!server.temp_path(stream.guid).exists(), "{what}: the server opened a file");
+        assert!(!stream.receiving(), "{what}: the server opened a file");
         assert!(server.lines_with("half.bin").is_empty(), "{what}: {:#?}", server.stdout());
         assert!(
             server.lines_with(&stream.guid.simple().to_string()).is_empty(),
@@ -865,7 +917,7 @@ fn a_half_written_command_is_never_acted_on() {
     unpublished(&stream, "seq left odd");
     // The next complete message is taken, and the stream is still idle.
     stream.ping(2);
-    assert!(!server.temp_path(stream.guid).exists());
+    assert!(!stream.receiving());
     assert!(server.lines_with("half.bin").is_empty(), "{:#?}", server.stdout());
     assert!(!tree.out().join("half.bin").exists());
     stream.close();
@@ -934,8 +986,8 @@ fn stall_until_dropped(server: &Server, tree: &Tree) -> (Frozen, PathBuf) {
         c.arg("1");
         c
     });
-    let temp = server.temp_path(stalled.guid);
-    assert!(temp.exists());
+    assert!(!server.temp_files().is_empty(), "the stalled transfer has a file in progress");
+    let stalled_record = stalled.probe.record(stalled.record);
     // The server is stopped: its offer stays put until the other client takes it.
     let offer = stalled.probe.wait_offer();
     let meanwhile = Running::spawn({
@@ -953,7 +1005,9 @@ fn stall_until_dropped(server: &Server, tree: &Tree) -> (Frozen, PathBuf) {
     let line = server
         .wait_for_line_within("the stalled stream's drop", NOTICE, |l| l.starts_with("failed stalled.bin"));
     assert!(line.contains("no activity for 2 s"), "{line}");
-    wait_until("the stalled stream's temporary file removed", || !temp.exists());
+    wait_until("the stalled stream's file dropped", || {
+        stalled_record.phase.load(Ordering::Relaxed) != sharedxfer::segment::PHASE_RECEIVING
+    });
     let output = meanwhile.finish();
     assert!(output.status.success(), "{}", show(&output));
     assert!(fs::read(tree.out().join("meanwhile.bin")).unwrap() == fs::read(&other).unwrap());
@@ -1098,14 +1152,17 @@ fn links_planted_in_output_dir_are_never_written_through() {
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
     assert!(stderr_of(&output).contains("already exists"), "{}", show(&output));
 
-    // A link planted at the temporary name of the GUID on offer is not followed. The
-    // server is stopped while the client takes that very GUID (it could otherwise
-    // move its offer and pick a new GUID).
+    drop(server);
+
+    // With --overwrite the server writes under a temporary name (unnamed O_TMPFILE
+    // files cannot replace a name): a link planted at the temporary name of the
+    // GUID on offer is not followed. The server is stopped while the client takes
+    // that very GUID (it could otherwise move its offer and pick a new GUID).
+    let server = Server::start(&unique_name("linkover"), &tree.out(), &["--overwrite"]);
     let probe = Probe::open(&server.name);
     let handout = probe.segment.handout();
     probe.freeze_at_rest(server.pid(), None, || handout.state.load(Ordering::Acquire) == HANDOUT_OFFERED);
     let guid = load_guid(&handout.guid);
-    fs::remove_file(&link).unwrap();
     std::os::unix::fs::symlink(&victim, server.temp_path(guid)).unwrap();
     let client = Running::spawn({
         let mut c = server.client(&config);
@@ -1119,11 +1176,8 @@ fn links_planted_in_output_dir_are_never_written_through() {
     assert!(stderr_of(&output).contains("cannot create"), "{}", show(&output));
     assert_eq!(fs::read(&victim).unwrap(), b"precious");
     fs::remove_file(server.temp_path(guid)).unwrap();
-    drop(server);
 
-    // With --overwrite the link itself is replaced, its target untouched.
-    std::os::unix::fs::symlink(&victim, &link).unwrap();
-    let server = Server::start(&unique_name("linkover"), &tree.out(), &["--overwrite"]);
+    // The link at the final name itself is replaced, its target untouched.
     let output = run({
         let mut c = server.client(&config);
         c.arg("1");

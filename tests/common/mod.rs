@@ -180,17 +180,31 @@ impl Server {
         command
     }
 
-    /// Temporary files the server left in its output folder.
+    /// Files in progress or left behind under the output folder: temporary names
+    /// (`.part`) anywhere beneath it, and unnamed (`O_TMPFILE`) files the server
+    /// holds open there (`/proc/<pid>/fd` shows them as `<dir>/#<inode> (deleted)`).
     pub fn temp_files(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(&self.out)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.to_string_lossy().ends_with(".part"))
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut found = Vec::new();
+        let mut folders = vec![self.out.clone()];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+                let path = entry.path();
+                match entry.file_type() {
+                    Ok(kind) if kind.is_dir() => folders.push(path),
+                    _ if path.to_string_lossy().ends_with(".part") => found.push(path),
+                    _ => {}
+                }
+            }
+        }
+        let out = self.out.canonicalize().unwrap_or_else(|_| self.out.clone());
+        for fd in std::fs::read_dir(format!("/proc/{}/fd", self.pid())).into_iter().flatten().flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                if target.starts_with(&out) && target.to_string_lossy().ends_with(" (deleted)") {
+                    found.push(target);
+                }
+            }
+        }
+        found
     }
 
     /// Stream lock files currently in the lock folder.

@@ -1,0 +1,214 @@
+//! The server's output folder. A client's relative path is resolved one component
+//! at a time from a descriptor of OUTPUT_DIR, never through a symbolic link that
+//! someone planted there (`O_NOFOLLOW` on every folder), so nothing is ever written
+//! outside it. A file is written unnamed (`O_TMPFILE`) in its own folder and given
+//! its name only when whole (`linkat`, which never replaces a file), so a killed
+//! server leaves no temporary file; where `O_TMPFILE` is missing, or to replace a
+//! file (`--overwrite`), a temporary name in the same folder is renamed instead.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::sys;
+
+/// Why a path could not be used, naming the user's path and the component at fault.
+#[derive(Debug)]
+pub struct PathError {
+    pub message: String,
+    pub kind: io::ErrorKind,
+}
+
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// OUTPUT_DIR, opened afresh for each file so that a folder removed and made again
+/// while the server runs is used again.
+#[derive(Debug, Clone)]
+pub struct OutputDir {
+    path: PathBuf,
+}
+
+/// The folder a file goes into, and its base name there.
+pub struct Target {
+    pub parent: OwnedFd,
+    pub base: String,
+}
+
+impl Target {
+    /// Whether something (a link included, not followed) already has the name.
+    pub fn exists(&self) -> bool {
+        sys::exists_at(self.parent.as_fd(), &self.base)
+    }
+}
+
+impl OutputDir {
+    pub fn new(path: &Path) -> OutputDir {
+        OutputDir { path: path.to_owned() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open_root(&self) -> Result<OwnedFd, PathError> {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&self.path)
+            .map(OwnedFd::from)
+            .map_err(|e| PathError {
+                message: format!("cannot open output folder {}: {e}", self.path.display()),
+                kind: e.kind(),
+            })
+    }
+
+    /// Opens (creating if missing, when `create`) every folder of `rel` but the last
+    /// component; `rel` was checked by `protocol::validate_path`.
+    pub fn target(&self, rel: &str, create: bool) -> Result<Target, PathError> {
+        let (folders, base) = match rel.rsplit_once('/') {
+            Some((folders, base)) => (Some(folders), base),
+            None => (None, rel),
+        };
+        let mut dir = self.open_root()?;
+        if let Some(folders) = folders {
+            for (index, component) in folders.split('/').enumerate() {
+                dir = self.step(dir, rel, component, index, create, 0o777)?;
+            }
+        }
+        Ok(Target { parent: dir, base: base.to_owned() })
+    }
+
+    /// Creates every folder of `rel` (the last with `mode`, less the umask); an
+    /// existing folder is kept as it is.
+    pub fn make_dirs(&self, rel: &str, mode: u32) -> Result<(), PathError> {
+        let mut dir = self.open_root()?;
+        let count = rel.split('/').count();
+        for (index, component) in rel.split('/').enumerate() {
+            let mode = if index + 1 == count { mode } else { 0o777 };
+            dir = self.step(dir, rel, component, index, true, mode)?;
+        }
+        Ok(())
+    }
+
+    fn step(
+        &self,
+        dir: OwnedFd,
+        rel: &str,
+        component: &str,
+        index: usize,
+        create: bool,
+        mode: u32,
+    ) -> Result<OwnedFd, PathError> {
+        let opened = match sys::open_dir_at(dir.as_fd(), component) {
+            Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
+                match sys::mkdir_at(dir.as_fd(), component, mode) {
+                    Ok(()) => sys::open_dir_at(dir.as_fd(), component),
+                    // Made by another stream meanwhile: use it (still never a link).
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        sys::open_dir_at(dir.as_fd(), component)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
+        };
+        opened.map_err(|e| {
+            let prefix: Vec<&str> = rel.split('/').take(index + 1).collect();
+            let at = self.path.join(prefix.join("/"));
+            let message = match e.raw_os_error() {
+                Some(libc::ELOOP | libc::ENOTDIR) => format!(
+                    "{}: {} is a symbolic link or not a folder: refusing to write through it",
+                    crate::escape::escaped(rel),
+                    crate::escape::escaped(&at.display().to_string())
+                ),
+                _ => format!(
+                    "{}: cannot use folder {}: {e}",
+                    crate::escape::escaped(rel),
+                    crate::escape::escaped(&at.display().to_string())
+                ),
+            };
+            PathError { message, kind: e.kind() }
+        })
+    }
+}
+
+/// How the file being received is named until it is published.
+enum Temp {
+    /// `O_TMPFILE`: no name at all.
+    Unnamed,
+    /// A temporary name in the same folder.
+    Named(String),
+}
+
+/// A file being received beneath the output folder.
+pub struct Incoming {
+    pub file: File,
+    target: Target,
+    temp: Temp,
+}
+
+impl Incoming {
+    /// Creates the file that will become `target`: unnamed where the filesystem
+    /// allows and no replacing is asked, else under `temp_name`.
+    pub fn create(target: Target, temp_name: &str, replace: bool) -> io::Result<Incoming> {
+        if !replace {
+            match sys::tmpfile_in(target.parent.as_fd()) {
+                Ok(file) => return Ok(Incoming { file, target, temp: Temp::Unnamed }),
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let file = sys::create_new_at(target.parent.as_fd(), temp_name)?;
+        Ok(Incoming { file, target, temp: Temp::Named(temp_name.to_owned()) })
+    }
+
+    /// Gives the file its permission bits and modification time, then its name:
+    /// never over an existing file unless `replace` (AlreadyExists otherwise). On
+    /// failure the file is discarded.
+    pub fn publish(self, mode: u32, mtime_ns: Option<i64>, replace: bool) -> io::Result<()> {
+        let result = self.finish_metadata(mode, mtime_ns).and_then(|()| match &self.temp {
+            Temp::Unnamed => sys::link_tmpfile(&self.file, self.target.parent.as_fd(), &self.target.base),
+            Temp::Named(temp) => sys::rename_at(self.target.parent.as_fd(), temp, &self.target.base, replace),
+        });
+        if result.is_err() {
+            self.discard();
+        }
+        result
+    }
+
+    fn finish_metadata(&self, mode: u32, mtime_ns: Option<i64>) -> io::Result<()> {
+        self.file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        if let Some(ns) = mtime_ns {
+            let time = if ns >= 0 {
+                UNIX_EPOCH + Duration::from_nanos(ns as u64)
+            } else {
+                UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+            };
+            self.file.set_times(std::fs::FileTimes::new().set_modified(time))?;
+        }
+        Ok(())
+    }
+
+    /// Drops an unpublished file (an unnamed one simply vanishes with its descriptor).
+    pub fn discard(self) {
+        if let Temp::Named(temp) = &self.temp {
+            let _ = sys::unlink_at(self.target.parent.as_fd(), temp);
+        }
+    }
+}
+
+/// The modification time of `meta`, in nanoseconds since the epoch (saturating).
+pub fn mtime_ns(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_nanos()).map(|ns| -ns).unwrap_or(i64::MIN),
+    }
+}

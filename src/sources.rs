@@ -1,0 +1,554 @@
+//! What a client was asked to send, as one flat list of items: stream ids and id
+//! ranges from options.xml, files, folders (walked, as `cp -r` does), `--files-from`
+//! lists and standard input, each with the relative path it arrives under.
+//!
+//! Everything that can be refused before a byte moves is refused here: a bad list
+//! entry, `--as` with several files, two sources landing on the same output path.
+//! Problems of one source (an unknown id, a socket, a link inside a folder) become
+//! items that are reported, not sent, and never stop the others.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, Metadata};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use crate::config::{Config, StreamId};
+use crate::escape::escaped;
+use crate::protocol::{self, MODE_BITS};
+
+/// Where an item came from on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A stream id of options.xml.
+    Id(StreamId),
+    /// A path, a folder's content, a list entry or standard input.
+    Path,
+}
+
+/// What to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A file or FIFO; `no_follow`: a link found there now is not followed (it was
+    /// not a link when the folder was walked).
+    Path {
+        path: PathBuf,
+        no_follow: bool,
+    },
+    Stdin,
+}
+
+/// What the server is asked to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    /// A folder, with the source's permission bits.
+    Dir {
+        mode: u32,
+    },
+}
+
+/// Decided before sending: the item is reported, not sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send it.
+    Send,
+    /// Not sent, and that is fine (a link inside a folder without `-L`).
+    Skip(String),
+    /// Not sent: the user must fix something (exit 2).
+    Refuse(String),
+}
+
+/// One thing to send.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub origin: Origin,
+    pub source: Source,
+    /// The source as the user would name it, for messages and JSON.
+    pub shown: String,
+    /// The relative path it arrives under, beneath the server's output folder.
+    pub name: String,
+    pub kind: Kind,
+    /// The size `stat` reported for a regular file (a hint for progress only).
+    pub size_hint: Option<u64>,
+    pub verdict: Verdict,
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub args: &'a [OsString],
+    pub all: bool,
+    pub files_from: Option<&'a Path>,
+    pub from0: bool,
+    pub as_name: Option<&'a str>,
+    pub follow_symlinks: bool,
+    pub config: &'a Path,
+}
+
+/// Builds the list of items, or says why the whole run is refused (exit 2).
+pub fn plan(request: &Request<'_>, mut found: impl FnMut(usize)) -> Result<Vec<Item>, String> {
+    let mut planner = Planner { request, items: Vec::new(), config: None, ids: BTreeSet::new() };
+    let mut stdin_used = false;
+    if request.all {
+        let ids: Vec<StreamId> = planner.config()?.streams.keys().copied().collect();
+        for id in ids {
+            planner.add_id(id)?;
+        }
+    }
+    for arg in request.args {
+        match classify(arg)? {
+            Arg::Ids(first, last) => {
+                for id in first..=last {
+                    planner.add_id(id)?;
+                }
+            }
+            Arg::Stdin => {
+                stdin_used = true;
+                planner.add_stdin();
+            }
+            Arg::Path(path) => planner.add_path(path),
+        }
+        found(planner.items.len());
+    }
+    if let Some(list) = request.files_from {
+        if list == Path::new("-") && stdin_used {
+            return Err("standard input cannot be both `-` and `--files-from -`".into());
+        }
+        planner.add_list(list, &mut found)?;
+    }
+    let mut items = planner.items;
+    apply_as_name(&mut items, request.as_name)?;
+    check_names(&mut items);
+    dedupe(items)
+}
+
+enum Arg {
+    Ids(StreamId, StreamId),
+    Stdin,
+    Path(PathBuf),
+}
+
+/// `7` and `3-9` are ids, `-` is standard input, anything else is a path.
+fn classify(arg: &OsStr) -> Result<Arg, String> {
+    let Some(text) = arg.to_str() else { return Ok(Arg::Path(PathBuf::from(arg))) };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let id = |s: &str| s.parse::<StreamId>().map_err(|_| format!("stream id {s} is too large"));
+    if text == "-" {
+        return Ok(Arg::Stdin);
+    }
+    if digits(text) {
+        let n = id(text)?;
+        return Ok(Arg::Ids(n, n));
+    }
+    if let Some((first, last)) = text.split_once('-') {
+        if digits(first) && digits(last) {
+            let (first, last) = (id(first)?, id(last)?);
+            if first > last {
+                return Err(format!("id range {text} is empty: write the smaller id first ({last}-{first})"));
+            }
+            return Ok(Arg::Ids(first, last));
+        }
+    }
+    Ok(Arg::Path(PathBuf::from(arg)))
+}
+
+struct Planner<'a> {
+    request: &'a Request<'a>,
+    items: Vec<Item>,
+    config: Option<Config>,
+    /// Ids already planned: a repeated id is sent once.
+    ids: BTreeSet<StreamId>,
+}
+
+impl Planner<'_> {
+    fn config(&mut self) -> Result<&Config, String> {
+        if self.config.is_none() {
+            self.config = Some(Config::load(self.request.config).map_err(|e| e.to_string())?);
+        }
+        Ok(self.config.as_ref().expect("loaded above"))
+    }
+
+    fn add_id(&mut self, id: StreamId) -> Result<(), String> {
+        if !self.ids.insert(id) {
+            return Ok(());
+        }
+        let config = self.config()?;
+        let item = match config.stream_file(id) {
+            Some(path) => {
+                let name = base_name(path);
+                let path = path.to_path_buf();
+                let mut item = file_item(Origin::Id(id), &path, name, false);
+                if let Ok(meta) = fs::metadata(&path) {
+                    item.size_hint = meta.is_file().then_some(meta.len());
+                }
+                item
+            }
+            None => {
+                let known: Vec<String> = config.streams.keys().map(|k| k.to_string()).collect();
+                let message = format!(
+                    "{}: unknown stream id {id} (known ids: {})",
+                    config.source.display(),
+                    known.join(", ")
+                );
+                Item {
+                    origin: Origin::Id(id),
+                    source: Source::Stdin,
+                    shown: format!("id {id}"),
+                    name: String::new(),
+                    kind: Kind::File,
+                    size_hint: None,
+                    verdict: Verdict::Refuse(message),
+                }
+            }
+        };
+        self.items.push(item);
+        Ok(())
+    }
+
+    fn add_stdin(&mut self) {
+        self.items.push(Item {
+            origin: Origin::Path,
+            source: Source::Stdin,
+            shown: "-".into(),
+            name: String::new(),
+            kind: Kind::File,
+            size_hint: None,
+            verdict: Verdict::Send,
+        });
+    }
+
+    /// A path named on the command line: links are followed, a folder is walked.
+    fn add_path(&mut self, path: PathBuf) {
+        let name = match base_name(&path) {
+            Ok(name) => Ok(name),
+            // `.`, `..`, `dir/.`: the folder's real name, as `cp -r . dst/` would not guess.
+            Err(_) => fs::canonicalize(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|real| base_name(&real)),
+        };
+        match fs::metadata(&path) {
+            Err(e) => self.items.push(refused(&path, format!("cannot read {}: {e}", path.display()))),
+            Ok(meta) if meta.is_dir() => match name {
+                Ok(name) => {
+                    let mut ancestors = vec![(meta.dev(), meta.ino())];
+                    self.walk(&path, &name, &meta, &mut ancestors);
+                }
+                Err(message) => self.items.push(refused(&path, message)),
+            },
+            Ok(meta) => self.add_non_dir(&path, name, &meta, false),
+        }
+    }
+
+    /// A file, FIFO, socket or device met anywhere.
+    fn add_non_dir(&mut self, path: &Path, name: Result<String, String>, meta: &Metadata, no_follow: bool) {
+        let kind = meta.file_type();
+        if kind.is_socket() || kind.is_block_device() || kind.is_char_device() {
+            let what = if kind.is_socket() { "a socket" } else { "a device" };
+            let message = format!(
+                "{} is {what}: only files, folders and FIFOs can be sent",
+                escaped(&path.display().to_string())
+            );
+            self.items.push(refused(path, message));
+            return;
+        }
+        let mut item = file_item(Origin::Path, path, name, no_follow);
+        item.size_hint = meta.is_file().then_some(meta.len());
+        self.items.push(item);
+    }
+
+    /// A folder and everything beneath it, in name order; `ancestors` (device,
+    /// inode) stops a loop of followed links.
+    fn walk(&mut self, dir: &Path, name: &str, meta: &Metadata, ancestors: &mut Vec<(u64, u64)>) {
+        self.items.push(Item {
+            origin: Origin::Path,
+            source: Source::Path { path: dir.to_path_buf(), no_follow: true },
+            shown: dir.display().to_string(),
+            name: name.to_owned(),
+            kind: Kind::Dir { mode: meta.permissions().mode() & MODE_BITS },
+            size_hint: None,
+            verdict: Verdict::Send,
+        });
+        let mut entries: Vec<_> = match fs::read_dir(dir) {
+            Ok(entries) => entries.filter_map(Result::ok).map(|e| e.file_name()).collect(),
+            Err(e) => {
+                let message = format!("cannot read folder {}: {e}", escaped(&dir.display().to_string()));
+                self.items.push(refused(dir, message));
+                return;
+            }
+        };
+        entries.sort();
+        for entry in entries {
+            let path = dir.join(&entry);
+            let child = match entry.to_str() {
+                Some(text) => Ok(format!("{name}/{text}")),
+                None => Err(not_utf8(&path)),
+            };
+            self.add_entry(&path, child, ancestors);
+        }
+    }
+
+    fn add_entry(&mut self, path: &Path, name: Result<String, String>, ancestors: &mut Vec<(u64, u64)>) {
+        let meta = match fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(e) => return self.items.push(refused(path, format!("cannot read {}: {e}", path.display()))),
+        };
+        let followed = meta.file_type().is_symlink();
+        let meta = if followed {
+            if !self.request.follow_symlinks {
+                let shown = escaped(&path.display().to_string()).into_owned();
+                let mut item = refused(path, String::new());
+                item.verdict = Verdict::Skip(format!("{shown}: symbolic link (use -L to follow)"));
+                return self.items.push(item);
+            }
+            match fs::metadata(path) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    let message = format!("cannot follow link {}: {e}", escaped(&path.display().to_string()));
+                    return self.items.push(refused(path, message));
+                }
+            }
+        } else {
+            meta
+        };
+        if !meta.is_dir() {
+            return self.add_non_dir(path, name, &meta, !followed);
+        }
+        let name = match name {
+            Ok(name) => name,
+            Err(message) => return self.items.push(refused(path, message)),
+        };
+        let key = (meta.dev(), meta.ino());
+        if ancestors.contains(&key) {
+            let message = format!("{}: link loop, not followed", escaped(&path.display().to_string()));
+            return self.items.push(refused(path, message));
+        }
+        ancestors.push(key);
+        self.walk(path, &name, &meta, ancestors);
+        ancestors.pop();
+    }
+
+    /// `--files-from`: each entry relative to the current folder, arriving under
+    /// the same relative path. A folder entry makes that folder only (list its
+    /// files too, as `find` does); `.` is ignored.
+    fn add_list(&mut self, list: &Path, found: &mut impl FnMut(usize)) -> Result<(), String> {
+        let shown_list = list.display().to_string();
+        let mut bytes = Vec::new();
+        let read = if list == Path::new("-") {
+            std::io::stdin().lock().read_to_end(&mut bytes)
+        } else {
+            fs::File::open(list).and_then(|mut f| f.read_to_end(&mut bytes))
+        };
+        read.map_err(|e| format!("cannot read --files-from {shown_list}: {e}"))?;
+        let separator = if self.request.from0 { b'\0' } else { b'\n' };
+        for (index, entry) in bytes.split(|&b| b == separator).enumerate() {
+            let entry = if separator == b'\n' { entry.strip_suffix(b"\r").unwrap_or(entry) } else { entry };
+            if entry.is_empty() {
+                continue;
+            }
+            let line = index + 1;
+            let path = Path::new(OsStr::from_bytes(entry));
+            let shown = escaped(&path.display().to_string()).into_owned();
+            if path.is_absolute() {
+                return Err(format!(
+                    "{shown_list}:{line}: {shown} is absolute: entries must be relative to the current folder"
+                ));
+            }
+            if path.components().any(|c| c == Component::ParentDir) {
+                return Err(format!("{shown_list}:{line}: {shown} contains '..': entries must stay beneath the current folder"));
+            }
+            let parts: Vec<&OsStr> = path
+                .components()
+                .filter_map(|c| match c {
+                    Component::Normal(part) => Some(part),
+                    _ => None,
+                })
+                .collect();
+            if parts.is_empty() {
+                continue;
+            }
+            let name = parts
+                .iter()
+                .map(|p| p.to_str().ok_or_else(|| not_utf8(path)))
+                .collect::<Result<Vec<_>, _>>()
+                .map(|p| p.join("/"));
+            self.add_list_entry(path, name);
+            found(self.items.len());
+        }
+        Ok(())
+    }
+
+    fn add_list_entry(&mut self, path: &Path, name: Result<String, String>) {
+        match fs::metadata(path) {
+            Err(e) => self.items.push(refused(path, format!("cannot read {}: {e}", path.display()))),
+            Ok(meta) if meta.is_dir() => match name {
+                Ok(name) => self.items.push(Item {
+                    origin: Origin::Path,
+                    source: Source::Path { path: path.to_path_buf(), no_follow: false },
+                    shown: path.display().to_string(),
+                    name,
+                    kind: Kind::Dir { mode: meta.permissions().mode() & MODE_BITS },
+                    size_hint: None,
+                    verdict: Verdict::Send,
+                }),
+                Err(message) => self.items.push(refused(path, message)),
+            },
+            Ok(meta) => self.add_non_dir(path, name, &meta, false),
+        }
+    }
+}
+
+fn not_utf8(path: &Path) -> String {
+    format!(
+        "{}: the name is not valid UTF-8 (the server only takes UTF-8 names)",
+        escaped(&path.display().to_string())
+    )
+}
+
+fn base_name(path: &Path) -> Result<String, String> {
+    match path.file_name() {
+        Some(name) => name.to_str().map(str::to_owned).ok_or_else(|| not_utf8(path)),
+        None => Err(format!("{} has no file name", path.display())),
+    }
+}
+
+fn file_item(origin: Origin, path: &Path, name: Result<String, String>, no_follow: bool) -> Item {
+    let (name, verdict) = match name {
+        Ok(name) => (name, Verdict::Send),
+        Err(message) => (String::new(), Verdict::Refuse(message)),
+    };
+    Item {
+        origin,
+        source: Source::Path { path: path.to_path_buf(), no_follow },
+        shown: path.display().to_string(),
+        name,
+        kind: Kind::File,
+        size_hint: None,
+        verdict,
+    }
+}
+
+fn refused(path: &Path, message: String) -> Item {
+    Item {
+        origin: Origin::Path,
+        source: Source::Path { path: path.to_path_buf(), no_follow: true },
+        shown: path.display().to_string(),
+        name: String::new(),
+        kind: Kind::File,
+        size_hint: None,
+        verdict: Verdict::Refuse(message),
+    }
+}
+
+/// `--as NAME` renames the one file sent; standard input needs it.
+fn apply_as_name(items: &mut [Item], as_name: Option<&str>) -> Result<(), String> {
+    let stdin = items.iter().any(|i| i.source == Source::Stdin && i.origin == Origin::Path);
+    let Some(as_name) = as_name else {
+        if stdin {
+            return Err("standard input (`-`) needs a name: add --as NAME".into());
+        }
+        return Ok(());
+    };
+    match items {
+        [item] if item.kind == Kind::File && item.verdict == Verdict::Send => {
+            protocol::validate_path(as_name).map_err(|e| format!("--as {}: {e}", escaped(as_name)))?;
+            item.name = as_name.to_owned();
+            Ok(())
+        }
+        [item] if item.kind != Kind::File => {
+            Err(format!("--as names one file, and {} is a folder", escaped(&item.shown)))
+        }
+        [item] => match &item.verdict {
+            Verdict::Refuse(message) | Verdict::Skip(message) => Err(message.clone()),
+            Verdict::Send => unreachable!("matched above"),
+        },
+        _ => Err(format!("--as needs exactly one file or `-` to send; {} were given", items.len())),
+    }
+}
+
+/// Every output name the server would refuse is refused here, naming the source.
+fn check_names(items: &mut [Item]) {
+    for item in items.iter_mut().filter(|i| i.verdict == Verdict::Send) {
+        if let Err(e) = protocol::validate_path(&item.name) {
+            item.verdict = Verdict::Refuse(format!("{}: {e}", escaped(&item.shown)));
+        }
+    }
+}
+
+/// The same source twice is sent once; two sources for one output path refuse the run.
+fn dedupe(items: Vec<Item>) -> Result<Vec<Item>, String> {
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    let mut kept: Vec<Item> = Vec::with_capacity(items.len());
+    for item in items {
+        if item.verdict != Verdict::Send {
+            kept.push(item);
+            continue;
+        }
+        if let Some(&index) = by_name.get(&item.name) {
+            let other = &kept[index];
+            if other.source == item.source && other.kind == item.kind {
+                continue;
+            }
+            return Err(format!(
+                "{} and {} would both arrive as {}: send them in separate runs, or use --as for a single file",
+                escaped(&other.shown),
+                escaped(&item.shown),
+                escaped(&item.name)
+            ));
+        }
+        by_name.insert(item.name.clone(), kept.len());
+        kept.push(item);
+    }
+    Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classified(text: &str) -> Result<String, String> {
+        classify(OsStr::new(text)).map(|arg| match arg {
+            Arg::Ids(a, b) => format!("ids {a}-{b}"),
+            Arg::Stdin => "stdin".into(),
+            Arg::Path(p) => format!("path {}", p.display()),
+        })
+    }
+
+    #[test]
+    fn digits_are_ids_ranges_are_ids_and_the_rest_are_paths() {
+        assert_eq!(classified("7").unwrap(), "ids 7-7");
+        assert_eq!(classified("3-9").unwrap(), "ids 3-9");
+        assert_eq!(classified("-").unwrap(), "stdin");
+        assert_eq!(classified("./7").unwrap(), "path ./7");
+        assert_eq!(classified("3-x").unwrap(), "path 3-x");
+        assert_eq!(classified("-3").unwrap(), "path -3");
+        assert!(classified("9-3").unwrap_err().contains("3-9"));
+        assert!(classified("99999999999999999999999").unwrap_err().contains("too large"));
+    }
+
+    fn item(shown: &str, name: &str) -> Item {
+        let mut item = file_item(Origin::Path, Path::new(shown), Ok(name.to_owned()), false);
+        item.shown = shown.to_owned();
+        item
+    }
+
+    #[test]
+    fn two_sources_for_one_name_refuse_the_run_and_a_repeat_is_sent_once() {
+        let err = dedupe(vec![item("a/x", "x"), item("b/x", "x")]).unwrap_err();
+        assert!(err.contains("a/x") && err.contains("b/x"), "{err}");
+        assert_eq!(dedupe(vec![item("a/x", "x"), item("a/x", "x")]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn as_name_needs_exactly_one_file() {
+        let mut two = vec![item("a", "a"), item("b", "b")];
+        assert!(apply_as_name(&mut two, Some("c")).unwrap_err().contains("exactly one"));
+        let mut one = vec![item("a", "a")];
+        apply_as_name(&mut one, Some("new/name.txt")).unwrap();
+        assert_eq!(one[0].name, "new/name.txt");
+        let mut stdin = vec![Item { source: Source::Stdin, ..item("-", "") }];
+        assert!(apply_as_name(&mut stdin, None).unwrap_err().contains("--as"));
+    }
+}

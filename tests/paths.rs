@@ -1,0 +1,1081 @@
+//! End-to-end tests of "send anything": `sharedclient` given paths (files, folders,
+//! `-`, FIFOs, /proc files, --files-from lists) besides stream ids. Real binaries,
+//! one server and unique temp folders per test; each test asserts exit codes,
+//! messages and the trees that arrive.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+
+// ---------------------------------------------------------------------------------
+// Fixture: a server, its output folder, a source folder (the client's current dir)
+// and a config folder kept apart from both.
+// ---------------------------------------------------------------------------------
+
+struct Fx {
+    server: Server,
+    config: PathBuf,
+    src: tempfile::TempDir,
+    out: tempfile::TempDir,
+    work: tempfile::TempDir,
+}
+
+impl Fx {
+    /// A server and an options.xml without streams (paths need none).
+    fn new(tag: &str) -> Fx {
+        Fx::with_streams(tag, &[])
+    }
+
+    /// A server and an options.xml whose streams 1, 2, ... are `src/<name>` of the
+    /// given sizes (the files are written).
+    fn with_streams(tag: &str, files: &[(&str, usize)]) -> Fx {
+        let src = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = files
+            .iter()
+            .enumerate()
+            .map(|(i, (name, len))| write_file(src.path(), name, *len, 500 + i as u64))
+            .collect();
+        let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+        let config = write_config(work.path(), &refs);
+        let server = Server::start(&unique_name(tag), out.path(), &[]);
+        Fx { server, config, src, out, work }
+    }
+
+    fn src(&self) -> &Path {
+        self.src.path()
+    }
+
+    fn out(&self) -> &Path {
+        self.out.path()
+    }
+
+    /// A client of this server, run from the source folder.
+    fn cmd(&self) -> Command {
+        let mut command = self.server.client(&self.config);
+        command.current_dir(self.src());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut command = self.cmd();
+        command.args(args);
+        run(command)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Trees: snapshot a folder, state what a copy of it must look like, compare.
+// ---------------------------------------------------------------------------------
+
+#[derive(Clone, PartialEq, Eq)]
+enum Entry {
+    Dir { mode: u32 },
+    File { mode: u32, data: Vec<u8> },
+    Link { target: PathBuf },
+    Special { mode: u32 },
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Entry::Dir { mode } => write!(f, "dir {mode:04o}"),
+            Entry::File { mode, data } => write!(f, "file {mode:04o}, {} bytes", data.len()),
+            Entry::Link { target } => write!(f, "symlink -> {target:?}"),
+            Entry::Special { mode } => write!(f, "special {mode:o}"),
+        }
+    }
+}
+
+fn entry(path: &Path) -> Entry {
+    let meta = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    let mode = meta.permissions().mode() & 0o7777;
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        Entry::Link { target: fs::read_link(path).unwrap() }
+    } else if kind.is_dir() {
+        Entry::Dir { mode }
+    } else if kind.is_file() {
+        Entry::File { mode, data: fs::read(path).unwrap() }
+    } else {
+        Entry::Special { mode: meta.permissions().mode() }
+    }
+}
+
+/// Everything under `root` (not `root` itself), by path relative to `root`.
+fn tree(root: &Path) -> BTreeMap<PathBuf, Entry> {
+    let mut found = BTreeMap::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for item in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir:?}: {e}")) {
+            let path = item.unwrap().path();
+            let e = entry(&path);
+            if matches!(e, Entry::Dir { .. }) {
+                pending.push(path.clone());
+            }
+            found.insert(path.strip_prefix(root).unwrap().to_path_buf(), e);
+        }
+    }
+    found
+}
+
+/// What a sent entry must look like on arrival: permission bits kept (never
+/// setuid/setgid/sticky); folders get u+rwx on top.
+fn as_sent(e: &Entry) -> Entry {
+    match e {
+        Entry::Dir { mode } => Entry::Dir { mode: (mode & 0o777) | 0o700 },
+        Entry::File { mode, data } => Entry::File { mode: mode & 0o777, data: data.clone() },
+        other => other.clone(),
+    }
+}
+
+/// Lists the differences between two snapshots; empty when equal.
+fn diff(want: &BTreeMap<PathBuf, Entry>, got: &BTreeMap<PathBuf, Entry>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (path, w) in want {
+        match got.get(path) {
+            None => problems.push(format!("missing: {path:?} ({w:?})")),
+            Some(g) if g != w => {
+                let detail = match (w, g) {
+                    (Entry::File { data: a, .. }, Entry::File { data: b, .. })
+                        if a.len() == b.len() && a != b =>
+                    {
+                        " (same size, different content)"
+                    }
+                    _ => "",
+                };
+                problems.push(format!("differs: {path:?}: want {w:?}, got {g:?}{detail}"));
+            }
+            Some(_) => {}
+        }
+    }
+    for (path, g) in got {
+        if !want.contains_key(path) {
+            problems.push(format!("unexpected: {path:?} ({g:?})"));
+        }
+    }
+    problems
+}
+
+/// `dst` is a sent copy of folder `src`: same names, kinds, contents and modes
+/// (folders with u+rwx added), the folder itself included. Symlinks in `src` are
+/// not expected in `dst` (they are skipped without -L).
+fn assert_sent_tree(src: &Path, dst: &Path, output: &Output) {
+    let want: BTreeMap<_, _> = tree(src)
+        .iter()
+        .filter(|(_, e)| !matches!(e, Entry::Link { .. }))
+        .map(|(p, e)| (p.clone(), as_sent(e)))
+        .collect();
+    let got = tree(dst);
+    let mut problems = diff(&want, &got);
+    let (root_want, root_got) = (as_sent(&entry(src)), entry(dst));
+    if root_want != root_got {
+        problems.push(format!("the folder itself: want {root_want:?}, got {root_got:?}"));
+    }
+    assert!(
+        problems.is_empty(),
+        "{dst:?} is not a copy of {src:?}:\n{}\n{}",
+        problems.join("\n"),
+        show(output)
+    );
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn set_mtime(path: &Path, unix_secs: u64) {
+    let when = SystemTime::UNIX_EPOCH + Duration::from_secs(unix_secs);
+    fs::File::options().write(true).open(path).unwrap().set_modified(when).unwrap();
+}
+
+fn mkdirs(path: &Path) -> &Path {
+    fs::create_dir_all(path).unwrap();
+    path
+}
+
+/// Writes `len` pattern bytes to `dir/rel` (parents created) and returns the path.
+fn put(dir: &Path, rel: &str, len: usize, seed: u64) -> PathBuf {
+    let path = dir.join(rel);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(&path, pattern(len, seed)).unwrap();
+    path
+}
+
+fn is_empty_dir(dir: &Path) -> bool {
+    fs::read_dir(dir).unwrap().next().is_none()
+}
+
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success(), "mkfifo {path:?} failed");
+}
+
+// ---------------------------------------------------------------------------------
+// Output: the summary line, per-file lines, failure lines.
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Summary {
+    files: u64,
+    bytes: u64,
+    skipped: u64,
+    failed: u64,
+}
+
+/// Parses the one final summary line:
+/// `sharedclient: {N} files, {B} bytes in {S} s ({R} MB/s), {K} skipped, {F} failed`.
+fn summary(output: &Output) -> Summary {
+    let text = stdout_of(output);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let summaries: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with("sharedclient: ")).collect();
+    assert_eq!(summaries.len(), 1, "want exactly one summary line\n{}", show(output));
+    assert_eq!(lines.last(), summaries.first(), "the summary is not the last line\n{}", show(output));
+    let line = summaries[0];
+    let t: Vec<&str> = line["sharedclient: ".len()..].split_whitespace().collect();
+    fn fail<T>(line: &str, output: &Output) -> T {
+        panic!("summary line not in the documented form: {line:?}\n{}", show(output))
+    }
+    if t.len() != 13
+        || t[1] != "files,"
+        || t[3] != "bytes"
+        || t[4] != "in"
+        || t[6] != "s"
+        || !t[7].starts_with('(')
+        || t[8] != "MB/s),"
+        || t[10] != "skipped,"
+        || t[12] != "failed"
+    {
+        fail::<()>(line, output);
+    }
+    let int = |s: &str| s.parse::<u64>().unwrap_or_else(|_| fail(line, output));
+    let seconds: f64 = t[5].parse().unwrap_or_else(|_| fail(line, output));
+    let rate: f64 = t[7][1..].parse().unwrap_or_else(|_| fail(line, output));
+    assert!(seconds >= 0.0 && rate >= 0.0, "{line:?}");
+    Summary { files: int(t[0]), bytes: int(t[2]), skipped: int(t[9]), failed: int(t[11]) }
+}
+
+fn assert_summary(output: &Output, files: u64, bytes: Option<u64>, skipped: u64, failed: u64) {
+    let s = summary(output);
+    assert!(
+        s.files == files && bytes.is_none_or(|b| s.bytes == b) && s.skipped == skipped && s.failed == failed,
+        "want {files} files, {bytes:?} bytes, {skipped} skipped, {failed} failed; got {s:?}\n{}",
+        show(output)
+    );
+}
+
+/// Stdout lines of the form `sent {name} ({bytes} bytes)`.
+fn sent_lines(output: &Output) -> Vec<String> {
+    stdout_of(output).lines().filter(|l| l.starts_with("sent ")).map(str::to_owned).collect()
+}
+
+/// The `sent` lines that are about files: a line naming a folder of `out` (an
+/// implementation may report the folders it creates) is left out.
+fn file_sent_lines(output: &Output, out: &Path) -> Vec<String> {
+    sent_lines(output)
+        .into_iter()
+        .filter(|l| {
+            let name = l["sent ".len()..l.rfind(" (").unwrap_or(l.len())].to_owned();
+            !fs::symlink_metadata(out.join(name)).is_ok_and(|m| m.is_dir())
+        })
+        .collect()
+}
+
+/// Stderr lines of the form `failed: {source}: {reason}`.
+fn failed_lines(output: &Output) -> Vec<String> {
+    stderr_of(output).lines().filter(|l| l.starts_with("failed: ")).map(str::to_owned).collect()
+}
+
+fn parse_json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e})\n{}", show(output)))
+}
+
+/// The `files` entries about files: an entry naming a folder of `out` (an
+/// implementation may list the folders it creates) is left out, after checking it
+/// claims no bytes and no failure.
+fn json_file_entries<'a>(
+    doc: &'a serde_json::Value,
+    out: &Path,
+    output: &Output,
+) -> Vec<&'a serde_json::Value> {
+    let files = doc["files"].as_array().unwrap_or_else(|| panic!("no files array\n{}", show(output)));
+    files
+        .iter()
+        .filter(|f| {
+            let name =
+                f["name"].as_str().unwrap_or_else(|| panic!("an entry without a name\n{}", show(output)));
+            let folder = fs::symlink_metadata(out.join(name)).is_ok_and(|m| m.is_dir());
+            if folder {
+                assert!(f["error"].is_null() && f["bytes"] == 0, "folder entry {f}\n{}", show(output));
+            }
+            !folder
+        })
+        .collect()
+}
+
+/// The `files` entry whose `name` is `name`.
+fn json_file<'a>(doc: &'a serde_json::Value, name: &str, output: &Output) -> &'a serde_json::Value {
+    let files = doc["files"].as_array().unwrap_or_else(|| panic!("no files array\n{}", show(output)));
+    let matching: Vec<_> = files.iter().filter(|f| f["name"] == name).collect();
+    assert_eq!(matching.len(), 1, "want one entry named {name:?}\n{}", show(output));
+    matching[0]
+}
+
+// ---------------------------------------------------------------------------------
+// Running a client with a fed stdin, watching its peak memory.
+// ---------------------------------------------------------------------------------
+
+/// Peak resident set (VmHWM) of `pid` in KiB, if it is still readable.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs `command` with `feed` writing its stdin from a thread (stdin is closed when
+/// `feed` returns). Returns the output and the highest VmHWM seen while it ran.
+fn run_fed(mut command: Command, feed: impl FnOnce(&mut ChildStdin) + Send + 'static) -> (Output, u64) {
+    let what = format!("{command:?}");
+    let mut child =
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let writer = std::thread::spawn(move || feed(&mut stdin));
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let pid = child.id();
+    let start = Instant::now();
+    let mut peak = 0;
+    let status = loop {
+        if !has_exited(pid) {
+            peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = writer.join();
+    let output = Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() };
+    (output, peak)
+}
+
+// ---------------------------------------------------------------------------------
+// Folders
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_folder_arrives_whole_with_odd_names_and_empty_folders() {
+    let fx = Fx::new("tree");
+    let root = mkdirs(&fx.src().join("My Folder")).to_path_buf();
+    put(&root, "with space.txt", 1000, 1);
+    put(&root, "ünïcødé/日本語 ファイル.bin", 70_000, 2);
+    put(&root, "new\nline.txt", 123, 3);
+    put(&root, "deep/a/b/c/leaf.bin", (1 << 20) + 7, 4);
+    put(&root, "zero.bin", 0, 5);
+    put(&root, ".hidden", 10, 6);
+    mkdirs(&root.join("empty"));
+    mkdirs(&root.join("deep/also empty/inner empty"));
+    let files = 6u64;
+    let bytes = (1000 + 70_000 + 123 + (1 << 20) + 7 + 10) as u64;
+
+    let output = fx.run(&["-v", "My Folder"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert_sent_tree(&root, &fx.out().join("My Folder"), &output);
+    assert_eq!(fs::read_dir(fx.out()).unwrap().count(), 1, "only the folder arrives at the top");
+    assert_summary(&output, files, Some(bytes), 0, 0);
+    let sent = file_sent_lines(&output, fx.out());
+    assert_eq!(sent.len(), files as usize, "one `sent` line per file with -v\n{}", show(&output));
+    for line in &sent {
+        assert!(line.ends_with(" bytes)") && line.contains(" ("), "bad -v line {line:?}");
+    }
+    assert!(
+        sent.iter().any(|l| l.contains("leaf.bin") && l.contains(&format!("({} bytes)", (1 << 20) + 7))),
+        "{}",
+        show(&output)
+    );
+    assert!(server_is_clean(&fx), "temporary files left: {:?}", fx.server.temp_files());
+}
+
+fn server_is_clean(fx: &Fx) -> bool {
+    files_under(fx.out()).iter().all(|p| !p.to_string_lossy().ends_with(".part"))
+}
+
+#[test]
+fn without_verbose_only_the_summary_is_printed() {
+    let fx = Fx::new("quietpaths");
+    let root = mkdirs(&fx.src().join("t")).to_path_buf();
+    put(&root, "a.bin", 5000, 1);
+    put(&root, "b/c.bin", 6000, 2);
+    let output = fx.run(&["t"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert!(sent_lines(&output).is_empty(), "per-file lines without -v\n{}", show(&output));
+    assert_eq!(stdout_of(&output).lines().filter(|l| !l.trim().is_empty()).count(), 1, "{}", show(&output));
+    assert_summary(&output, 2, Some(11_000), 0, 0);
+    assert_sent_tree(&root, &fx.out().join("t"), &output);
+}
+
+#[test]
+fn control_characters_are_escaped_in_lines_and_exact_in_json() {
+    let fx = Fx::new("ctrl");
+    let root = mkdirs(&fx.src().join("tree")).to_path_buf();
+    put(&root, "new\nline.txt", 10, 1);
+    put(&root, "esc\x1b[1mbold.txt", 20, 2);
+    put(&root, "plain.txt", 30, 3);
+
+    let output = fx.run(&["-v", root.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert_sent_tree(&root, &fx.out().join("tree"), &output);
+    assert!(!output.stdout.contains(&0x1b), "a raw ESC on stdout\n{}", show(&output));
+    let text = stdout_of(&output);
+    for line in text.lines() {
+        assert!(
+            (line.starts_with("sent ") && line.ends_with(" bytes)"))
+                || (line.starts_with("made ") && line.ends_with('/'))
+                || line.starts_with("sharedclient: "),
+            "a stdout line that is neither `sent` nor the summary (a raw newline in a name?): {line:?}\n{}",
+            show(&output)
+        );
+    }
+    assert_eq!(file_sent_lines(&output, fx.out()).len(), 3, "{}", show(&output));
+    assert!(text.contains("new\\nline.txt"), "the newline is not shown as \\n\n{}", show(&output));
+    assert!(
+        sent_lines(&output).iter().any(|l| l.contains("esc") && l.contains("bold.txt")),
+        "{}",
+        show(&output)
+    );
+    assert_summary(&output, 3, Some(60), 0, 0);
+
+    // A resend fails every file: the failure lines escape too.
+    let output = fx.run(&[root.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(!output.stderr.contains(&0x1b), "a raw ESC on stderr\n{}", show(&output));
+    assert!(!output.stdout.contains(&0x1b), "a raw ESC on stdout\n{}", show(&output));
+    let failed = failed_lines(&output);
+    assert_eq!(failed.len(), 3, "{}", show(&output));
+    assert!(failed.iter().any(|l| l.contains("new\\nline.txt")), "{}", show(&output));
+    assert!(!stderr_of(&output).lines().any(|l| l.starts_with("line.txt")), "{}", show(&output));
+    assert_summary(&output, 0, None, 0, 3);
+
+    // JSON carries the names exactly.
+    let output = fx.run(&["--json", "--skip-existing", root.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    let doc = parse_json(&output);
+    for name in ["new\nline.txt", "esc\x1b[1mbold.txt", "plain.txt"] {
+        let file = json_file(&doc, &format!("tree/{name}"), &output);
+        assert_eq!(file["status"], "skipped", "{}", show(&output));
+        let source = file["source"].as_str().unwrap_or_else(|| panic!("no source\n{}", show(&output)));
+        assert!(source.ends_with(&format!("tree/{name}")), "source {source:?}\n{}", show(&output));
+    }
+    assert_eq!(json_file_entries(&doc, fx.out(), &output).len(), 3, "{}", show(&output));
+    assert_eq!(doc["skipped"], 3, "{}", show(&output));
+}
+
+// ---------------------------------------------------------------------------------
+// Symbolic links
+// ---------------------------------------------------------------------------------
+
+/// src/outside.txt, src/outdir/inner.txt, src/tree/{plain.txt, link_file, link_dir},
+/// src/cl_link -> outside.txt. Returns (tree, outside content, inner content).
+fn link_fixture(src: &Path) -> (PathBuf, Vec<u8>, Vec<u8>) {
+    let outside = put(src, "outside.txt", 3000, 11);
+    let inner = put(src, "outdir/inner.txt", 4000, 12);
+    let root = mkdirs(&src.join("tree")).to_path_buf();
+    put(&root, "plain.txt", 100, 13);
+    symlink("../outside.txt", root.join("link_file")).unwrap();
+    symlink(src.join("outdir"), root.join("link_dir")).unwrap();
+    symlink("outside.txt", src.join("cl_link")).unwrap();
+    (root, fs::read(outside).unwrap(), fs::read(inner).unwrap())
+}
+
+#[test]
+fn links_inside_folders_are_skipped_and_reported_and_a_named_link_is_followed() {
+    let fx = Fx::new("links");
+    let (_root, outside, _) = link_fixture(fx.src());
+    let output = fx.run(&["tree", "cl_link"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    let got = tree(&fx.out().join("tree"));
+    assert_eq!(got.keys().collect::<Vec<_>>(), [Path::new("plain.txt")], "{got:?}\n{}", show(&output));
+    let err = stderr_of(&output);
+    for link in ["tree/link_file", "tree/link_dir"] {
+        assert!(
+            err.lines().any(|l| l.contains("skipped") && l.contains(link) && l.contains("-L")),
+            "no `skipped ... {link} ... -L` line\n{}",
+            show(&output)
+        );
+    }
+    assert!(!err.lines().any(|l| l.contains("skipped") && l.contains("cl_link")), "{}", show(&output));
+    let named = fs::symlink_metadata(fx.out().join("cl_link")).unwrap();
+    assert!(named.is_file(), "the link named on the command line arrives as a file: {named:?}");
+    assert!(
+        fs::read(fx.out().join("cl_link")).unwrap() == outside,
+        "cl_link does not hold its target's bytes"
+    );
+    // Whether skipped links count in `{K} skipped` is left open; files and bytes are not.
+    let s = summary(&output);
+    assert_eq!((s.files, s.bytes, s.failed), (2, 3100, 0), "{}", show(&output));
+}
+
+#[test]
+fn follow_symlinks_sends_what_links_inside_folders_point_to() {
+    let fx = Fx::new("linksL");
+    let (_root, outside, inner) = link_fixture(fx.src());
+    let output = fx.run(&["-L", "tree"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert!(!stderr_of(&output).contains("skipped"), "{}", show(&output));
+    let got = tree(&fx.out().join("tree"));
+    let kinds: Vec<(String, &str)> = got
+        .iter()
+        .map(|(p, e)| {
+            let kind = match e {
+                Entry::Dir { .. } => "dir",
+                Entry::File { .. } => "file",
+                Entry::Link { .. } => "link",
+                Entry::Special { .. } => "special",
+            };
+            (p.to_string_lossy().into_owned(), kind)
+        })
+        .collect();
+    let want: Vec<(String, &str)> =
+        [("link_dir", "dir"), ("link_dir/inner.txt", "file"), ("link_file", "file"), ("plain.txt", "file")]
+            .iter()
+            .map(|(p, k)| (p.to_string(), *k))
+            .collect();
+    assert_eq!(kinds, want, "{}", show(&output));
+    assert!(fs::read(fx.out().join("tree/link_file")).unwrap() == outside);
+    assert!(fs::read(fx.out().join("tree/link_dir/inner.txt")).unwrap() == inner);
+    assert_summary(&output, 3, Some(100 + 3000 + 4000), 0, 0);
+}
+
+// ---------------------------------------------------------------------------------
+// Modes and times
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn permission_bits_and_old_mtimes_are_kept() {
+    let fx = Fx::new("modes");
+    let root = mkdirs(&fx.src().join("m")).to_path_buf();
+    let files = [
+        ("secret.key", 0o600),
+        ("run.sh", 0o755),
+        ("shared.txt", 0o644),
+        ("readonly.txt", 0o400),
+        ("group/data.bin", 0o640),
+        ("private/inner.txt", 0o600),
+        ("ro/inside.txt", 0o444),
+        ("suid", 0o4755),
+    ];
+    const Y2001: u64 = 978_307_200; // 2001-01-01 00:00:00 UTC
+    for (i, (rel, mode)) in files.iter().enumerate() {
+        let path = put(&root, rel, 100 + i * 37, 40 + i as u64);
+        set_mtime(&path, Y2001 + i as u64 * 86_461);
+        set_mode(&path, *mode);
+    }
+    set_mode(&root.join("group"), 0o750);
+    set_mode(&root.join("private"), 0o700);
+    set_mode(&root.join("ro"), 0o555);
+    set_mode(&root, 0o751);
+
+    // Whatever happens, make the read-only source folder removable again.
+    struct Writable(PathBuf);
+    impl Drop for Writable {
+        fn drop(&mut self) {
+            let _ = fs::set_permissions(&self.0, fs::Permissions::from_mode(0o755));
+        }
+    }
+    let _writable = Writable(root.join("ro"));
+
+    let output = fx.run(&["m"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    let dst = fx.out().join("m");
+    assert_sent_tree(&root, &dst, &output);
+    // Spelled out, whatever the helper does.
+    let mode = |p: &str| fs::symlink_metadata(dst.join(p)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode("secret.key"), 0o600);
+    assert_eq!(mode("run.sh"), 0o755);
+    assert_eq!(mode("readonly.txt"), 0o400);
+    assert_eq!(mode("suid"), 0o755, "setuid must never be carried");
+    assert_eq!(mode("ro"), 0o755, "folders get u+rwx on top of the source's bits");
+    assert_eq!(mode("group"), 0o750);
+    assert_eq!(mode(""), 0o751);
+    for (i, (rel, _)) in files.iter().enumerate() {
+        let want = (Y2001 + i as u64 * 86_461) as i64;
+        let got = fs::symlink_metadata(dst.join(rel)).unwrap().mtime();
+        assert_eq!(got, want, "{rel}: mtime {got}, want {want}\n{}", show(&output));
+    }
+    assert_summary(&output, files.len() as u64, None, 0, 0);
+}
+
+// ---------------------------------------------------------------------------------
+// --files-from
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn files_from_stdin_keeps_relative_paths() {
+    let fx = Fx::new("fromstdin");
+    let src = fx.src();
+    put(src, "a.txt", 111, 1);
+    put(src, "sub/b.txt", 222, 2);
+    put(src, "sub/deeper/c bin", 333, 3);
+    put(src, "sub/not-listed.txt", 444, 4);
+    let mut command = fx.cmd();
+    command.args(["--files-from", "-"]);
+    let (output, _) = run_fed(command, |stdin| {
+        let _ = stdin.write_all(b"a.txt\nsub/b.txt\nsub/deeper/c bin\n");
+    });
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    let got: Vec<PathBuf> =
+        tree(fx.out()).into_iter().filter(|(_, e)| matches!(e, Entry::File { .. })).map(|(p, _)| p).collect();
+    let want: Vec<PathBuf> = ["a.txt", "sub/b.txt", "sub/deeper/c bin"].iter().map(PathBuf::from).collect();
+    assert_eq!(got, want, "{}", show(&output));
+    for rel in &want {
+        assert!(fs::read(fx.out().join(rel)).unwrap() == fs::read(src.join(rel)).unwrap(), "{rel:?} differs");
+    }
+    assert_summary(&output, 3, Some(666), 0, 0);
+}
+
+#[test]
+fn files_from_with_nul_separators_takes_newlines_in_names() {
+    let fx = Fx::new("from0");
+    let src = fx.src();
+    put(src, "name with\nnewline.txt", 500, 1);
+    put(src, "sub/x y.bin", 600, 2);
+    put(src, "sub/other.bin", 700, 3);
+    fs::write(fx.work.path().join("list0"), b"name with\nnewline.txt\0sub/x y.bin\0").unwrap();
+    let list = fx.work.path().join("list0");
+    let mut command = fx.cmd();
+    command.arg("-0").arg("--files-from").arg(&list);
+    let output = run(command);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    let got: Vec<PathBuf> =
+        tree(fx.out()).into_iter().filter(|(_, e)| matches!(e, Entry::File { .. })).map(|(p, _)| p).collect();
+    let want: Vec<PathBuf> = ["name with\nnewline.txt", "sub/x y.bin"].iter().map(PathBuf::from).collect();
+    assert_eq!(got, want, "{}", show(&output));
+    for rel in &want {
+        assert!(fs::read(fx.out().join(rel)).unwrap() == fs::read(src.join(rel)).unwrap(), "{rel:?} differs");
+    }
+    assert_summary(&output, 2, Some(1100), 0, 0);
+
+    // The long spelling, from standard input.
+    let fx = Fx::new("from0stdin");
+    put(fx.src(), "name with\nnewline.txt", 50, 4);
+    let mut command = fx.cmd();
+    command.args(["--from0", "--files-from", "-"]);
+    let (output, _) = run_fed(command, |stdin| {
+        let _ = stdin.write_all(b"name with\nnewline.txt\0");
+    });
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert!(
+        fs::read(fx.out().join("name with\nnewline.txt")).unwrap() == pattern(50, 4),
+        "{}",
+        show(&output)
+    );
+}
+
+#[test]
+fn files_from_refuses_absolute_and_dotdot_entries_naming_the_line() {
+    let fx = Fx::new("frombad");
+    let base = fx.src().join("base");
+    let cwd = mkdirs(&base).to_path_buf();
+    let a = put(&cwd, "a.txt", 10, 1);
+    put(&cwd, "sub/b.txt", 20, 2);
+    put(fx.src(), "x", 30, 3); // ../x exists: the refusal is about the form, not a missing file
+    let abs = a.to_str().unwrap().to_owned();
+    let cases = [
+        ("a.txt\n../x\n".to_owned(), "list.txt:2:"),
+        (format!("a.txt\nsub/b.txt\n{abs}\n"), "list.txt:3:"),
+        ("sub/../a.txt\na.txt\n".to_owned(), "list.txt:1:"),
+    ];
+    for (list, line) in cases {
+        fs::write(cwd.join("list.txt"), &list).unwrap();
+        let mut command = fx.cmd();
+        command.current_dir(&cwd).args(["--files-from", "list.txt"]);
+        let output = run(command);
+        assert_eq!(output.status.code(), Some(2), "{list:?}\n{}", show(&output));
+        assert!(stderr_of(&output).contains(line), "{list:?}: no {line:?}\n{}", show(&output));
+        assert!(is_empty_dir(fx.out()), "{list:?}: something was sent: {:?}", tree(fx.out()));
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Standard input, FIFOs, /proc
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn stdin_of_100_mib_arrives_whole_without_being_held_in_memory() {
+    const CHUNK: usize = 1 << 20;
+    const CHUNKS: usize = 100;
+    let fx = Fx::new("stdin");
+    let mut command = fx.cmd();
+    command.args(["-", "--as", "from stdin.bin"]);
+    let (output, peak_kib) = run_fed(command, |stdin| {
+        for i in 0..CHUNKS {
+            if stdin.write_all(&pattern(CHUNK, 7000 + i as u64)).is_err() {
+                return; // the client gave up; its output says why
+            }
+        }
+    });
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert_summary(&output, 1, Some((CHUNK * CHUNKS) as u64), 0, 0);
+    let path = fx.out().join("from stdin.bin");
+    let mut file = fs::File::open(&path).unwrap_or_else(|e| panic!("{path:?}: {e}\n{}", show(&output)));
+    assert_eq!(file.metadata().unwrap().len(), (CHUNK * CHUNKS) as u64, "{}", show(&output));
+    let mut buf = vec![0u8; CHUNK];
+    for i in 0..CHUNKS {
+        file.read_exact(&mut buf).unwrap();
+        assert!(buf == pattern(CHUNK, 7000 + i as u64), "MiB {i} differs");
+    }
+    assert!(
+        peak_kib < 64 * 1024,
+        "the client's peak resident set reached {peak_kib} KiB for a 100 MiB stdin on an 8 MiB segment"
+    );
+}
+
+#[test]
+fn a_fifo_fed_by_a_writer_is_read_until_eof() {
+    let fx = Fx::new("fifo");
+    let fifo = fx.src().join("pipe in");
+    mkfifo(&fifo);
+    let len = (3 << 20) + 17;
+    let writer_path = fifo.clone();
+    let writer = std::thread::spawn(move || {
+        // Blocks until the client opens the FIFO; written in pieces, with pauses.
+        let mut f = fs::OpenOptions::new().write(true).open(&writer_path).unwrap();
+        let data = pattern(len, 77);
+        for piece in data.chunks(1 << 20) {
+            f.write_all(piece).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let output = fx.run(&["pipe in"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    writer.join().unwrap(); // the client read to EOF, so the writer is done
+    let got = fs::read(fx.out().join("pipe in")).unwrap_or_else(|e| panic!("{e}\n{}", show(&output)));
+    assert_eq!(got.len(), len, "{}", show(&output));
+    assert!(got == pattern(len, 77), "content differs");
+    assert_summary(&output, 1, Some(len as u64), 0, 0);
+}
+
+#[test]
+fn sigint_while_waiting_on_a_fifo_without_writer_exits_130() {
+    let fx = Fx::new("fifoint");
+    let fifo = fx.src().join("nobody writes");
+    mkfifo(&fifo);
+    let mut command = fx.cmd();
+    command.arg("nobody writes");
+    let client = Running::spawn(command);
+    // Let it get to the FIFO and settle (never a tight timing: 1 s, then asleep).
+    std::thread::sleep(Duration::from_secs(1));
+    wait_until("the client to block", || {
+        assert!(!client.has_exited(), "the client exited before it was signalled");
+        let states = thread_states(client.pid());
+        !states.is_empty() && states.iter().all(|s| matches!(s, 'S' | 'D'))
+    });
+    signal(client.pid(), "INT");
+    let signalled = Instant::now();
+    let output = client.finish();
+    let took = signalled.elapsed();
+    assert_eq!(output.status.code(), Some(130), "{}", show(&output));
+    assert!(
+        took < Duration::from_secs(10),
+        "the client took {took:?} to exit after SIGINT\n{}",
+        show(&output)
+    );
+    assert!(!fx.out().join("nobody writes").exists(), "a file was published for an interrupted FIFO");
+    assert!(server_is_clean(&fx), "temporary files left");
+}
+
+#[test]
+fn proc_version_arrives_whole_despite_its_zero_size() {
+    let fx = Fx::new("procver");
+    let want = fs::read("/proc/version").unwrap();
+    assert_eq!(fs::metadata("/proc/version").unwrap().len(), 0, "the premise: stat says 0 bytes");
+    let output = fx.run(&["/proc/version", "--as", "version.txt"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    let got = fs::read(fx.out().join("version.txt")).unwrap_or_else(|e| panic!("{e}\n{}", show(&output)));
+    assert!(!want.is_empty());
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+    assert!(!fx.out().join("version").exists());
+    assert_summary(&output, 1, Some(want.len() as u64), 0, 0);
+}
+
+// ---------------------------------------------------------------------------------
+// --as
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn as_names_exactly_one_file_and_stdin_needs_it() {
+    let fx = Fx::new("as");
+    let a = put(fx.src(), "a.txt", 1234, 1);
+    put(fx.src(), "b.txt", 99, 2);
+
+    let output = fx.run(&["a.txt", "b.txt", "--as", "one.bin"]);
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    assert!(stderr_of(&output).contains("--as"), "{}", show(&output));
+    assert!(is_empty_dir(fx.out()), "sent despite the usage error: {:?}", tree(fx.out()));
+
+    let mut command = fx.cmd();
+    command.arg("-");
+    let (output, _) = run_fed(command, |stdin| {
+        let _ = stdin.write_all(b"hello");
+    });
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    assert!(stderr_of(&output).contains("--as"), "{}", show(&output));
+    assert!(is_empty_dir(fx.out()), "sent despite the usage error: {:?}", tree(fx.out()));
+
+    let output = fx.run(&["--as", "renamed.bin", "a.txt"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert!(fs::read(fx.out().join("renamed.bin")).unwrap() == fs::read(&a).unwrap(), "{}", show(&output));
+    assert!(!fx.out().join("a.txt").exists());
+    assert_summary(&output, 1, Some(1234), 0, 0);
+}
+
+// ---------------------------------------------------------------------------------
+// Collisions, resends, JSON
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn two_sources_on_one_output_path_are_refused_naming_both() {
+    let fx = Fx::new("dups");
+    put(fx.src(), "a/x/one.txt", 10, 1);
+    put(fx.src(), "b/x/two.txt", 20, 2);
+    put(fx.src(), "a/f.txt", 30, 3);
+    put(fx.src(), "b/f.txt", 40, 4);
+
+    for args in [["a/x", "b/x"], ["a/f.txt", "b/f.txt"]] {
+        let output = fx.run(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}\n{}", show(&output));
+        let err = stderr_of(&output);
+        assert!(
+            err.contains(args[0]) && err.contains(args[1]),
+            "{args:?}: not both named\n{}",
+            show(&output)
+        );
+        assert!(is_empty_dir(fx.out()), "{args:?}: something was sent: {:?}", tree(fx.out()));
+    }
+}
+
+#[test]
+fn skip_existing_counts_files_already_there_and_leaves_them_alone() {
+    let fx = Fx::new("skip");
+    let root = mkdirs(&fx.src().join("tree")).to_path_buf();
+    put(&root, "a.txt", 1000, 1);
+    put(&root, "b.txt", 2000, 2);
+    put(&root, "sub/c.txt", 3000, 3);
+    let output = fx.run(&["tree"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert_summary(&output, 3, Some(6000), 0, 0);
+    fs::write(fx.out().join("tree/b.txt"), b"precious").unwrap();
+
+    // Without --skip-existing: every file fails, nothing is touched.
+    let output = fx.run(&["tree"]);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert_summary(&output, 0, None, 0, 3);
+    let failed = failed_lines(&output);
+    assert_eq!(failed.len(), 3, "{}", show(&output));
+    for name in ["tree/a.txt", "tree/b.txt", "tree/sub/c.txt"] {
+        assert!(
+            failed.iter().any(|l| l.starts_with(&format!("failed: {name}: "))),
+            "no `failed: {name}: ...` line\n{}",
+            show(&output)
+        );
+    }
+    assert!(failed.iter().all(|l| l.contains("already exists")), "{}", show(&output));
+    assert_eq!(fs::read(fx.out().join("tree/b.txt")).unwrap(), b"precious");
+    assert!(server_is_clean(&fx));
+
+    // With it: skipped, exit 0, still untouched; a new file goes.
+    put(&root, "sub/new.txt", 400, 4);
+    let output = fx.run(&["--skip-existing", "tree"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert_summary(&output, 1, Some(400), 3, 0);
+    assert!(failed_lines(&output).is_empty(), "{}", show(&output));
+    assert_eq!(fs::read(fx.out().join("tree/b.txt")).unwrap(), b"precious");
+    assert!(fs::read(fx.out().join("tree/sub/new.txt")).unwrap() == pattern(400, 4));
+    assert!(fs::read(fx.out().join("tree/a.txt")).unwrap() == pattern(1000, 1));
+}
+
+#[test]
+fn json_is_the_only_stdout_and_describes_every_file() {
+    let fx = Fx::new("json");
+    let root = mkdirs(&fx.src().join("tree")).to_path_buf();
+    put(&root, "a.txt", 100, 1);
+    put(&root, "b.txt", 2000, 2);
+    put(&root, "sub/c.txt", 30_000, 3);
+    mkdirs(&fx.out().join("tree"));
+    fs::write(fx.out().join("tree/b.txt"), b"precious").unwrap();
+
+    let output = fx.run(&["--json", "-v", "tree"]);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    let doc = parse_json(&output);
+    assert_eq!(json_file_entries(&doc, fx.out(), &output).len(), 3, "{}", show(&output));
+    for (name, bytes) in [("tree/a.txt", 100), ("tree/sub/c.txt", 30_000)] {
+        let file = json_file(&doc, name, &output);
+        assert_eq!(file["status"], "sent", "{name}\n{}", show(&output));
+        assert_eq!(file["bytes"], bytes, "{name}\n{}", show(&output));
+        assert!(file["error"].is_null(), "{name}\n{}", show(&output));
+        let source = file["source"].as_str().unwrap_or_default();
+        assert!(source.ends_with(name), "{name}: source {source:?}\n{}", show(&output));
+    }
+    let b = json_file(&doc, "tree/b.txt", &output);
+    assert_eq!(b["status"], "failed", "{}", show(&output));
+    assert!(b["error"].as_str().is_some_and(|e| !e.is_empty()), "{}", show(&output));
+    assert_eq!(doc["sent"], 2, "{}", show(&output));
+    assert_eq!(doc["skipped"], 0, "{}", show(&output));
+    assert_eq!(doc["failed"], 1, "{}", show(&output));
+    assert_eq!(doc["bytes"], 30_100, "{}", show(&output));
+    assert!(doc["seconds"].as_f64().is_some_and(|s| s >= 0.0), "{}", show(&output));
+    assert_eq!(fs::read(fx.out().join("tree/b.txt")).unwrap(), b"precious");
+
+    let output = fx.run(&["--json", "--skip-existing", "tree"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    let doc = parse_json(&output);
+    assert_eq!(json_file_entries(&doc, fx.out(), &output).len(), 3, "{}", show(&output));
+    for name in ["tree/a.txt", "tree/b.txt", "tree/sub/c.txt"] {
+        let file = json_file(&doc, name, &output);
+        assert_eq!(file["status"], "skipped", "{name}\n{}", show(&output));
+        assert!(file["error"].is_null(), "{name}\n{}", show(&output));
+    }
+    assert_eq!(doc["sent"], 0, "{}", show(&output));
+    assert_eq!(doc["skipped"], 3, "{}", show(&output));
+    assert_eq!(doc["failed"], 0, "{}", show(&output));
+    assert_eq!(doc["bytes"], 0, "{}", show(&output));
+}
+
+// ---------------------------------------------------------------------------------
+// Ids: ranges, --all, repeats, mixed with paths
+// ---------------------------------------------------------------------------------
+
+const FOUR: [(&str, usize); 4] = [("f1.bin", 1000), ("f2.bin", 2000), ("f3.bin", 3000), ("f4.bin", 4000)];
+
+fn top_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn an_id_range_sends_both_ends_and_between() {
+    let fx = Fx::with_streams("range", &FOUR);
+    let output = fx.run(&["2-3"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert_eq!(top_names(fx.out()), ["f2.bin", "f3.bin"], "{}", show(&output));
+    for (id, name) in [(2, "f2.bin"), (3, "f3.bin")] {
+        assert!(stdout_of(&output).contains(&format!("stream {id}: sent {name}")), "{}", show(&output));
+        assert!(fs::read(fx.out().join(name)).unwrap() == fs::read(fx.src().join(name)).unwrap());
+    }
+}
+
+#[test]
+fn all_sends_every_stream_in_the_config() {
+    let fx = Fx::with_streams("all", &FOUR);
+    let output = fx.run(&["--all"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert_eq!(top_names(fx.out()), ["f1.bin", "f2.bin", "f3.bin", "f4.bin"], "{}", show(&output));
+    for (i, (name, _)) in FOUR.iter().enumerate() {
+        assert!(stdout_of(&output).contains(&format!("stream {}: sent {name}", i + 1)), "{}", show(&output));
+        assert!(fs::read(fx.out().join(name)).unwrap() == fs::read(fx.src().join(name)).unwrap());
+    }
+}
+
+#[test]
+fn a_repeated_id_is_sent_once() {
+    let fx = Fx::with_streams("repeat", &FOUR);
+    let output = fx.run(&["1", "1", "1-2", "2"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    let text = stdout_of(&output);
+    assert_eq!(text.matches("stream 1: sent").count(), 1, "{}", show(&output));
+    assert_eq!(text.matches("stream 2: sent").count(), 1, "{}", show(&output));
+    assert!(!stderr_of(&output).contains("failed"), "{}", show(&output));
+    assert_eq!(top_names(fx.out()), ["f1.bin", "f2.bin"], "{}", show(&output));
+}
+
+#[test]
+fn ids_and_paths_mix_and_dot_slash_names_a_file_called_like_an_id() {
+    let fx = Fx::with_streams("mixed", &FOUR);
+    let seven = put(fx.src(), "7", 777, 7);
+    let dir = mkdirs(&fx.src().join("dir")).to_path_buf();
+    put(&dir, "in dir.txt", 321, 8);
+    let output = fx.run(&["1", "./7", "dir", "3"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert_eq!(top_names(fx.out()), ["7", "dir", "f1.bin", "f3.bin"], "{}", show(&output));
+    assert!(fs::read(fx.out().join("7")).unwrap() == fs::read(&seven).unwrap());
+    assert_sent_tree(&dir, &fx.out().join("dir"), &output);
+    assert!(fs::read(fx.out().join("f1.bin")).unwrap() == fs::read(fx.src().join("f1.bin")).unwrap());
+
+    // Bare `7` is an id, and there is no stream 7.
+    let fx = Fx::with_streams("mixed7", &FOUR);
+    put(fx.src(), "7", 777, 7);
+    let output = fx.run(&["7"]);
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    assert!(stderr_of(&output).contains("unknown stream id 7"), "{}", show(&output));
+    assert!(is_empty_dir(fx.out()), "{:?}", tree(fx.out()));
+}
+
+// ---------------------------------------------------------------------------------
+// The server side: names with `/`, symlinks planted in OUTPUT_DIR
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_symlink_planted_in_the_output_folder_is_never_followed() {
+    let fx = Fx::new("planted");
+    let outside = tempfile::tempdir().unwrap();
+    let root = mkdirs(&fx.src().join("tree")).to_path_buf();
+    put(&root, "a.txt", 100, 1);
+    put(&root, "sub/b.txt", 200, 2);
+    symlink(outside.path(), fx.out().join("tree")).unwrap();
+
+    let output = fx.run(&["tree"]);
+    assert!(output.status.code().is_some_and(|c| c != 0), "{}", show(&output));
+    assert!(is_empty_dir(outside.path()), "written through the link: {:?}", tree(outside.path()));
+    assert!(fs::symlink_metadata(fx.out().join("tree")).unwrap().file_type().is_symlink());
+
+    // Deeper: a real folder holding a planted link.
+    let outside2 = tempfile::tempdir().unwrap();
+    let deep = mkdirs(&fx.src().join("deep")).to_path_buf();
+    put(&deep, "top.txt", 10, 3);
+    put(&deep, "sub/b.txt", 20, 4);
+    mkdirs(&fx.out().join("deep"));
+    symlink(outside2.path(), fx.out().join("deep/sub")).unwrap();
+    let output = fx.run(&["deep"]);
+    assert!(output.status.code().is_some_and(|c| c != 0), "{}", show(&output));
+    assert!(is_empty_dir(outside2.path()), "written through the link: {:?}", tree(outside2.path()));
+
+    // A dangling link where a file would go: its target is never created.
+    put(fx.src(), "f.txt", 30, 5);
+    symlink(outside.path().join("f.txt"), fx.out().join("f.txt")).unwrap();
+    let output = fx.run(&["f.txt"]);
+    assert!(!outside.path().join("f.txt").exists(), "written through the link\n{}", show(&output));
+
+    // The server keeps serving.
+    put(fx.src(), "ok.txt", 40, 6);
+    let output = fx.run(&["ok.txt"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert!(fs::read(fx.out().join("ok.txt")).unwrap() == pattern(40, 6));
+    assert!(server_is_clean(&fx));
+}
