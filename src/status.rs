@@ -213,7 +213,12 @@ pub fn render_text(s: &Snapshot) -> String {
         let done = format!("{}/{}", hb(st.bytes_done), hb(st.file_size));
         out.push_str(&format!(
             "{:<32} {:>6} {:>8} {:<18} {:>23}  {}\n",
-            st.guid, st.stream_id, st.client_pid, st.phase, done, st.file
+            st.guid,
+            st.stream_id,
+            st.client_pid,
+            st.phase,
+            done,
+            crate::escape::escaped(&st.file)
         ));
     }
     out
