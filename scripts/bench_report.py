@@ -13,13 +13,24 @@
       (medians, median of per-run ratios); with --json also writes them as JSON.
       Lines: M key value | S key run value | R case metric unit better sxkey cmpname cmpref
       where cmpref is "key:<key>", "const:<number>" or "-".
+
+  bench_report.py tree --out DIR --files N [--dirs D] [--depth K] [--sizes spread|empty] [--seed S]
+      Makes a folder tree at DIR (which must not exist), the same for the same arguments:
+      D folders (DIR included) nested up to K levels below DIR, every folder holding at
+      least one file, N files with distinct pseudo-random contents, modes (0644 mostly,
+      some 0755, 0600, 0640, 0444) and mtimes (whole seconds and nanoseconds). Sizes
+      "spread": 0 B .. 64 KiB, about 85% under 8 KiB; "empty": every file 0 B. Prints
+      one "files dirs bytes depth fingerprint" line (sha256 of names, modes, sizes,
+      mtimes and contents, first 16 hex digits).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -245,6 +256,68 @@ def cmd_report(args: argparse.Namespace) -> int:
         os.replace(tmp, args.json)
     return 0
 
+# ---------------------------------------------------------------- tree
+
+
+def cmd_tree(args: argparse.Namespace) -> int:
+    if args.files < args.dirs or args.dirs < 1 or args.depth < 0:
+        print("bench_report.py tree: needs files >= dirs >= 1 and depth >= 0", file=sys.stderr)
+        return 2
+    if args.dirs > 1 and args.depth == 0:
+        print("bench_report.py tree: more than one folder needs depth >= 1", file=sys.stderr)
+        return 2
+    rng = random.Random(f"sxbench-tree-{args.seed}")
+    # Folders: each new one goes under a random earlier one that is not yet at the depth
+    # limit, so the tree gets both wide and deep parts.
+    dirs: list[tuple[str, int]] = [("", 0)]
+    for i in range(1, args.dirs):
+        parent, level = rng.choice([d for d in dirs if d[1] < args.depth])
+        name = f"dir {i:03d}" if i % 17 == 0 else f"d{i:03d}"
+        dirs.append((os.path.join(parent, name), level + 1))
+    os.mkdir(args.out)
+    for rel, _ in dirs[1:]:
+        os.mkdir(os.path.join(args.out, rel))
+    exts = [".txt", ".c", ".h", ".json", ".png", "", ".md", ".tar.gz"]
+    fingerprint = hashlib.sha256()
+    total = 0
+    records = []
+    for i in range(args.files):
+        parent = dirs[i][0] if i < len(dirs) else rng.choice(dirs)[0]
+        rel = os.path.join(parent, f"f{i:05d}{rng.choice(exts)}")
+        if args.sizes == "empty":
+            size = 0
+        else:
+            r = rng.random()
+            if r < 0.02:
+                size = 0
+            elif r < 0.85:
+                size = rng.randint(1, 8191)
+            elif r < 0.97:
+                size = rng.randint(8192, 32767)
+            else:
+                size = rng.randint(32768, 65536)
+        r = rng.random()
+        mode = 0o644 if r < 0.80 else 0o755 if r < 0.90 else 0o600 if r < 0.95 else 0o640 if r < 0.98 else 0o444
+        mtime_ns = (1_500_000_000 + rng.randrange(200_000_000)) * 10**9 + (
+            0 if rng.random() < 0.3 else rng.randrange(10**9)
+        )
+        data = rng.randbytes(size)
+        path = os.path.join(args.out, rel)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, mode)
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+        total += size
+        records.append((rel, mode, size, mtime_ns, hashlib.sha256(data).hexdigest()))
+    dir_modes = {rel: (0o755 if rng.random() < 0.85 else rng.choice([0o750, 0o700])) for rel, _ in dirs[1:]}
+    for rel, mode in dir_modes.items():
+        os.chmod(os.path.join(args.out, rel), mode)
+    for rec in sorted(records) + sorted(("D", rel, mode) for rel, mode in dir_modes.items()):
+        fingerprint.update(repr(rec).encode())
+    depth = max(level for _, level in dirs)
+    print(f"{args.files} {args.dirs} {total} {depth} {fingerprint.hexdigest()[:16]}")
+    return 0
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -259,8 +332,15 @@ def main() -> int:
     r = sub.add_parser("report")
     r.add_argument("--results", required=True)
     r.add_argument("--json")
+    t = sub.add_parser("tree")
+    t.add_argument("--out", required=True)
+    t.add_argument("--files", type=int, required=True)
+    t.add_argument("--dirs", type=int, default=1)
+    t.add_argument("--depth", type=int, default=4)
+    t.add_argument("--sizes", choices=("spread", "empty"), default="spread")
+    t.add_argument("--seed", default="1")
     args = parser.parse_args()
-    return cmd_sample(args) if args.what == "sample" else cmd_report(args)
+    return {"sample": cmd_sample, "report": cmd_report, "tree": cmd_tree}[args.what](args)
 
 
 if __name__ == "__main__":

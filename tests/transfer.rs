@@ -135,6 +135,33 @@ fn a_client_without_a_server_fails_with_a_hint() {
 }
 
 #[test]
+fn a_client_waits_its_whole_timeout_for_a_segment_still_being_set_up() {
+    // What a server starting with a large --size shows while it reserves the pages:
+    // the object exists but is not sized (and has no header) yet.
+    let name = unique_name("settingup");
+    let shm = shm_path(&name);
+    fs::write(&shm, b"").unwrap();
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+    let _remove = Remove(shm);
+    let src = tempfile::tempdir().unwrap();
+    let file = write_file(src.path(), "x.bin", 10, 1);
+    let started = std::time::Instant::now();
+    let mut command = std::process::Command::new(CLIENT);
+    command.args(["--name", &name, "--timeout", "4"]).arg(&file);
+    let output = run(command);
+    let waited = started.elapsed();
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("never finished setting it up"), "{}", show(&output));
+    // A lower bound only: it must not give up before its --timeout (it used to after 2 s).
+    assert!(waited >= Duration::from_millis(3500), "gave up after {waited:?}\n{}", show(&output));
+}
+
+#[test]
 fn a_client_without_ids_prints_usage_and_exits_2() {
     let output = run(std::process::Command::new(CLIENT));
     assert_eq!(output.status.code(), Some(2), "{}", show(&output));
