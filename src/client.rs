@@ -632,11 +632,13 @@ pub fn run(cli: ClientCli) -> ExitStatus {
         follow_symlinks: cli.follow_symlinks,
         config: &cli.common.config,
     };
-    let planned = sources::plan(&request, |n| {
-        if n % 256 == 0 {
-            counting.set_message(format!("{n} files found"));
-            counting.tick();
-        }
+    let planned = exit_on_stop_during(|| {
+        sources::plan(&request, |n| {
+            if n % 256 == 0 {
+                counting.set_message(format!("{n} files found"));
+                counting.tick();
+            }
+        })
     });
     counting.finish_and_clear();
     let items = match planned {
@@ -677,6 +679,27 @@ pub fn run(cli: ClientCli) -> ExitStatus {
     }
     front.bar.finish_and_clear();
     report(&board, &front, started.elapsed())
+}
+
+/// Runs `work` (walking folders, reading a `--files-from` list from a terminal),
+/// exiting 130 at once on SIGINT/SIGTERM: nothing has been sent yet, and the
+/// standard library retries reads the signal interrupts.
+fn exit_on_stop_during<T>(work: impl FnOnce() -> T) -> T {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                if sys::stop_signal().is_some() {
+                    eprintln!("sharedclient: interrupted before anything was sent");
+                    std::process::exit(i32::from(ExitStatus::Interrupted.code()));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let result = work();
+        done.store(true, Ordering::SeqCst);
+        result
+    })
 }
 
 /// The items to send, in phases run one after the other: folders first, level by
