@@ -4,7 +4,8 @@
 # Usage: scripts/bench.sh [--quick] [--json FILE] [--runs N]
 #
 #   --quick    3 runs and smaller sizes (256 MiB instead of 1 GiB, 16 MiB streams,
-#              20,000 pings, 3 s idle windows, 1 GiB for the memory case): about a minute
+#              20,000 pings, 3 s idle windows, 1 GiB for the memory case, 2,000 files
+#              in the tree, 2,000 empty files): about a minute
 #   --json F   also write the results as JSON to F
 #   --runs N   timed runs per case and side (default 5, --quick 3)
 #
@@ -12,9 +13,12 @@
 # sharedserver (segment sxbseg-$$, 64M) for the whole run, and measures each case with
 # the two sides alternated (A B B A A B ...), after one untimed warm-up round. Every
 # sharedxfer run is checked right after the client exits (each output's size; content
-# with cmp on the first timed run of each case); a failed check fails the benchmark.
+# with cmp on the first timed run of each case; for a folder sent whole, every run: the
+# tree's names, sizes, modes, mtimes and contents); a failed check fails the benchmark.
 # Cases: 1 one big file, 2 16 streams in one client, 3 4 clients x 4 streams,
-# 4 2,000 small files, 5 ping-pong latency, 6 idle CPU, 7 peak memory of a big file.
+# 4 2,000 small files, 5 ping-pong latency, 6 idle CPU, 7 peak memory of a big file,
+# 8 a folder tree (10,000 files, 0 B - 64 KiB, most under 8 KiB, 100 nested folders)
+# sent as a folder vs cp -r, 9 a folder of 5,000 empty files vs cp -r.
 # Exit status: 0 done, 1 a run or a check failed, 2 usage.
 set -euo pipefail
 export LC_ALL=C
@@ -40,11 +44,11 @@ done
 [[ -z $json || $json == /* ]] || json="$start_dir/$json"
 
 if ((quick)); then
-  runs=${runs:-3} big_mib=256 per_mib=16 nsmall=2000 pings=20000 idle_secs=3 huge_mib=1024
+  runs=${runs:-3} big_mib=256 per_mib=16 nsmall=2000 pings=20000 idle_secs=3 huge_mib=1024 ntree=2000 nempty=2000
 else
-  runs=${runs:-5} big_mib=1024 per_mib=64 nsmall=2000 pings=100000 idle_secs=10 huge_mib=4096
+  runs=${runs:-5} big_mib=1024 per_mib=64 nsmall=2000 pings=100000 idle_secs=10 huge_mib=4096 ntree=10000 nempty=5000
 fi
-segsize=64M segsize_mib=64 small_jobs=8 timeout_s=300 wait_secs=$((idle_secs / 2 > 2 ? idle_secs / 2 : 2))
+segsize=64M segsize_mib=64 small_jobs=8 tree_dirs=100 tree_depth=4 tree_jobs=4 timeout_s=300 wait_secs=$((idle_secs / 2 > 2 ? idle_secs / 2 : 2))
 
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -112,7 +116,7 @@ cargo build --release --quiet || fail "cargo build --release failed"
 command -v gcc >/dev/null || fail "gcc is needed for the pipe ping-pong"
 command -v python3 >/dev/null || fail "python3 is needed for the report"
 
-need_mib=$((2 * huge_mib + big_mib + 512))
+need_mib=$((2 * huge_mib + big_mib + 512 + 3 * ntree / 10))
 free_mib=$(df -Pm /dev/shm | awk 'NR == 2 { print $4 }')
 ((free_mib >= need_mib)) || fail "/dev/shm has $free_mib MiB free, the benchmark needs about $need_mib MiB"
 
@@ -127,13 +131,15 @@ memtotal=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 mode=$([[ $quick == 1 ]] && echo quick || echo full)
 echo "machine: nproc=$nproc_, cpu='${model:-unknown}', kernel=$kernel, memory=$memtotal, /dev/shm free=${free_mib} MiB, loadavg at start=$load0"
-echo "settings: mode=$mode, runs=$runs (+1 untimed warm-up round), segment=$segsize (server started once, default workers), sizes: case1 ${big_mib} MiB, case2/3 16 x ${per_mib} MiB, case4 $nsmall x 4 KiB (-j $small_jobs), case5 $pings round trips, case6 ${idle_secs} s windows, case7 ${huge_mib} MiB"
+echo "settings: mode=$mode, runs=$runs (+1 untimed warm-up round), segment=$segsize (server started once, default workers), sizes: case1 ${big_mib} MiB, case2/3 16 x ${per_mib} MiB, case4 $nsmall x 4 KiB (-j $small_jobs), case5 $pings round trips, case6 ${idle_secs} s windows, case7 ${huge_mib} MiB, case8 $ntree files in $tree_dirs folders (-j $tree_jobs), case9 $nempty empty files (-j $tree_jobs)"
 meta machine.nproc "$nproc_"; meta machine.model "$model"; meta machine.kernel "$kernel"
 meta machine.memory "$memtotal"; meta machine.loadavg_start "$load0"
 meta settings.mode "$mode"; meta settings.runs "$runs"; meta settings.segment "$segsize"
 meta settings.big_mib "$big_mib"; meta settings.stream_mib "$per_mib"; meta settings.small_files "$nsmall"
 meta settings.small_jobs "$small_jobs"; meta settings.pings "$pings"; meta settings.idle_secs "$idle_secs"
-meta settings.huge_mib "$huge_mib"; meta settings.tmpdir "$T"
+meta settings.huge_mib "$huge_mib"; meta settings.tree_files "$ntree"; meta settings.tree_dirs "$tree_dirs"
+meta settings.tree_depth "$tree_depth"; meta settings.tree_jobs "$tree_jobs"; meta settings.empty_files "$nempty"
+meta settings.tmpdir "$T"
 
 # Pseudo-random content at GB/s (/dev/urandom is ~5 s per GiB here); distinct per seed.
 make_random() { # FILE BYTES SEED
@@ -430,6 +436,84 @@ row "7 one ${huge_mib} MiB file" "client peak Rss-RssShmem" MiB lower c7.client 
 row "7 one ${huge_mib} MiB file" "server peak Rss (incl. segment)" MiB lower c7.server_rss "segment size" "const:$segsize_mib"
 row "7 one ${huge_mib} MiB file" "client peak Rss (incl. segment)" MiB lower c7.client_rss "segment size" "const:$segsize_mib"
 row "7 one ${huge_mib} MiB file" "client -> server (while sampled)" MB/s higher c7.rate - -
+
+# --------------------------------------------------------------------------- cases 8, 9
+
+# One line per entry below DIR, sorted: type, then for files mode, size, mtime (with
+# --meta) or size, and for folders the mode (with --meta); then the relative path.
+# Hidden names are left out (the generator makes none; a leftover temporary file is noted).
+tree_list() { # DIR [--meta]
+  if [[ ${2:-} == --meta ]]; then
+    find "$1" -mindepth 1 ! -name '.*' \( -type f -printf 'f %m %s %T@ %P
+' -o -type d -printf 'd %m %P
+' -o -printf '%y %P
+' \)
+  else
+    find "$1" -mindepth 1 ! -name '.*' \( -type f -printf 'f %s %P
+' -o -type d -printf 'd %P
+' -o -printf '%y %P
+' \)
+  fi | sort
+}
+
+# Checks that DIR holds SRCDIR's whole tree: names, types and sizes; with --full also
+# file and folder modes, file mtimes (to the nanosecond) and every file's contents.
+check_tree() { # LABEL SRCDIR DIR [--full]
+  local label=$1 src=$2 dir=$3 meta=""
+  [[ ${4:-} == --full ]] && meta=--meta
+  [[ -d $dir ]] || fail "$label: $dir was not made"
+  tree_list "$src" $meta >"$T/tree.want"
+  tree_list "$dir" $meta >"$T/tree.got"
+  diff "$T/tree.want" "$T/tree.got" >"$T/check.diff" ||
+    fail "$label: the tree in $dir does not match $src (type [mode] size [mtime] path; < missing or wrong, > unexpected; $(grep -c '^[<>]' "$T/check.diff") lines)" \
+      "$T/check.diff" "$T/server.log"
+  local parts
+  parts=$(find "$dir" -name '.*' | wc -l)
+  ((parts == 0)) || { say "NOTE: $label: $parts hidden (temporary?) file(s) left in $dir after the client exited"; meta "note.$label-leftovers" "$label: $parts hidden files left in the output tree after the client exited"; }
+  if [[ -n $meta ]]; then
+    diff -rq -x '.*' "$src" "$dir" >"$T/check.diff" 2>&1 || fail "$label: contents differ" "$T/check.diff"
+  fi
+}
+
+tree_side() { # CASE SRCDIR COUNT SIDE RUN : sends SRCDIR as a folder, or cp -r's it
+  local c=$1 src=$2 count=$3 side=$4 run=$5 base=${2##*/}
+  clean_out
+  case $side in
+    sx)
+      timed "${cl[@]}" -j "$tree_jobs" "$src" >"$T/client.log" 2>&1 ||
+        fail "case $c: sharedclient exited $? ($(printf '%q ' "${cl[@]}" -j "$tree_jobs" "$src"))" "$T/client.log" "$T/server.log"
+      check_tree "case $c sharedxfer" "$src" "$T/out/$base" --full
+      server_alive "case $c"
+      ;;
+    cp)
+      timed cp -r "$src" "$T/cmp/$base" || fail "case $c: cp -r failed"
+      check_tree "case $c cp -r" "$src" "$T/cmp/$base"
+      ;;
+  esac
+  ((run < 0)) || sample "c$c.$side" "$run" "$(div "$count" "$elapsed_us" 1000000)"
+}
+
+mkdir -p "$T/src8" "$T/src9"
+read -r _ _ tree_bytes tree_levels tree_fp < <(python3 "$report" tree --out "$T/src8/tree" --files "$ntree" \
+  --dirs "$tree_dirs" --depth "$tree_depth" --seed 8) || fail "could not make the case 8 tree"
+[[ $tree_fp =~ ^[0-9a-f]{16}$ ]] || fail "could not make the case 8 tree"
+meta settings.tree_bytes "$tree_bytes"; meta settings.tree_fingerprint "$tree_fp"
+tree_mb=$(div "$tree_bytes" 1000000)
+say "case 8: a tree of $ntree files, $tree_dirs folders $tree_levels deep, ${tree_mb%.*} MB (fingerprint $tree_fp), sent as a folder (-j $tree_jobs) vs cp -r"
+for side in sx cp; do tree_side 8 "$T/src8/tree" "$ntree" "$side" -1; done
+for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx cp); do tree_side 8 "$T/src8/tree" "$ntree" "$side" "$r"; done; done
+clean_out
+row "8 tree: $ntree files, $tree_dirs folders, ${tree_mb%.*} MB" "files/s (-j $tree_jobs)" files/s higher c8.sx "cp -r dir" key:c8.cp
+rm -rf "$T/src8"
+
+python3 "$report" tree --out "$T/src9/empty" --files "$nempty" --dirs 1 --sizes empty --seed 9 >/dev/null ||
+  fail "could not make the case 9 folder"
+say "case 9: a folder of $nempty empty files, sent as a folder (-j $tree_jobs) vs cp -r"
+for side in sx cp; do tree_side 9 "$T/src9/empty" "$nempty" "$side" -1; done
+for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx cp); do tree_side 9 "$T/src9/empty" "$nempty" "$side" "$r"; done; done
+clean_out
+row "9 $nempty empty files" "files/s (-j $tree_jobs)" files/s higher c9.sx "cp -r dir" key:c9.cp
+rm -rf "$T/src9"
 
 # --------------------------------------------------------------------------- case 6b
 

@@ -10,7 +10,8 @@
 
   bench_report.py report --results FILE [--json FILE]
       Reads the tab-separated results bench.sh wrote and prints one aligned table
-      (medians, median of per-run ratios); with --json also writes them as JSON.
+      (medians with min..max of both sides, median of per-run ratios); with --json also
+      writes them as JSON.
       Lines: M key value | S key run value | R case metric unit better sxkey cmpname cmpref
       where cmpref is "key:<key>", "const:<number>" or "-".
 
@@ -208,13 +209,21 @@ def cmd_report(args: argparse.Namespace) -> int:
                 "comparison_runs": cmp_runs,
                 "sharedxfer_min": min(sx_runs),
                 "sharedxfer_max": max(sx_runs),
+                "comparison_min": min(cmp_runs) if cmp_runs else None,
+                "comparison_max": max(cmp_runs) if cmp_runs else None,
             }
         )
 
-    header = ["case", "metric", "unit", "sharedxfer", "(min..max)", "comparison", "value", "ratio", "better", "runs"]
+    header = ["case", "metric", "unit", "sharedxfer", "(min..max)", "comparison", "value", "(min..max)", "ratio",
+              "better", "runs"]
     table = [header]
     for r in results:
         spread = "" if r["runs"] < 2 else f"{fmt(r['sharedxfer_min'], r['unit'])}..{fmt(r['sharedxfer_max'], r['unit'])}"
+        cmp_spread = (
+            ""
+            if len(r["comparison_runs"]) < 2
+            else f"{fmt(r['comparison_min'], r['unit'])}..{fmt(r['comparison_max'], r['unit'])}"
+        )
         table.append(
             [
                 r["case"],
@@ -224,12 +233,13 @@ def cmd_report(args: argparse.Namespace) -> int:
                 spread,
                 r["comparison"] or "-",
                 fmt(r["comparison_value"], r["unit"]),
+                cmp_spread,
                 fmt_ratio(r["ratio"]),
                 r["better"],
                 str(r["runs"]),
             ]
         )
-    numeric = {3, 4, 6, 7, 9}
+    numeric = {3, 4, 6, 7, 8, 10}
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = []
     for n, row in enumerate(table):

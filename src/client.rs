@@ -594,7 +594,6 @@ struct Board {
     items: Vec<Item>,
     outcomes: Mutex<Vec<Option<Outcome>>>,
     queue: Mutex<VecDeque<usize>>,
-    running: AtomicUsize,
 }
 
 impl Board {
@@ -605,6 +604,8 @@ impl Board {
 
 /// What the front end decided from the command line.
 struct Front {
+    /// Failures already explained in one line (no server to connect to).
+    quiet_failures: std::sync::atomic::AtomicBool,
     verbose: bool,
     json: bool,
     options: SendOptions,
@@ -650,6 +651,7 @@ pub fn run(cli: ClientCli) -> ExitStatus {
     };
     let bar = if show_bars { aggregate_bar(&items) } else { ProgressBar::hidden() };
     let front = Front {
+        quiet_failures: false.into(),
         verbose: cli.verbose,
         json: cli.json,
         options: SendOptions { skip_existing: cli.skip_existing },
@@ -660,7 +662,6 @@ pub fn run(cli: ClientCli) -> ExitStatus {
         outcomes: Mutex::new(items.iter().map(preset).collect()),
         items,
         queue: Mutex::new(VecDeque::new()),
-        running: AtomicUsize::new(0),
     };
     let phases = phases(&board.items);
     if !phases.is_empty() {
@@ -671,9 +672,12 @@ pub fn run(cli: ClientCli) -> ExitStatus {
                 }
             }
             Err(e) => {
+                // One reason for every item: say it once, not once per file.
+                eprintln!("sharedclient: {e}");
                 for index in phases.into_iter().flatten() {
                     board.record(index, Outcome::Failed(e.clone()));
                 }
+                front.quiet_failures.store(true, Ordering::Relaxed);
             }
         }
     }
@@ -765,17 +769,22 @@ fn run_phase(
     let files_total =
         board.items.iter().filter(|i| i.kind == Kind::File && i.verdict == Verdict::Send).count();
     let files_done = AtomicUsize::new(0);
-    board.running.store(workers, Ordering::SeqCst);
+    let (finished, jobs_done) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|scope| {
         for _ in 0..workers {
-            scope.spawn(|| {
-                job(connection, board, front, &files_done, files_total);
-                board.running.fetch_sub(1, Ordering::SeqCst);
+            let (finished, files_done) = (finished.clone(), &files_done);
+            scope.spawn(move || {
+                job(connection, board, front, files_done, files_total);
+                let _ = finished.send(());
             });
         }
+        let mut running = workers;
         let mut stop_seen: Option<Instant> = None;
-        while board.running.load(Ordering::SeqCst) > 0 {
-            std::thread::sleep(Duration::from_millis(20));
+        while running > 0 {
+            if jobs_done.recv_timeout(Duration::from_millis(20)).is_ok() {
+                running -= 1;
+                continue;
+            }
             if sys::stop_signal().is_some() {
                 let since = *stop_seen.get_or_insert_with(Instant::now);
                 if since.elapsed() >= Duration::from_millis(800) {
@@ -858,7 +867,9 @@ fn report(board: &Board, front: &Front, elapsed: Duration) -> ExitStatus {
         }
         bytes += sent_bytes;
         if let Some(error) = &error {
-            failures.push(format!("failed: {}: {error}", escaped(&item.shown)));
+            if !front.quiet_failures.load(Ordering::Relaxed) || item.verdict != Verdict::Send {
+                failures.push(format!("failed: {}: {error}", escaped(&item.shown)));
+            }
         }
         if front.json {
             files.push(serde_json::json!({

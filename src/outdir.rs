@@ -11,6 +11,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::sys;
@@ -37,8 +38,23 @@ pub struct OutputDir {
 
 /// The folder a file goes into, and its base name there.
 pub struct Target {
-    pub parent: OwnedFd,
+    pub parent: Arc<OwnedFd>,
     pub base: String,
+}
+
+/// The last folder a stream wrote into, kept open: files of one folder usually come
+/// one after another, and each would otherwise cost an `openat` and a `close` per
+/// path component. Cleared on any failure, so a folder removed and made again is
+/// opened afresh.
+#[derive(Default)]
+pub struct DirCache {
+    last: Option<(String, Arc<OwnedFd>)>,
+}
+
+impl DirCache {
+    pub fn clear(&mut self) {
+        self.last = None;
+    }
 }
 
 impl Target {
@@ -69,19 +85,23 @@ impl OutputDir {
             })
     }
 
-    /// Opens (creating if missing, when `create`) every folder of `rel` but the last
-    /// component; `rel` was checked by `protocol::validate_path`.
-    pub fn target(&self, rel: &str, create: bool) -> Result<Target, PathError> {
-        let (folders, base) = match rel.rsplit_once('/') {
-            Some((folders, base)) => (Some(folders), base),
-            None => (None, rel),
-        };
-        let mut dir = self.open_root()?;
-        if let Some(folders) = folders {
-            for (index, component) in folders.split('/').enumerate() {
-                dir = self.step(dir, rel, component, index, create, 0o777)?;
+    /// Opens (creating if missing) every folder of `rel` but the last component, or
+    /// takes the folder from `cache`; `rel` was checked by `protocol::validate_path`.
+    pub fn target(&self, rel: &str, cache: &mut DirCache) -> Result<Target, PathError> {
+        let (folders, base) = rel.rsplit_once('/').unwrap_or(("", rel));
+        if let Some((cached, dir)) = &cache.last {
+            if cached == folders {
+                return Ok(Target { parent: Arc::clone(dir), base: base.to_owned() });
             }
         }
+        let mut dir = self.open_root()?;
+        if !folders.is_empty() {
+            for (index, component) in folders.split('/').enumerate() {
+                dir = self.step(dir, rel, component, index, 0o777)?;
+            }
+        }
+        let dir = Arc::new(dir);
+        cache.last = Some((folders.to_owned(), Arc::clone(&dir)));
         Ok(Target { parent: dir, base: base.to_owned() })
     }
 
@@ -92,7 +112,7 @@ impl OutputDir {
         let count = rel.split('/').count();
         for (index, component) in rel.split('/').enumerate() {
             let mode = if index + 1 == count { mode } else { 0o777 };
-            dir = self.step(dir, rel, component, index, true, mode)?;
+            dir = self.step(dir, rel, component, index, mode)?;
         }
         Ok(())
     }
@@ -103,11 +123,10 @@ impl OutputDir {
         rel: &str,
         component: &str,
         index: usize,
-        create: bool,
         mode: u32,
     ) -> Result<OwnedFd, PathError> {
         let opened = match sys::open_dir_at(dir.as_fd(), component) {
-            Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 match sys::mkdir_at(dir.as_fd(), component, mode) {
                     Ok(()) => sys::open_dir_at(dir.as_fd(), component),
                     // Made by another stream meanwhile: use it (still never a link).

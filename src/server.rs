@@ -24,7 +24,7 @@ use crate::checksum::Checksum;
 use crate::escape::escaped;
 use crate::handout::{self, Ticket};
 use crate::lock::{self, LockDir};
-use crate::outdir::{Incoming, OutputDir};
+use crate::outdir::{DirCache, Incoming, OutputDir};
 use crate::protocol::{self, ClientCommand, ErrorCode, FileMeta, ServerReply};
 use crate::segment::{
     self, human_bytes, Record, Segment, BUFFER_ALIGN, RECORD_ACTIVE, RECORD_ALIGN, RECORD_OFFERED,
@@ -416,6 +416,8 @@ struct Stream {
     /// Private copies of the ring's (offset, capacity). Kept from one file to the
     /// next on the same stream, so small files need no new buffers.
     ring: Vec<(u64, u64)>,
+    /// The folder of the last file, kept open for the next one.
+    dirs: DirCache,
     /// Set when the record can be freed.
     finished: bool,
     /// Dropped for idleness while its client still lives: the buffers are freed, but
@@ -444,6 +446,7 @@ impl Stream {
             last_liveness: now,
             label: format!("stream {}", offer.ticket.guid.simple()),
             ring: Vec::new(),
+            dirs: DirCache::default(),
             finished: false,
             dropped: false,
         }
@@ -596,7 +599,10 @@ impl Stream {
                 format!("names starting with {TEMP_MARK} are reserved for the server's temporary files");
             return Err(failure(ErrorCode::BadRequest, message));
         }
-        let target = shared.output.target(&name, true).map_err(|e| failure(ErrorCode::Io, e.message))?;
+        let target = shared.output.target(&name, &mut self.dirs).map_err(|e| {
+            self.dirs.clear();
+            failure(ErrorCode::Io, e.message)
+        })?;
         // Fail a big transfer before it starts; a small one (`early == false`) is
         // refused just as surely by the no-clobber publish.
         let check_now = early_exists_check || meta.skip_existing;
@@ -776,6 +782,7 @@ impl Stream {
     /// answers with Abort or Close, or exits.
     fn fail(&mut self, shared: &Shared, failure: Failure) {
         self.remove_transfer();
+        self.dirs.clear();
         self.revoke_ring(shared);
         shared.segment.header().streams_failed.fetch_add(1, Ordering::Relaxed);
         shared.report(format!("failed {}: {}", escaped(&self.label), failure.message));
