@@ -5,7 +5,7 @@
 //!                 | Header (magic written last) |  512 B
 //! 512             | Handout: the GUID on offer  |  512 B
 //! 4096 area_start +-----------------------------+
-//!                 | Record | Record | hole | ...|  records grow upward (2 KiB each)
+//!                 | Record | Record | hole | ...|  records grow upward (10 KiB each)
 //!                 |             v               |  <- low_mark
 //!                 |        free middle gap      |
 //!                 |             ^               |  <- high_mark
@@ -48,8 +48,8 @@ pub const BUFFER_ALIGN: u64 = 4096;
 pub const MAX_WORKERS: usize = 16;
 /// Ring slots per stream, at most (the server may give fewer).
 pub const MAX_SLOTS: usize = 16;
-/// Bytes of text one mailbox carries (file names, error messages).
-/// A mailbox's text field: room for a whole relative path (Linux PATH_MAX).
+/// Bytes of text one mailbox carries (paths, error messages): room for a whole
+/// relative path (Linux PATH_MAX).
 pub const TEXT_CAPACITY: usize = 4096;
 pub const MIN_SEGMENT_SIZE: u64 = 256 * 1024;
 pub const MAX_SEGMENT_SIZE: u64 = 1 << 40;

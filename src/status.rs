@@ -107,7 +107,7 @@ pub fn snapshot(segment: &Segment, locks: Option<&LockDir>) -> Snapshot {
     }
 }
 
-/// Records sit at fixed 2 KiB steps from the area start up to the low watermark.
+/// Records sit at fixed RECORD_SIZE steps from the area start up to the low watermark.
 fn live_streams(segment: &Segment, low_mark: u64) -> Vec<StreamStatus> {
     let start = segment.layout().area_start;
     let count = (low_mark - start) / RECORD_SIZE;
