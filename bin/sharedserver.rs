@@ -1,6 +1,7 @@
 //! `sharedserver [OUTPUT_DIR]`: parse the command line, resolve the output folder,
 //! and run the library's server.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,7 +17,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(status) => status.into(),
         Err(e) => {
-            eprintln!("sharedserver: {e:#}");
+            // A closed stderr must not turn a clean error into a panic.
+            let _ = writeln!(std::io::stderr(), "sharedserver: {e:#}");
             if e.downcast_ref::<StartError>().is_some() {
                 ExitStatus::Usage.into()
             } else {

@@ -24,7 +24,6 @@ use crate::config::StreamId;
 use crate::escape::escaped;
 use crate::handout::{self, load_guid, Ticket};
 use crate::lock::{self, LockDir};
-use crate::outdir::mtime_ns;
 use crate::protocol::{self, ClientCommand, ErrorCode, FileMeta, ServerReply, MODE_BITS};
 use crate::segment::{Record, Segment, MAX_SLOTS, SERVER_STOPPING, SLOT_EMPTY, SLOT_FULL};
 use crate::sources::{self, Item, Kind, Origin, Request, Source, Verdict};
@@ -299,7 +298,7 @@ fn open_source(item: &Item, options: &SendOptions) -> Result<Opened, StreamError
         }
         Source::Path { path, no_follow } => {
             let flags = if *no_follow { libc::O_NOFOLLOW } else { 0 };
-            let shown = escaped(&path.display().to_string()).into_owned();
+            let shown = crate::escape::escaped_path(path);
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(flags)
@@ -321,7 +320,7 @@ fn open_source(item: &Item, options: &SendOptions) -> Result<Opened, StreamError
         return Ok(Opened { file, regular: None, exact: None, hint: STREAM_SIZE_HINT, meta });
     }
     meta.mode = Some(stat.mode() & MODE_BITS);
-    meta.mtime_ns = stat.modified().ok().map(mtime_ns);
+    meta.mtime = stat.modified().ok();
     // Files of /proc and /sys (and empty files) occupy no blocks and report a size
     // that is not their content: read those to EOF.
     let exact = (stat.blocks() > 0).then_some(stat.len());
@@ -645,7 +644,7 @@ pub fn run(cli: ClientCli) -> ExitStatus {
     let items = match planned {
         Ok(items) => items,
         Err(message) => {
-            eprintln!("sharedclient: {message}");
+            errln!("sharedclient: {message}");
             return ExitStatus::Usage;
         }
     };
@@ -673,7 +672,7 @@ pub fn run(cli: ClientCli) -> ExitStatus {
             }
             Err(e) => {
                 // One reason for every item: say it once, not once per file.
-                eprintln!("sharedclient: {e}");
+                errln!("sharedclient: {e}");
                 for index in phases.into_iter().flatten() {
                     board.record(index, Outcome::Failed(e.clone()));
                 }
@@ -694,7 +693,7 @@ fn exit_on_stop_during<T>(work: impl FnOnce() -> T) -> T {
         scope.spawn(|| {
             while !done.load(Ordering::SeqCst) {
                 if sys::stop_signal().is_some() {
-                    eprintln!("sharedclient: interrupted before anything was sent");
+                    errln!("sharedclient: interrupted before anything was sent");
                     std::process::exit(i32::from(ExitStatus::Interrupted.code()));
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -730,7 +729,7 @@ fn preset(item: &Item) -> Option<Outcome> {
     match &item.verdict {
         Verdict::Send => None,
         Verdict::Skip(why) => {
-            eprintln!("skipped: {why}");
+            errln!("skipped: {why}");
             Some(Outcome::Skipped)
         }
         Verdict::Refuse(why) => Some(Outcome::Failed(StreamError::Usage(why.clone()))),
@@ -778,12 +777,15 @@ fn run_phase(
                 let _ = finished.send(());
             });
         }
-        let mut running = workers;
+        // Every job holds a sender: when all are gone (finished, or a job thread
+        // died), the phase is over.
+        drop(finished);
         let mut stop_seen: Option<Instant> = None;
-        while running > 0 {
-            if jobs_done.recv_timeout(Duration::from_millis(20)).is_ok() {
-                running -= 1;
-                continue;
+        loop {
+            match jobs_done.recv_timeout(Duration::from_millis(20)) {
+                Ok(()) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             }
             if sys::stop_signal().is_some() {
                 let since = *stop_seen.get_or_insert_with(Instant::now);
@@ -821,9 +823,9 @@ fn job(connection: &Connection, board: &Board, front: &Front, files_done: &Atomi
                     (Delivered::Skipped, _) => format!("skipped {} (exists)", escaped(&item.name)),
                 };
                 if front.json {
-                    eprintln!("{line}");
+                    errln!("{line}");
                 } else {
-                    front.bar.suspend(|| println!("{line}"));
+                    front.bar.suspend(|| outln!("{line}"));
                 }
             }
         }
@@ -842,63 +844,133 @@ fn job(connection: &Connection, board: &Board, front: &Front, files_done: &Atomi
 /// Prints the summary (lines, or JSON) and picks the exit status (130 > 2 > 1 > 0).
 fn report(board: &Board, front: &Front, elapsed: Duration) -> ExitStatus {
     let outcomes = board.outcomes.lock().expect("outcome lock");
-    let interrupted = sys::stop_signal().is_some();
-    let outcome_of = |index: usize| match &outcomes[index] {
-        Some(outcome) => outcome_view(outcome),
-        None if interrupted => ("interrupted", None, ExitStatus::Interrupted),
-        None => ("not started", None, ExitStatus::Interrupted),
-    };
+    let stopped = sys::stop_signal().is_some();
     let mut status = ExitStatus::Success;
-    let (mut sent, mut skipped, mut failed, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    let mut tally = Tally::default();
     let mut files = Vec::new();
-    let mut failures = Vec::new();
+    let mut failures = FailureLines::default();
     for (index, item) in board.items.iter().enumerate() {
-        let (state, error, this) = outcome_of(index);
-        status = status.max(this);
-        let sent_bytes = match &outcomes[index] {
-            Some(Outcome::Done(Delivered::Sent { bytes }, _)) => *bytes,
-            _ => 0,
+        let outcome = outcomes[index].as_ref();
+        let (state, error, this) = match outcome {
+            Some(outcome) => outcome_view(outcome),
+            None if stopped => ("interrupted", None, ExitStatus::Interrupted),
+            None => ("not started", None, ExitStatus::Interrupted),
         };
-        match state {
-            "sent" if item.kind == Kind::File => sent += 1,
-            "skipped" => skipped += 1,
-            "sent" => {}
-            _ => failed += 1,
-        }
-        bytes += sent_bytes;
-        if let Some(error) = &error {
-            if !front.quiet_failures.load(Ordering::Relaxed) || item.verdict != Verdict::Send {
-                failures.push(format!("failed: {}: {error}", escaped(&item.shown)));
-            }
+        status = status.max(this);
+        let sent_bytes = tally.add(item, outcome, state);
+        let explained = front.quiet_failures.load(Ordering::Relaxed) && item.verdict == Verdict::Send;
+        if let (Some(error), Origin::Path, false) = (&error, item.origin, explained) {
+            // A source problem (usage) names the file already; a refusal does not.
+            let names_source = matches!(outcome, Some(Outcome::Failed(StreamError::Usage(_))));
+            failures.push((!names_source).then(|| item.human()), error);
         }
         if front.json {
             files.push(serde_json::json!({
                 "source": item.shown, "name": item.name, "bytes": sent_bytes, "status": state, "error": error,
             }));
         } else if let Origin::Id(id) = item.origin {
-            print_stream_line(id, item, &outcomes[index], state, error.as_deref());
+            print_stream_line(id, item, outcome, state, error.as_deref());
         }
     }
     let only_ids = board.items.iter().all(|i| matches!(i.origin, Origin::Id(_)));
     let secs = elapsed.as_secs_f64();
     if front.json {
+        let Tally { sent, skipped, failed, bytes, .. } = tally;
         let summary = serde_json::json!({
             "files": files, "sent": sent, "skipped": skipped, "failed": failed, "bytes": bytes, "seconds": secs,
         });
-        println!("{summary}");
+        outln!("{summary}");
+    } else if !only_ids {
+        outln!("sharedclient: {}", tally.line(secs));
     }
-    if !only_ids {
-        if !front.json {
-            println!(
-                "sharedclient: {sent} files, {bytes} bytes in {secs:.3} s ({:.1} MB/s), {skipped} skipped, {failed} failed",
-                bytes as f64 / secs.max(1e-9) / 1e6
-            );
-        }
-        for line in failures {
-            eprintln!("{line}");
-        }
-    }
+    failures.print();
     status
+}
+
+/// What the final line counts.
+#[derive(Default)]
+struct Tally {
+    /// Files (not folders) the server confirmed.
+    sent: u64,
+    skipped: u64,
+    failed: u64,
+    /// Interrupted or never started (Ctrl-C).
+    interrupted: u64,
+    bytes: u64,
+}
+
+impl Tally {
+    /// Counts one item; returns the bytes the server confirmed for it.
+    fn add(&mut self, item: &Item, outcome: Option<&Outcome>, state: &str) -> u64 {
+        let bytes = match outcome {
+            Some(Outcome::Done(Delivered::Sent { bytes }, _)) => *bytes,
+            _ => 0,
+        };
+        match state {
+            "sent" if item.kind == Kind::File => self.sent += 1,
+            "sent" => {}
+            "skipped" => self.skipped += 1,
+            "failed" => self.failed += 1,
+            _ => self.interrupted += 1,
+        }
+        self.bytes += bytes;
+        bytes
+    }
+
+    fn line(&self, secs: f64) -> String {
+        let Tally { sent, skipped, failed, interrupted, bytes } = self;
+        let files = if *sent == 1 { "file" } else { "files" };
+        let rate = *bytes as f64 / secs.max(1e-9) / 1e6;
+        let mut line = format!(
+            "{sent} {files}, {bytes} bytes in {secs:.3} s ({rate:.1} MB/s), {skipped} skipped, {failed} failed"
+        );
+        if *interrupted > 0 {
+            line.push_str(&format!(", {interrupted} interrupted"));
+        }
+        line
+    }
+}
+
+/// One line per failed file, naming it and why; a reason shared by many files (the
+/// server went away) is shown a few times, then counted.
+#[derive(Default)]
+struct FailureLines {
+    lines: Vec<String>,
+    repeats: Vec<(String, usize)>,
+}
+
+impl FailureLines {
+    const SHOWN_PER_REASON: usize = 3;
+
+    fn push(&mut self, source: Option<String>, error: &str) {
+        let seen = match self.repeats.iter_mut().find(|(reason, _)| reason == error) {
+            Some((_, count)) => {
+                *count += 1;
+                *count
+            }
+            None => {
+                self.repeats.push((error.to_owned(), 1));
+                1
+            }
+        };
+        if seen <= Self::SHOWN_PER_REASON {
+            match source {
+                Some(source) => self.lines.push(format!("failed: {source}: {error}")),
+                None => self.lines.push(format!("failed: {error}")),
+            }
+        }
+    }
+
+    fn print(&self) {
+        for line in &self.lines {
+            errln!("{line}");
+        }
+        for (reason, count) in &self.repeats {
+            if *count > Self::SHOWN_PER_REASON {
+                errln!("failed: {} more files: {reason}", count - Self::SHOWN_PER_REASON);
+            }
+        }
+    }
 }
 
 /// (JSON status, error text, exit status) of a recorded outcome.
@@ -912,21 +984,21 @@ fn outcome_view(outcome: &Outcome) -> (&'static str, Option<String>, ExitStatus)
 }
 
 /// The per-stream line of an options.xml id (as before paths existed).
-fn print_stream_line(id: StreamId, item: &Item, outcome: &Option<Outcome>, state: &str, error: Option<&str>) {
+fn print_stream_line(id: StreamId, item: &Item, outcome: Option<&Outcome>, state: &str, error: Option<&str>) {
     match (outcome, error) {
         (Some(Outcome::Done(Delivered::Sent { bytes }, elapsed)), _) => {
             let secs = elapsed.as_secs_f64();
             let rate = *bytes as f64 / secs.max(1e-9) / 1e6;
-            println!(
+            outln!(
                 "stream {id}: sent {} ({bytes} bytes) in {secs:.3} s, {rate:.1} MB/s",
                 escaped(&item.name)
             );
         }
         (Some(Outcome::Done(Delivered::Skipped, _)), _) => {
-            println!("stream {id}: skipped {} (exists)", escaped(&item.name))
+            outln!("stream {id}: skipped {} (exists)", escaped(&item.name))
         }
-        (_, Some(error)) => eprintln!("stream {id}: failed: {error}"),
-        _ => eprintln!("stream {id}: {state}"),
+        (_, Some(error)) => errln!("stream {id}: failed: {error}"),
+        _ => errln!("stream {id}: {state}"),
     }
 }
 
@@ -935,7 +1007,7 @@ fn run_ping(name: &str, timeout: Duration, count: u64) -> ExitStatus {
     match result {
         Ok(mut times) => {
             let (min, median, p99) = percentiles(&mut times).expect("count >= 1");
-            println!(
+            outln!(
                 "ping: {count} round trips: min {:.2} us, median {:.2} us, p99 {:.2} us",
                 min.as_secs_f64() * 1e6,
                 median.as_secs_f64() * 1e6,
@@ -944,7 +1016,7 @@ fn run_ping(name: &str, timeout: Duration, count: u64) -> ExitStatus {
             ExitStatus::Success
         }
         Err(e) => {
-            eprintln!("sharedclient: ping failed: {e}");
+            errln!("sharedclient: ping failed: {e}");
             exit_status_of(&e)
         }
     }
@@ -966,16 +1038,19 @@ fn run_status(name: &str, json: bool) -> ExitStatus {
     {
         Ok(segment) => segment,
         Err(e) => {
-            eprintln!("sharedclient: {e}");
+            errln!("sharedclient: {e}");
             return exit_status_of(&e);
         }
     };
     let locks = LockDir::open(name).ok();
     let snapshot = crate::status::snapshot(&segment, locks.as_ref());
     if json {
-        println!("{}", crate::status::render_json(&snapshot));
+        outln!("{}", crate::status::render_json(&snapshot));
     } else {
-        print!("{}", crate::status::render_text(&snapshot));
+        {
+            use std::io::Write as _;
+            let _ = write!(std::io::stdout().lock(), "{}", crate::status::render_text(&snapshot));
+        }
     }
     ExitStatus::Success
 }

@@ -1,36 +1,67 @@
 //! File names as people see them: control characters (newline, ESC, ...) escaped in
 //! every human-readable line, so a name can never break a log line or drive a
-//! terminal. JSON output carries names exactly.
+//! terminal; backslashes doubled, so two different names never look the same; bytes
+//! that are not UTF-8 shown as `\xNN`. JSON output carries names exactly.
 
 use std::borrow::Cow;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 /// `name` with each control character replaced by its escape (`\n`, `\u{1b}`) and
-/// each backslash doubled only when something else needed escaping.
+/// each backslash doubled; borrowed when nothing needed escaping.
 pub fn escaped(name: &str) -> Cow<'_, str> {
-    if !name.chars().any(char::is_control) {
+    if !name.chars().any(|c| c.is_control() || c == '\\') {
         return Cow::Borrowed(name);
     }
     let mut out = String::with_capacity(name.len() + 8);
-    for c in name.chars() {
+    push_escaped(&mut out, name);
+    Cow::Owned(out)
+}
+
+fn push_escaped(out: &mut String, text: &str) {
+    for c in text.chars() {
         if c.is_control() || c == '\\' {
             out.extend(c.escape_default());
         } else {
             out.push(c);
         }
     }
-    Cow::Owned(out)
+}
+
+/// A path for messages: as `escaped`, with each byte that is not UTF-8 as `\xNN`.
+pub fn escaped_path(path: &Path) -> String {
+    let mut out = String::new();
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        push_escaped(&mut out, chunk.valid());
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsStr;
 
     #[test]
     fn control_characters_are_escaped_and_plain_names_untouched() {
         assert_eq!(escaped("plain Время.txt"), "plain Время.txt");
         assert_eq!(escaped("a\nb"), "a\\nb");
         assert_eq!(escaped("\u{1b}[31mred"), "\\u{1b}[31mred");
-        assert_eq!(escaped("back\\slash\tx"), "back\\\\slash\\tx");
         assert!(matches!(escaped("no escapes"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn a_backslash_never_makes_two_names_look_alike() {
+        assert_eq!(escaped("lit\\nx"), "lit\\\\nx");
+        assert_ne!(escaped("lit\\nx"), escaped("lit\nx"));
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_show_as_hex() {
+        let path = Path::new(OsStr::from_bytes(b"dir/bad\xff\xfe\n.txt"));
+        assert_eq!(escaped_path(path), "dir/bad\\xff\\xfe\\n.txt");
     }
 }

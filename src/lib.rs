@@ -18,6 +18,23 @@
 //! `handout`, `status` over `segment` over `alloc`, `lock`, `wait`, `sys`, with
 //! `config` and `cli` beside them. `unsafe` lives only in `segment` and `sys`.
 
+/// `outln!` that never panics: a closed or full stdout (a log pipe that died, `| head`)
+/// must not kill a server worker or a client job.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `errln!` that never panics (see `outln!`).
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub mod alloc;
 pub mod checksum;
 pub mod cli;

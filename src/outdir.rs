@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use crate::sys;
 
@@ -97,7 +97,7 @@ impl OutputDir {
         let mut dir = self.open_root()?;
         if !folders.is_empty() {
             for (index, component) in folders.split('/').enumerate() {
-                dir = self.step(dir, rel, component, index, 0o777)?;
+                dir = self.step(dir, rel, component, index, None)?;
             }
         }
         let dir = Arc::new(dir);
@@ -105,14 +105,14 @@ impl OutputDir {
         Ok(Target { parent: dir, base: base.to_owned() })
     }
 
-    /// Creates every folder of `rel` (the last with `mode`, less the umask); an
-    /// existing folder is kept as it is.
+    /// Creates every folder of `rel`, the last with exactly `mode` (whatever the
+    /// umask), the others as `mkdir -p` would; an existing folder is kept as it is.
     pub fn make_dirs(&self, rel: &str, mode: u32) -> Result<(), PathError> {
         let mut dir = self.open_root()?;
         let count = rel.split('/').count();
         for (index, component) in rel.split('/').enumerate() {
-            let mode = if index + 1 == count { mode } else { 0o777 };
-            dir = self.step(dir, rel, component, index, mode)?;
+            let exact = (index + 1 == count).then_some(mode);
+            dir = self.step(dir, rel, component, index, exact)?;
         }
         Ok(())
     }
@@ -123,12 +123,20 @@ impl OutputDir {
         rel: &str,
         component: &str,
         index: usize,
-        mode: u32,
+        exact_mode: Option<u32>,
     ) -> Result<OwnedFd, PathError> {
+        let made = || -> io::Result<OwnedFd> {
+            let opened = sys::open_dir_at(dir.as_fd(), component)?;
+            if let Some(mode) = exact_mode {
+                sys::fchmod(opened.as_fd(), mode)?;
+            }
+            Ok(opened)
+        };
         let opened = match sys::open_dir_at(dir.as_fd(), component) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mode = exact_mode.unwrap_or(0o777);
                 match sys::mkdir_at(dir.as_fd(), component, mode) {
-                    Ok(()) => sys::open_dir_at(dir.as_fd(), component),
+                    Ok(()) => made(),
                     // Made by another stream meanwhile: use it (still never a link).
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                         sys::open_dir_at(dir.as_fd(), component)
@@ -192,8 +200,8 @@ impl Incoming {
     /// Gives the file its permission bits and modification time, then its name:
     /// never over an existing file unless `replace` (AlreadyExists otherwise). On
     /// failure the file is discarded.
-    pub fn publish(self, mode: u32, mtime_ns: Option<i64>, replace: bool) -> io::Result<()> {
-        let result = self.finish_metadata(mode, mtime_ns).and_then(|()| match &self.temp {
+    pub fn publish(self, mode: u32, mtime: Option<SystemTime>, replace: bool) -> io::Result<()> {
+        let result = self.finish_metadata(mode, mtime).and_then(|()| match &self.temp {
             Temp::Unnamed => sys::link_tmpfile(&self.file, self.target.parent.as_fd(), &self.target.base),
             Temp::Named(temp) => sys::rename_at(self.target.parent.as_fd(), temp, &self.target.base, replace),
         });
@@ -203,14 +211,9 @@ impl Incoming {
         result
     }
 
-    fn finish_metadata(&self, mode: u32, mtime_ns: Option<i64>) -> io::Result<()> {
+    fn finish_metadata(&self, mode: u32, mtime: Option<SystemTime>) -> io::Result<()> {
         self.file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        if let Some(ns) = mtime_ns {
-            let time = if ns >= 0 {
-                UNIX_EPOCH + Duration::from_nanos(ns as u64)
-            } else {
-                UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
-            };
+        if let Some(time) = mtime {
             self.file.set_times(std::fs::FileTimes::new().set_modified(time))?;
         }
         Ok(())
@@ -221,13 +224,5 @@ impl Incoming {
         if let Temp::Named(temp) = &self.temp {
             let _ = sys::unlink_at(self.target.parent.as_fd(), temp);
         }
-    }
-}
-
-/// The modification time of `meta`, in nanoseconds since the epoch (saturating).
-pub fn mtime_ns(time: SystemTime) -> i64 {
-    match time.duration_since(UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
-        Err(before) => i64::try_from(before.duration().as_nanos()).map(|ns| -ns).unwrap_or(i64::MIN),
     }
 }

@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::segment::{load_bytes, store_bytes, Mailbox, TEXT_CAPACITY};
 
@@ -34,14 +35,22 @@ pub const MAX_NAME_LEN: usize = 255;
 pub const MAX_PATH_LEN: usize = 4096;
 const _: () = assert!(MAX_PATH_LEN <= TEXT_CAPACITY);
 
+/// Base names the server keeps for its temporary files (`.sharedxfer-<name>-<guid>.part`);
+/// no client may publish one, so cleaning up stale ones never removes a user's file.
+pub const RESERVED_PREFIX: &str = ".sharedxfer-";
+
 /// Permission bits a client may ask for: never set-user-id, set-group-id or sticky.
 pub const MODE_BITS: u32 = 0o777;
-const META_HAS_MODE: u64 = 1 << 32;
-const META_HAS_MTIME: u64 = 1 << 33;
-const META_SIZE_HINT: u64 = 1 << 34;
-const META_SKIP_EXISTING: u64 = 1 << 35;
+// The metadata word: mode in bits 0-8, flags in bits 16-19, the modification time's
+// nanoseconds in bits 32-61; its seconds (i64) travel in a word of their own.
+const META_HAS_MODE: u64 = 1 << 16;
+const META_HAS_MTIME: u64 = 1 << 17;
+const META_SIZE_HINT: u64 = 1 << 18;
+const META_SKIP_EXISTING: u64 = 1 << 19;
+const META_NANOS_SHIFT: u32 = 32;
+const META_NANOS_MASK: u64 = 0x3fff_ffff << META_NANOS_SHIFT;
 const META_KNOWN: u64 =
-    META_HAS_MODE | META_HAS_MTIME | META_SIZE_HINT | META_SKIP_EXISTING | MODE_BITS as u64;
+    META_HAS_MODE | META_HAS_MTIME | META_SIZE_HINT | META_SKIP_EXISTING | META_NANOS_MASK | MODE_BITS as u64;
 
 /// What a client says about a file besides its name and size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,8 +58,9 @@ pub struct FileMeta {
     /// Permission bits for the published file (within `MODE_BITS`); `None`: the
     /// server's default (0666 less its umask).
     pub mode: Option<u32>,
-    /// Modification time in nanoseconds since the epoch; `None`: when it is written.
-    pub mtime_ns: Option<i64>,
+    /// Modification time (any second an `i64` holds, to the nanosecond); `None`:
+    /// when it is written.
+    pub mtime: Option<SystemTime>,
     /// The announced size is only a hint (standard input, FIFOs, /proc): the file
     /// is as long as `Finish` says.
     pub size_is_hint: bool,
@@ -59,14 +69,17 @@ pub struct FileMeta {
 }
 
 impl FileMeta {
-    /// Two words: mode and flags, and the modification time.
+    /// Two words: mode, flags and nanoseconds; and the seconds of the mtime.
     fn encode(&self) -> [u64; 2] {
         let mut word = 0;
         if let Some(mode) = self.mode {
             word |= META_HAS_MODE | u64::from(mode & MODE_BITS);
         }
-        if self.mtime_ns.is_some() {
-            word |= META_HAS_MTIME;
+        let mut secs = 0;
+        if let Some(time) = self.mtime {
+            let (s, nanos) = split_time(time);
+            word |= META_HAS_MTIME | (u64::from(nanos) << META_NANOS_SHIFT);
+            secs = s;
         }
         if self.size_is_hint {
             word |= META_SIZE_HINT;
@@ -74,7 +87,7 @@ impl FileMeta {
         if self.skip_existing {
             word |= META_SKIP_EXISTING;
         }
-        [word, self.mtime_ns.unwrap_or(0) as u64]
+        [word, secs as u64]
     }
 
     /// Check, then parse: unknown flags or mode bits are refused, not ignored.
@@ -86,13 +99,52 @@ impl FileMeta {
         if !has_mode && word & u64::from(MODE_BITS) != 0 {
             return Err(bad("mode bits without the mode flag"));
         }
+        let nanos = ((word & META_NANOS_MASK) >> META_NANOS_SHIFT) as u32;
+        let mtime = if word & META_HAS_MTIME != 0 {
+            let secs = mtime as i64;
+            Some(join_time(secs, nanos).ok_or_else(|| bad(format!("mtime {secs}.{nanos:09} out of range")))?)
+        } else if nanos != 0 {
+            return Err(bad("mtime nanoseconds without the mtime flag"));
+        } else {
+            None
+        };
         Ok(FileMeta {
             mode: has_mode.then_some((word & u64::from(MODE_BITS)) as u32),
-            mtime_ns: (word & META_HAS_MTIME != 0).then_some(mtime as i64),
+            mtime,
             size_is_hint: word & META_SIZE_HINT != 0,
             skip_existing: word & META_SKIP_EXISTING != 0,
         })
     }
+}
+
+/// `time` as whole seconds since the epoch (negative before it) and nanoseconds
+/// after that second; saturating at what an `i64` of seconds holds.
+fn split_time(time: SystemTime) -> (i64, u32) {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => (i64::try_from(after.as_secs()).unwrap_or(i64::MAX), after.subsec_nanos()),
+        Err(before) => {
+            let before = before.duration();
+            let secs = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
+            match before.subsec_nanos() {
+                0 => (-secs, 0),
+                nanos => (-secs - 1, 1_000_000_000 - nanos),
+            }
+        }
+    }
+}
+
+/// The inverse of `split_time`; `None` for nanoseconds past a second or a time
+/// the platform cannot hold.
+fn join_time(secs: i64, nanos: u32) -> Option<SystemTime> {
+    if nanos >= 1_000_000_000 {
+        return None;
+    }
+    let base = if secs >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(secs as u64))?
+    } else {
+        UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs()))?
+    };
+    base.checked_add(Duration::from_nanos(u64::from(nanos)))
 }
 
 /// What a client asks of the server.
@@ -456,7 +508,7 @@ mod tests {
                 size: 3,
                 meta: FileMeta {
                     mode: Some(0o600),
-                    mtime_ns: Some(-5),
+                    mtime: UNIX_EPOCH.checked_sub(Duration::new(5, 300)),
                     size_is_hint: true,
                     skip_existing: true,
                 },
@@ -472,7 +524,8 @@ mod tests {
                 checksum: 7,
                 meta: FileMeta {
                     mode: Some(0o755),
-                    mtime_ns: Some(978_307_200_000_000_000),
+                    // 2300-01-01, past what i64 nanoseconds hold.
+                    mtime: Some(UNIX_EPOCH + Duration::new(10_413_792_000, 123_456_789)),
                     ..Default::default()
                 },
             },
@@ -622,9 +675,20 @@ mod path_tests {
 
     #[test]
     fn unknown_metadata_bits_are_refused() {
-        assert!(FileMeta::decode(1 << 40, 0).is_err());
+        assert!(FileMeta::decode(1 << 62, 0).is_err());
+        assert!(FileMeta::decode(1 << 20, 0).is_err());
         assert!(FileMeta::decode(0o4755 | META_HAS_MODE, 0).is_err(), "set-user-id");
         assert!(FileMeta::decode(0o644, 0).is_err(), "mode without its flag");
+        assert!(FileMeta::decode(META_HAS_MTIME | (1_000_000_000 << META_NANOS_SHIFT), 0).is_err(), "nanos");
+        assert!(FileMeta::decode(5 << META_NANOS_SHIFT, 0).is_err(), "nanos without the mtime flag");
         assert_eq!(FileMeta::decode(0o644 | META_HAS_MODE, 9).unwrap().mode, Some(0o644));
+    }
+
+    #[test]
+    fn times_before_and_long_after_the_epoch_survive_to_the_nanosecond() {
+        for (secs, nanos) in [(0, 0), (-1, 999_999_999), (-5, 1), (10_413_792_000, 7), (1_700_000_000, 5)] {
+            let time = join_time(secs, nanos).unwrap();
+            assert_eq!(split_time(time), (secs, nanos));
+        }
     }
 }

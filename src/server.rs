@@ -145,11 +145,11 @@ fn claim_name(lock: &'static NamedLock, locks: &LockDir, name: &str) -> anyhow::
 fn start(options: ServerOptions, locks: LockDir) -> anyhow::Result<Arc<Shared>> {
     // We hold the name's server lock: anything left under the name is from a dead server.
     if segment::remove_stale(&options.name).map_err(|e| StartError(e.to_string()))? {
-        eprintln!("sharedserver: removed a stale segment '{}' left by a dead server", options.name);
+        errln!("sharedserver: removed a stale segment '{}' left by a dead server", options.name);
     }
     let stale_locks = locks.remove_stale_stream_locks();
     if stale_locks > 0 {
-        eprintln!("sharedserver: removed {stale_locks} stale lock file(s)");
+        errln!("sharedserver: removed {stale_locks} stale lock file(s)");
     }
     remove_stale_temp_files(&options.output_dir, &options.name);
     let segment = Segment::create(&options.name, options.size).map_err(|e| StartError(e.to_string()))?;
@@ -170,7 +170,7 @@ fn start(options: ServerOptions, locks: LockDir) -> anyhow::Result<Arc<Shared>> 
 
 /// Every temporary file starts with this; clients may not use it for their names,
 /// so cleaning up temporary files can never delete a published file.
-const TEMP_MARK: &str = ".sharedxfer-";
+const TEMP_MARK: &str = protocol::RESERVED_PREFIX;
 
 /// The temporary-file prefix of one segment name: `.sharedxfer-<name>-<guid>.part`.
 fn temp_prefix(name: &str) -> String {
@@ -202,7 +202,7 @@ fn serve(shared: Arc<Shared>) -> anyhow::Result<ExitStatus> {
     let (senders, workers) = spawn_workers(&shared)?;
     let header = shared.segment.header();
     header.server_state.store(SERVER_RUNNING, Ordering::Release);
-    println!(
+    outln!(
         "sharedserver: ready on segment '{}' ({}), writing to {}",
         shared.options.name,
         human_bytes(shared.segment.layout().size),
@@ -311,7 +311,7 @@ impl Shared {
             Ok(lock) => lock,
             Err(e) => {
                 // Out of descriptors, say: not a reason to stop serving everyone.
-                eprintln!("sharedserver: cannot create a stream lock ({e}); retrying");
+                errln!("sharedserver: cannot create a stream lock ({e}); retrying");
                 self.free_block(offset);
                 return Ok(None);
             }
@@ -346,7 +346,7 @@ impl Shared {
         let mut alloc = self.alloc.lock().expect("allocator lock");
         // Offsets come from our own allocations; a failure here is a server bug.
         if let Err(e) = alloc.free(offset) {
-            eprintln!("sharedserver: internal error freeing {offset}: {e}");
+            errln!("sharedserver: internal error freeing {offset}: {e}");
         }
     }
 
@@ -362,9 +362,10 @@ impl Shared {
         header.live_streams.store(stats.low_blocks as u64, Ordering::Relaxed);
     }
 
+    /// A line per published file, unless `--quiet` (failures are always printed).
     fn report(&self, line: String) {
         if !self.options.quiet {
-            println!("{line}");
+            outln!("{line}");
         }
     }
 }
@@ -785,7 +786,7 @@ impl Stream {
         self.dirs.clear();
         self.revoke_ring(shared);
         shared.segment.header().streams_failed.fetch_add(1, Ordering::Relaxed);
-        shared.report(format!("failed {}: {}", escaped(&self.label), failure.message));
+        outln!("failed {}: {}", escaped(&self.label), failure.message);
         self.reply(shared, ServerReply::Error { code: failure.code, message: failure.message });
         self.last_activity = Instant::now();
     }
@@ -796,7 +797,7 @@ impl Stream {
         if let Some(name) = self.transfer_name() {
             let reason = reason.unwrap_or_else(|| "client closed the stream before finishing".into());
             shared.segment.header().streams_failed.fetch_add(1, Ordering::Relaxed);
-            shared.report(format!("failed {}: {reason}", escaped(&name)));
+            outln!("failed {}: {reason}", escaped(&name));
         }
         self.drop_transfer(shared);
         self.finished = true;
@@ -957,7 +958,7 @@ fn publish(
     }
     let overwrite = shared.options.overwrite;
     let mode = transfer.meta.mode.unwrap_or(shared.default_mode);
-    if let Err(e) = transfer.incoming.publish(mode, transfer.meta.mtime_ns, overwrite) {
+    if let Err(e) = transfer.incoming.publish(mode, transfer.meta.mtime, overwrite) {
         if e.kind() == io::ErrorKind::AlreadyExists {
             if transfer.meta.skip_existing {
                 return Ok(None);

@@ -16,7 +16,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use crate::config::{Config, StreamId};
-use crate::escape::escaped;
+use crate::escape::{escaped, escaped_path};
 use crate::protocol::{self, MODE_BITS};
 
 /// Where an item came from on the command line.
@@ -74,6 +74,17 @@ pub struct Item {
     /// The size `stat` reported for a regular file (a hint for progress only).
     pub size_hint: Option<u64>,
     pub verdict: Verdict,
+}
+
+impl Item {
+    /// The source for human-readable lines: control characters escaped, bytes that
+    /// are not UTF-8 as `\xNN`.
+    pub fn human(&self) -> String {
+        match &self.source {
+            Source::Path { path, .. } => escaped_path(path),
+            Source::Stdin => escaped(&self.shown).into_owned(),
+        }
+    }
 }
 
 /// What the command line asks for.
@@ -226,11 +237,11 @@ impl Planner<'_> {
             Ok(name) => Ok(name),
             // `.`, `..`, `dir/.`: the folder's real name, as `cp -r . dst/` would not guess.
             Err(_) => fs::canonicalize(&path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .map_err(|e| format!("cannot read {}: {e}", escaped_path(&path)))
                 .and_then(|real| base_name(&real)),
         };
         match fs::metadata(&path) {
-            Err(e) => self.items.push(refused(&path, format!("cannot read {}: {e}", path.display()))),
+            Err(e) => self.items.push(refused(&path, format!("cannot read {}: {e}", escaped_path(&path)))),
             Ok(meta) if meta.is_dir() => match name {
                 Ok(name) => {
                     let mut ancestors = vec![(meta.dev(), meta.ino())];
@@ -247,10 +258,8 @@ impl Planner<'_> {
         let kind = meta.file_type();
         if kind.is_socket() || kind.is_block_device() || kind.is_char_device() {
             let what = if kind.is_socket() { "a socket" } else { "a device" };
-            let message = format!(
-                "{} is {what}: only files, folders and FIFOs can be sent",
-                escaped(&path.display().to_string())
-            );
+            let message =
+                format!("{} is {what}: only files, folders and FIFOs can be sent", escaped_path(path));
             self.items.push(refused(path, message));
             return;
         }
@@ -274,7 +283,7 @@ impl Planner<'_> {
         let mut entries: Vec<_> = match fs::read_dir(dir) {
             Ok(entries) => entries.filter_map(Result::ok).map(|e| e.file_name()).collect(),
             Err(e) => {
-                let message = format!("cannot read folder {}: {e}", escaped(&dir.display().to_string()));
+                let message = format!("cannot read folder {}: {e}", escaped_path(dir));
                 self.items.push(refused(dir, message));
                 return;
             }
@@ -293,12 +302,14 @@ impl Planner<'_> {
     fn add_entry(&mut self, path: &Path, name: Result<String, String>, ancestors: &mut Vec<(u64, u64)>) {
         let meta = match fs::symlink_metadata(path) {
             Ok(meta) => meta,
-            Err(e) => return self.items.push(refused(path, format!("cannot read {}: {e}", path.display()))),
+            Err(e) => {
+                return self.items.push(refused(path, format!("cannot read {}: {e}", escaped_path(path))))
+            }
         };
         let followed = meta.file_type().is_symlink();
         let meta = if followed {
             if !self.request.follow_symlinks {
-                let shown = escaped(&path.display().to_string()).into_owned();
+                let shown = escaped_path(path);
                 let mut item = refused(path, String::new());
                 item.verdict = Verdict::Skip(format!("{shown}: symbolic link (use -L to follow)"));
                 return self.items.push(item);
@@ -306,7 +317,7 @@ impl Planner<'_> {
             match fs::metadata(path) {
                 Ok(meta) => meta,
                 Err(e) => {
-                    let message = format!("cannot follow link {}: {e}", escaped(&path.display().to_string()));
+                    let message = format!("cannot follow link {}: {e}", escaped_path(path));
                     return self.items.push(refused(path, message));
                 }
             }
@@ -322,7 +333,7 @@ impl Planner<'_> {
         };
         let key = (meta.dev(), meta.ino());
         if ancestors.contains(&key) {
-            let message = format!("{}: link loop, not followed", escaped(&path.display().to_string()));
+            let message = format!("{}: link loop, not followed", escaped_path(path));
             return self.items.push(refused(path, message));
         }
         ancestors.push(key);
@@ -334,7 +345,7 @@ impl Planner<'_> {
     /// the same relative path. A folder entry makes that folder only (list its
     /// files too, as `find` does); `.` is ignored.
     fn add_list(&mut self, list: &Path, found: &mut impl FnMut(usize)) -> Result<(), String> {
-        let shown_list = list.display().to_string();
+        let shown_list = escaped_path(list);
         let mut bytes = Vec::new();
         let read = if list == Path::new("-") {
             std::io::stdin().lock().read_to_end(&mut bytes)
@@ -350,7 +361,7 @@ impl Planner<'_> {
             }
             let line = index + 1;
             let path = Path::new(OsStr::from_bytes(entry));
-            let shown = escaped(&path.display().to_string()).into_owned();
+            let shown = escaped_path(path);
             if path.is_absolute() {
                 return Err(format!(
                     "{shown_list}:{line}: {shown} is absolute: entries must be relative to the current folder"
@@ -382,7 +393,7 @@ impl Planner<'_> {
 
     fn add_list_entry(&mut self, path: &Path, name: Result<String, String>) {
         match fs::metadata(path) {
-            Err(e) => self.items.push(refused(path, format!("cannot read {}: {e}", path.display()))),
+            Err(e) => self.items.push(refused(path, format!("cannot read {}: {e}", escaped_path(path)))),
             Ok(meta) if meta.is_dir() => match name {
                 Ok(name) => self.items.push(Item {
                     origin: Origin::Path,
@@ -401,16 +412,13 @@ impl Planner<'_> {
 }
 
 fn not_utf8(path: &Path) -> String {
-    format!(
-        "{}: the name is not valid UTF-8 (the server only takes UTF-8 names)",
-        escaped(&path.display().to_string())
-    )
+    format!("{}: the name is not valid UTF-8 (the server only takes UTF-8 names)", escaped_path(path))
 }
 
 fn base_name(path: &Path) -> Result<String, String> {
     match path.file_name() {
         Some(name) => name.to_str().map(str::to_owned).ok_or_else(|| not_utf8(path)),
-        None => Err(format!("{} has no file name", path.display())),
+        None => Err(format!("{} has no file name", escaped_path(path))),
     }
 }
 
@@ -458,7 +466,11 @@ fn apply_as_name(items: &mut [Item], as_name: Option<&str>) -> Result<(), String
             Ok(())
         }
         [item] if item.kind != Kind::File => {
-            Err(format!("--as names one file, and {} is a folder", escaped(&item.shown)))
+            Err(format!("--as names one file, and {} is a folder", item.human()))
+        }
+        _ if items.iter().any(|i| i.kind != Kind::File) => {
+            let folder = items.iter().find(|i| i.kind != Kind::File).expect("checked");
+            Err(format!("--as names one file, and {} is a folder", folder.human()))
         }
         [item] => match &item.verdict {
             Verdict::Refuse(message) | Verdict::Skip(message) => Err(message.clone()),
@@ -472,9 +484,59 @@ fn apply_as_name(items: &mut [Item], as_name: Option<&str>) -> Result<(), String
 fn check_names(items: &mut [Item]) {
     for item in items.iter_mut().filter(|i| i.verdict == Verdict::Send) {
         if let Err(e) = protocol::validate_path(&item.name) {
-            item.verdict = Verdict::Refuse(format!("{}: {e}", escaped(&item.shown)));
+            item.verdict = Verdict::Refuse(format!("{}: {e}", item.human()));
+        } else if item.name.rsplit('/').next().is_some_and(|base| base.starts_with(protocol::RESERVED_PREFIX))
+        {
+            let message = format!(
+                "{}: names starting with {} are reserved for the server's temporary files",
+                item.human(),
+                protocol::RESERVED_PREFIX
+            );
+            item.verdict = Verdict::Refuse(message);
         }
     }
+}
+
+/// Whether two items read the same thing (spelt alike, or the same file however
+/// it was named: `a.txt`, `./a.txt`, `$PWD/a.txt`).
+fn same_source(a: &Item, b: &Item) -> bool {
+    if a.kind != b.kind {
+        return false;
+    }
+    match (&a.source, &b.source) {
+        (Source::Path { path: pa, .. }, Source::Path { path: pb, .. }) => {
+            pa == pb
+                || match (fs::metadata(pa), fs::metadata(pb)) {
+                    (Ok(ma), Ok(mb)) => (ma.dev(), ma.ino()) == (mb.dev(), mb.ino()),
+                    _ => false,
+                }
+        }
+        (sa, sb) => sa == sb,
+    }
+}
+
+/// A file's name used as a folder by another item (`k` and `k/z`) fails one of
+/// them at the server after the other is published: refuse it before sending.
+fn check_files_are_not_folders(items: &[Item]) -> Result<(), String> {
+    let files: HashMap<&str, &Item> = items
+        .iter()
+        .filter(|i| i.verdict == Verdict::Send && i.kind == Kind::File)
+        .map(|i| (i.name.as_str(), i))
+        .collect();
+    for item in items.iter().filter(|i| i.verdict == Verdict::Send) {
+        for (end, _) in item.name.match_indices('/') {
+            if let Some(file) = files.get(&item.name[..end]) {
+                return Err(format!(
+                    "{} arrives as the file {}, but {} would arrive inside it as {}: send them in separate runs",
+                    file.human(),
+                    escaped(&file.name),
+                    item.human(),
+                    escaped(&item.name)
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The same source twice is sent once; two sources for one output path refuse the run.
@@ -488,19 +550,20 @@ fn dedupe(items: Vec<Item>) -> Result<Vec<Item>, String> {
         }
         if let Some(&index) = by_name.get(&item.name) {
             let other = &kept[index];
-            if other.source == item.source && other.kind == item.kind {
+            if same_source(other, &item) {
                 continue;
             }
             return Err(format!(
                 "{} and {} would both arrive as {}: send them in separate runs, or use --as for a single file",
-                escaped(&other.shown),
-                escaped(&item.shown),
+                other.human(),
+                item.human(),
                 escaped(&item.name)
             ));
         }
         by_name.insert(item.name.clone(), kept.len());
         kept.push(item);
     }
+    check_files_are_not_folders(&kept)?;
     Ok(kept)
 }
 
@@ -539,6 +602,13 @@ mod tests {
         let err = dedupe(vec![item("a/x", "x"), item("b/x", "x")]).unwrap_err();
         assert!(err.contains("a/x") && err.contains("b/x"), "{err}");
         assert_eq!(dedupe(vec![item("a/x", "x"), item("a/x", "x")]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_file_and_a_path_inside_its_name_refuse_the_run() {
+        let err = dedupe(vec![item("k", "k"), item("other/z", "k/z")]).unwrap_err();
+        assert!(err.contains("would arrive inside it as k/z"), "{err}");
+        assert!(dedupe(vec![item("k", "kk"), item("other/z", "k/z")]).is_ok());
     }
 
     #[test]

@@ -342,3 +342,9 @@ pub fn umask() -> u32 {
         old as u32
     }
 }
+
+/// Sets the permission bits of the open file or folder `fd` exactly (no umask).
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    // SAFETY: fchmod on an open descriptor; no memory is passed.
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) })
+}

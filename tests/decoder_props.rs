@@ -2,6 +2,8 @@
 //! `ClientCommand::decode` and `ServerReply::decode` never panic, accept exactly what
 //! the protocol allows, and everything they accept is in bounds.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use proptest::prelude::*;
 use sharedxfer::protocol::*;
 use sharedxfer::segment::{Mailbox, TEXT_CAPACITY};
@@ -19,16 +21,33 @@ fn name_allowed(name: &str) -> bool {
 /// The metadata word's rule: only the mode bits 0o777 and flag bits 32-35, and
 /// mode bits only with the mode flag (bit 32).
 fn meta_allowed(word: u64) -> bool {
-    let known = 0xF_0000_0000u64 | 0o777;
-    word & !known == 0 && (word & (1 << 32) != 0 || word & 0o777 == 0)
+    let known = 0o777 | (0xF << 16) | (0x3fff_ffff << 32);
+    let nanos = (word >> 32) & 0x3fff_ffff;
+    let time_ok = if word & (1 << 17) != 0 { nanos < 1_000_000_000 } else { nanos == 0 };
+    word & !known == 0 && (word & (1 << 16) != 0 || word & 0o777 == 0) && time_ok
+}
+
+/// The time a metadata word and a seconds word stand for, written independently.
+fn time_of(word: u64, secs: u64) -> SystemTime {
+    let (secs, nanos) = (secs as i64, Duration::from_nanos((word >> 32) & 0x3fff_ffff));
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64) + nanos
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + nanos
+    }
 }
 
 /// A metadata word: mostly well formed, sometimes not.
 fn meta_word() -> impl Strategy<Value = u64> {
     prop_oneof![
-        4 => (0u64..16, 0u64..=0o777).prop_map(|(flags, mode)| (flags << 32) | if flags & 1 == 1 { mode } else { 0 }),
+        4 => (0u64..16, 0u64..=0o777, 0u64..1_000_000_000).prop_map(|(flags, mode, nanos)| {
+            let mode = if flags & 1 == 1 { mode } else { 0 };
+            let nanos = if flags & 2 == 2 { nanos << 32 } else { 0 };
+            (flags << 16) | mode | nanos
+        }),
         1 => any::<u64>(),
-        1 => (0u64..64, 0u64..=0o7777).prop_map(|(flags, mode)| (flags << 32) | mode),
+        1 => (0u64..64, 0u64..=0o7777, 0u64..0x4000_0000)
+            .prop_map(|(flags, mode, nanos)| (flags << 16) | mode | (nanos << 32)),
     ]
 }
 
@@ -116,9 +135,9 @@ fn check_client_decode(raw: &RawCommand) -> Result<(), TestCaseError> {
                     prop_assert!(validate_path(name).is_ok() && name.len() <= MAX_PATH_LEN);
                     prop_assert_eq!(*size, a);
                     prop_assert!(meta.mode.is_none_or(|m| m <= 0o777));
-                    prop_assert_eq!(meta.mtime_ns.is_some(), b & (1 << 33) != 0);
-                    if meta.mtime_ns.is_some() {
-                        prop_assert_eq!(meta.mtime_ns, Some(c as i64));
+                    prop_assert_eq!(meta.mtime.is_some(), b & (1 << 17) != 0);
+                    if meta.mtime.is_some() {
+                        prop_assert_eq!(meta.mtime, Some(time_of(b, c)));
                     }
                 }
                 ClientCommand::Put { name, size, checksum, meta } => {
@@ -127,9 +146,9 @@ fn check_client_decode(raw: &RawCommand) -> Result<(), TestCaseError> {
                     prop_assert!(validate_path(name).is_ok() && name.len() <= MAX_PATH_LEN);
                     prop_assert_eq!((*size, *checksum), (a, b));
                     prop_assert!(meta.mode.is_none_or(|m| m <= 0o777));
-                    prop_assert_eq!(meta.size_is_hint, c & (1 << 34) != 0);
-                    if meta.mtime_ns.is_some() {
-                        prop_assert_eq!(meta.mtime_ns, Some(d as i64));
+                    prop_assert_eq!(meta.size_is_hint, c & (1 << 18) != 0);
+                    if meta.mtime.is_some() {
+                        prop_assert_eq!(meta.mtime, Some(time_of(c, d)));
                     }
                 }
                 ClientCommand::Mkdir { name, mode } => {
@@ -201,13 +220,16 @@ fn client_command() -> impl Strategy<Value = ClientCommand> {
     let name = "[a-zA-Z0-9 ._/\\-Время]{1,60}".prop_filter("a relative path", |n| name_allowed(n));
     let meta = (
         proptest::option::of(0u32..=0o777),
-        proptest::option::of(any::<i64>()),
+        proptest::option::of((any::<u32>(), 0u32..1_000_000_000)),
         any::<bool>(),
         any::<bool>(),
     )
-        .prop_map(|(mode, mtime_ns, size_is_hint, skip_existing)| FileMeta {
+        .prop_map(|(mode, mtime, size_is_hint, skip_existing)| FileMeta {
             mode,
-            mtime_ns,
+            // Seconds on both sides of the epoch, to the nanosecond.
+            mtime: mtime.map(|(secs, nanos)| {
+                UNIX_EPOCH - Duration::from_secs(1 << 31) + Duration::new(u64::from(secs), nanos)
+            }),
             size_is_hint,
             skip_existing,
         });

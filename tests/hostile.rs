@@ -1103,6 +1103,19 @@ fn a_late_abort_from_a_dropped_client_releases_only_its_own_record() {
 // ---------------------------------------------------------------------------------
 
 #[test]
+fn reserved_temporary_names_are_refused_whatever_a_client_sends() {
+    let tree = Tree::new();
+    let server = Server::start(&unique_name("reserved"), &tree.out(), &[]);
+    let rogue = Rogue::connect(&server.name);
+    for name in [".sharedxfer-x-escape.part", "sub/.sharedxfer-escape"] {
+        let mut s = rogue.take();
+        s.post(&ClientCommand::Open { name: name.into(), size: 10, meta: FileMeta::default() });
+        assert_failed(&server, s, name, ErrorCode::BadRequest, "reserved for the server");
+    }
+    assert_alive(&server);
+}
+
+#[test]
 fn a_published_file_named_like_a_temporary_file_survives_a_restart() {
     let tree = Tree::new();
     let name = unique_name("tempname");
@@ -1119,8 +1132,11 @@ fn a_published_file_named_like_a_temporary_file_survives_a_restart() {
     if output.status.success() {
         assert!(fs::read(&published).unwrap() == fs::read(&source).unwrap());
     } else {
-        // Refusing such names is fine too; then nothing may be published.
-        assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+        // Refusing such names is fine too (the client does, before sending: exit 2;
+        // the server does for a client that sends one anyway); then nothing may be
+        // published.
+        assert!(matches!(output.status.code(), Some(1 | 2)), "{}", show(&output));
+        assert!(stderr_of(&output).contains("reserved for the server"), "{}", show(&output));
         assert!(!published.exists());
         return;
     }
