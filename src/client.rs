@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Seek};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,7 +25,7 @@ use crate::escape::escaped;
 use crate::handout::{self, load_guid, Ticket};
 use crate::lock::{self, LockDir};
 use crate::protocol::{self, ClientCommand, ErrorCode, FileMeta, ServerReply, MODE_BITS};
-use crate::segment::{Record, Segment, MAX_SLOTS, SERVER_STOPPING, SLOT_EMPTY, SLOT_FULL};
+use crate::segment::{Buffer, Record, Segment, MAX_SLOTS, SERVER_STOPPING, SLOT_EMPTY, SLOT_FULL};
 use crate::sources::{self, Item, Kind, Origin, Request, Source, Verdict};
 use crate::sys;
 use crate::wait::SPIN;
@@ -236,6 +236,14 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Tells the server the stream is alive while no data moves (a pipe with nothing
+    /// to read yet), and ends the wait if the server is gone or Ctrl-C came.
+    fn keep_alive(&mut self) -> Result<(), StreamError> {
+        // Relaxed: a liveness hint the server compares, like its own heartbeat.
+        self.record.client_beat.fetch_add(1, Ordering::Relaxed);
+        self.watchdog.check()
+    }
+
     /// Tells the server we are done with the record (best effort).
     pub fn close(&mut self) {
         if !self.closed {
@@ -288,6 +296,8 @@ struct Opened {
     /// The length to plan the ring for (and show progress against).
     hint: u64,
     meta: FileMeta,
+    /// A pipe, FIFO or terminal: read as data comes, never waiting to fill a buffer.
+    pipe: bool,
 }
 
 fn open_source(item: &Item, options: &SendOptions) -> Result<Opened, StreamError> {
@@ -314,10 +324,17 @@ fn open_source(item: &Item, options: &SendOptions) -> Result<Opened, StreamError
         return Err(StreamError::Usage(format!("{shown} is not a regular file or a FIFO")));
     }
     let mut meta = FileMeta { skip_existing: options.skip_existing, ..FileMeta::default() };
-    if !kind.is_file() {
-        // A pipe: read to EOF; the file gets the server's default mode and the time of writing.
+    if !kind.is_file() || from_stdin {
+        // A pipe, or standard input even when it is a file (read from where it
+        // stands, as `cat` does): to end of file; the file gets the server's default
+        // mode and the time of writing.
         meta.size_is_hint = true;
-        return Ok(Opened { file, regular: None, exact: None, hint: STREAM_SIZE_HINT, meta });
+        let hint = match kind.is_file() {
+            true => stat.len().saturating_sub((&file).stream_position().unwrap_or(0)),
+            false => STREAM_SIZE_HINT,
+        };
+        let pipe = !kind.is_file();
+        return Ok(Opened { file, regular: None, exact: None, hint, meta, pipe });
     }
     meta.mode = Some(stat.mode() & MODE_BITS);
     meta.mtime = stat.modified().ok();
@@ -325,7 +342,7 @@ fn open_source(item: &Item, options: &SendOptions) -> Result<Opened, StreamError
     // that is not their content: read those to EOF.
     let exact = (stat.blocks() > 0).then_some(stat.len());
     meta.size_is_hint = exact.is_none();
-    Ok(Opened { file, hint: stat.len(), regular: Some(stat), exact, meta })
+    Ok(Opened { file, hint: stat.len(), regular: Some(stat), exact, meta, pipe: false })
 }
 
 /// Sends one item on `session` (taking a record from the handout if there is
@@ -410,7 +427,7 @@ fn stream(
     if slots > 0 {
         session.kept_slot = Some(session.record.slots[0].capacity.load(Ordering::Relaxed));
     }
-    let (size, checksum) = send_chunks(session, &source.file, exact, prefix, slots, bar)?;
+    let (size, checksum) = send_chunks(session, source, exact, prefix, slots, bar)?;
     ensure_unchanged(source)?;
     session.post(&ClientCommand::Finish { size, checksum })?;
     wait_done(session, size)
@@ -466,7 +483,7 @@ fn wait_done(session: &mut Session<'_>, size: u64) -> Result<Delivered, StreamEr
 /// until end of file. Returns the length and the xxh3 of what was sent.
 fn send_chunks(
     session: &mut Session<'_>,
-    file: &File,
+    source: &Opened,
     exact: Option<u64>,
     prefix: Option<Vec<u8>>,
     slots: usize,
@@ -490,10 +507,12 @@ fn send_chunks(
         let want = exact.map_or(capacity, |size| capacity.min(size - sent));
         let buffer =
             segment.buffer(offset, want).map_err(|e| failed(format!("the server gave a bad buffer: {e}")))?;
-        let got = match prefix.take() {
-            Some(bytes) if bytes.len() as u64 <= want => buffer.copy_from(&bytes),
+        let (got, end) = match prefix.take() {
+            Some(bytes) if bytes.len() as u64 <= want => (buffer.copy_from(&bytes), false),
             Some(_) => return Err(failed("the server's ring is smaller than its previous one")),
-            None => buffer.fill_from(file)?,
+            None if source.pipe => fill_from_pipe(session, &buffer, &source.file)?,
+            // Reads until the buffer is full or the file ends.
+            None => buffer.fill_from(&source.file).map(|got| (got, (got as u64) < want))?,
         };
         if exact.is_some() && (got as u64) < want {
             return Err(failed("the source file shrank while it was being sent"));
@@ -509,8 +528,45 @@ fn send_chunks(
         sent += got as u64;
         bar.inc(got as u64);
         index = (index + 1) % slots.max(1);
+        if end && exact.is_none() {
+            break;
+        }
     }
     Ok((sent, hasher.digest()))
+}
+
+/// How long a wait for a pipe's next bytes lasts before the client tells the server
+/// it is still there and checks for Ctrl-C.
+const PIPE_SLICE: Duration = Duration::from_millis(500);
+
+/// Fills `buffer` from a pipe as data comes: waits for the first bytes (keeping the
+/// stream alive meanwhile, so a slow producer such as `make | sharedclient -` is
+/// never dropped as idle), then takes what else is ready without waiting, so the
+/// server sees data as it arrives. Returns the bytes read and whether the pipe ended.
+fn fill_from_pipe(
+    session: &mut Session<'_>,
+    buffer: &Buffer<'_>,
+    file: &File,
+) -> Result<(usize, bool), StreamError> {
+    let mut filled = 0;
+    loop {
+        let wait = if filled == 0 { PIPE_SLICE } else { Duration::ZERO };
+        if !sys::poll_readable(file.as_fd(), wait)? {
+            if filled > 0 {
+                return Ok((filled, false));
+            }
+            session.keep_alive()?;
+            continue;
+        }
+        let got = buffer.read_once(file, filled)?;
+        if got == 0 {
+            return Ok((filled, true));
+        }
+        filled += got;
+        if filled == buffer.len() {
+            return Ok((filled, false));
+        }
+    }
 }
 
 /// Waits until slot `index` is ours again; a server error ends the wait.
@@ -666,14 +722,15 @@ pub fn run(cli: ClientCli) -> ExitStatus {
     if !phases.is_empty() {
         match Connection::open(&cli.common.name, timeout) {
             Ok(connection) => {
-                for phase in phases {
-                    run_phase(&connection, &board, &front, phase, cli.jobs as usize, started);
+                for (phase, jobs) in phases {
+                    let jobs = jobs.unwrap_or(cli.jobs as usize);
+                    run_phase(&connection, &board, &front, phase, jobs, started);
                 }
             }
             Err(e) => {
                 // One reason for every item: say it once, not once per file.
                 errln!("sharedclient: {e}");
-                for index in phases.into_iter().flatten() {
+                for index in phases.into_iter().flat_map(|(phase, _)| phase) {
                     board.record(index, Outcome::Failed(e.clone()));
                 }
                 front.quiet_failures.store(true, Ordering::Relaxed);
@@ -705,23 +762,16 @@ fn exit_on_stop_during<T>(work: impl FnOnce() -> T) -> T {
     })
 }
 
-/// The items to send, in phases run one after the other: folders first, level by
-/// level (a folder must exist with its own mode before anything is made inside it,
-/// else it would be created with the default mode), then every file.
-fn phases(items: &[Item]) -> Vec<Vec<usize>> {
-    let mut levels: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-    let mut files = Vec::new();
-    for (index, item) in items.iter().enumerate().filter(|(_, i)| i.verdict == Verdict::Send) {
-        match item.kind {
-            Kind::Dir { .. } => levels.entry(item.name.matches('/').count()).or_default().push(index),
-            Kind::File => files.push(index),
-        }
-    }
-    let mut phases: Vec<Vec<usize>> = levels.into_values().collect();
-    if !files.is_empty() {
-        phases.push(files);
-    }
-    phases
+/// The items to send, in two phases run one after the other: every folder, by one
+/// job in order of depth (a folder must exist with its own mode before anything is
+/// made inside it, else it would get the default mode), then every file, by
+/// `--jobs` jobs. Each phase is `(items, jobs or None for --jobs)`.
+fn phases(items: &[Item]) -> Vec<(Vec<usize>, Option<usize>)> {
+    let (mut dirs, files): (Vec<usize>, Vec<usize>) = (0..items.len())
+        .filter(|&i| items[i].verdict == Verdict::Send)
+        .partition(|&i| matches!(items[i].kind, Kind::Dir { .. }));
+    dirs.sort_by_key(|&i| items[i].name.matches('/').count());
+    [(dirs, Some(1)), (files, None)].into_iter().filter(|(phase, _)| !phase.is_empty()).collect()
 }
 
 /// The outcome an item has before anything is sent.

@@ -168,8 +168,9 @@ impl OutputDir {
 
 /// How the file being received is named until it is published.
 enum Temp {
-    /// `O_TMPFILE`: no name at all.
-    Unnamed,
+    /// `O_TMPFILE`: no name at all (the temporary name is used only for the moment
+    /// of a replacing rename).
+    Unnamed(String),
     /// A temporary name in the same folder.
     Named(String),
 }
@@ -183,27 +184,39 @@ pub struct Incoming {
 
 impl Incoming {
     /// Creates the file that will become `target`: unnamed where the filesystem
-    /// allows and no replacing is asked, else under `temp_name`.
-    pub fn create(target: Target, temp_name: &str, replace: bool) -> io::Result<Incoming> {
-        if !replace {
-            match sys::tmpfile_in(target.parent.as_fd()) {
-                Ok(file) => return Ok(Incoming { file, target, temp: Temp::Unnamed }),
-                Err(e)
-                    if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {}
-                Err(e) => return Err(e),
-            }
+    /// allows, else under `temp_name`.
+    pub fn create(target: Target, temp_name: &str) -> io::Result<Incoming> {
+        match sys::tmpfile_in(target.parent.as_fd()) {
+            Ok(file) => return Ok(Incoming { file, target, temp: Temp::Unnamed(temp_name.to_owned()) }),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {}
+            Err(e) => return Err(e),
         }
         let file = sys::create_new_at(target.parent.as_fd(), temp_name)?;
         Ok(Incoming { file, target, temp: Temp::Named(temp_name.to_owned()) })
     }
 
     /// Gives the file its permission bits and modification time, then its name:
-    /// never over an existing file unless `replace` (AlreadyExists otherwise). On
-    /// failure the file is discarded.
+    /// never over an existing file unless `replace` (AlreadyExists otherwise). To
+    /// replace, an unnamed file is linked under its temporary name for the moment of
+    /// the rename. On failure the file is discarded.
     pub fn publish(self, mode: u32, mtime: Option<SystemTime>, replace: bool) -> io::Result<()> {
+        let dir = self.target.parent.as_fd();
+        let base = &self.target.base;
         let result = self.finish_metadata(mode, mtime).and_then(|()| match &self.temp {
-            Temp::Unnamed => sys::link_tmpfile(&self.file, self.target.parent.as_fd(), &self.target.base),
-            Temp::Named(temp) => sys::rename_at(self.target.parent.as_fd(), temp, &self.target.base, replace),
+            Temp::Unnamed(_) if !replace => sys::link_tmpfile(&self.file, dir, base),
+            Temp::Unnamed(temp) => {
+                sys::link_tmpfile(&self.file, dir, temp).map_err(|e| match e.kind() {
+                    // Not "the file exists": the final name is about to be replaced.
+                    io::ErrorKind::AlreadyExists => {
+                        io::Error::other(format!("its temporary name {temp} is taken"))
+                    }
+                    _ => e,
+                })?;
+                sys::rename_at(dir, temp, base, true).inspect_err(|_| {
+                    let _ = sys::unlink_at(dir, temp);
+                })
+            }
+            Temp::Named(temp) => sys::rename_at(dir, temp, base, replace),
         });
         if result.is_err() {
             self.discard();

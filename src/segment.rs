@@ -183,6 +183,11 @@ pub struct Record {
     /// What the server is doing with the stream (`PHASE_*`), for status.
     pub phase: AtomicU32,
     pub name_len: AtomicU32,
+    /// Bumped by a client waiting on a slow source (a pipe with nothing to read
+    /// yet): the stream is alive although no data moves. Advisory, like a heartbeat.
+    pub client_beat: AtomicU32,
+    /// 1 when `file_size` is only a hint (a pipe), for status.
+    pub size_is_hint: AtomicU32,
     /// The validated file name being received, for status.
     pub name: [AtomicU64; NAME_WORDS],
     pub c2s: Mailbox,
@@ -671,6 +676,29 @@ impl Buffer<'_> {
         // process breaking the protocol can only change byte values (any u8 is
         // valid), which the end-to-end checksum then reports.
         unsafe { std::slice::from_raw_parts(self.ptr, len.min(self.len)) }
+    }
+
+    /// One `read(2)` from `file` into the buffer from byte `from` on (a pipe gives
+    /// what it has); returns the bytes read, 0 at end of file or when full.
+    pub fn read_once(&self, file: &File, from: usize) -> io::Result<usize> {
+        if from >= self.len {
+            return Ok(0);
+        }
+        loop {
+            // SAFETY: [ptr+from, ptr+len) lies inside the mapping (checked at
+            // construction, `from < len`); the kernel only stores bytes there and no
+            // Rust reference aliases them.
+            let n = unsafe {
+                libc::read(file.as_raw_fd(), self.ptr.add(from).cast::<libc::c_void>(), self.len - from)
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
     }
 
     /// Copies `data` into the start of the buffer (small payloads, tests).

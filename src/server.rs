@@ -419,6 +419,8 @@ struct Stream {
     ring: Vec<(u64, u64)>,
     /// The folder of the last file, kept open for the next one.
     dirs: DirCache,
+    /// The record's `client_beat` when last seen.
+    client_beat: u32,
     /// Set when the record can be freed.
     finished: bool,
     /// Dropped for idleness while its client still lives: the buffers are freed, but
@@ -448,6 +450,7 @@ impl Stream {
             label: format!("stream {}", offer.ticket.guid.simple()),
             ring: Vec::new(),
             dirs: DirCache::default(),
+            client_beat: 0,
             finished: false,
             dropped: false,
         }
@@ -614,12 +617,13 @@ impl Stream {
             return Err(exists_failure(shared, &name));
         }
         let temp_name = format!("{}{}.part", temp_prefix(&shared.options.name), self.guid.simple());
-        let incoming = Incoming::create(target, &temp_name, shared.options.overwrite).map_err(|e| {
+        let incoming = Incoming::create(target, &temp_name).map_err(|e| {
             let path = shared.options.output_dir.join(&name);
             failure(ErrorCode::Io, format!("cannot create {}: {e}", escaped(&path.to_string_lossy())))
         })?;
         let record = self.record(shared);
         record.file_size.store(size, Ordering::Relaxed);
+        record.size_is_hint.store(u32::from(meta.size_is_hint), Ordering::Relaxed);
         record.bytes_done.store(0, Ordering::Relaxed);
         let name_len = segment::store_bytes(&record.name, name.as_bytes());
         record.name_len.store(name_len as u32, Ordering::Relaxed);
@@ -846,6 +850,13 @@ impl Stream {
     /// Drops streams whose client died or went idle too long.
     fn check_health(&mut self, shared: &Shared) {
         let now = Instant::now();
+        // Relaxed: a liveness hint from the client (a pipe with nothing to read yet);
+        // nothing is published with it.
+        let beat = self.record(shared).client_beat.load(Ordering::Relaxed);
+        if beat != self.client_beat {
+            self.client_beat = beat;
+            self.last_activity = now;
+        }
         if now.duration_since(self.last_liveness) >= LIVENESS_PERIOD {
             self.last_liveness = now;
             match sys::process_state(self.client_pid) {

@@ -30,6 +30,8 @@ pub struct StreamStatus {
     pub file: String,
     pub bytes_done: u64,
     pub file_size: u64,
+    /// `file_size` is only a hint (a pipe): shown as `?`.
+    pub size_is_hint: bool,
     pub client_pid: u32,
     /// (offset, capacity) of each ring buffer.
     pub buffers: Vec<(u64, u64)>,
@@ -143,6 +145,7 @@ fn stream_at(segment: &Segment, offset: u64) -> Option<StreamStatus> {
         file: String::from_utf8_lossy(&segment::load_bytes(&record.name, name_len)).into_owned(),
         bytes_done: record.bytes_done.load(Ordering::Relaxed),
         file_size: record.file_size.load(Ordering::Relaxed),
+        size_is_hint: record.size_is_hint.load(Ordering::Relaxed) != 0,
         client_pid: record.client_pid.load(Ordering::Relaxed),
         buffers,
     })
@@ -210,7 +213,8 @@ pub fn render_text(s: &Snapshot) -> String {
         ));
     }
     for st in &s.streams {
-        let done = format!("{}/{}", hb(st.bytes_done), hb(st.file_size));
+        let total = if st.size_is_hint { "?".to_owned() } else { hb(st.file_size) };
+        let done = format!("{}/{total}", hb(st.bytes_done));
         out.push_str(&format!(
             "{:<32} {:>6} {:>8} {:<18} {:>23}  {}\n",
             st.guid,
@@ -242,6 +246,7 @@ mod tests {
             file: "a".into(),
             bytes_done: 0,
             file_size: 0,
+            size_is_hint: false,
             client_pid: 1,
             buffers,
         }

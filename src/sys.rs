@@ -348,3 +348,24 @@ pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
     // SAFETY: fchmod on an open descriptor; no memory is passed.
     check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) })
 }
+
+/// Waits up to `timeout` for `fd` to have something to read (data, end of file or
+/// an error). `Ok(false)`: nothing yet. A signal ends the wait early (`Ok(false)`).
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    let mut entry = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let millis = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: one valid pollfd on the stack, count 1.
+    let rc = unsafe { libc::poll(&mut entry, 1, millis) };
+    match rc {
+        0 => Ok(false),
+        n if n > 0 => Ok(true),
+        _ => {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}

@@ -1170,10 +1170,11 @@ fn links_planted_in_output_dir_are_never_written_through() {
 
     drop(server);
 
-    // With --overwrite the server writes under a temporary name (unnamed O_TMPFILE
-    // files cannot replace a name): a link planted at the temporary name of the
-    // GUID on offer is not followed. The server is stopped while the client takes
-    // that very GUID (it could otherwise move its offer and pick a new GUID).
+    // With --overwrite the server links its unnamed file under a temporary name for
+    // the moment of the replacing rename: a link planted at the temporary name of
+    // the GUID on offer is neither followed nor replaced. The server is stopped while
+    // the client takes that very GUID (it could otherwise move its offer and pick a
+    // new GUID).
     let server = Server::start(&unique_name("linkover"), &tree.out(), &["--overwrite"]);
     let probe = Probe::open(&server.name);
     let handout = probe.segment.handout();
@@ -1189,8 +1190,9 @@ fn links_planted_in_output_dir_are_never_written_through() {
     thaw(server.pid());
     let output = client.finish();
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
-    assert!(stderr_of(&output).contains("cannot create"), "{}", show(&output));
+    assert!(stderr_of(&output).contains("temporary name"), "{}", show(&output));
     assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    assert!(fs::symlink_metadata(server.temp_path(guid)).unwrap().file_type().is_symlink());
     fs::remove_file(server.temp_path(guid)).unwrap();
 
     // The link at the final name itself is replaced, its target untouched.

@@ -759,6 +759,53 @@ fn stdin_of_100_mib_arrives_whole_without_being_held_in_memory() {
 }
 
 #[test]
+fn a_slow_pipe_is_never_dropped_as_idle_and_its_data_flows_as_it_comes() {
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("slowpipe"), out.path(), &["--idle-timeout", "2"]);
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(work.path(), &[]);
+    let mut command = server.client(&config);
+    command.args(["-", "--as", "slow.log"]);
+    let name = server.name.clone();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&seen);
+    // Silences longer than the server's --idle-timeout between the lines; after each
+    // silence, what the server has received so far.
+    let (output, _) = run_fed(command, move |stdin| {
+        for line in 0..3 {
+            let _ = writeln!(stdin, "line {line}");
+            let _ = stdin.flush();
+            std::thread::sleep(Duration::from_millis(3000));
+            let status = Command::new(CLIENT).args(["--status", "--json", "--name", &name]).output().unwrap();
+            let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+            let done = doc["streams"]
+                .as_array()
+                .and_then(|streams| streams.iter().find_map(|s| s["bytes_done"].as_u64().filter(|&b| b > 0)))
+                .unwrap_or(0);
+            record.lock().unwrap().push(done);
+        }
+    });
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert_eq!(fs::read_to_string(out.path().join("slow.log")).unwrap(), "line 0\nline 1\nline 2\n");
+    assert_eq!(*seen.lock().unwrap(), vec![7, 14, 21], "each line reached the server as it was written");
+}
+
+#[test]
+fn standard_input_is_read_from_where_it_stands() {
+    let fx = Fx::new("stdinoffset");
+    let source = put(fx.src(), "three.txt", 3000, 77);
+    let mut command = fx.cmd();
+    command.args(["-", "--as", "rest.bin"]);
+    let mut file = fs::File::open(&source).unwrap();
+    let mut head = [0u8; 1000];
+    file.read_exact(&mut head).unwrap();
+    command.stdin(Stdio::from(file));
+    let output = run(command);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert!(fs::read(fx.out().join("rest.bin")).unwrap() == pattern(3000, 77)[1000..], "{}", show(&output));
+}
+
+#[test]
 fn a_fifo_fed_by_a_writer_is_read_until_eof() {
     let fx = Fx::new("fifo");
     let fifo = fx.src().join("pipe in");
