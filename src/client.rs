@@ -375,7 +375,11 @@ pub fn send_item<'a>(
     let result = match (&opened, item.kind) {
         (None, Kind::Dir { mode }) => make_dir(active, &item.name, mode),
         (Some(opened), _) => match active.kept_slot {
-            Some(capacity) if opened.hint < capacity => put(active, opened, &item.name, capacity, bar),
+            // A file of known size that fits, or a source whose end must show within
+            // the slot (read fewer bytes than it holds).
+            Some(capacity) if opened.exact.map_or(opened.hint < capacity, |size| size <= capacity) => {
+                put(active, opened, &item.name, capacity, bar)
+            }
             _ => stream(active, opened, &item.name, None, bar),
         },
         (None, Kind::File) => unreachable!("files are opened above"),
@@ -450,7 +454,7 @@ fn put(
     let buffer =
         segment.buffer(offset, capacity).map_err(|e| failed(format!("the server gave a bad buffer: {e}")))?;
     let got = buffer.fill_from(&source.file)?;
-    if got as u64 == capacity {
+    if got as u64 == capacity && source.exact != Some(capacity) {
         let prefix = buffer.bytes(got).to_vec();
         return stream(session, source, name, Some(prefix), bar);
     }
@@ -745,19 +749,21 @@ pub fn run(cli: ClientCli) -> ExitStatus {
 /// exiting 130 at once on SIGINT/SIGTERM: nothing has been sent yet, and the
 /// standard library retries reads the signal interrupts.
 fn exit_on_stop_during<T>(work: impl FnOnce() -> T) -> T {
-    let done = std::sync::atomic::AtomicBool::new(false);
+    let (done, finished) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !done.load(Ordering::SeqCst) {
+        scope.spawn(move || {
+            // Ends the moment `done` is dropped (the work is over), not a tick later.
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                finished.recv_timeout(Duration::from_millis(20))
+            {
                 if sys::stop_signal().is_some() {
                     errln!("sharedclient: interrupted before anything was sent");
                     std::process::exit(i32::from(ExitStatus::Interrupted.code()));
                 }
-                std::thread::sleep(Duration::from_millis(20));
             }
         });
         let result = work();
-        done.store(true, Ordering::SeqCst);
+        drop(done);
         result
     })
 }
