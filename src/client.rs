@@ -25,7 +25,8 @@ use crate::escape::escaped;
 use crate::handout::{self, load_guid, Ticket};
 use crate::lock::{self, LockDir};
 use crate::protocol::{self, ClientCommand, ErrorCode, FileMeta, ServerReply, MODE_BITS};
-use crate::segment::{Buffer, Record, Segment, MAX_SLOTS, SERVER_STOPPING, SLOT_EMPTY, SLOT_FULL};
+use crate::ring::Producer;
+use crate::segment::{Buffer, Record, Segment, MAX_SLOTS, SERVER_STOPPING};
 use crate::sources::{self, Item, Kind, Origin, Request, Source, Verdict};
 use crate::sys;
 use crate::wait::SPIN;
@@ -429,7 +430,8 @@ fn stream(
         return Err(failed(format!("the server offered {slots} ring slots")));
     }
     if slots > 0 {
-        session.kept_slot = Some(session.record.slots[0].capacity.load(Ordering::Relaxed));
+        session.kept_slot =
+            Some(Producer::new(&session.connection.segment, session.record, slots).capacity());
     }
     let (size, checksum) = send_chunks(session, source, exact, prefix, slots, bar)?;
     ensure_unchanged(source)?;
@@ -447,12 +449,9 @@ fn put(
     capacity: u64,
     bar: &ProgressBar,
 ) -> Result<Delivered, StreamError> {
-    wait_for_slot(session, 0)?;
-    let segment = &session.connection.segment;
-    let slot = &session.record.slots[0];
-    let offset = slot.offset.load(Ordering::Relaxed);
-    let buffer =
-        segment.buffer(offset, capacity).map_err(|e| failed(format!("the server gave a bad buffer: {e}")))?;
+    let mut ring = Producer::new(&session.connection.segment, session.record, 1);
+    wait_for_slot(session, &ring)?;
+    let buffer = ring.buffer(capacity).map_err(|e| failed(format!("the server gave a bad buffer: {e}")))?;
     let got = buffer.fill_from(&source.file)?;
     if got as u64 == capacity && source.exact != Some(capacity) {
         let prefix = buffer.bytes(got).to_vec();
@@ -463,9 +462,8 @@ fn put(
     }
     let checksum = crate::checksum::of(buffer.bytes(got));
     if got > 0 {
-        slot.len.store(got as u64, Ordering::Relaxed);
-        // SYNC POINT: hands the filled buffer to the server; pairs with its Acquire.
-        slot.state.store(SLOT_FULL, Ordering::Release);
+        // The Put command that follows rings the server.
+        ring.hand_over_quietly(got as u64);
         bar.inc(got as u64);
     }
     ensure_unchanged(source)?;
@@ -493,9 +491,9 @@ fn send_chunks(
     slots: usize,
     bar: &ProgressBar,
 ) -> Result<(u64, u64), StreamError> {
-    let segment = &session.connection.segment;
+    let mut ring = Producer::new(&session.connection.segment, session.record, slots);
     let mut hasher = Checksum::new();
-    let (mut sent, mut index) = (0u64, 0usize);
+    let mut sent = 0u64;
     let mut prefix = prefix.filter(|p| !p.is_empty());
     loop {
         if exact.is_some_and(|size| sent >= size) {
@@ -504,13 +502,10 @@ fn send_chunks(
         if sys::stop_signal().is_some() {
             return Err(StreamError::Interrupted);
         }
-        let slot = &session.record.slots[index];
-        wait_for_slot(session, index)?;
-        let offset = slot.offset.load(Ordering::Relaxed);
-        let capacity = slot.capacity.load(Ordering::Relaxed);
+        wait_for_slot(session, &ring)?;
+        let capacity = ring.capacity();
         let want = exact.map_or(capacity, |size| capacity.min(size - sent));
-        let buffer =
-            segment.buffer(offset, want).map_err(|e| failed(format!("the server gave a bad buffer: {e}")))?;
+        let buffer = ring.buffer(want).map_err(|e| failed(format!("the server gave a bad buffer: {e}")))?;
         let (got, end) = match prefix.take() {
             Some(bytes) if bytes.len() as u64 <= want => (buffer.copy_from(&bytes), false),
             Some(_) => return Err(failed("the server's ring is smaller than its previous one")),
@@ -525,13 +520,9 @@ fn send_chunks(
             break;
         }
         hasher.update(buffer.bytes(got));
-        slot.len.store(got as u64, Ordering::Relaxed);
-        // SYNC POINT: hands the filled buffer to the server; pairs with its Acquire.
-        slot.state.store(SLOT_FULL, Ordering::Release);
-        segment.doorbell(session.record).notify();
+        ring.hand_over(got as u64);
         sent += got as u64;
         bar.inc(got as u64);
-        index = (index + 1) % slots.max(1);
         if end && exact.is_none() {
             break;
         }
@@ -574,11 +565,9 @@ fn fill_from_pipe(
 }
 
 /// Waits until slot `index` is ours again; a server error ends the wait.
-fn wait_for_slot(session: &mut Session<'_>, index: usize) -> Result<(), StreamError> {
+fn wait_for_slot(session: &mut Session<'_>, ring: &Producer<'_>) -> Result<(), StreamError> {
     let record = session.record;
-    let slot = &record.slots[index];
-    // SYNC POINT: pairs with the server's Release store of EMPTY.
-    let ours = || slot.state.load(Ordering::Acquire) == SLOT_EMPTY;
+    let ours = || ring.ready();
     let mut spin = SPIN;
     while !ours() {
         if let Some(reply) = session.poll_reply()? {

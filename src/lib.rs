@@ -45,6 +45,7 @@ pub mod handout;
 pub mod lock;
 pub mod outdir;
 pub mod protocol;
+pub mod ring;
 pub mod segment;
 pub mod server;
 pub mod sources;

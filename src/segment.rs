@@ -133,13 +133,8 @@ impl Default for Mailbox {
     }
 }
 
-pub const SLOT_UNUSED: u32 = 0;
-/// The client owns the buffer and may fill it.
-pub const SLOT_EMPTY: u32 = 1;
-/// The server owns the buffer and must drain `len` bytes.
-pub const SLOT_FULL: u32 = 2;
-
-/// One buffer of a stream's single-producer/single-consumer ring.
+/// One buffer of a stream's single-producer/single-consumer ring; `state` holds a
+/// `ring::SlotState`, and only `ring` reads or writes these words.
 #[repr(C)]
 #[derive(Debug)]
 pub struct Slot {

@@ -26,22 +26,17 @@ use crate::handout::{self, Ticket};
 use crate::lock::{self, LockDir};
 use crate::outdir::{DirCache, Incoming, OutputDir};
 use crate::protocol::{self, ClientCommand, ErrorCode, FileMeta, ServerReply};
+use crate::ring::{self, Consumer, FullSlot};
 use crate::segment::{
     self, human_bytes, Record, Segment, BUFFER_ALIGN, RECORD_ACTIVE, RECORD_ALIGN, RECORD_OFFERED,
     RECORD_SIZE,
 };
-use crate::segment::{
-    MAX_SLOTS, MAX_WORKERS, SERVER_RUNNING, SERVER_STOPPING, SLOT_EMPTY, SLOT_FULL, SLOT_UNUSED,
-};
+use crate::segment::{MAX_WORKERS, SERVER_RUNNING, SERVER_STOPPING};
 use crate::segment::{PHASE_IDLE, PHASE_RECEIVING, PHASE_WAITING_FOR_SPACE, RECORD_DROPPED};
 use crate::sys;
 use crate::wait::{spin_until, SPIN};
 use crate::ExitStatus;
 
-/// Largest chunk a ring slot carries.
-pub const MAX_CHUNK: u64 = 1 << 20;
-/// Ring slots a stream asks for (fewer if the file is small or space is short).
-pub const WANTED_SLOTS: usize = 4;
 /// How often a worker checks that its clients still exist.
 const LIVENESS_PERIOD: Duration = Duration::from_millis(300);
 /// How long the handout thread sleeps between heartbeats when nothing happens.
@@ -381,7 +376,6 @@ struct Transfer {
     written: u64,
     hasher: Checksum,
     started: Instant,
-    next_slot: usize,
 }
 
 enum Phase {
@@ -416,7 +410,7 @@ struct Stream {
     label: String,
     /// Private copies of the ring's (offset, capacity). Kept from one file to the
     /// next on the same stream, so small files need no new buffers.
-    ring: Vec<(u64, u64)>,
+    ring: Consumer,
     /// The folder of the last file, kept open for the next one.
     dirs: DirCache,
     /// The record's `client_beat` when last seen.
@@ -448,7 +442,7 @@ impl Stream {
             last_activity: now,
             last_liveness: now,
             label: format!("stream {}", offer.ticket.guid.simple()),
-            ring: Vec::new(),
+            ring: Consumer::default(),
             dirs: DirCache::default(),
             client_beat: 0,
             finished: false,
@@ -486,17 +480,9 @@ impl Stream {
     fn drain(&mut self, shared: &Shared) -> Result<bool, Failure> {
         let Phase::Receiving(transfer) = &mut self.phase else { return Ok(false) };
         let record = shared.segment.record(self.offset).expect("own record");
-        let ring = &self.ring;
         let mut moved = false;
-        for _ in 0..ring.len() {
-            let slot = &record.slots[transfer.next_slot];
-            // SYNC POINT: pairs with the client's Release store of FULL: the buffer's
-            // bytes and `len` are visible.
-            if slot.state.load(Ordering::Acquire) != SLOT_FULL {
-                break;
-            }
-            let len = slot.len.load(Ordering::Relaxed);
-            let (offset, capacity) = ring[transfer.next_slot];
+        for _ in 0..self.ring.buffers().len() {
+            let Some(FullSlot { offset, capacity, len, .. }) = self.ring.next_full(record) else { break };
             let past_size =
                 !transfer.meta.size_is_hint && transfer.written.saturating_add(len) > transfer.size;
             if len == 0 || len > capacity || past_size {
@@ -518,11 +504,9 @@ impl Stream {
                 failure(ErrorCode::Io, format!("writing {} failed: {e}", escaped(&path.to_string_lossy())))
             })?;
             transfer.written += len;
+            // Relaxed: progress for status only.
             record.bytes_done.store(transfer.written, Ordering::Relaxed);
-            // SYNC POINT: hands the buffer back; pairs with the client's Acquire load.
-            slot.state.store(SLOT_EMPTY, Ordering::Release);
-            record.client_event.notify();
-            transfer.next_slot = (transfer.next_slot + 1) % ring.len();
+            self.ring.release(record);
             moved = true;
         }
         if moved {
@@ -628,6 +612,8 @@ impl Stream {
         let name_len = segment::store_bytes(&record.name, name.as_bytes());
         record.name_len.store(name_len as u32, Ordering::Relaxed);
         record.phase.store(PHASE_RECEIVING, Ordering::Relaxed);
+        // Every file starts at slot 0 on both sides.
+        self.ring.restart();
         self.phase = Phase::Receiving(Box::new(Transfer {
             name,
             incoming,
@@ -636,7 +622,6 @@ impl Stream {
             written: 0,
             hasher: Checksum::new(),
             started: Instant::now(),
-            next_slot: 0,
         }));
         Ok(true)
     }
@@ -656,7 +641,7 @@ impl Stream {
 
     /// A small file already in slot 0 of the ring the stream kept: one round trip.
     fn put(&mut self, shared: &Shared, name: String, size: u64, checksum: u64, meta: FileMeta) {
-        let fits = size == 0 || self.ring.first().is_some_and(|&(_, capacity)| size <= capacity);
+        let fits = size == 0 || (!self.ring.is_empty() && size <= self.ring.chunk());
         if !fits {
             let message = format!("put of {size} bytes does not fit the stream's ring");
             return self.fail(shared, failure(ErrorCode::BadRequest, message));
@@ -667,9 +652,8 @@ impl Stream {
             Ok(true) => self.finish(shared, size, checksum),
             Ok(false) => {
                 // Nothing will read slot 0: hand it back for the next file.
-                let record = self.record(shared);
-                // SYNC POINT: pairs with the client's Acquire load in its slot wait.
-                record.slots[0].state.store(SLOT_EMPTY, Ordering::Release);
+                let record = shared.segment.record(self.offset).expect("own record");
+                self.ring.release_first(record);
                 self.skip(shared)
             }
             Err(failure) => self.fail(shared, failure),
@@ -705,35 +689,27 @@ impl Stream {
         let area = shared.segment.layout().area_end - shared.segment.layout().area_start;
         // A size that is only a hint (a pipe, /proc) still sizes the ring; the data
         // may run past it, so such a ring has at least one slot.
-        let chunk = chunk_size(transfer.size, area);
-        let wanted = transfer.size.div_ceil(chunk).clamp(1, WANTED_SLOTS as u64) as usize;
-        let reusable = self.ring.first().is_some_and(|&(_, kept)| kept >= chunk) && self.ring.len() >= wanted;
+        let chunk = ring::chunk_size(transfer.size, area);
+        let wanted = ring::wanted_slots(transfer.size, chunk);
+        let reusable = self.ring.chunk() >= chunk && self.ring.buffers().len() >= wanted;
+        let record = shared.segment.record(self.offset).expect("own record");
         if reusable {
             // Hand every kept slot back to the client (a failure may have revoked them).
-            let record = shared.segment.record(self.offset).expect("own record");
-            for slot in &record.slots[..self.ring.len()] {
-                slot.len.store(0, Ordering::Relaxed);
-                slot.state.store(SLOT_EMPTY, Ordering::Relaxed);
-            }
-            record.phase.store(PHASE_RECEIVING, Ordering::Relaxed);
+            self.ring.rearm(record);
         } else {
             self.free_ring(shared);
-            self.ring = allocate_ring(shared, chunk, wanted);
-            let record = shared.segment.record(self.offset).expect("own record");
-            if self.ring.is_empty() {
+            let buffers = allocate_ring(shared, chunk, wanted);
+            if buffers.is_empty() {
+                // Relaxed: status only.
                 record.phase.store(PHASE_WAITING_FOR_SPACE, Ordering::Relaxed);
                 return false;
             }
-            record.phase.store(PHASE_RECEIVING, Ordering::Relaxed);
-            for (slot, &(offset, capacity)) in record.slots.iter().zip(&self.ring) {
-                slot.offset.store(offset, Ordering::Relaxed);
-                slot.capacity.store(capacity, Ordering::Relaxed);
-                slot.len.store(0, Ordering::Relaxed);
-                slot.state.store(SLOT_EMPTY, Ordering::Relaxed);
-            }
-            record.nslots.store(self.ring.len() as u32, Ordering::Relaxed);
+            self.ring.install(record, buffers);
         }
-        let reply = ServerReply::Opened { slots: self.ring.len() as u32, chunk: self.ring[0].1 };
+        // Relaxed: status only.
+        record.phase.store(PHASE_RECEIVING, Ordering::Relaxed);
+        let slots = self.ring.buffers().len() as u32;
+        let reply = ServerReply::Opened { slots, chunk: self.ring.chunk() };
         self.last_activity = Instant::now();
         // The reply's Release publishes the slot fields above.
         self.reply(shared, reply);
@@ -823,21 +799,16 @@ impl Stream {
     /// Takes every slot away from the client without freeing the buffers.
     fn revoke_ring(&self, shared: &Shared) {
         let record = self.record(shared);
+        // Relaxed: status only.
         record.phase.store(PHASE_IDLE, Ordering::Relaxed);
-        for slot in &record.slots {
-            // SYNC POINT: pairs with the client's Acquire load in its slot wait.
-            slot.state.store(SLOT_UNUSED, Ordering::Release);
-        }
+        self.ring.revoke_all(record);
     }
 
     fn free_ring(&mut self, shared: &Shared) {
-        let record = self.record(shared);
-        record.nslots.store(0, Ordering::Relaxed);
+        let record = shared.segment.record(self.offset).expect("own record");
+        // Relaxed: status only.
         record.phase.store(PHASE_IDLE, Ordering::Relaxed);
-        for slot in &record.slots {
-            slot.state.store(SLOT_UNUSED, Ordering::Relaxed);
-        }
-        let ring = std::mem::take(&mut self.ring);
+        let ring = self.ring.clear(record);
         for &(offset, _) in &ring {
             shared.free_block(offset);
         }
@@ -990,16 +961,6 @@ fn publish(
     Ok(Some(Published { bytes: transfer.written, line }))
 }
 
-/// Chunk size for a file: the whole file if small, at most MAX_CHUNK, and small
-/// enough that the area holds many streams' rings at once.
-pub fn chunk_size(file_size: u64, area: u64) -> u64 {
-    let fair_share = (area / (WANTED_SLOTS as u64 * 8)).max(BUFFER_ALIGN);
-    let chunk = file_size.min(MAX_CHUNK).min(fair_share).max(1);
-    chunk.div_ceil(BUFFER_ALIGN) * BUFFER_ALIGN
-}
-
-const _: () = assert!(WANTED_SLOTS <= MAX_SLOTS);
-
 struct Worker {
     shared: Arc<Shared>,
     index: usize,
@@ -1082,13 +1043,5 @@ mod tests {
         );
         assert!(!is_temp_name(".sharedxfer-a-notes.part", &temp_prefix("a")));
         assert!(!is_temp_name(&format!(".sharedxfer-a-{guid}.partial"), &temp_prefix("a")));
-    }
-
-    #[test]
-    fn chunks_are_page_multiples_and_leave_room_for_many_streams() {
-        let area = 64 << 20;
-        assert_eq!(chunk_size(1, area), BUFFER_ALIGN);
-        assert_eq!(chunk_size(1 << 30, area), MAX_CHUNK);
-        assert!(chunk_size(1 << 30, 1 << 20) * (WANTED_SLOTS as u64) * 8 <= 1 << 20);
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::handout::load_guid;
 use crate::lock::LockDir;
-use crate::segment::{self, Segment, MAX_SLOTS, NAME_WORDS, RECORD_SIZE};
+use crate::segment::{self, Segment, NAME_WORDS, RECORD_SIZE};
 use crate::segment::{PHASE_IDLE, PHASE_RECEIVING, PHASE_WAITING_FOR_SPACE, SERVER_RUNNING, SERVER_STOPPING};
 use crate::segment::{RECORD_ACTIVE, RECORD_DROPPED, RECORD_OFFERED};
 
@@ -124,10 +124,8 @@ fn stream_at(segment: &Segment, offset: u64) -> Option<StreamStatus> {
         RECORD_DROPPED => "dropped",
         _ => return None,
     };
-    let nslots = (record.nslots.load(Ordering::Relaxed) as usize).min(MAX_SLOTS);
-    let buffers = record.slots[..nslots]
-        .iter()
-        .map(|slot| (slot.offset.load(Ordering::Relaxed), slot.capacity.load(Ordering::Relaxed)))
+    let buffers = crate::ring::shown_buffers(record)
+        .into_iter()
         .filter(|&(offset, len)| segment.buffer(offset, len).is_ok())
         .collect();
     let name_len = (record.name_len.load(Ordering::Relaxed) as usize).min(NAME_WORDS * 8);

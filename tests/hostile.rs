@@ -20,8 +20,9 @@ use sharedxfer::handout::{self, load_guid};
 use sharedxfer::lock::{acquire, LockDir, HANDOUT_LOCK};
 use sharedxfer::protocol::{self, ClientCommand, ErrorCode, FileMeta, ServerReply};
 use sharedxfer::protocol::{S2C_DONE, S2C_ERROR, S2C_OPENED, S2C_PONG};
+use sharedxfer::ring::SlotState;
 use sharedxfer::segment::{Mailbox, Record, Segment, Slot, HANDOUT_OFFERED, HANDOUT_TAKEN, MAX_SLOTS};
-use sharedxfer::segment::{PHASE_WAITING_FOR_SPACE, RECORD_DROPPED, SLOT_EMPTY, SLOT_FULL, TEXT_CAPACITY};
+use sharedxfer::segment::{PHASE_WAITING_FOR_SPACE, RECORD_DROPPED, TEXT_CAPACITY};
 use uuid::Uuid;
 
 use common::*;
@@ -205,7 +206,7 @@ impl RogueStream<'_> {
     /// Copies `data` into slot `index`'s buffer at the offset the record names now.
     fn write_buffer(&self, index: usize, data: &[u8]) {
         let slot = self.slot(index);
-        wait_until("our slot to be empty", || slot.state.load(Ordering::Acquire) == SLOT_EMPTY);
+        wait_until("our slot to be empty", || slot.state.load(Ordering::Acquire) == SlotState::Empty as u32);
         let offset = slot.offset.load(Ordering::Relaxed);
         let capacity = slot.capacity.load(Ordering::Relaxed);
         let buffer = self.segment.buffer(offset, capacity).unwrap();
@@ -216,7 +217,7 @@ impl RogueStream<'_> {
     fn hand_over(&self, index: usize, len: u64) {
         let slot = self.slot(index);
         slot.len.store(len, Ordering::Relaxed);
-        slot.state.store(SLOT_FULL, Ordering::Release);
+        slot.state.store(SlotState::Full as u32, Ordering::Release);
         self.ring();
     }
 
@@ -825,7 +826,7 @@ fn rewritten_slot_offsets_and_garbage_in_server_fields_are_ignored() {
             slot.offset.store(segment_size - 8, Ordering::Relaxed);
             slot.capacity.store(u64::MAX, Ordering::Relaxed);
             slot.len.store(u64::MAX, Ordering::Relaxed);
-            slot.state.store(SLOT_FULL, Ordering::Release);
+            slot.state.store(SlotState::Full as u32, Ordering::Release);
         }
     }
     // Long enough for liveness checks to have run on the lying client_pid.

@@ -276,7 +276,8 @@ pub fn stdout_of(output: &Output) -> String {
 
 use std::sync::atomic::Ordering as AtomicOrdering;
 
-use sharedxfer::segment::{Record, Segment, HANDOUT_OFFERED, HANDOUT_TAKEN, SLOT_EMPTY, SLOT_FULL};
+use sharedxfer::ring::SlotState;
+use sharedxfer::segment::{Record, Segment, HANDOUT_OFFERED, HANDOUT_TAKEN};
 
 impl Server {
     /// Starts a server through `bash -c '<prelude>; exec sharedserver ...'` (for
@@ -539,7 +540,7 @@ impl Frozen {
         );
         thaw(client.pid());
         wait_with_client("the client to fill the ring", &client, || {
-            rec.slots[..slots].iter().all(|s| s.state.load(AtomicOrdering::Acquire) == SLOT_FULL)
+            rec.slots[..slots].iter().all(|s| s.state.load(AtomicOrdering::Acquire) == SlotState::Full as u32)
         });
         let guid = probe.guid(record);
         Frozen { probe, client, server_pid: server.pid(), record, guid, slots, chunk, size }
@@ -557,7 +558,9 @@ impl Frozen {
         let rec = self.rec();
         let expected = self.slots as u64 * self.chunk;
         wait_until("the server to drain the ring", || {
-            rec.slots[..self.slots].iter().all(|s| s.state.load(AtomicOrdering::Acquire) == SLOT_EMPTY)
+            rec.slots[..self.slots]
+                .iter()
+                .all(|s| s.state.load(AtomicOrdering::Acquire) == SlotState::Empty as u32)
                 && rec.bytes_done.load(AtomicOrdering::Relaxed) == expected
         });
     }
