@@ -48,6 +48,7 @@ pub mod protocol;
 pub mod ring;
 pub mod segment;
 pub mod server;
+pub mod sink;
 pub mod sources;
 pub mod status;
 pub mod sys;

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
 use named_lock::{NamedLock, NamedLockGuard};
 use uuid::Uuid;
 
@@ -24,15 +23,15 @@ use crate::checksum::Checksum;
 use crate::escape::escaped;
 use crate::handout::{self, Ticket};
 use crate::lock::{self, LockDir};
-use crate::outdir::{DirCache, Incoming, OutputDir};
 use crate::protocol::{self, ClientCommand, ErrorCode, FileMeta, ServerReply};
 use crate::ring::{self, Consumer, FullSlot};
 use crate::segment::{
-    self, human_bytes, Record, Segment, BUFFER_ALIGN, RECORD_ACTIVE, RECORD_ALIGN, RECORD_OFFERED,
-    RECORD_SIZE,
+    self, human_bytes, Record, Segment, SegmentError, BUFFER_ALIGN, RECORD_ACTIVE, RECORD_ALIGN,
+    RECORD_OFFERED, RECORD_SIZE,
 };
 use crate::segment::{MAX_WORKERS, SERVER_RUNNING, SERVER_STOPPING};
 use crate::segment::{PHASE_IDLE, PHASE_RECEIVING, PHASE_WAITING_FOR_SPACE, RECORD_DROPPED};
+use crate::sink::{FolderSink, Sink, SinkError, SinkErrorKind, SinkFile, SinkSession};
 use crate::sys;
 use crate::wait::{spin_until, SPIN};
 use crate::ExitStatus;
@@ -46,16 +45,317 @@ const RETRY_SLICE: Duration = Duration::from_millis(50);
 /// How long a worker without streams sleeps (a new stream or shutdown rings it).
 const EMPTY_WORKER_SLICE: Duration = Duration::from_secs(1);
 
-/// Everything the server needs to run, already validated by the binary.
+/// Everything a server needs to run (see [`ServerBuilder`] for the defaults).
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
+    /// Segment name: `/dev/shm/<name>`, and the lock folder `/dev/shm/<name>.locks`.
     pub name: String,
+    /// Segment size in bytes, fixed for the server's life.
     pub size: u64,
+    /// The output folder of the default [`FolderSink`] (created if missing).
     pub output_dir: PathBuf,
+    /// Replace files that already exist (default: refuse them).
     pub overwrite: bool,
-    pub quiet: bool,
+    /// Drop a stream whose client shows no activity this long.
     pub idle_timeout: Duration,
+    /// Worker threads writing files (at most 16).
     pub workers: usize,
+}
+
+/// What a server tells its owner: ready, each file published or failed, and notices.
+/// `Display` gives the line `sharedserver` prints for it (names escaped).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerEvent {
+    /// Clients can connect.
+    Ready {
+        /// The segment name.
+        name: String,
+        /// The segment size in bytes.
+        size: u64,
+        /// Where files go, for people.
+        output: String,
+    },
+    /// A file was published whole under `name`.
+    Published {
+        /// Its path beneath the output.
+        name: String,
+        /// Its length.
+        bytes: u64,
+        /// From its first command to its publication.
+        seconds: f64,
+    },
+    /// A file or stream failed; nothing was published under its name.
+    Failed {
+        /// The file's path beneath the output, or `stream <guid>` before one was named.
+        name: String,
+        /// Why, for people.
+        reason: String,
+    },
+    /// Something worth knowing that is not about one file (stale files removed...).
+    Notice(String),
+}
+
+impl std::fmt::Display for ServerEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ready { name, size, output } => {
+                write!(
+                    f,
+                    "sharedserver: ready on segment '{name}' ({}), writing to {output}",
+                    human_bytes(*size)
+                )
+            }
+            Self::Published { name, bytes, seconds } => {
+                let rate = *bytes as f64 / seconds.max(1e-9) / 1e6;
+                write!(f, "done {} {bytes} bytes in {seconds:.3} s ({rate:.1} MB/s)", escaped(name))
+            }
+            Self::Failed { name, reason } => write!(f, "failed {}: {reason}", escaped(name)),
+            Self::Notice(message) => write!(f, "sharedserver: {message}"),
+        }
+    }
+}
+
+/// What the server was doing when a handout lock call failed.
+const HANDOUT: &str = "the handout lock";
+
+/// A fault of the server itself (an offset from its own allocator out of bounds, a
+/// worker thread gone).
+fn internal(what: impl std::fmt::Display) -> ServerError {
+    ServerError::Io { what: "internal error".into(), source: io::Error::other(what.to_string()) }
+}
+
+/// Who hears the server's events.
+type Events = Arc<dyn Fn(&ServerEvent) + Send + Sync>;
+
+/// Why a server could not start or stopped badly.
+#[derive(Debug)]
+pub enum ServerError {
+    /// A start-up problem the user must fix: a bad or busy name, an output folder
+    /// that cannot be used.
+    Start(String),
+    /// The segment could not be made (too big for /dev/shm, a foreign file there...).
+    Segment(SegmentError),
+    /// A file or thread the server needs failed.
+    Io {
+        /// What the server was doing.
+        what: String,
+        /// The system's error.
+        source: io::Error,
+    },
+}
+
+impl ServerError {
+    /// The exit status a command-line front end should give for it.
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            Self::Start(_) | Self::Segment(_) => ExitStatus::Usage,
+            Self::Io { .. } => ExitStatus::Failure,
+        }
+    }
+
+    fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> ServerError {
+        let what = what.into();
+        move |source| ServerError::Io { what, source }
+    }
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Start(message) => f.write_str(message),
+            Self::Segment(e) => write!(f, "{e}"),
+            Self::Io { what, source } => write!(f, "{what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Start(_) => None,
+            Self::Segment(e) => Some(e),
+            Self::Io { source, .. } => Some(source),
+        }
+    }
+}
+
+/// Builds a server: `Server::builder("name").output_dir("inbox").start()`.
+pub struct ServerBuilder {
+    options: ServerOptions,
+    sink: Option<Arc<dyn Sink>>,
+    events: Option<Events>,
+}
+
+impl ServerBuilder {
+    /// Segment size in bytes (default 64 MiB).
+    pub fn size(mut self, bytes: u64) -> Self {
+        self.options.size = bytes;
+        self
+    }
+
+    /// Where the default folder sink writes (default: the current folder).
+    pub fn output_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.options.output_dir = dir.into();
+        self
+    }
+
+    /// Worker threads writing files (default: one per core, at most 16).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.options.workers = workers;
+        self
+    }
+
+    /// Replace files that already exist (default: refuse them).
+    pub fn overwrite(mut self, overwrite: bool) -> Self {
+        self.options.overwrite = overwrite;
+        self
+    }
+
+    /// Drop a stream whose client shows no activity this long (default 30 s).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.options.idle_timeout = timeout;
+        self
+    }
+
+    /// Everything at once (the command line builds these).
+    pub fn options(mut self, options: ServerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Receive into `sink` instead of the output folder.
+    pub fn sink(mut self, sink: impl Sink) -> Self {
+        self.sink = Some(Arc::new(sink));
+        self
+    }
+
+    /// Call `events` for every [`ServerEvent`] (from the server's threads).
+    pub fn on_event(mut self, events: impl Fn(&ServerEvent) + Send + Sync + 'static) -> Self {
+        self.events = Some(Arc::new(events));
+        self
+    }
+
+    /// Creates the segment and starts serving on a thread of its own; returns once
+    /// clients can connect. Ignores SIGXFSZ for the whole process (a write past
+    /// RLIMIT_FSIZE then fails one file instead of killing the server) and raises
+    /// the open-files limit to its hard limit.
+    pub fn start(self) -> Result<Server, ServerError> {
+        let ServerBuilder { options, sink, events } = self;
+        lock::validate_segment_name(&options.name).map_err(ServerError::Start)?;
+        sys::ignore_file_size_signal();
+        sys::raise_nofile_limit();
+        let events: Events = events.unwrap_or_else(|| Arc::new(|_: &ServerEvent| {}));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let name = options.name.clone();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            thread::Builder::new()
+                .name("sharedserver".into())
+                .spawn(move || run_server(options, sink, events, stop, ready_tx))
+                .map_err(ServerError::io("cannot start the server thread"))?
+        };
+        match ready_rx.recv() {
+            Ok(()) => Ok(Server { name, stop, thread: Some(thread) }),
+            // The thread ended before it was ready: its result says why.
+            Err(_) => match thread.join() {
+                Ok(Err(e)) => Err(e),
+                _ => Err(ServerError::Start("the server thread ended before it was ready".into())),
+            },
+        }
+    }
+}
+
+/// A running server. It stops on [`Server::shutdown`], when dropped, or on
+/// SIGINT/SIGTERM if the program routes them with `sys::install_stop_handlers`.
+pub struct Server {
+    name: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<Result<(), ServerError>>>,
+}
+
+impl Server {
+    /// A builder for a server on segment `name`, with the defaults of
+    /// `sharedserver`.
+    pub fn builder(name: impl Into<String>) -> ServerBuilder {
+        let workers = thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        ServerBuilder {
+            options: ServerOptions {
+                name: name.into(),
+                size: 64 << 20,
+                output_dir: PathBuf::from("."),
+                overwrite: false,
+                idle_timeout: Duration::from_secs(30),
+                workers,
+            },
+            sink: None,
+            events: None,
+        }
+    }
+
+    /// The segment name clients connect to.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Tells every client with a stream in flight, drops unfinished files, removes
+    /// the segment and the lock folder, and returns how the server ended.
+    pub fn shutdown(mut self) -> Result<(), ServerError> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.join()
+    }
+
+    /// Waits until the server stops (SIGINT/SIGTERM, or `shutdown` from elsewhere).
+    pub fn wait(mut self) -> Result<(), ServerError> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), ServerError> {
+        match self.thread.take().map(|thread| thread.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(ServerError::Start("the server thread panicked".into())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.join();
+    }
+}
+
+/// The server thread: claims the name, makes the segment, serves, cleans up.
+fn run_server(
+    options: ServerOptions,
+    sink: Option<Arc<dyn Sink>>,
+    events: Events,
+    stop: Arc<AtomicBool>,
+    ready: mpsc::Sender<()>,
+) -> Result<(), ServerError> {
+    let folder = sink.is_none();
+    if folder {
+        prepare_output_dir(&options.output_dir)?;
+    }
+    let locks = LockDir::create(&options.name).map_err(|e| {
+        ServerError::Start(format!(
+            "cannot use lock folder {}: {e}",
+            LockDir::path_for(&options.name).display()
+        ))
+    })?;
+    let server_lock =
+        locks.lock(lock::SERVER_LOCK).map_err(ServerError::io("cannot open the server lock"))?;
+    let server_guard = claim_name(&server_lock, &locks, &options.name)?;
+    let output =
+        if folder { options.output_dir.display().to_string() } else { "the program's own sink".into() };
+    let sink: Arc<dyn Sink> =
+        sink.unwrap_or_else(|| Arc::new(FolderSink::new(&options.output_dir, &temp_prefix(&options.name))));
+    let started = start(options, locks.clone(), sink, events, stop, folder);
+    let result = started.and_then(|shared| serve(shared, ready, output));
+    drop(server_guard);
+    locks.remove();
+    result
 }
 
 /// State every thread of the server shares.
@@ -65,99 +365,88 @@ struct Shared {
     locks: LockDir,
     options: ServerOptions,
     stopping: AtomicBool,
+    /// Set by `Server::shutdown` (or drop): the handout loop ends.
+    stop: Arc<AtomicBool>,
     /// Live streams per worker, to place new ones on the least loaded.
     loads: Vec<AtomicUsize>,
-    output: OutputDir,
+    /// Where received files go.
+    sink: Arc<dyn Sink>,
+    /// Who hears about ready, published and failed files.
+    events: Events,
     /// Permission bits of a file whose client sent none: 0666 less the umask.
     default_mode: u32,
 }
 
-/// A startup failure the user must fix (exit 2), as opposed to a runtime fault.
-#[derive(Debug)]
-pub struct StartError(pub String);
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StartError {}
-
-/// Runs the server until SIGINT or SIGTERM. Prints one ready line, one line per
-/// stream, and cleans up everything it made before returning.
-pub fn run(options: ServerOptions) -> anyhow::Result<ExitStatus> {
-    lock::validate_segment_name(&options.name).map_err(StartError)?;
-    sys::install_stop_handlers();
-    sys::ignore_file_size_signal();
-    sys::raise_nofile_limit();
-    prepare_output_dir(&options.output_dir)?;
-    let locks = LockDir::create(&options.name).map_err(|e| {
-        StartError(format!("cannot use lock folder {}: {e}", LockDir::path_for(&options.name).display()))
-    })?;
-    let server_lock: &'static NamedLock = Box::leak(Box::new(locks.lock(lock::SERVER_LOCK)?));
-    let server_guard = claim_name(server_lock, &locks, &options.name)?;
-    let started = start(options, locks.clone());
-    let result = started.and_then(serve);
-    drop(server_guard);
-    locks.remove();
-    result
-}
-
-fn prepare_output_dir(dir: &Path) -> anyhow::Result<()> {
+fn prepare_output_dir(dir: &Path) -> Result<(), ServerError> {
     fs::create_dir_all(dir)
-        .map_err(|e| StartError(format!("cannot create output folder {}: {e}", dir.display())))?;
+        .map_err(|e| ServerError::Start(format!("cannot create output folder {}: {e}", dir.display())))?;
     if !dir.is_dir() {
-        bail!(StartError(format!("output folder {} is not a folder", dir.display())));
+        return Err(ServerError::Start(format!("output folder {} is not a folder", dir.display())));
     }
     let probe = dir.join(format!(".sharedxfer-probe-{}", std::process::id()));
     File::create_new(&probe)
-        .map_err(|e| StartError(format!("cannot write in output folder {}: {e}", dir.display())))?;
+        .map_err(|e| ServerError::Start(format!("cannot write in output folder {}: {e}", dir.display())))?;
     let _ = fs::remove_file(probe);
     Ok(())
 }
 
 /// Takes the name's server lock, or explains who holds it.
-fn claim_name(lock: &'static NamedLock, locks: &LockDir, name: &str) -> anyhow::Result<NamedLockGuard> {
+fn claim_name(lock: &NamedLock, locks: &LockDir, name: &str) -> Result<NamedLockGuard, ServerError> {
     let pid_file = locks.path().join(lock::SERVER_PID_FILE);
     match lock.try_lock() {
         Ok(guard) => {
-            fs::write(&pid_file, format!("{}\n", std::process::id()))?;
+            fs::write(&pid_file, format!("{}\n", std::process::id()))
+                .map_err(ServerError::io(format!("cannot write {}", pid_file.display())))?;
             Ok(guard)
         }
         Err(named_lock::Error::WouldBlock) => {
             let pid = fs::read_to_string(&pid_file).unwrap_or_default();
             let pid = pid.trim();
             let who = if pid.is_empty() { String::new() } else { format!(" (pid {pid})") };
-            bail!(StartError(format!(
+            Err(ServerError::Start(format!(
                 "a server is already running on segment '{name}'{who}: stop it first or pick another --name"
             )))
         }
-        Err(e) => bail!(StartError(format!("cannot take the server lock for '{name}': {e}"))),
+        Err(e) => Err(ServerError::Start(format!("cannot take the server lock for '{name}': {e}"))),
     }
 }
 
-fn start(options: ServerOptions, locks: LockDir) -> anyhow::Result<Arc<Shared>> {
+fn start(
+    options: ServerOptions,
+    locks: LockDir,
+    sink: Arc<dyn Sink>,
+    events: Events,
+    stop: Arc<AtomicBool>,
+    folder: bool,
+) -> Result<Arc<Shared>, ServerError> {
     // We hold the name's server lock: anything left under the name is from a dead server.
-    if segment::remove_stale(&options.name).map_err(|e| StartError(e.to_string()))? {
-        errln!("sharedserver: removed a stale segment '{}' left by a dead server", options.name);
+    let stale = segment::remove_stale(&options.name).map_err(|e| ServerError::Start(e.to_string()))?;
+    if stale {
+        events(&ServerEvent::Notice(format!(
+            "removed a stale segment '{}' left by a dead server",
+            options.name
+        )));
     }
     let stale_locks = locks.remove_stale_stream_locks();
     if stale_locks > 0 {
-        errln!("sharedserver: removed {stale_locks} stale lock file(s)");
+        events(&ServerEvent::Notice(format!("removed {stale_locks} stale lock file(s)")));
     }
-    remove_stale_temp_files(&options.output_dir, &options.name);
-    let segment = Segment::create(&options.name, options.size).map_err(|e| StartError(e.to_string()))?;
+    if folder {
+        remove_stale_temp_files(&options.output_dir, &options.name);
+    }
+    let segment = Segment::create(&options.name, options.size).map_err(ServerError::Segment)?;
     let layout = segment.layout();
     let shared = Shared {
         segment,
         alloc: Mutex::new(TwoEndedAllocator::new(layout.area_start, layout.area_end)),
         locks,
         loads: (0..options.workers.clamp(1, MAX_WORKERS)).map(|_| AtomicUsize::new(0)).collect(),
-        output: OutputDir::new(&options.output_dir),
+        sink,
+        events,
         default_mode: 0o666 & !sys::umask(),
         options,
         stopping: AtomicBool::new(false),
+        stop,
     };
     shared.publish_stats(&shared.alloc.lock().expect("allocator lock"));
     Ok(Arc::new(shared))
@@ -192,17 +481,16 @@ fn remove_stale_temp_files(dir: &Path, name: &str) {
     }
 }
 
-fn serve(shared: Arc<Shared>) -> anyhow::Result<ExitStatus> {
-    let handout_lock = shared.locks.lock(lock::HANDOUT_LOCK)?;
-    let (senders, workers) = spawn_workers(&shared)?;
+fn serve(shared: Arc<Shared>, ready: mpsc::Sender<()>, output: String) -> Result<(), ServerError> {
+    let handout_lock =
+        shared.locks.lock(lock::HANDOUT_LOCK).map_err(ServerError::io("cannot open the handout lock"))?;
+    let (senders, workers) =
+        spawn_workers(&shared).map_err(ServerError::io("cannot start worker threads"))?;
     let header = shared.segment.header();
     header.server_state.store(SERVER_RUNNING, Ordering::Release);
-    outln!(
-        "sharedserver: ready on segment '{}' ({}), writing to {}",
-        shared.options.name,
-        human_bytes(shared.segment.layout().size),
-        shared.options.output_dir.display()
-    );
+    let size = shared.segment.layout().size;
+    (shared.events)(&ServerEvent::Ready { name: shared.options.name.clone(), size, output });
+    let _ = ready.send(());
     let result = handout_loop(&shared, &handout_lock, &senders);
     header.server_state.store(SERVER_STOPPING, Ordering::Release);
     shared.stopping.store(true, Ordering::SeqCst);
@@ -211,12 +499,12 @@ fn serve(shared: Arc<Shared>) -> anyhow::Result<ExitStatus> {
     for worker in workers {
         let _ = worker.join();
     }
-    result.map(|()| ExitStatus::Interrupted)
+    result
 }
 
 type Workers = (Vec<Sender<Stream>>, Vec<thread::JoinHandle<()>>);
 
-fn spawn_workers(shared: &Arc<Shared>) -> anyhow::Result<Workers> {
+fn spawn_workers(shared: &Arc<Shared>) -> io::Result<Workers> {
     let mut senders = Vec::new();
     let mut handles = Vec::new();
     for index in 0..shared.loads.len() {
@@ -232,15 +520,19 @@ fn spawn_workers(shared: &Arc<Shared>) -> anyhow::Result<Workers> {
 }
 
 /// The main thread: keep a GUID on offer, hand taken streams to workers, beat.
-fn handout_loop(shared: &Shared, handout_lock: &NamedLock, workers: &[Sender<Stream>]) -> anyhow::Result<()> {
+fn handout_loop(
+    shared: &Shared,
+    handout_lock: &NamedLock,
+    workers: &[Sender<Stream>],
+) -> Result<(), ServerError> {
     let header = shared.segment.header();
     let mut offered: Option<Offer> = None;
     let mut busy_backoff = Duration::from_micros(100);
-    while sys::stop_signal().is_none() {
+    while !shared.stop.load(Ordering::SeqCst) && sys::stop_signal().is_none() {
         header.heartbeat.fetch_add(1, Ordering::Relaxed);
         shared.publish_stats(&shared.alloc.lock().expect("allocator lock"));
         if offered.is_some() {
-            let pid = handout::collect(&shared.segment, handout_lock)?;
+            let pid = handout::collect(&shared.segment, handout_lock).map_err(ServerError::io(HANDOUT))?;
             if pid.is_none() && handout::is_taken(&shared.segment) {
                 // Taken, but the taker still holds the lock (for a few stores, or
                 // stopped inside): back off instead of spinning on "taken".
@@ -254,12 +546,12 @@ fn handout_loop(shared: &Shared, handout_lock: &NamedLock, workers: &[Sender<Str
                 let worker = offer.worker;
                 let stream = Stream::activate(shared, offer, pid);
                 shared.loads[worker].fetch_add(1, Ordering::Relaxed);
-                workers[worker].send(stream).map_err(|_| anyhow!("a worker thread died"))?;
+                workers[worker].send(stream).map_err(|_| internal("a worker thread died"))?;
                 header.doorbells[worker].notify();
             }
         }
         if offered.as_ref().is_some_and(|offer| shared.offer_is_misplaced(offer))
-            && handout::withdraw(&shared.segment, handout_lock)?
+            && handout::withdraw(&shared.segment, handout_lock).map_err(ServerError::io(HANDOUT))?
         {
             let offer = offered.take().expect("checked above");
             shared.free_block(offer.ticket.record_offset);
@@ -285,15 +577,16 @@ struct Offer {
 
 impl Shared {
     /// Allocates and offers a fresh record; `None` while the records area is full.
-    fn make_offer(&self, handout_lock: &NamedLock) -> anyhow::Result<Option<Offer>> {
+    fn make_offer(&self, handout_lock: &NamedLock) -> Result<Option<Offer>, ServerError> {
         let offset = {
             let mut alloc = self.alloc.lock().expect("allocator lock");
             let Some(offset) = alloc.alloc_low(RECORD_SIZE, RECORD_ALIGN) else { return Ok(None) };
             offset
         };
         let guid = Uuid::new_v4();
-        self.segment.clear_record(offset)?;
-        let record = self.segment.record(offset)?;
+        // Offsets come from our own allocator: a failure here is a server bug.
+        self.segment.clear_record(offset).map_err(internal)?;
+        let record = self.segment.record(offset).map_err(internal)?;
         // Relaxed: a placement hint; the least loaded worker when the offer is made.
         let worker =
             (0..self.loads.len()).min_by_key(|&i| self.loads[i].load(Ordering::Relaxed)).unwrap_or(0);
@@ -312,7 +605,7 @@ impl Shared {
             }
         };
         let ticket = Ticket { guid, record_offset: offset };
-        if !handout::offer(&self.segment, handout_lock, ticket)? {
+        if !handout::offer(&self.segment, handout_lock, ticket).map_err(ServerError::io(HANDOUT))? {
             // A peer holds the handout lock (stopped inside it?): undo, retry later.
             self.free_block(offset);
             self.locks.remove_stream_lock(guid);
@@ -356,20 +649,13 @@ impl Shared {
         header.hole_count.store(stats.holes.len() as u64, Ordering::Relaxed);
         header.live_streams.store(stats.low_blocks as u64, Ordering::Relaxed);
     }
-
-    /// A line per published file, unless `--quiet` (failures are always printed).
-    fn report(&self, line: String) {
-        if !self.options.quiet {
-            outln!("{line}");
-        }
-    }
 }
 
 /// One file being received beneath the output folder, not yet under its name.
 struct Transfer {
     /// The relative path the client asked for (validated).
     name: String,
-    incoming: Incoming,
+    file: Box<dyn SinkFile>,
     meta: FileMeta,
     /// The announced size: exact, or only a hint (`meta.size_is_hint`).
     size: u64,
@@ -411,8 +697,8 @@ struct Stream {
     /// Private copies of the ring's (offset, capacity). Kept from one file to the
     /// next on the same stream, so small files need no new buffers.
     ring: Consumer,
-    /// The folder of the last file, kept open for the next one.
-    dirs: DirCache,
+    /// This stream's way into the sink.
+    sink: Box<dyn SinkSession>,
     /// The record's `client_beat` when last seen.
     client_beat: u32,
     /// Set when the record can be freed.
@@ -443,7 +729,7 @@ impl Stream {
             last_liveness: now,
             label: format!("stream {}", offer.ticket.guid.simple()),
             ring: Consumer::default(),
-            dirs: DirCache::default(),
+            sink: shared.sink.session(offer.ticket.guid),
             client_beat: 0,
             finished: false,
             dropped: false,
@@ -499,10 +785,7 @@ impl Stream {
                 .buffer(offset, len)
                 .map_err(|e| failure(ErrorCode::BadRequest, e.to_string()))?;
             transfer.hasher.update(buffer.bytes(len as usize));
-            buffer.write_to(&transfer.incoming.file, len as usize).map_err(|e| {
-                let path = shared.options.output_dir.join(&transfer.name);
-                failure(ErrorCode::Io, format!("writing {} failed: {e}", escaped(&path.to_string_lossy())))
-            })?;
+            transfer.file.write(buffer.bytes(len as usize)).map_err(sink_failure)?;
             transfer.written += len;
             // Relaxed: progress for status only.
             record.bytes_done.store(transfer.written, Ordering::Relaxed);
@@ -587,24 +870,18 @@ impl Stream {
                 format!("names starting with {TEMP_MARK} are reserved for the server's temporary files");
             return Err(failure(ErrorCode::BadRequest, message));
         }
-        let target = shared.output.target(&name, &mut self.dirs).map_err(|e| {
-            self.dirs.clear();
-            failure(ErrorCode::Io, e.message)
-        })?;
         // Fail a big transfer before it starts; a small one (`early == false`) is
         // refused just as surely by the no-clobber publish.
         let check_now = early_exists_check || meta.skip_existing;
-        if check_now && !shared.options.overwrite && target.exists() {
+        if check_now && !shared.options.overwrite && self.sink.exists(&name) {
             if meta.skip_existing {
                 return Ok(false);
             }
-            return Err(exists_failure(shared, &name));
+            let message =
+                format!("{} already exists: remove it or run the server with --overwrite", escaped(&name));
+            return Err(failure(ErrorCode::Exists, message));
         }
-        let temp_name = format!("{}{}.part", temp_prefix(&shared.options.name), self.guid.simple());
-        let incoming = Incoming::create(target, &temp_name).map_err(|e| {
-            let path = shared.options.output_dir.join(&name);
-            failure(ErrorCode::Io, format!("cannot create {}: {e}", escaped(&path.to_string_lossy())))
-        })?;
+        let file = self.sink.create(&name).map_err(sink_failure)?;
         let record = self.record(shared);
         record.file_size.store(size, Ordering::Relaxed);
         record.size_is_hint.store(u32::from(meta.size_is_hint), Ordering::Relaxed);
@@ -616,7 +893,7 @@ impl Stream {
         self.ring.restart();
         self.phase = Phase::Receiving(Box::new(Transfer {
             name,
-            incoming,
+            file,
             meta,
             size,
             written: 0,
@@ -663,9 +940,9 @@ impl Stream {
     /// Creates a folder (and its parents) beneath the output folder.
     fn mkdir(&mut self, shared: &Shared, name: String, mode: u32) {
         self.label.clone_from(&name);
-        match shared.output.make_dirs(&name, mode | 0o700) {
+        match self.sink.make_dir(&name, mode | 0o700) {
             Ok(()) => self.reply(shared, ServerReply::Done { bytes: 0 }),
-            Err(e) => self.fail(shared, failure(ErrorCode::Io, e.message)),
+            Err(e) => self.fail(shared, sink_failure(e)),
         }
     }
 
@@ -734,8 +1011,12 @@ impl Stream {
                 self.phase = Phase::Idle;
                 self.record(shared).phase.store(PHASE_IDLE, Ordering::Relaxed);
                 shared.segment.header().streams_done.fetch_add(1, Ordering::Relaxed);
-                shared.report(done.line);
-                self.reply(shared, ServerReply::Done { bytes: done.bytes });
+                let bytes = match &done {
+                    ServerEvent::Published { bytes, .. } => *bytes,
+                    _ => size,
+                };
+                (shared.events)(&done);
+                self.reply(shared, ServerReply::Done { bytes });
             }
             Err(failure) => self.fail(shared, failure),
         }
@@ -763,10 +1044,9 @@ impl Stream {
     /// answers with Abort or Close, or exits.
     fn fail(&mut self, shared: &Shared, failure: Failure) {
         self.remove_transfer();
-        self.dirs.clear();
         self.revoke_ring(shared);
         shared.segment.header().streams_failed.fetch_add(1, Ordering::Relaxed);
-        outln!("failed {}: {}", escaped(&self.label), failure.message);
+        (shared.events)(&ServerEvent::Failed { name: self.label.clone(), reason: failure.message.clone() });
         self.reply(shared, ServerReply::Error { code: failure.code, message: failure.message });
         self.last_activity = Instant::now();
     }
@@ -777,7 +1057,7 @@ impl Stream {
         if let Some(name) = self.transfer_name() {
             let reason = reason.unwrap_or_else(|| "client closed the stream before finishing".into());
             shared.segment.header().streams_failed.fetch_add(1, Ordering::Relaxed);
-            outln!("failed {}: {reason}", escaped(&name));
+            (shared.events)(&ServerEvent::Failed { name, reason });
         }
         self.drop_transfer(shared);
         self.finished = true;
@@ -792,7 +1072,7 @@ impl Stream {
 
     fn remove_transfer(&mut self) {
         if let Phase::Receiving(transfer) = std::mem::replace(&mut self.phase, Phase::Idle) {
-            transfer.incoming.discard();
+            transfer.file.discard();
         }
     }
 
@@ -895,34 +1175,29 @@ fn allocate_ring(shared: &Shared, chunk: u64, wanted: usize) -> Vec<(u64, u64)> 
     ring
 }
 
-/// A published file, for the report line.
-struct Published {
-    bytes: u64,
-    line: String,
-}
-
 fn needs_ring(transfer: &Transfer) -> bool {
     transfer.meta.size_is_hint || transfer.size > 0
 }
 
-fn exists_failure(shared: &Shared, name: &str) -> Failure {
-    let path = shared.options.output_dir.join(name);
-    let message = format!(
-        "{} already exists: remove it or run the server with --overwrite",
-        escaped(&path.to_string_lossy())
-    );
-    failure(ErrorCode::Exists, message)
+/// A sink's refusal as the client will hear it.
+fn sink_failure(e: SinkError) -> Failure {
+    let code = match e.kind {
+        SinkErrorKind::Exists => ErrorCode::Exists,
+        SinkErrorKind::Refused => ErrorCode::BadRequest,
+        SinkErrorKind::Io => ErrorCode::Io,
+    };
+    failure(code, e.message)
 }
 
-/// Verifies size and checksum, then gives the file its mode, time and final name
-/// (never over an existing file unless `--overwrite`). `Ok(None)`: the name was
-/// taken and the client asked to skip such files.
+/// Verifies size and checksum, then has the sink give the file its mode, time and
+/// final name (never over an existing file unless `--overwrite`). `Ok(None)`: the
+/// name was taken and the client asked to skip such files.
 fn publish(
     shared: &Shared,
     transfer: Transfer,
     size: u64,
     checksum: u64,
-) -> Result<Option<Published>, Failure> {
+) -> Result<Option<ServerEvent>, Failure> {
     let shown = escaped(&transfer.name).into_owned();
     let size_ok = if transfer.meta.size_is_hint { true } else { size == transfer.size };
     if !size_ok || transfer.written != size {
@@ -930,35 +1205,24 @@ fn publish(
             "{shown}: size mismatch: announced {}, finished with {}, received {}",
             transfer.size, size, transfer.written
         );
-        transfer.incoming.discard();
+        transfer.file.discard();
         return Err(failure(ErrorCode::Checksum, message));
     }
     if transfer.hasher.digest() != checksum {
-        transfer.incoming.discard();
+        transfer.file.discard();
         let message = format!("{shown}: checksum mismatch: the data was corrupted in transit");
         return Err(failure(ErrorCode::Checksum, message));
     }
-    let overwrite = shared.options.overwrite;
     let mode = transfer.meta.mode.unwrap_or(shared.default_mode);
-    if let Err(e) = transfer.incoming.publish(mode, transfer.meta.mtime, overwrite) {
-        if e.kind() == io::ErrorKind::AlreadyExists {
-            if transfer.meta.skip_existing {
-                return Ok(None);
-            }
-            return Err(exists_failure(shared, &transfer.name));
-        }
-        let path = shared.options.output_dir.join(&transfer.name);
-        let message = format!("cannot publish {}: {e}", escaped(&path.to_string_lossy()));
-        return Err(failure(ErrorCode::Io, message));
+    match transfer.file.publish(mode, transfer.meta.mtime, shared.options.overwrite) {
+        Err(e) if e.kind == SinkErrorKind::Exists && transfer.meta.skip_existing => Ok(None),
+        Err(e) => Err(sink_failure(e)),
+        Ok(()) => Ok(Some(ServerEvent::Published {
+            name: transfer.name,
+            bytes: transfer.written,
+            seconds: transfer.started.elapsed().as_secs_f64(),
+        })),
     }
-    let secs = transfer.started.elapsed().as_secs_f64();
-    let line = format!(
-        "done {shown} {} bytes in {:.3} s ({:.1} MB/s)",
-        transfer.written,
-        secs,
-        transfer.written as f64 / secs.max(1e-9) / 1e6
-    );
-    Ok(Some(Published { bytes: transfer.written, line }))
 }
 
 struct Worker {

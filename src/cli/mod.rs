@@ -1,5 +1,9 @@
-//! Command-line definitions of both binaries (clap derive). The binaries only parse
-//! these and call `server::run` / `client::run`; flags both share live in `Common`.
+//! The command-line front end: clap definitions of both binaries (flags both share
+//! live in `Common`), and in `client` and `server` everything only a terminal user
+//! needs (progress bars, summary lines, exit codes). The binaries call only this
+//! module; it is built on the library's public API.
+
+pub mod server;
 
 use std::ffi::OsString;
 use std::path::PathBuf;

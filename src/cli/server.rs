@@ -1,0 +1,73 @@
+//! `sharedserver`'s front end: the output folder from the command line or
+//! options.xml, one line per event, and the exit code. Built on [`crate::server`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cli::ServerCli;
+use crate::config::{Config, ConfigError};
+use crate::server::{Server, ServerEvent, ServerOptions};
+use crate::{sys, ExitStatus};
+
+/// Runs `sharedserver` until SIGINT or SIGTERM; returns its exit status.
+pub fn main(cli: ServerCli) -> ExitStatus {
+    sys::install_stop_handlers();
+    let output_dir = match cli.output_dir.clone() {
+        Some(dir) => dir,
+        None => match config_output_dir(&cli.common.config) {
+            Ok(dir) => dir,
+            Err(e) => {
+                errln!("sharedserver: {e}");
+                return ExitStatus::Usage;
+            }
+        },
+    };
+    let workers = cli
+        .workers
+        .map(|n| n as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let options = ServerOptions {
+        name: cli.common.name,
+        size: cli.size,
+        output_dir,
+        overwrite: cli.overwrite,
+        idle_timeout: Duration::from_secs(cli.idle_timeout),
+        workers,
+    };
+    let quiet = cli.common.quiet;
+    let started = Server::builder(options.name.clone())
+        .options(options)
+        .on_event(move |event| print(event, quiet))
+        .start();
+    let result = started.and_then(Server::wait);
+    match result {
+        // The server's normal way to end: SIGINT or SIGTERM.
+        Ok(()) => ExitStatus::Interrupted,
+        Err(e) => {
+            errln!("sharedserver: {e}");
+            e.exit_status()
+        }
+    }
+}
+
+/// One line per event: published files (unless `--quiet`) and failures on stdout,
+/// notices on stderr.
+fn print(event: &ServerEvent, quiet: bool) {
+    match event {
+        ServerEvent::Published { .. } if quiet => {}
+        ServerEvent::Notice(_) => errln!("{event}"),
+        _ => outln!("{event}"),
+    }
+}
+
+/// The config's `<server outputpath>`, else the current folder. A missing config is
+/// fine for the server; a broken one is an error.
+fn config_output_dir(config: &Path) -> Result<PathBuf, ConfigError> {
+    match Config::load(config) {
+        Ok(config) => Ok(config.output_path.unwrap_or_else(|| PathBuf::from("."))),
+        Err(ConfigError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(PathBuf::from("."))
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,187 @@
+//! Where a server puts what it receives. The server checks every name, size and
+//! checksum itself; a sink only stores bytes and gives a whole, verified file its
+//! name. [`FolderSink`] (the default) writes beneath an output folder with the
+//! rules in [`crate::outdir`]; a program embedding a server can plug in its own (see
+//! `examples/receive_into_memory.rs`).
+
+use std::fmt;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use uuid::Uuid;
+
+use crate::escape::escaped;
+use crate::outdir::{DirCache, Incoming, OutputDir};
+
+/// What went wrong, for the client's error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkErrorKind {
+    /// A file already has the name (and replacing was not asked for).
+    Exists,
+    /// The name cannot be used here (a link or a file where a folder should be...).
+    Refused,
+    /// Storage failed (disk full, read-only, removed folder...).
+    Io,
+}
+
+/// Why a sink refused or failed a file. The message names the user's file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkError {
+    /// What kind of failure it is.
+    pub kind: SinkErrorKind,
+    /// For people: says which file and what to do.
+    pub message: String,
+}
+
+impl SinkError {
+    /// A failure of `kind`, explained by `message`.
+    pub fn new(kind: SinkErrorKind, message: impl Into<String>) -> SinkError {
+        SinkError { kind, message: message.into() }
+    }
+}
+
+impl fmt::Display for SinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SinkError {}
+
+/// A place for received files, shared by all the server's worker threads.
+pub trait Sink: Send + Sync + 'static {
+    /// What one stream writes through: a stream sends its files one after another,
+    /// so a session may keep state between them. `stream` identifies the stream.
+    fn session(&self, stream: Uuid) -> Box<dyn SinkSession>;
+}
+
+/// One stream's way into a sink. Names are relative paths the server already
+/// checked (`protocol::validate_path`, no reserved names).
+pub trait SinkSession: Send {
+    /// Whether a file of that name exists (checked before a large transfer starts).
+    fn exists(&mut self, name: &str) -> bool;
+    /// Starts a file that will be published as `name`.
+    fn create(&mut self, name: &str) -> Result<Box<dyn SinkFile>, SinkError>;
+    /// Makes the folder `name` (and its parents), the last with permission bits
+    /// `mode`; an existing folder is fine.
+    fn make_dir(&mut self, name: &str, mode: u32) -> Result<(), SinkError>;
+}
+
+/// A file being received.
+pub trait SinkFile: Send {
+    /// Appends `bytes` (the server calls this in order, chunk by chunk).
+    fn write(&mut self, bytes: &[u8]) -> Result<(), SinkError>;
+    /// The file is whole and verified: give it `mode`, `mtime` and its name. Without
+    /// `replace`, an existing file of that name is an `Exists` error.
+    fn publish(self: Box<Self>, mode: u32, mtime: Option<SystemTime>, replace: bool)
+        -> Result<(), SinkError>;
+    /// Drops the unfinished file; nothing may remain under its name.
+    fn discard(self: Box<Self>);
+}
+
+/// The default sink: files beneath an output folder, never through a link planted
+/// there, unnamed until whole (see [`crate::outdir`]).
+#[derive(Debug, Clone)]
+pub struct FolderSink {
+    output: OutputDir,
+    temp_prefix: String,
+}
+
+impl FolderSink {
+    /// Files go beneath `dir`; temporary names (where one is needed) start with
+    /// `temp_prefix` and end with the stream's GUID and `.part`.
+    pub fn new(dir: &Path, temp_prefix: &str) -> FolderSink {
+        FolderSink { output: OutputDir::new(dir), temp_prefix: temp_prefix.to_owned() }
+    }
+
+    /// The output folder.
+    pub fn path(&self) -> &Path {
+        self.output.path()
+    }
+}
+
+impl Sink for FolderSink {
+    fn session(&self, stream: Uuid) -> Box<dyn SinkSession> {
+        Box::new(FolderSession {
+            output: self.output.clone(),
+            temp_name: format!("{}{}.part", self.temp_prefix, stream.simple()),
+            dirs: DirCache::default(),
+        })
+    }
+}
+
+struct FolderSession {
+    output: OutputDir,
+    temp_name: String,
+    /// The folder of the last file, kept open for the next one.
+    dirs: DirCache,
+}
+
+impl FolderSession {
+    fn shown(&self, name: &str) -> String {
+        escaped(&self.output.path().join(name).to_string_lossy()).into_owned()
+    }
+}
+
+impl SinkSession for FolderSession {
+    fn exists(&mut self, name: &str) -> bool {
+        self.output.target(name, &mut self.dirs).is_ok_and(|target| target.exists())
+    }
+
+    fn create(&mut self, name: &str) -> Result<Box<dyn SinkFile>, SinkError> {
+        let target = self.output.target(name, &mut self.dirs).map_err(|e| {
+            self.dirs.clear();
+            SinkError::new(SinkErrorKind::Io, e.message)
+        })?;
+        let incoming = Incoming::create(target, &self.temp_name).map_err(|e| {
+            self.dirs.clear();
+            SinkError::new(SinkErrorKind::Io, format!("cannot create {}: {e}", self.shown(name)))
+        })?;
+        Ok(Box::new(FolderFile { incoming, path: self.output.path().join(name) }))
+    }
+
+    fn make_dir(&mut self, name: &str, mode: u32) -> Result<(), SinkError> {
+        self.output.make_dirs(name, mode).map_err(|e| SinkError::new(SinkErrorKind::Io, e.message))
+    }
+}
+
+struct FolderFile {
+    incoming: Incoming,
+    /// The final path, for messages.
+    path: PathBuf,
+}
+
+impl FolderFile {
+    fn shown(&self) -> String {
+        escaped(&self.path.to_string_lossy()).into_owned()
+    }
+}
+
+impl SinkFile for FolderFile {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
+        (&self.incoming.file)
+            .write_all(bytes)
+            .map_err(|e| SinkError::new(SinkErrorKind::Io, format!("writing {} failed: {e}", self.shown())))
+    }
+
+    fn publish(
+        self: Box<Self>,
+        mode: u32,
+        mtime: Option<SystemTime>,
+        replace: bool,
+    ) -> Result<(), SinkError> {
+        let shown = self.shown();
+        self.incoming.publish(mode, mtime, replace).map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => SinkError::new(
+                SinkErrorKind::Exists,
+                format!("{shown} already exists: remove it or run the server with --overwrite"),
+            ),
+            _ => SinkError::new(SinkErrorKind::Io, format!("cannot publish {shown}: {e}")),
+        })
+    }
+
+    fn discard(self: Box<Self>) {
+        self.incoming.discard();
+    }
+}
