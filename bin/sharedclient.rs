@@ -1,4 +1,4 @@
-//! `sharedclient ID...`: parse the command line and run the library's client.
+//! `sharedclient [ARG]...`: parse the command line and run the library's front end.
 
 use std::process::ExitCode;
 
@@ -6,5 +6,5 @@ use clap::Parser;
 use sharedxfer::cli::ClientCli;
 
 fn main() -> ExitCode {
-    sharedxfer::client::run(ClientCli::parse()).into()
+    sharedxfer::cli::client::main(ClientCli::parse()).into()
 }

@@ -3,6 +3,7 @@
 //! needs (progress bars, summary lines, exit codes). The binaries call only this
 //! module; it is built on the library's public API.
 
+pub mod client;
 pub mod server;
 
 use std::ffi::OsString;

@@ -1,0 +1,447 @@
+//! `sharedclient`'s front end: plans what the command line names, sends it with
+//! the library's `Sender`, and shows it: one progress bar, per-file lines with `-v`,
+//! the final summary (or JSON), and the exit code. Ctrl-C exits 130 within a second
+//! whatever the sending is blocked on.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::cli::ClientCli;
+use crate::client::{percentiles, ping, Connection, Delivered, Progress, SendError, SendOptions, Sender};
+use crate::config::StreamId;
+use crate::escape::escaped;
+use crate::lock::{self, LockDir};
+use crate::segment::Segment;
+use crate::sources::{self, Item, Kind, Origin, Request, Verdict};
+use crate::{sys, ExitStatus};
+
+/// How long `--status` waits for a server still setting its segment up.
+const OPEN_WAIT: Duration = Duration::from_secs(2);
+
+/// The outcome of one item.
+#[derive(Debug)]
+enum Outcome {
+    /// What the server confirmed, and how long the item took.
+    Done(Delivered, Duration),
+    /// Skipped before sending (a link inside a folder without -L).
+    Skipped,
+    Failed(SendError),
+}
+
+/// The items and what became of each, shared by the job threads and the main
+/// thread (which answers Ctrl-C even while a job is blocked, say on a FIFO).
+struct Board {
+    items: Vec<Item>,
+    outcomes: Mutex<Vec<Option<Outcome>>>,
+}
+
+impl Board {
+    fn record(&self, index: usize, outcome: Outcome) {
+        self.outcomes.lock().expect("outcome lock")[index] = Some(outcome);
+    }
+}
+
+/// What the front end decided from the command line.
+struct Front {
+    /// Failures already explained in one line (no server to connect to).
+    quiet_failures: std::sync::atomic::AtomicBool,
+    verbose: bool,
+    json: bool,
+    bar: ProgressBar,
+    files_total: usize,
+    files_done: AtomicUsize,
+    board: Board,
+}
+
+impl Progress for Front {
+    fn bytes(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+
+    fn finished(&self, index: usize, item: &Item, result: &Result<Delivered, SendError>, elapsed: Duration) {
+        if item.kind == Kind::File {
+            let done = self.files_done.fetch_add(1, Ordering::Relaxed) + 1;
+            self.bar.set_message(format!("{done}/{} files", self.files_total));
+        }
+        if let (true, Ok(delivered)) = (self.verbose, result) {
+            let line = match (delivered, item.kind) {
+                (Delivered::Sent { .. }, Kind::Dir { .. }) => format!("made {}/", escaped(&item.name)),
+                (Delivered::Sent { bytes }, Kind::File) => {
+                    format!("sent {} ({bytes} bytes)", escaped(&item.name))
+                }
+                (Delivered::Skipped, _) => format!("skipped {} (exists)", escaped(&item.name)),
+            };
+            if self.json {
+                errln!("{line}");
+            } else {
+                self.bar.suspend(|| outln!("{line}"));
+            }
+        }
+        let outcome = match result {
+            Ok(delivered) => Outcome::Done(*delivered, elapsed),
+            Err(e) => Outcome::Failed(e.clone()),
+        };
+        self.board.record(index, outcome);
+    }
+}
+
+/// Runs `sharedclient`; returns its exit status.
+pub fn main(cli: ClientCli) -> ExitStatus {
+    sys::install_stop_handlers();
+    let timeout = Duration::from_secs(cli.timeout);
+    if let Some(count) = cli.ping {
+        return run_ping(&cli.common.name, timeout, count);
+    }
+    if cli.status {
+        return run_status(&cli.common.name, cli.json);
+    }
+    let show_bars = !cli.common.quiet && !cli.json && std::io::stderr().is_terminal();
+    let counting = if show_bars { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
+    let request = Request {
+        args: &cli.args,
+        all: cli.all,
+        files_from: cli.files_from.as_deref(),
+        from0: cli.from0,
+        as_name: cli.as_name.as_deref(),
+        follow_symlinks: cli.follow_symlinks,
+        config: &cli.common.config,
+    };
+    let planned = exit_on_stop_during(|| {
+        sources::plan(&request, |n| {
+            if n % 256 == 0 {
+                counting.set_message(format!("{n} files found"));
+                counting.tick();
+            }
+        })
+    });
+    counting.finish_and_clear();
+    let items = match planned {
+        Ok(items) => items,
+        Err(message) => {
+            errln!("sharedclient: {message}");
+            return ExitStatus::Usage;
+        }
+    };
+    let bar = if show_bars { aggregate_bar(&items) } else { ProgressBar::hidden() };
+    let files_total = items.iter().filter(|i| i.kind == Kind::File && i.verdict == Verdict::Send).count();
+    let front = Front {
+        quiet_failures: false.into(),
+        verbose: cli.verbose,
+        json: cli.json,
+        bar,
+        files_total,
+        files_done: AtomicUsize::new(0),
+        board: Board { outcomes: Mutex::new(items.iter().map(preset).collect()), items },
+    };
+    let started = Instant::now();
+    if front.board.items.iter().any(|i| i.verdict == Verdict::Send) {
+        let options = SendOptions {
+            skip_existing: cli.skip_existing,
+            jobs: cli.jobs as usize,
+            follow_symlinks: cli.follow_symlinks,
+        };
+        match Sender::connect(&cli.common.name, timeout) {
+            Ok(sender) => send_watching_for_stop(&sender.with_options(options), &front, started),
+            Err(e) => {
+                // One reason for every item: say it once, not once per file.
+                errln!("sharedclient: {e}");
+                for (index, item) in front.board.items.iter().enumerate() {
+                    if item.verdict == Verdict::Send {
+                        front.board.record(index, Outcome::Failed(e.clone()));
+                    }
+                }
+                front.quiet_failures.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+    front.bar.finish_and_clear();
+    report(&front.board, &front, started.elapsed())
+}
+
+/// Sends every item on a thread of its own while this one watches for Ctrl-C: if
+/// the sending does not stop within a second (blocked on a FIFO without a writer,
+/// say), reports what it has and exits 130 itself.
+fn send_watching_for_stop(sender: &Sender, front: &Front, started: Instant) {
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            sender.send_items(&front.board.items, front);
+            drop(done);
+        });
+        let mut stop_seen: Option<Instant> = None;
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            finished.recv_timeout(Duration::from_millis(20))
+        {
+            if sys::stop_signal().is_some() {
+                let since = *stop_seen.get_or_insert_with(Instant::now);
+                if since.elapsed() >= Duration::from_millis(800) {
+                    front.bar.finish_and_clear();
+                    let status = report(&front.board, front, started.elapsed());
+                    std::process::exit(i32::from(status.max(ExitStatus::Interrupted).code()));
+                }
+            }
+        }
+    });
+}
+
+/// Runs `work` (walking folders, reading a `--files-from` list from a terminal),
+/// exiting 130 at once on SIGINT/SIGTERM: nothing has been sent yet, and the
+/// standard library retries reads the signal interrupts.
+fn exit_on_stop_during<T>(work: impl FnOnce() -> T) -> T {
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            // Ends the moment `done` is dropped (the work is over), not a tick later.
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                finished.recv_timeout(Duration::from_millis(20))
+            {
+                if sys::stop_signal().is_some() {
+                    errln!("sharedclient: interrupted before anything was sent");
+                    std::process::exit(i32::from(ExitStatus::Interrupted.code()));
+                }
+            }
+        });
+        let result = work();
+        drop(done);
+        result
+    })
+}
+
+/// The outcome an item has before anything is sent.
+fn preset(item: &Item) -> Option<Outcome> {
+    match &item.verdict {
+        Verdict::Send => None,
+        Verdict::Skip(why) => {
+            errln!("skipped: {why}");
+            Some(Outcome::Skipped)
+        }
+        Verdict::Refuse(why) => Some(Outcome::Failed(SendError::Usage(why.clone()))),
+    }
+}
+
+fn aggregate_bar(items: &[Item]) -> ProgressBar {
+    let files = items.iter().filter(|i| i.kind == Kind::File && i.verdict == Verdict::Send).count();
+    let bytes: u64 = items.iter().filter_map(|i| i.size_hint).sum();
+    let style =
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .expect("valid template")
+            .progress_chars("=> ");
+    let bar = ProgressBar::with_draw_target(Some(bytes), ProgressDrawTarget::stderr()).with_style(style);
+    bar.set_message(format!("0/{files} files"));
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Prints the summary (lines, or JSON) and picks the exit status (130 > 2 > 1 > 0).
+fn report(board: &Board, front: &Front, elapsed: Duration) -> ExitStatus {
+    let outcomes = board.outcomes.lock().expect("outcome lock");
+    let stopped = sys::stop_signal().is_some();
+    let mut status = ExitStatus::Success;
+    let mut tally = Tally::default();
+    let mut files = Vec::new();
+    let mut failures = FailureLines::default();
+    for (index, item) in board.items.iter().enumerate() {
+        let outcome = outcomes[index].as_ref();
+        let (state, error, this) = match outcome {
+            Some(outcome) => outcome_view(outcome),
+            None if stopped => ("interrupted", None, ExitStatus::Interrupted),
+            None => ("not started", None, ExitStatus::Interrupted),
+        };
+        status = status.max(this);
+        let sent_bytes = tally.add(item, outcome, state);
+        let explained = front.quiet_failures.load(Ordering::Relaxed) && item.verdict == Verdict::Send;
+        if let (Some(error), Origin::Path, false) = (&error, item.origin, explained) {
+            // A source problem (usage) names the file already; a refusal does not.
+            let names_source = matches!(outcome, Some(Outcome::Failed(SendError::Usage(_))));
+            failures.push((!names_source).then(|| item.human()), error);
+        }
+        if front.json {
+            files.push(serde_json::json!({
+                "source": item.shown, "name": item.name, "bytes": sent_bytes, "status": state, "error": error,
+            }));
+        } else if let Origin::Id(id) = item.origin {
+            print_stream_line(id, item, outcome, state, error.as_deref());
+        }
+    }
+    let only_ids = board.items.iter().all(|i| matches!(i.origin, Origin::Id(_)));
+    let secs = elapsed.as_secs_f64();
+    if front.json {
+        let Tally { sent, skipped, failed, bytes, .. } = tally;
+        let summary = serde_json::json!({
+            "files": files, "sent": sent, "skipped": skipped, "failed": failed, "bytes": bytes, "seconds": secs,
+        });
+        outln!("{summary}");
+    } else if !only_ids {
+        outln!("sharedclient: {}", tally.line(secs));
+    }
+    failures.print();
+    status
+}
+
+/// What the final line counts.
+#[derive(Default)]
+struct Tally {
+    /// Files (not folders) the server confirmed.
+    sent: u64,
+    skipped: u64,
+    failed: u64,
+    /// Interrupted or never started (Ctrl-C).
+    interrupted: u64,
+    bytes: u64,
+}
+
+impl Tally {
+    /// Counts one item; returns the bytes the server confirmed for it.
+    fn add(&mut self, item: &Item, outcome: Option<&Outcome>, state: &str) -> u64 {
+        let bytes = match outcome {
+            Some(Outcome::Done(Delivered::Sent { bytes }, _)) => *bytes,
+            _ => 0,
+        };
+        match state {
+            "sent" if item.kind == Kind::File => self.sent += 1,
+            "sent" => {}
+            "skipped" => self.skipped += 1,
+            "failed" => self.failed += 1,
+            _ => self.interrupted += 1,
+        }
+        self.bytes += bytes;
+        bytes
+    }
+
+    fn line(&self, secs: f64) -> String {
+        let Tally { sent, skipped, failed, interrupted, bytes } = self;
+        let files = if *sent == 1 { "file" } else { "files" };
+        let rate = *bytes as f64 / secs.max(1e-9) / 1e6;
+        let mut line = format!(
+            "{sent} {files}, {bytes} bytes in {secs:.3} s ({rate:.1} MB/s), {skipped} skipped, {failed} failed"
+        );
+        if *interrupted > 0 {
+            line.push_str(&format!(", {interrupted} interrupted"));
+        }
+        line
+    }
+}
+
+/// One line per failed file, naming it and why; a reason shared by many files (the
+/// server went away) is shown a few times, then counted.
+#[derive(Default)]
+struct FailureLines {
+    lines: Vec<String>,
+    repeats: Vec<(String, usize)>,
+}
+
+impl FailureLines {
+    const SHOWN_PER_REASON: usize = 3;
+
+    fn push(&mut self, source: Option<String>, error: &str) {
+        let seen = match self.repeats.iter_mut().find(|(reason, _)| reason == error) {
+            Some((_, count)) => {
+                *count += 1;
+                *count
+            }
+            None => {
+                self.repeats.push((error.to_owned(), 1));
+                1
+            }
+        };
+        if seen <= Self::SHOWN_PER_REASON {
+            match source {
+                Some(source) => self.lines.push(format!("failed: {source}: {error}")),
+                None => self.lines.push(format!("failed: {error}")),
+            }
+        }
+    }
+
+    fn print(&self) {
+        for line in &self.lines {
+            errln!("{line}");
+        }
+        for (reason, count) in &self.repeats {
+            if *count > Self::SHOWN_PER_REASON {
+                errln!("failed: {} more files: {reason}", count - Self::SHOWN_PER_REASON);
+            }
+        }
+    }
+}
+
+/// (JSON status, error text, exit status) of a recorded outcome.
+fn outcome_view(outcome: &Outcome) -> (&'static str, Option<String>, ExitStatus) {
+    match outcome {
+        Outcome::Done(Delivered::Sent { .. }, _) => ("sent", None, ExitStatus::Success),
+        Outcome::Done(Delivered::Skipped, _) | Outcome::Skipped => ("skipped", None, ExitStatus::Success),
+        Outcome::Failed(SendError::Interrupted) => ("interrupted", None, ExitStatus::Interrupted),
+        Outcome::Failed(e) => ("failed", Some(e.to_string()), exit_status_of(e)),
+    }
+}
+
+/// The per-stream line of an options.xml id (as before paths existed).
+fn print_stream_line(id: StreamId, item: &Item, outcome: Option<&Outcome>, state: &str, error: Option<&str>) {
+    match (outcome, error) {
+        (Some(Outcome::Done(Delivered::Sent { bytes }, elapsed)), _) => {
+            let secs = elapsed.as_secs_f64();
+            let rate = *bytes as f64 / secs.max(1e-9) / 1e6;
+            outln!(
+                "stream {id}: sent {} ({bytes} bytes) in {secs:.3} s, {rate:.1} MB/s",
+                escaped(&item.name)
+            );
+        }
+        (Some(Outcome::Done(Delivered::Skipped, _)), _) => {
+            outln!("stream {id}: skipped {} (exists)", escaped(&item.name))
+        }
+        (_, Some(error)) => errln!("stream {id}: failed: {error}"),
+        _ => errln!("stream {id}: {state}"),
+    }
+}
+
+fn run_ping(name: &str, timeout: Duration, count: u64) -> ExitStatus {
+    let result = Connection::open(name, timeout).and_then(|c| ping(&c, count));
+    match result {
+        Ok(mut times) => {
+            let (min, median, p99) = percentiles(&mut times).expect("count >= 1");
+            outln!(
+                "ping: {count} round trips: min {:.2} us, median {:.2} us, p99 {:.2} us",
+                min.as_secs_f64() * 1e6,
+                median.as_secs_f64() * 1e6,
+                p99.as_secs_f64() * 1e6
+            );
+            ExitStatus::Success
+        }
+        Err(e) => {
+            errln!("sharedclient: ping failed: {e}");
+            exit_status_of(&e)
+        }
+    }
+}
+
+/// The README's exit-code table for a stream error.
+fn exit_status_of(error: &SendError) -> ExitStatus {
+    error.exit_status()
+}
+
+fn run_status(name: &str, json: bool) -> ExitStatus {
+    let segment = match lock::validate_segment_name(name)
+        .map_err(SendError::Usage)
+        .and_then(|()| Segment::open(name, OPEN_WAIT).map_err(|e| SendError::Connect(std::sync::Arc::new(e))))
+    {
+        Ok(segment) => segment,
+        Err(e) => {
+            errln!("sharedclient: {e}");
+            return exit_status_of(&e);
+        }
+    };
+    let locks = LockDir::open(name).ok();
+    let snapshot = crate::status::snapshot(&segment, locks.as_ref());
+    if json {
+        outln!("{}", crate::status::render_json(&snapshot));
+    } else {
+        {
+            use std::io::Write as _;
+            let _ = write!(std::io::stdout().lock(), "{}", crate::status::render_text(&snapshot));
+        }
+    }
+    ExitStatus::Success
+}

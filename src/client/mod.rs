@@ -1,0 +1,269 @@
+//! The client library: connect to a running server by segment name and send files,
+//! folders, anything readable, or a planned list of items, with bounded parallelism.
+//! A file counts as sent only when the server says it is published, whole; anything
+//! else is a typed error for that file.
+//!
+//! ```no_run
+//! use sharedxfer::client::Sender;
+//! use std::time::Duration;
+//!
+//! let sender = Sender::connect("sharedxfer", Duration::from_secs(10))?;
+//! for (item, result) in sender.send_path("report.pdf")? {
+//!     println!("{}: {:?}", item.name, result);
+//! }
+//! sender.send_reader("notes/today.txt", &b"written from memory"[..])?;
+//! # Ok::<(), sharedxfer::client::SendError>(())
+//! ```
+//!
+//! The client trusts the segment no more than the server does: slot offsets and
+//! counts are bounds-checked before use, and a dead, stopping or silent server ends
+//! every wait within a few seconds.
+
+mod send;
+mod session;
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::segment::SegmentError;
+use crate::sources::{self, Item, Kind, Request, Verdict};
+use crate::{sys, ExitStatus};
+
+pub use session::{percentiles, ping, Connection, Session};
+
+/// Why an item (or a connection) failed.
+#[derive(Debug, Clone)]
+pub enum SendError {
+    /// The user must fix something: an unknown id, a source that cannot be read or
+    /// sent, a bad segment name.
+    Usage(String),
+    /// No server on that segment, or its segment cannot be used.
+    Connect(Arc<SegmentError>),
+    /// The server refused or failed the file, or went away.
+    Failed(String),
+    /// Reading the source failed.
+    Io(Arc<io::Error>),
+    /// SIGINT or SIGTERM (routed with `sys::install_stop_handlers`).
+    Interrupted,
+}
+
+impl SendError {
+    /// The exit status a command-line front end gives for it: 2 for `Usage`, 130
+    /// for `Interrupted`, else 1.
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            Self::Usage(_) => ExitStatus::Usage,
+            Self::Interrupted => ExitStatus::Interrupted,
+            Self::Connect(_) | Self::Failed(_) | Self::Io(_) => ExitStatus::Failure,
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Usage(m) | Self::Failed(m) => f.write_str(m),
+            Self::Connect(e) => write!(f, "{e}"),
+            Self::Io(e) => write!(f, "{e}"),
+            Self::Interrupted => f.write_str("interrupted"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Connect(e) => Some(&**e),
+            Self::Io(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for SendError {
+    fn from(e: io::Error) -> Self {
+        SendError::Io(Arc::new(e))
+    }
+}
+
+fn failed(message: impl Into<String>) -> SendError {
+    SendError::Failed(message.into())
+}
+
+/// What became of one item.
+pub type ItemResult = Result<Delivered, SendError>;
+
+/// What the server did with one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// Published whole (a folder: made); `bytes` as the server confirmed them.
+    Sent {
+        /// The file's length as published.
+        bytes: u64,
+    },
+    /// The server already had a file under that name, and skipping was asked for.
+    Skipped,
+}
+
+/// How items are sent.
+#[derive(Debug, Clone, Copy)]
+pub struct SendOptions {
+    /// A file the server already has under the same name is skipped, not a failure.
+    pub skip_existing: bool,
+    /// Streams sent at once, whatever the number of items (default 4).
+    pub jobs: usize,
+    /// Follow symbolic links found inside folders (default: report and skip them).
+    pub follow_symlinks: bool,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        SendOptions { skip_existing: false, jobs: 4, follow_symlinks: false }
+    }
+}
+
+/// Hears how sending goes; every method has a default that does nothing, and `()`
+/// is a `Progress` that hears nothing. Called from the sending threads.
+pub trait Progress: Sync {
+    /// `bytes` more bytes of some file went into the segment.
+    fn bytes(&self, bytes: u64) {
+        let _ = bytes;
+    }
+
+    /// Item `index` of the list ended: sent, skipped or failed, after `elapsed`.
+    fn finished(&self, index: usize, item: &Item, result: &Result<Delivered, SendError>, elapsed: Duration) {
+        let _ = (index, item, result, elapsed);
+    }
+}
+
+impl Progress for () {}
+
+/// A connection to one server, ready to send.
+pub struct Sender {
+    connection: Connection,
+    options: SendOptions,
+}
+
+impl Sender {
+    /// Connects to the server of segment `name`, waiting up to `timeout` for one
+    /// still setting up (or one that stops answering later).
+    pub fn connect(name: &str, timeout: Duration) -> Result<Sender, SendError> {
+        Ok(Sender { connection: Connection::open(name, timeout)?, options: SendOptions::default() })
+    }
+
+    /// Sends with `options` from now on.
+    pub fn with_options(mut self, options: SendOptions) -> Sender {
+        self.options = options;
+        self
+    }
+
+    /// The connection (for `ping` and the like).
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// Sends a file, FIFO or whole folder as `cp -r` would (a folder arrives under
+    /// its own name, with everything beneath it). Returns each item with its result;
+    /// `Err` only when nothing could be planned (a missing path is an item's error).
+    pub fn send_path(&self, path: impl AsRef<Path>) -> Result<Vec<(Item, ItemResult)>, SendError> {
+        let args = [OsString::from(path.as_ref().as_os_str())];
+        let request = Request {
+            args: &args,
+            all: false,
+            files_from: None,
+            from0: false,
+            as_name: None,
+            follow_symlinks: self.options.follow_symlinks,
+            config: Path::new(crate::config::DEFAULT_CONFIG),
+        };
+        let items = sources::plan(&request, |_| {}).map_err(SendError::Usage)?;
+        let results = self.send_items(&items, &());
+        Ok(items.into_iter().zip(results).collect())
+    }
+
+    /// Sends everything `reader` gives, to end of file, published as `name` (a
+    /// relative path) with the server's default mode.
+    pub fn send_reader(&self, name: &str, reader: impl Read) -> Result<Delivered, SendError> {
+        crate::protocol::validate_path(name).map_err(|e| SendError::Usage(format!("{name:?}: {e}")))?;
+        let mut session = None;
+        send::send_reader(&self.connection, &mut session, name, reader, &self.options, &())
+    }
+
+    /// Sends `items` (from `sources::plan`) with at most `jobs` streams: every
+    /// folder first, in order of depth, then every file. Items that are not to be
+    /// sent (refused or skipped when planned) get their verdict as result. Stops
+    /// taking new items on SIGINT/SIGTERM; those left get `Interrupted`.
+    pub fn send_items(&self, items: &[Item], progress: &dyn Progress) -> Vec<Result<Delivered, SendError>> {
+        let results: Vec<Mutex<Option<Result<Delivered, SendError>>>> =
+            items.iter().map(|item| Mutex::new(verdict_result(item))).collect();
+        for (phase, jobs) in phases(items) {
+            let jobs = jobs.unwrap_or(self.options.jobs);
+            self.run_phase(items, &results, phase, jobs, progress);
+        }
+        results
+            .into_iter()
+            .map(|slot| slot.into_inner().expect("result lock").unwrap_or(Err(SendError::Interrupted)))
+            .collect()
+    }
+
+    fn run_phase(
+        &self,
+        items: &[Item],
+        results: &[Mutex<Option<Result<Delivered, SendError>>>],
+        phase: Vec<usize>,
+        jobs: usize,
+        progress: &dyn Progress,
+    ) {
+        let workers = jobs.clamp(1, phase.len().max(1));
+        let queue = Mutex::new(phase.into_iter().collect::<VecDeque<_>>());
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| {
+                    let mut session = None;
+                    while sys::stop_signal().is_none() {
+                        let Some(index) = queue.lock().expect("queue lock").pop_front() else { break };
+                        let started = Instant::now();
+                        let result = send::send_item(
+                            &self.connection,
+                            &mut session,
+                            &items[index],
+                            &self.options,
+                            progress,
+                        );
+                        progress.finished(index, &items[index], &result, started.elapsed());
+                        let interrupted = matches!(result, Err(SendError::Interrupted));
+                        *results[index].lock().expect("result lock") = Some(result);
+                        if interrupted {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    }
+}
+
+/// The result an item has before anything is sent: `None` if it is to be sent.
+fn verdict_result(item: &Item) -> Option<Result<Delivered, SendError>> {
+    match &item.verdict {
+        Verdict::Send => None,
+        Verdict::Skip(_) => Some(Ok(Delivered::Skipped)),
+        Verdict::Refuse(why) => Some(Err(SendError::Usage(why.clone()))),
+    }
+}
+
+/// The items to send, in two phases run one after the other: every folder, by one
+/// job in order of depth (a folder must exist with its own mode before anything is
+/// made inside it, else it would get the default mode), then every file, by
+/// `jobs` jobs. Each phase is `(items, jobs or None for the sender's)`.
+fn phases(items: &[Item]) -> Vec<(Vec<usize>, Option<usize>)> {
+    let (mut dirs, files): (Vec<usize>, Vec<usize>) = (0..items.len())
+        .filter(|&i| items[i].verdict == Verdict::Send)
+        .partition(|&i| matches!(items[i].kind, Kind::Dir { .. }));
+    dirs.sort_by_key(|&i| items[i].name.matches('/').count());
+    [(dirs, Some(1)), (files, None)].into_iter().filter(|(phase, _)| !phase.is_empty()).collect()
+}

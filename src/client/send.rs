@@ -1,0 +1,401 @@
+//! Sending one item on a stream: open the source, then a `put` (a small file in
+//! the slot the stream kept, one round trip) or a stream of ring slots (any size,
+//! known or not), and wait for the server's confirmation.
+
+use std::fs::File;
+use std::io::{self, Read, Seek};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::session::{Connection, Session, CHECK_SLICE};
+use super::{failed, Delivered, Progress, SendError, SendOptions};
+use crate::checksum::Checksum;
+use crate::protocol::{self, ClientCommand, ErrorCode, FileMeta, ServerReply, MODE_BITS};
+use crate::ring::Producer;
+use crate::segment::{Buffer, MAX_SLOTS};
+use crate::sources::{Item, Kind, Origin, Source};
+use crate::sys;
+use crate::wait::SPIN;
+
+/// The ring a source of unknown length (a pipe) asks for: that of a large file.
+const STREAM_SIZE_HINT: u64 = 1 << 30;
+
+/// A source opened for reading, with what is known of its length.
+struct Opened<'r> {
+    input: Input<'r>,
+    /// Metadata of a regular file, to notice it changing while it is sent.
+    regular: Option<std::fs::Metadata>,
+    /// The exact length, when `stat` can be trusted for it; else read to EOF.
+    exact: Option<u64>,
+    /// The length to plan the ring for (and show progress against).
+    hint: u64,
+    meta: FileMeta,
+}
+
+/// Where an item's bytes come from.
+enum Input<'r> {
+    /// A regular file (or /proc file): read until the buffer is full or it ends.
+    File(File),
+    /// A pipe, FIFO or terminal: read as data comes, never waiting to fill a buffer.
+    Pipe(File),
+    /// Anything readable a program hands over (copied through a private buffer).
+    Reader(std::cell::RefCell<Box<dyn Read + 'r>>),
+}
+
+impl Opened<'_> {
+    /// Fills up to `want` bytes of `buffer`; returns the bytes and whether the
+    /// source ended.
+    fn fill(
+        &self,
+        session: &mut Session<'_>,
+        buffer: &Buffer<'_>,
+        want: u64,
+    ) -> Result<(usize, bool), SendError> {
+        match &self.input {
+            Input::File(file) => Ok(buffer.fill_from(file).map(|got| (got, (got as u64) < want))?),
+            Input::Pipe(file) => fill_from_pipe(session, buffer, file),
+            Input::Reader(reader) => {
+                let mut chunk = vec![0u8; buffer.len()];
+                let mut filled = 0;
+                let mut reader = reader.borrow_mut();
+                while filled < chunk.len() {
+                    match reader.read(&mut chunk[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok((buffer.copy_from(&chunk[..filled]), filled < chunk.len()))
+            }
+        }
+    }
+}
+
+fn open_source(item: &Item, options: &SendOptions) -> Result<Opened<'static>, SendError> {
+    let (file, shown) = match &item.source {
+        Source::Stdin => {
+            let fd = std::io::stdin().as_fd().try_clone_to_owned()?;
+            (File::from(fd), "standard input".to_owned())
+        }
+        Source::Path { path, no_follow } => {
+            let flags = if *no_follow { libc::O_NOFOLLOW } else { 0 };
+            let shown = crate::escape::escaped_path(path);
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(flags)
+                .open(path)
+                .map_err(|e| SendError::Usage(format!("cannot open {shown}: {e}")))?;
+            (file, shown)
+        }
+    };
+    let stat = file.metadata()?;
+    let kind = stat.file_type();
+    let from_stdin = item.source == Source::Stdin;
+    if kind.is_dir() || !(kind.is_file() || kind.is_fifo() || from_stdin) {
+        return Err(SendError::Usage(format!("{shown} is not a regular file or a FIFO")));
+    }
+    let mut meta = FileMeta { skip_existing: options.skip_existing, ..FileMeta::default() };
+    if !kind.is_file() || from_stdin {
+        // A pipe, or standard input even when it is a file (read from where it
+        // stands, as `cat` does): to end of file; the file gets the server's default
+        // mode and the time of writing.
+        meta.size_is_hint = true;
+        let hint = match kind.is_file() {
+            true => stat.len().saturating_sub((&file).stream_position().unwrap_or(0)),
+            false => STREAM_SIZE_HINT,
+        };
+        let input = if kind.is_file() { Input::File(file) } else { Input::Pipe(file) };
+        return Ok(Opened { input, regular: None, exact: None, hint, meta });
+    }
+    meta.mode = Some(stat.mode() & MODE_BITS);
+    meta.mtime = stat.modified().ok();
+    // Files of /proc and /sys (and empty files) occupy no blocks and report a size
+    // that is not their content: read those to EOF.
+    let exact = (stat.blocks() > 0).then_some(stat.len());
+    meta.size_is_hint = exact.is_none();
+    Ok(Opened { input: Input::File(file), hint: stat.len(), regular: Some(stat), exact, meta })
+}
+
+/// Sends one item on `session` (taking a record from the handout if there is
+/// none) and returns only once the server confirmed it. After a success the record
+/// stays open for the next item; after a failure it is given back.
+pub fn send_item<'a>(
+    connection: &'a Connection,
+    session: &mut Option<Session<'a>>,
+    item: &Item,
+    options: &SendOptions,
+    progress: &dyn Progress,
+) -> Result<Delivered, SendError> {
+    if sys::stop_signal().is_some() {
+        return Err(SendError::Interrupted);
+    }
+    let opened = match item.kind {
+        Kind::File => Some(open_source(item, options)?),
+        Kind::Dir { .. } => None,
+    };
+    let active = match session {
+        Some(active) => active,
+        None => session.insert(Session::open(connection)?),
+    };
+    let id = match item.origin {
+        Origin::Id(id) => id,
+        Origin::Path => 0,
+    };
+    // Relaxed: a display-only field, read by status.
+    active.record.stream_id.store(id, Ordering::Relaxed);
+    let result = match (&opened, item.kind) {
+        (None, Kind::Dir { mode }) => make_dir(active, &item.name, mode),
+        (Some(opened), _) => match active.kept_slot {
+            // A file of known size that fits, or a source whose end must show within
+            // the slot (read fewer bytes than it holds).
+            Some(capacity) if opened.exact.map_or(opened.hint < capacity, |size| size <= capacity) => {
+                put(active, opened, &item.name, capacity, progress)
+            }
+            _ => stream(active, opened, &item.name, None, progress),
+        },
+        (None, Kind::File) => unreachable!("files are opened above"),
+    };
+    if let Err(e) = &result {
+        active.abort(&e.to_string());
+        *session = None;
+    }
+    result
+}
+
+fn make_dir(session: &mut Session<'_>, name: &str, mode: u32) -> Result<Delivered, SendError> {
+    session.post(&ClientCommand::Mkdir { name: name.to_owned(), mode })?;
+    match session.wait_reply()? {
+        ServerReply::Done { .. } => Ok(Delivered::Sent { bytes: 0 }),
+        other => Err(reply_error(other)),
+    }
+}
+
+pub(super) fn reply_error(reply: ServerReply) -> SendError {
+    match reply {
+        ServerReply::Error { code: ErrorCode::Shutdown, message } => failed(format!("server: {message}")),
+        ServerReply::Error { message, .. } => failed(format!("server refused: {message}")),
+        other => failed(format!("unexpected reply from the server: {other:?}")),
+    }
+}
+
+/// Open, fill the ring, Finish: any size, known or not. `prefix`: bytes already
+/// read from the source (by a `put` that found more than it expected).
+fn stream(
+    session: &mut Session<'_>,
+    source: &Opened,
+    name: &str,
+    prefix: Option<Vec<u8>>,
+    progress: &dyn Progress,
+) -> Result<Delivered, SendError> {
+    let exact = if prefix.is_some() { None } else { source.exact };
+    let meta = FileMeta { size_is_hint: exact.is_none(), ..source.meta };
+    let hint = if prefix.is_some() { STREAM_SIZE_HINT } else { source.hint };
+    session.post(&ClientCommand::Open { name: name.to_owned(), size: hint, meta })?;
+    let slots = match session.wait_reply()? {
+        ServerReply::Opened { slots, .. } => slots as usize,
+        ServerReply::Skipped => return Ok(Delivered::Skipped),
+        other => return Err(reply_error(other)),
+    };
+    if slots > MAX_SLOTS || (slots == 0 && exact != Some(0)) {
+        return Err(failed(format!("the server offered {slots} ring slots")));
+    }
+    if slots > 0 {
+        session.kept_slot =
+            Some(Producer::new(&session.connection.segment, session.record, slots).capacity());
+    }
+    let (size, checksum) = send_chunks(session, source, exact, prefix, slots, progress)?;
+    ensure_unchanged(source)?;
+    session.post(&ClientCommand::Finish { size, checksum })?;
+    wait_done(session, size)
+}
+
+/// A file that may fit slot 0 of the ring kept from the previous file: fill the
+/// slot, then one command and one reply. A source longer than the slot (it grew,
+/// or /proc said less than it holds) goes on as a stream, its first bytes kept.
+fn put(
+    session: &mut Session<'_>,
+    source: &Opened,
+    name: &str,
+    capacity: u64,
+    progress: &dyn Progress,
+) -> Result<Delivered, SendError> {
+    let mut ring = Producer::new(&session.connection.segment, session.record, 1);
+    wait_for_slot(session, &ring)?;
+    let buffer = ring.buffer(capacity).map_err(|e| failed(format!("the server gave a bad buffer: {e}")))?;
+    let (got, _) = source.fill(session, &buffer, capacity)?;
+    if got as u64 == capacity && source.exact != Some(capacity) {
+        let prefix = buffer.bytes(got).to_vec();
+        return stream(session, source, name, Some(prefix), progress);
+    }
+    if source.exact.is_some_and(|size| size != got as u64) {
+        return Err(failed("the source file changed while it was being sent"));
+    }
+    let checksum = crate::checksum::of(buffer.bytes(got));
+    if got > 0 {
+        // The Put command that follows rings the server.
+        ring.hand_over_quietly(got as u64);
+        progress.bytes(got as u64);
+    }
+    ensure_unchanged(source)?;
+    let size = got as u64;
+    session.post(&ClientCommand::Put { name: name.to_owned(), size, checksum, meta: source.meta })?;
+    wait_done(session, size)
+}
+
+fn wait_done(session: &mut Session<'_>, size: u64) -> Result<Delivered, SendError> {
+    match session.wait_reply()? {
+        ServerReply::Done { bytes } if bytes == size => Ok(Delivered::Sent { bytes }),
+        ServerReply::Done { bytes } => Err(failed(format!("server stored {bytes} bytes, expected {size}"))),
+        ServerReply::Skipped => Ok(Delivered::Skipped),
+        other => Err(reply_error(other)),
+    }
+}
+
+/// Fills ring slots in order straight from the file: exactly `exact` bytes, or
+/// until end of file. Returns the length and the xxh3 of what was sent.
+fn send_chunks(
+    session: &mut Session<'_>,
+    source: &Opened,
+    exact: Option<u64>,
+    prefix: Option<Vec<u8>>,
+    slots: usize,
+    progress: &dyn Progress,
+) -> Result<(u64, u64), SendError> {
+    let mut ring = Producer::new(&session.connection.segment, session.record, slots);
+    let mut hasher = Checksum::new();
+    let mut sent = 0u64;
+    let mut prefix = prefix.filter(|p| !p.is_empty());
+    loop {
+        if exact.is_some_and(|size| sent >= size) {
+            break;
+        }
+        if sys::stop_signal().is_some() {
+            return Err(SendError::Interrupted);
+        }
+        wait_for_slot(session, &ring)?;
+        let capacity = ring.capacity();
+        let want = exact.map_or(capacity, |size| capacity.min(size - sent));
+        let buffer = ring.buffer(want).map_err(|e| failed(format!("the server gave a bad buffer: {e}")))?;
+        let (got, end) = match prefix.take() {
+            Some(bytes) if bytes.len() as u64 <= want => (buffer.copy_from(&bytes), false),
+            Some(_) => return Err(failed("the server's ring is smaller than its previous one")),
+            None => source.fill(session, &buffer, want)?,
+        };
+        if exact.is_some() && (got as u64) < want {
+            return Err(failed("the source file shrank while it was being sent"));
+        }
+        if got == 0 {
+            break;
+        }
+        hasher.update(buffer.bytes(got));
+        ring.hand_over(got as u64);
+        sent += got as u64;
+        progress.bytes(got as u64);
+        if end && exact.is_none() {
+            break;
+        }
+    }
+    Ok((sent, hasher.digest()))
+}
+
+/// How long a wait for a pipe's next bytes lasts before the client tells the server
+/// it is still there and checks for Ctrl-C.
+const PIPE_SLICE: Duration = Duration::from_millis(500);
+
+/// Fills `buffer` from a pipe as data comes: waits for the first bytes (keeping the
+/// stream alive meanwhile, so a slow producer such as `make | sharedclient -` is
+/// never dropped as idle), then takes what else is ready without waiting, so the
+/// server sees data as it arrives. Returns the bytes read and whether the pipe ended.
+fn fill_from_pipe(
+    session: &mut Session<'_>,
+    buffer: &Buffer<'_>,
+    file: &File,
+) -> Result<(usize, bool), SendError> {
+    let mut filled = 0;
+    loop {
+        let wait = if filled == 0 { PIPE_SLICE } else { Duration::ZERO };
+        if !sys::poll_readable(file.as_fd(), wait)? {
+            if filled > 0 {
+                return Ok((filled, false));
+            }
+            session.keep_alive()?;
+            continue;
+        }
+        let got = buffer.read_once(file, filled)?;
+        if got == 0 {
+            return Ok((filled, true));
+        }
+        filled += got;
+        if filled == buffer.len() {
+            return Ok((filled, false));
+        }
+    }
+}
+
+/// Waits until slot `index` is ours again; a server error ends the wait.
+fn wait_for_slot(session: &mut Session<'_>, ring: &Producer<'_>) -> Result<(), SendError> {
+    let record = session.record;
+    let ours = || ring.ready();
+    let mut spin = SPIN;
+    while !ours() {
+        if let Some(reply) = session.poll_reply()? {
+            return Err(reply_error(reply));
+        }
+        let seen = session.s2c_seen;
+        let deadline = Instant::now() + CHECK_SLICE;
+        let ready = || ours() || protocol::pending(&record.s2c, seen).is_some();
+        if !record.client_event.wait_until(ready, deadline, spin) {
+            session.watchdog.check()?;
+        }
+        spin = Duration::ZERO;
+    }
+    Ok(())
+}
+
+/// Fails if the file changed while it was read (size or modification time), so the
+/// server never publishes a file that is neither the old nor the new version.
+fn ensure_unchanged(source: &Opened) -> Result<(), SendError> {
+    let Some(before) = &source.regular else { return Ok(()) };
+    let Input::File(file) = &source.input else { return Ok(()) };
+    let after = file.metadata()?;
+    if after.len() > before.len() {
+        return Err(failed("the source file grew while it was being sent"));
+    }
+    if after.len() != before.len() || after.modified().ok() != before.modified().ok() {
+        return Err(failed("the source file changed while it was being sent"));
+    }
+    Ok(())
+}
+
+/// Sends everything `reader` gives as `name` (see `Sender::send_reader`).
+pub(super) fn send_reader<'a>(
+    connection: &'a Connection,
+    session: &mut Option<Session<'a>>,
+    name: &str,
+    reader: impl Read,
+    options: &SendOptions,
+    progress: &dyn Progress,
+) -> Result<Delivered, SendError> {
+    let meta = FileMeta { skip_existing: options.skip_existing, size_is_hint: true, ..FileMeta::default() };
+    let reader: Box<dyn Read + '_> = Box::new(reader);
+    let source = Opened {
+        input: Input::Reader(reader.into()),
+        regular: None,
+        exact: None,
+        hint: STREAM_SIZE_HINT,
+        meta,
+    };
+    let active = match session {
+        Some(active) => active,
+        None => session.insert(Session::open(connection)?),
+    };
+    let result = stream(active, &source, name, None, progress);
+    if let Err(e) = &result {
+        active.abort(&e.to_string());
+        *session = None;
+    }
+    result
+}

@@ -1,0 +1,251 @@
+//! One connection to a server (the mapped segment and its lock folder) and one
+//! stream on it (a record taken from the handout): commands out, replies in, and a
+//! watchdog that ends every wait within seconds if the server is gone, stopping or
+//! silent, or Ctrl-C came.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use named_lock::NamedLock;
+
+use super::send::reply_error;
+use super::{failed, SendError};
+use crate::handout::{self, load_guid, Ticket};
+use crate::lock::{self, LockDir};
+use crate::protocol::{self, ClientCommand, ServerReply};
+use crate::segment::{Record, Segment, SERVER_STOPPING};
+use crate::sys;
+use crate::wait::SPIN;
+
+/// How long one sleep lasts between liveness checks.
+pub(super) const CHECK_SLICE: Duration = Duration::from_millis(250);
+
+/// A connection to one server: the mapped segment and the lock folder.
+pub struct Connection {
+    pub(super) segment: Segment,
+    pub(super) locks: LockDir,
+    pub(super) handout_lock: NamedLock,
+    pub(super) server_pid: u32,
+    pub(super) timeout: Duration,
+}
+
+impl Connection {
+    /// Maps the segment of server `name` and checks the server is alive.
+    pub fn open(name: &str, timeout: Duration) -> Result<Connection, SendError> {
+        lock::validate_segment_name(name).map_err(SendError::Usage)?;
+        let segment = Segment::open(name, timeout).map_err(|e| SendError::Connect(Arc::new(e)))?;
+        let server_pid = segment.header().server_pid.load(Ordering::Relaxed);
+        if !sys::process_alive(server_pid) {
+            return Err(failed(format!(
+                "the server of segment '{name}' (pid {server_pid}) is gone: start `sharedserver --name {name}`"
+            )));
+        }
+        let locks =
+            LockDir::open(name).map_err(|e| failed(format!("lock folder of segment '{name}': {e}")))?;
+        let handout_lock = locks.lock(lock::HANDOUT_LOCK)?;
+        Ok(Connection { segment, locks, handout_lock, server_pid, timeout })
+    }
+
+    pub fn segment(&self) -> &Segment {
+        &self.segment
+    }
+}
+
+/// Tracks the server between sleeps: gone, stopping, silent, or us interrupted.
+pub(super) struct Watchdog<'a> {
+    pub(super) connection: &'a Connection,
+    pub(super) last_beat: u64,
+    pub(super) beat_seen: Instant,
+}
+
+impl<'a> Watchdog<'a> {
+    fn new(connection: &'a Connection) -> Self {
+        let last_beat = connection.segment.header().heartbeat.load(Ordering::Relaxed);
+        Watchdog { connection, last_beat, beat_seen: Instant::now() }
+    }
+
+    pub(super) fn check(&mut self) -> Result<(), SendError> {
+        if sys::stop_signal().is_some() {
+            return Err(SendError::Interrupted);
+        }
+        let header = self.connection.segment.header();
+        if header.server_state.load(Ordering::Acquire) == SERVER_STOPPING {
+            return Err(failed("the server is shutting down"));
+        }
+        let pid = self.connection.server_pid;
+        if !sys::process_alive(pid) {
+            return Err(failed(format!("the server (pid {pid}) exited")));
+        }
+        // Relaxed: the heartbeat is a liveness hint, nothing is published with it.
+        let beat = header.heartbeat.load(Ordering::Relaxed);
+        if beat != self.last_beat {
+            self.last_beat = beat;
+            self.beat_seen = Instant::now();
+        } else if self.beat_seen.elapsed() >= self.connection.timeout {
+            return Err(failed(format!(
+                "the server (pid {pid}) has not answered for {} s (see --timeout)",
+                self.connection.timeout.as_secs()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One stream: a record taken from the handout, used for commands and the ring.
+pub struct Session<'a> {
+    pub(super) connection: &'a Connection,
+    pub(super) record: &'a Record,
+    pub(super) lock: NamedLock,
+    pub(super) c2s_seq: u32,
+    pub(super) s2c_seen: u32,
+    pub(super) watchdog: Watchdog<'a>,
+    pub(super) closed: bool,
+    /// Capacity of ring slot 0 once the server gave this stream a ring; the ring is
+    /// kept between files, so a file that fits goes in one step (`Put`).
+    pub(super) kept_slot: Option<u64>,
+}
+
+impl<'a> Session<'a> {
+    /// Takes a GUID from the handout and opens the record and lock it names.
+    pub fn open(connection: &'a Connection) -> Result<Session<'a>, SendError> {
+        let mut watchdog = Watchdog::new(connection);
+        // No deadline of its own: the watchdog ends the wait if the server is gone.
+        let deadline = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let (segment, lock, busy_limit) = (&connection.segment, &connection.handout_lock, connection.timeout);
+        let ticket: Ticket = handout::take_within(segment, lock, deadline, busy_limit, || watchdog.check())?
+            .ok_or_else(|| failed("no stream was handed out"))?;
+        let record = connection
+            .segment
+            .record(ticket.record_offset)
+            .map_err(|e| failed(format!("the handout named a bad record: {e}")))?;
+        if load_guid(&record.guid) != ticket.guid {
+            return Err(failed("the handout and the record disagree on the stream's GUID"));
+        }
+        let lock = connection.locks.stream_lock(ticket.guid)?;
+        let s2c_seen = record.s2c.seq.load(Ordering::Acquire);
+        Ok(Session {
+            connection,
+            record,
+            lock,
+            c2s_seq: 0,
+            s2c_seen,
+            watchdog,
+            closed: false,
+            kept_slot: None,
+        })
+    }
+
+    /// Posts a command under the record's lock and rings the server.
+    pub fn post(&mut self, command: &ClientCommand) -> Result<(), SendError> {
+        let (code, args, text) = command.encode();
+        self.c2s_seq = self.c2s_seq.wrapping_add(1);
+        {
+            let _guard = self.lock_record()?;
+            protocol::post(&self.record.c2s, self.c2s_seq, code, args, &text);
+        }
+        self.connection.segment.doorbell(self.record).notify();
+        Ok(())
+    }
+
+    /// The record's named lock, without ever blocking for good: the holder is the
+    /// server for a few stores, unless it was stopped right there, which the
+    /// watchdog (heartbeat, pid, SIGINT) turns into an error.
+    fn lock_record(&mut self) -> Result<named_lock::NamedLockGuard, SendError> {
+        loop {
+            match self.lock.try_lock() {
+                Ok(guard) => return Ok(guard),
+                Err(named_lock::Error::WouldBlock) => {
+                    self.watchdog.check()?;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(e) => return Err(failed(format!("cannot lock the stream's record: {e}"))),
+            }
+        }
+    }
+
+    /// A reply the server posted since we last looked, if any.
+    pub(super) fn poll_reply(&mut self) -> Result<Option<ServerReply>, SendError> {
+        if protocol::pending(&self.record.s2c, self.s2c_seen).is_none() {
+            return Ok(None);
+        }
+        let Some(raw) = protocol::take(&self.record.s2c) else { return Ok(None) };
+        self.s2c_seen = raw.seq;
+        ServerReply::decode(&raw).map(Some).map_err(|e| failed(format!("bad reply from the server: {e}")))
+    }
+
+    /// Waits for the next reply, checking the server between sleeps.
+    pub fn wait_reply(&mut self) -> Result<ServerReply, SendError> {
+        let event = &self.record.client_event;
+        let mut spin = SPIN;
+        loop {
+            if let Some(reply) = self.poll_reply()? {
+                return Ok(reply);
+            }
+            let (record, seen) = (self.record, self.s2c_seen);
+            let deadline = Instant::now() + CHECK_SLICE;
+            if !event.wait_until(|| protocol::pending(&record.s2c, seen).is_some(), deadline, spin) {
+                self.watchdog.check()?;
+            }
+            spin = Duration::ZERO;
+        }
+    }
+
+    /// Tells the server the stream is alive while no data moves (a pipe with nothing
+    /// to read yet), and ends the wait if the server is gone or Ctrl-C came.
+    pub(super) fn keep_alive(&mut self) -> Result<(), SendError> {
+        // Relaxed: a liveness hint the server compares, like its own heartbeat.
+        self.record.client_beat.fetch_add(1, Ordering::Relaxed);
+        self.watchdog.check()
+    }
+
+    /// Tells the server we are done with the record (best effort).
+    pub fn close(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            let _ = self.post(&ClientCommand::Close);
+        }
+    }
+
+    /// Gives up the stream, telling the server why.
+    pub fn abort(&mut self, reason: &str) {
+        if !self.closed {
+            self.closed = true;
+            let _ = self.post(&ClientCommand::Abort { reason: reason.to_owned() });
+        }
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Runs COUNT ping-pong round trips on one stream; returns the round-trip times.
+pub fn ping(connection: &Connection, count: u64) -> Result<Vec<Duration>, SendError> {
+    let mut session = Session::open(connection)?;
+    let origin = Instant::now();
+    let mut times = Vec::with_capacity(count.min(1 << 24) as usize);
+    for seq in 0..count {
+        let start = Instant::now();
+        let sent_nanos = start.duration_since(origin).as_nanos() as u64;
+        session.post(&ClientCommand::Ping { seq, sent_nanos })?;
+        match session.wait_reply()? {
+            ServerReply::Pong { seq: echoed, .. } if echoed == seq => times.push(start.elapsed()),
+            other => return Err(reply_error(other)),
+        }
+    }
+    session.close();
+    Ok(times)
+}
+
+/// min, median and p99 of a set of durations.
+pub fn percentiles(times: &mut [Duration]) -> Option<(Duration, Duration, Duration)> {
+    if times.is_empty() {
+        return None;
+    }
+    times.sort_unstable();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    Some((times[0], at(0.5), at(0.99)))
+}
