@@ -18,17 +18,29 @@ pub enum End {
 /// A live allocation: `len` is the size after rounding up to the requested alignment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Block {
+    /// First byte of the block, aligned as requested.
     pub offset: u64,
+    /// Bytes it spans.
     pub len: u64,
+    /// The end it was allocated from.
     pub end: End,
 }
 
+/// A call the allocator refuses (running out of space is `Ok(None)`, not an error).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AllocError {
     /// `free` was given an offset that is not the start of a live block.
-    NotAllocated { offset: u64 },
+    NotAllocated {
+        /// The offset given.
+        offset: u64,
+    },
     /// Size zero or an alignment that is not a power of two.
-    BadRequest { size: u64, align: u64 },
+    BadRequest {
+        /// The size asked for.
+        size: u64,
+        /// The alignment asked for.
+        align: u64,
+    },
 }
 
 impl fmt::Display for AllocError {
@@ -50,19 +62,25 @@ impl std::error::Error for AllocError {}
 /// A snapshot of the allocator's bookkeeping, for diagnostics and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllocStats {
+    /// First byte of the area.
     pub start: u64,
+    /// End of the area, exclusive.
     pub end: u64,
     /// First byte above the low region.
     pub low_mark: u64,
     /// First byte of the high region.
     pub high_mark: u64,
+    /// Bytes in live low blocks.
     pub low_used: u64,
+    /// Bytes in live high blocks.
     pub high_used: u64,
     /// `end - start - low_used - high_used`.
     pub free_bytes: u64,
     /// Every free range as `(offset, len)`, sorted and coalesced, including the middle gap.
     pub holes: Vec<(u64, u64)>,
+    /// Live blocks at the low end.
     pub low_blocks: usize,
+    /// Live blocks at the high end.
     pub high_blocks: usize,
 }
 
@@ -72,6 +90,7 @@ pub struct AllocStats {
 /// no hole touches its region's watermark (such a hole is folded into the middle gap).
 type Holes = BTreeMap<u64, u64>;
 
+/// The allocator of one area `[start, end)`: offsets only, it never touches memory.
 #[derive(Debug, Clone)]
 pub struct TwoEndedAllocator {
     start: u64,
@@ -176,6 +195,7 @@ impl TwoEndedAllocator {
         self.blocks.values().copied().collect()
     }
 
+    /// The current bookkeeping, watermarks and holes included.
     pub fn stats(&self) -> AllocStats {
         AllocStats {
             start: self.start,

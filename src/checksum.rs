@@ -9,14 +9,17 @@ use twox_hash::XxHash3_64;
 pub struct Checksum(XxHash3_64);
 
 impl Checksum {
+    /// A checksum of no bytes yet.
     pub fn new() -> Self {
         Checksum(XxHash3_64::with_seed(0))
     }
 
+    /// Feeds the next `bytes`.
     pub fn update(&mut self, bytes: &[u8]) {
         self.0.write(bytes);
     }
 
+    /// The xxh3-64 of everything fed so far; more may be fed after.
     pub fn digest(&self) -> u64 {
         self.0.finish()
     }

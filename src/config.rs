@@ -56,13 +56,43 @@ pub struct Config {
 #[derive(Debug)]
 pub enum ConfigError {
     /// The file could not be read at all.
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The options file, as given.
+        path: PathBuf,
+        /// The error reading it.
+        source: std::io::Error,
+    },
     /// The text is not well-formed XML (or not UTF-8).
-    Xml { path: PathBuf, line: usize, column: usize, message: String },
+    Xml {
+        /// The options file, as given.
+        path: PathBuf,
+        /// 1-based line of the problem.
+        line: usize,
+        /// 1-based column of the problem, in characters.
+        column: usize,
+        /// What is wrong, for people.
+        message: String,
+    },
     /// Well-formed XML that does not describe a valid configuration.
-    Invalid { path: PathBuf, line: usize, column: usize, message: String },
+    Invalid {
+        /// The options file, as given.
+        path: PathBuf,
+        /// 1-based line of the problem.
+        line: usize,
+        /// 1-based column of the problem, in characters.
+        column: usize,
+        /// What is wrong, for people.
+        message: String,
+    },
     /// Ids asked for (e.g. on the command line) that the file does not define.
-    UnknownIds { path: PathBuf, ids: Vec<StreamId>, known: Vec<StreamId> },
+    UnknownIds {
+        /// The options file, as given.
+        path: PathBuf,
+        /// The unknown ids, in the order asked, each once.
+        ids: Vec<StreamId>,
+        /// Every id the file defines, ascending.
+        known: Vec<StreamId>,
+    },
 }
 
 impl fmt::Display for ConfigError {

@@ -19,7 +19,9 @@ use crate::segment::{Segment, HANDOUT_EMPTY, HANDOUT_OFFERED, HANDOUT_TAKEN};
 /// What a client got from the handout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket {
+    /// The stream's GUID: it names the record's lock file.
     pub guid: Uuid,
+    /// Where the stream's record lies in the segment (unchecked until used).
     pub record_offset: u64,
 }
 
@@ -29,6 +31,9 @@ fn store_guid(slot: &[std::sync::atomic::AtomicU64; 2], guid: Uuid) {
     slot[1].store(lo, Ordering::Relaxed);
 }
 
+/// Reads a GUID stored as (high, low) halves, as in `Handout::guid` and
+/// `Record::guid`. Relaxed: the caller must have Acquire-loaded the state word that
+/// publishes it.
 pub fn load_guid(slot: &[std::sync::atomic::AtomicU64; 2]) -> Uuid {
     Uuid::from_u64_pair(slot[0].load(Ordering::Relaxed), slot[1].load(Ordering::Relaxed))
 }

@@ -1,5 +1,58 @@
+#![warn(missing_docs)]
 //! sharedxfer: move files between processes on one machine through one fixed-size
-//! shared-memory segment.
+//! shared-memory segment. A server ([`server::Server`]) publishes every file it
+//! receives, checksum-verified and atomically; a client ([`client::Sender`]) sends
+//! files, folders, or anything readable. The `sharedserver` and `sharedclient`
+//! binaries are thin front ends ([`cli`]) over this same API.
+//!
+//! # Sending to a running server
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use sharedxfer::client::{Delivered, Sender};
+//!
+//! // `sharedserver /srv/inbox` runs on the default segment name.
+//! let sender = Sender::connect("sharedxfer", Duration::from_secs(10))?;
+//! for (item, result) in sender.send_path("photos")? {
+//!     match result {
+//!         Ok(Delivered::Sent { bytes }) => println!("{}: {bytes} bytes", item.name),
+//!         Ok(Delivered::Skipped) => println!("{}: already there", item.name),
+//!         Err(e) => eprintln!("{}: {e}", item.human()),
+//!     }
+//! }
+//! sender.send_reader("logs/today.txt", std::io::stdin())?;
+//! # Ok::<(), sharedxfer::client::SendError>(())
+//! ```
+//!
+//! # An embedded server
+//!
+//! ```
+//! use std::time::Duration;
+//! use sharedxfer::client::Sender;
+//! use sharedxfer::server::{Server, ServerEvent};
+//!
+//! let name = format!("sxdoc-{}", std::process::id());
+//! let inbox = std::env::temp_dir().join(&name);
+//! let server = Server::builder(&name)
+//!     .size(4 << 20)
+//!     .output_dir(&inbox)
+//!     .on_event(|event| if let ServerEvent::Published { .. } = event { println!("{event}") })
+//!     .start()?;
+//!
+//! let sender = Sender::connect(&name, Duration::from_secs(10))?;
+//! sender.send_reader("hello.txt", &b"hello, segment"[..])?;
+//! drop(sender);
+//! server.shutdown()?;
+//! assert_eq!(std::fs::read(inbox.join("hello.txt"))?, b"hello, segment");
+//! # std::fs::remove_dir_all(&inbox)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! A server can receive into a [`sink::Sink`] of its own instead of a folder (see
+//! `tests/examples/receive_into_memory.rs`, `cargo run --example
+//! receive_into_memory`).
+//!
+//! # The segment
 //!
 //! ```text
 //! offset 0        +-----------------------------+
@@ -14,11 +67,12 @@
 //! segment size    +-----------------------------+
 //! ```
 //!
-//! Layering (imports only point down): `server`, `client` over `protocol`,
-//! `handout`, `status` over `segment` over `alloc`, `lock`, `wait`, `sys`, with
-//! `config` and `cli` beside them. `unsafe` lives only in `segment` and `sys`.
+//! Layering (imports only point down): `cli` over `client` and `server` (and
+//! `sink`, `sources`), over `protocol`, `ring`, `handout`, `status`, over `segment`,
+//! over `alloc`, `lock`, `wait`, `sys`; `config`, `outdir`, `escape`, `checksum`
+//! beside them. `unsafe` lives only in `segment` and `sys`.
 
-/// `outln!` that never panics: a closed or full stdout (a log pipe that died, `| head`)
+/// `println!` that never panics: a closed or full stdout (a log pipe that died, `| head`)
 /// must not kill a server worker or a client job.
 macro_rules! outln {
     ($($arg:tt)*) => {{
@@ -68,6 +122,7 @@ pub enum ExitStatus {
 }
 
 impl ExitStatus {
+    /// The process exit code.
     pub fn code(self) -> u8 {
         self as u8
     }

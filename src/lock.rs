@@ -18,7 +18,9 @@ use uuid::Uuid;
 use crate::segment::SHM_DIR;
 use crate::sys;
 
+/// Held by the live server for its whole life: a second server on the name fails.
 pub const SERVER_LOCK: &str = "server.lock";
+/// Guards the GUID on offer (`handout`).
 pub const HANDOUT_LOCK: &str = "handout.lock";
 /// Holds the live server's pid, for the "already running" message.
 pub const SERVER_PID_FILE: &str = "server.pid";
@@ -40,6 +42,7 @@ pub fn validate_segment_name(name: &str) -> Result<(), String> {
 }
 
 impl LockDir {
+    /// The lock folder of segment `name`: `/dev/shm/<name>.locks`.
     pub fn path_for(name: &str) -> PathBuf {
         Path::new(SHM_DIR).join(format!("{name}.locks"))
     }
@@ -87,18 +90,23 @@ impl LockDir {
         Ok(())
     }
 
+    /// The folder.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The named lock on `file` in the folder (the file is created if missing); not
+    /// acquired yet.
     pub fn lock(&self, file: &str) -> io::Result<NamedLock> {
         NamedLock::with_path(self.path.join(file)).map_err(|e| io::Error::other(e.to_string()))
     }
 
+    /// The lock file name of stream `guid`: `<guid>.lock`, the GUID as 32 hex digits.
     pub fn stream_lock_name(guid: Uuid) -> String {
         format!("{}.lock", guid.simple())
     }
 
+    /// The lock guarding stream `guid`'s record (its mailboxes); not acquired yet.
     pub fn stream_lock(&self, guid: Uuid) -> io::Result<NamedLock> {
         self.lock(&Self::stream_lock_name(guid))
     }

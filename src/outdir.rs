@@ -19,7 +19,9 @@ use crate::sys;
 /// Why a path could not be used, naming the user's path and the component at fault.
 #[derive(Debug)]
 pub struct PathError {
+    /// What failed and why, for people.
     pub message: String,
+    /// The kind of the system error behind it.
     pub kind: io::ErrorKind,
 }
 
@@ -38,7 +40,9 @@ pub struct OutputDir {
 
 /// The folder a file goes into, and its base name there.
 pub struct Target {
+    /// The folder, opened without following links (shared with the `DirCache`).
     pub parent: Arc<OwnedFd>,
+    /// The file's name in that folder.
     pub base: String,
 }
 
@@ -52,6 +56,7 @@ pub struct DirCache {
 }
 
 impl DirCache {
+    /// Forgets the kept folder, so the next file opens its folder afresh.
     pub fn clear(&mut self) {
         self.last = None;
     }
@@ -65,10 +70,12 @@ impl Target {
 }
 
 impl OutputDir {
+    /// OUTPUT_DIR at `path`; nothing is opened until a file needs it.
     pub fn new(path: &Path) -> OutputDir {
         OutputDir { path: path.to_owned() }
     }
 
+    /// The output folder's path, as given.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -177,6 +184,7 @@ enum Temp {
 
 /// A file being received beneath the output folder.
 pub struct Incoming {
+    /// The file to write the data into (unnamed, or under its temporary name).
     pub file: File,
     target: Target,
     temp: Temp,

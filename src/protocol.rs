@@ -15,18 +15,30 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::segment::{load_bytes, store_bytes, Mailbox, TEXT_CAPACITY};
 
+/// `ClientCommand::Open`: args size, metadata word, mtime seconds; text the path.
 pub const C2S_OPEN: u32 = 0x101;
+/// `ClientCommand::Finish`: args size, checksum.
 pub const C2S_FINISH: u32 = 0x102;
+/// `ClientCommand::Abort`: text the reason.
 pub const C2S_ABORT: u32 = 0x103;
+/// `ClientCommand::Ping`: args seq, sent_nanos.
 pub const C2S_PING: u32 = 0x104;
+/// `ClientCommand::Close`: no arguments.
 pub const C2S_CLOSE: u32 = 0x105;
+/// `ClientCommand::Put`: args size, checksum, metadata word, mtime seconds; text the path.
 pub const C2S_PUT: u32 = 0x106;
+/// `ClientCommand::Mkdir`: args mode; text the path.
 pub const C2S_MKDIR: u32 = 0x107;
 
+/// `ServerReply::Opened`: args slots, chunk.
 pub const S2C_OPENED: u32 = 0x201;
+/// `ServerReply::Done`: args bytes.
 pub const S2C_DONE: u32 = 0x202;
+/// `ServerReply::Error`: args the `ErrorCode`; text the message.
 pub const S2C_ERROR: u32 = 0x203;
+/// `ServerReply::Pong`: args seq, sent_nanos, echoed from the ping.
 pub const S2C_PONG: u32 = 0x204;
+/// `ServerReply::Skipped`: no arguments.
 pub const S2C_SKIPPED: u32 = 0x205;
 
 /// Longest path component the server accepts, in bytes (Linux NAME_MAX).
@@ -153,21 +165,30 @@ pub enum ClientCommand {
     /// Start sending a file of `size` bytes to be published as `name` (a relative
     /// path, checked by `validate_path`).
     Open {
+        /// The relative path to publish under.
         name: String,
+        /// The announced length in bytes (only a hint if `meta.size_is_hint`).
         size: u64,
+        /// Mode, time and flags for the file.
         meta: FileMeta,
     },
     /// All `size` bytes are in the ring; `checksum` is xxh3-64 of the whole file.
     Finish {
+        /// Bytes sent in all: the file's real length.
         size: u64,
+        /// xxh3-64 of those bytes.
         checksum: u64,
     },
     /// Give up the current transfer.
     Abort {
+        /// Why, for the server's report.
         reason: String,
     },
+    /// A round trip that does nothing (`--ping`); valid only between files.
     Ping {
+        /// Echoed in the `Pong`.
         seq: u64,
+        /// When the client sent it, in nanoseconds on a clock of its own; echoed.
         sent_nanos: u64,
     },
     /// The client is done with the record; the server may free it.
@@ -175,15 +196,21 @@ pub enum ClientCommand {
     /// A whole small file in one step: its `size` bytes already lie in ring slot 0
     /// (kept from the stream's previous file), `checksum` is their xxh3-64.
     Put {
+        /// The relative path to publish under.
         name: String,
+        /// The file's exact length in bytes, at most the slot's capacity.
         size: u64,
+        /// xxh3-64 of the bytes.
         checksum: u64,
+        /// Mode, time and flags for the file (`size_is_hint` is ignored).
         meta: FileMeta,
     },
     /// Create the folder `name` (and its parents) with permission bits `mode`
     /// (plus the owner's rwx, so the server can fill it); an existing folder is kept.
     Mkdir {
+        /// The folder's relative path.
         name: String,
+        /// Permission bits, within `MODE_BITS`.
         mode: u32,
     },
 }
@@ -192,13 +219,22 @@ pub enum ClientCommand {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum ErrorCode {
+    /// A malformed command, one not valid in the stream's state, or a name or
+    /// length the server refuses.
     BadRequest = 1,
+    /// The file already exists and the server does not overwrite.
     Exists = 2,
+    /// Storing the file failed (disk full, read-only, removed folder...).
     Io = 3,
+    /// The bytes that arrived do not match the size or checksum the client announced.
     Checksum = 4,
+    /// The server is shutting down.
     Shutdown = 5,
+    /// No activity for the server's idle timeout: the stream was dropped.
     IdleTimeout = 6,
+    /// The transfer was aborted (this server never sends it).
     Aborted = 7,
+    /// Any value this build does not know.
     Unknown = 99,
 }
 
@@ -222,19 +258,28 @@ impl ErrorCode {
 pub enum ServerReply {
     /// Buffers are ready: `slots` ring slots of up to `chunk` bytes each.
     Opened {
+        /// Ring slots installed; 0 for an empty file, which needs none.
         slots: u32,
+        /// Capacity of each slot in bytes.
         chunk: u64,
     },
-    /// The file was published whole under its final name.
+    /// The file was published whole under its final name (or the folder was made).
     Done {
+        /// Bytes published; 0 for a folder.
         bytes: u64,
     },
+    /// The command or the current transfer failed; nothing was published.
     Error {
+        /// The kind of failure.
         code: ErrorCode,
+        /// Why, for people.
         message: String,
     },
+    /// The answer to a `Ping`.
     Pong {
+        /// The ping's `seq`.
         seq: u64,
+        /// The ping's `sent_nanos`.
         sent_nanos: u64,
     },
     /// The file already existed and the client asked to skip it: nothing was
@@ -245,13 +290,19 @@ pub enum ServerReply {
 /// A command exactly as it lay in the mailbox, before any meaning is given to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawCommand {
+    /// The mailbox's `seq` the copy was taken at (even).
     pub seq: u32,
+    /// The message code, unchecked.
     pub code: u32,
+    /// The argument words, unchecked.
     pub args: [u64; 4],
+    /// The text length the writer stored, unchecked: it may exceed `TEXT_CAPACITY`.
     pub text_len: u32,
+    /// The text field; bytes past `text_len` are zero.
     pub text: Box<[u8; TEXT_CAPACITY]>,
 }
 
+/// Why a message was refused, for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolError(pub String);
 
@@ -345,6 +396,7 @@ impl RawCommand {
 }
 
 impl ClientCommand {
+    /// The code, argument words and text that carry the command (for `post`).
     pub fn encode(&self) -> (u32, [u64; 4], Vec<u8>) {
         match self {
             Self::Open { name, size, meta } => {
@@ -396,6 +448,7 @@ impl ClientCommand {
 }
 
 impl ServerReply {
+    /// The code, argument words and text that carry the reply (for `post`).
     pub fn encode(&self) -> (u32, [u64; 4], Vec<u8>) {
         match self {
             Self::Opened { slots, chunk } => (S2C_OPENED, [*slots as u64, *chunk, 0, 0], Vec::new()),

@@ -134,9 +134,11 @@ impl<'a> Producer<'a> {
 /// A full slot the consumer may drain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FullSlot {
+    /// The slot's index in the record's ring.
     pub index: usize,
     /// The server's own copy of the buffer's place, never the record's.
     pub offset: u64,
+    /// The server's own copy of the buffer's size in bytes.
     pub capacity: u64,
     /// The length the client wrote: unchecked.
     pub len: u64,
@@ -156,6 +158,7 @@ impl Consumer {
         &self.buffers
     }
 
+    /// Whether the stream has no ring (no buffers installed).
     pub fn is_empty(&self) -> bool {
         self.buffers.is_empty()
     }

@@ -35,14 +35,20 @@ use crate::sys;
 use crate::wait::Event;
 
 /// "SHXFER" + layout version in the last two bytes, little endian.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"SHXFER\x01\x00");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SHXFER\x02\x00");
+/// The header's `version`: a segment with any other is refused at open.
 pub const LAYOUT_VERSION: u32 = 2;
+/// Where the `Header` lies: the segment's first bytes.
 pub const HEADER_OFFSET: u64 = 0;
+/// Where the `Handout` lies; the `Header` must fit below it (checked at compile time).
 pub const HANDOUT_OFFSET: u64 = 512;
 /// First byte of the allocator's area: records start on the second page.
 pub const AREA_START: u64 = 4096;
+/// Bytes each command record takes in the area (a `Record` fits, checked at compile time).
 pub const RECORD_SIZE: u64 = 10240;
+/// Alignment of every record offset; `Segment::record` refuses any other.
 pub const RECORD_ALIGN: u64 = 64;
+/// Alignment of ring buffers (one page); segment sizes are rounded up to it too.
 pub const BUFFER_ALIGN: u64 = 4096;
 /// Server worker threads, at most (each has a doorbell in the header).
 pub const MAX_WORKERS: usize = 16;
@@ -51,12 +57,18 @@ pub const MAX_SLOTS: usize = 16;
 /// Bytes of text one mailbox carries (paths, error messages): room for a whole
 /// relative path (Linux PATH_MAX).
 pub const TEXT_CAPACITY: usize = 4096;
+/// Smallest segment size `Segment::create` accepts, in bytes.
 pub const MIN_SEGMENT_SIZE: u64 = 256 * 1024;
+/// Largest segment size `Segment::create` accepts, in bytes (1 TiB).
 pub const MAX_SEGMENT_SIZE: u64 = 1 << 40;
+/// The folder that holds every segment (as a file of its name) and its lock folder.
 pub const SHM_DIR: &str = "/dev/shm";
 
+/// `Header::server_state`: the header is published, the workers not started yet.
 pub const SERVER_STARTING: u32 = 0;
+/// `Header::server_state`: the server takes streams.
 pub const SERVER_RUNNING: u32 = 1;
+/// `Header::server_state`: the server is shutting down; clients give up at their next check.
 pub const SERVER_STOPPING: u32 = 2;
 
 /// The segment header. The server fills it and stores `magic` last (Release); an
@@ -64,15 +76,24 @@ pub const SERVER_STOPPING: u32 = 2;
 #[repr(C)]
 #[derive(Debug)]
 pub struct Header {
+    /// `MAGIC` once the header is complete; 0 before. Stored last, with Release.
     pub magic: AtomicU64,
+    /// `LAYOUT_VERSION` of the server that made the segment.
     pub version: AtomicU32,
+    /// `RECORD_SIZE` as the server knows it; an opener refuses any other.
     pub record_size: AtomicU32,
+    /// Size of the segment in bytes; an opener checks it against its mapping.
     pub segment_size: AtomicU64,
+    /// First byte of the allocator's area (`AREA_START`).
     pub area_start: AtomicU64,
+    /// End of the allocator's area, exclusive (the segment size).
     pub area_end: AtomicU64,
+    /// The server's pid: clients check it is alive before and while they wait.
     pub server_pid: AtomicU32,
+    /// `SERVER_STARTING`, `SERVER_RUNNING` or `SERVER_STOPPING`; written by the server.
     pub server_state: AtomicU32,
-    /// Bumped by the server about every 100 ms: a stalled server is visible.
+    /// Bumped by the server's main loop at least every 250 ms or so: a stalled server
+    /// is visible.
     pub heartbeat: AtomicU64,
     /// One per server worker: a client rings the one its record names
     /// (`Record::doorbell`) after posting anything; that worker sleeps on it.
@@ -81,41 +102,64 @@ pub struct Header {
     pub handout_event: Event,
     /// Allocator picture published by the server for `--status` (advisory only).
     pub low_mark: AtomicU64,
+    /// First byte of the buffer region (see `low_mark`).
     pub high_mark: AtomicU64,
+    /// Bytes of the area in no live block, holes included (see `low_mark`).
     pub free_bytes: AtomicU64,
+    /// Free ranges in the area, the middle gap included (see `low_mark`).
     pub hole_count: AtomicU64,
+    /// Records allocated, the one on offer included (see `low_mark`).
     pub live_streams: AtomicU64,
+    /// Files published since the server started (status only).
     pub streams_done: AtomicU64,
+    /// Transfers failed or given up since the server started (status only).
     pub streams_failed: AtomicU64,
 }
 
+/// `Handout::state`: nothing on offer (or the last take was collected).
 pub const HANDOUT_EMPTY: u32 = 0;
+/// `Handout::state`: a GUID is on offer; a client may take it.
 pub const HANDOUT_OFFERED: u32 = 1;
+/// `Handout::state`: a client took the offer; the server has yet to collect it.
 pub const HANDOUT_TAKEN: u32 = 2;
 
 /// The GUID-handout area, guarded by the well-known handout lock.
 #[repr(C)]
 #[derive(Debug)]
 pub struct Handout {
+    /// `HANDOUT_EMPTY`, `HANDOUT_OFFERED` or `HANDOUT_TAKEN`; storing either of the last
+    /// two (Release) publishes the fields written before it.
     pub state: AtomicU32,
+    /// Pid of the client that took the offer, written by that client (advisory).
     pub taker_pid: AtomicU32,
+    /// Offset of the record the offered GUID names.
     pub record_offset: AtomicU64,
+    /// The GUID on offer, as its (high, low) halves.
     pub guid: [AtomicU64; 2],
+    /// Bumped by the server with every offer.
     pub generation: AtomicU64,
 }
 
-/// One direction of a record's command channel. The writer fills the fields under
-/// the record's named lock and bumps `seq` last; the reader copies everything out
-/// under the lock and stores `ack = seq`. A writer that died half-way never bumped
-/// `seq`, so its half-written command is never read.
+/// One direction of a record's command channel, a sequence lock (see `protocol`). The
+/// writer, under the record's named lock, makes `seq` odd, fills the fields and makes
+/// `seq` even again (Release); the reader copies everything out without a lock, keeps
+/// the copy only if `seq` did not move, and stores `ack = seq`. A writer that died
+/// half-way left `seq` odd, so its half-written command is never read.
 #[repr(C)]
 #[derive(Debug)]
 pub struct Mailbox {
+    /// Twice the number of the last complete message; odd while one is being written.
     pub seq: AtomicU32,
+    /// The `seq` the reader last took (advisory: nothing waits on it).
     pub ack: AtomicU32,
+    /// The message's code: a `C2S_*` or `S2C_*` value of `protocol`.
     pub code: AtomicU32,
+    /// Bytes of `text` in use (a peer may write more than `TEXT_CAPACITY`).
     pub text_len: AtomicU32,
+    /// The code's numeric arguments (see `protocol` for each code's meaning).
     pub args: [AtomicU64; 4],
+    /// The message's text (a path, an abort reason, an error message): little-endian
+    /// bytes packed into words.
     pub text: [AtomicU64; TEXT_CAPACITY / 8],
 }
 
@@ -138,21 +182,32 @@ impl Default for Mailbox {
 #[repr(C)]
 #[derive(Debug)]
 pub struct Slot {
+    /// A `ring::SlotState` value: who owns the buffer now.
     pub state: AtomicU32,
+    /// Unused; keeps `offset` on an 8-byte boundary.
     pub reserved: AtomicU32,
+    /// Offset of the slot's buffer in the segment; written by the server.
     pub offset: AtomicU64,
+    /// Size of the slot's buffer in bytes; written by the server.
     pub capacity: AtomicU64,
+    /// Bytes the client put in the buffer, written before it hands the slot over.
     pub len: AtomicU64,
 }
 
+/// `Record::phase`: between files, waiting for a command.
 pub const PHASE_IDLE: u32 = 0;
+/// `Record::phase`: a file is open but no buffer space is free for its ring yet.
 pub const PHASE_WAITING_FOR_SPACE: u32 = 1;
+/// `Record::phase`: receiving a file's data.
 pub const PHASE_RECEIVING: u32 = 2;
 /// Words of the record's name field: 256 bytes, enough for NAME_MAX.
 pub const NAME_WORDS: usize = 32;
 
+/// `Record::state`: not in use (never offered, or freed).
 pub const RECORD_FREE: u32 = 0;
+/// `Record::state`: its GUID is on offer in the handout.
 pub const RECORD_OFFERED: u32 = 1;
+/// `Record::state`: a client took it; the stream is live.
 pub const RECORD_ACTIVE: u32 = 2;
 /// Dropped for idleness; kept until its client exits (see `server`).
 pub const RECORD_DROPPED: u32 = 3;
@@ -163,20 +218,27 @@ pub const RECORD_DROPPED: u32 = 3;
 #[repr(C)]
 #[derive(Debug)]
 pub struct Record {
+    /// `RECORD_FREE`, `RECORD_OFFERED`, `RECORD_ACTIVE` or `RECORD_DROPPED`.
     pub state: AtomicU32,
+    /// The pid the client gave when it took the record (advisory, for status).
     pub client_pid: AtomicU32,
+    /// The stream's GUID, as its (high, low) halves; it also names the stream's lock file.
     pub guid: [AtomicU64; 2],
     /// The server rings it after replying or handing a buffer back; the client sleeps on it.
     pub client_event: Event,
+    /// Ring slots installed (the first `nslots` of `slots`); 0 without a ring.
     pub nslots: AtomicU32,
     /// Which header doorbell serves this record (its worker); written before the offer.
     pub doorbell: AtomicU32,
+    /// The current file's announced size in bytes, for status.
     pub file_size: AtomicU64,
+    /// Bytes of the current file the server has drained so far, for status.
     pub bytes_done: AtomicU64,
     /// The options.xml id of the stream; written by the client, shown by status only.
     pub stream_id: AtomicU64,
     /// What the server is doing with the stream (`PHASE_*`), for status.
     pub phase: AtomicU32,
+    /// Bytes of `name` in use.
     pub name_len: AtomicU32,
     /// Bumped by a client waiting on a slow source (a pipe with nothing to read
     /// yet): the stream is alive although no data moves. Advisory, like a heartbeat.
@@ -185,8 +247,11 @@ pub struct Record {
     pub size_is_hint: AtomicU32,
     /// The validated file name being received, for status.
     pub name: [AtomicU64; NAME_WORDS],
+    /// Commands, client to server.
     pub c2s: Mailbox,
+    /// Replies, server to client.
     pub s2c: Mailbox,
+    /// The stream's buffer ring; only `ring` reads or writes it.
     pub slots: [Slot; MAX_SLOTS],
 }
 
@@ -228,21 +293,70 @@ pub fn load_bytes(words: &[AtomicU64], len: usize) -> Vec<u8> {
 /// Layout facts validated once when the segment was created or opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
+    /// Segment size in bytes: the length of the mapping.
     pub size: u64,
+    /// First byte of the allocator's area (`AREA_START`).
     pub area_start: u64,
+    /// End of the allocator's area, exclusive; never past `size`.
     pub area_end: u64,
 }
 
+/// Why a segment could not be created or opened; each message says what to do.
 #[derive(Debug)]
 pub enum SegmentError {
-    NotFound { name: String },
-    Exists { name: String },
-    NoSpace { name: String, size: u64, free: u64 },
-    BadSize { size: u64 },
-    NotReady { name: String },
-    Foreign { name: String, detail: String },
-    VersionMismatch { name: String, found: u32 },
-    Os { name: String, action: &'static str, source: io::Error },
+    /// No segment has that name: no server runs on it.
+    NotFound {
+        /// The segment name.
+        name: String,
+    },
+    /// Creating: a segment of that name already exists.
+    Exists {
+        /// The segment name.
+        name: String,
+    },
+    /// `SHM_DIR` has less free space than the segment needs.
+    NoSpace {
+        /// The segment name.
+        name: String,
+        /// Bytes the segment needs (rounded up to whole pages).
+        size: u64,
+        /// Bytes still free in `SHM_DIR`.
+        free: u64,
+    },
+    /// The size asked for lies outside `MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE`.
+    BadSize {
+        /// The size asked for, in bytes.
+        size: u64,
+    },
+    /// The segment exists but its server did not publish the header in time.
+    NotReady {
+        /// The segment name.
+        name: String,
+    },
+    /// Something that is not a usable segment has the name (not a regular file,
+    /// wrong magic, a header that does not match the mapping).
+    Foreign {
+        /// The segment name.
+        name: String,
+        /// What is wrong with it, for people.
+        detail: String,
+    },
+    /// A segment of another layout version: client and server come from different builds.
+    VersionMismatch {
+        /// The segment name.
+        name: String,
+        /// The layout version the segment has.
+        found: u32,
+    },
+    /// A system call on the segment failed.
+    Os {
+        /// The segment name.
+        name: String,
+        /// What was being done, worded to follow "cannot": "open", "reserve pages for"...
+        action: &'static str,
+        /// The error the system gave.
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for SegmentError {
@@ -302,8 +416,11 @@ pub fn human_bytes(bytes: u64) -> String {
 /// Why an offset or length read from the segment was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayoutError {
+    /// What was asked for: "record" or "buffer".
     pub what: &'static str,
+    /// Its offset in the segment, as given.
     pub offset: u64,
+    /// Its length in bytes, as given.
     pub len: u64,
 }
 
@@ -490,14 +607,17 @@ impl Segment {
         Ok(Layout { size, area_start, area_end })
     }
 
+    /// The segment's name (its file in `SHM_DIR`).
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The layout validated when the segment was created or opened.
     pub fn layout(&self) -> Layout {
         self.layout
     }
 
+    /// The header, at `HEADER_OFFSET`.
     pub fn header(&self) -> &Header {
         // SAFETY: the mapping is at least AREA_START bytes (checked on create/open),
         // page aligned, and Header fits below HANDOUT_OFFSET (const assert). Header is
@@ -506,6 +626,7 @@ impl Segment {
         unsafe { &*(self.shmem.as_ptr().add(HEADER_OFFSET as usize) as *const Header) }
     }
 
+    /// The handout area, at `HANDOUT_OFFSET`.
     pub fn handout(&self) -> &Handout {
         // SAFETY: as for `header`: HANDOUT_OFFSET is 8-aligned and Handout fits below
         // AREA_START (const assert); all fields are atomics.
@@ -604,10 +725,12 @@ pub struct Buffer<'a> {
 }
 
 impl Buffer<'_> {
+    /// Length in bytes (never 0: `Segment::buffer` refuses an empty range).
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether the buffer has no bytes (never, for one `Segment::buffer` made).
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -52,8 +52,9 @@ impl std::error::Error for SinkError {}
 /// A place for received files, shared by all the server's worker threads.
 pub trait Sink: Send + Sync + 'static {
     /// What one stream writes through: a stream sends its files one after another,
-    /// so a session may keep state between them. `stream` identifies the stream.
-    fn session(&self, stream: Uuid) -> Box<dyn SinkSession>;
+    /// so a session may keep state between them. `stream` identifies the stream (its
+    /// GUID), unique among the server's live streams.
+    fn session(&self, stream: u128) -> Box<dyn SinkSession>;
 }
 
 /// One stream's way into a sink. Names are relative paths the server already
@@ -102,10 +103,10 @@ impl FolderSink {
 }
 
 impl Sink for FolderSink {
-    fn session(&self, stream: Uuid) -> Box<dyn SinkSession> {
+    fn session(&self, stream: u128) -> Box<dyn SinkSession> {
         Box::new(FolderSession {
             output: self.output.clone(),
-            temp_name: format!("{}{}.part", self.temp_prefix, stream.simple()),
+            temp_name: format!("{}{}.part", self.temp_prefix, Uuid::from_u128(stream).simple()),
             dirs: DirCache::default(),
         })
     }

@@ -34,18 +34,24 @@ pub enum Source {
     /// A file or FIFO; `no_follow`: a link found there now is not followed (it was
     /// not a link when the folder was walked).
     Path {
+        /// The path to open.
         path: PathBuf,
+        /// Open it with `O_NOFOLLOW`.
         no_follow: bool,
     },
+    /// Standard input (also the stand-in source of an unknown id, which is refused
+    /// and never read).
     Stdin,
 }
 
 /// What the server is asked to make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A file, filled with the source's bytes.
     File,
     /// A folder, with the source's permission bits.
     Dir {
+        /// The source folder's permission bits (within `MODE_BITS`).
         mode: u32,
     },
 }
@@ -64,15 +70,19 @@ pub enum Verdict {
 /// One thing to send.
 #[derive(Debug, Clone)]
 pub struct Item {
+    /// Where it came from on the command line.
     pub origin: Origin,
+    /// What to read.
     pub source: Source,
     /// The source as the user would name it, for messages and JSON.
     pub shown: String,
     /// The relative path it arrives under, beneath the server's output folder.
     pub name: String,
+    /// A file or a folder.
     pub kind: Kind,
     /// The size `stat` reported for a regular file (a hint for progress only).
     pub size_hint: Option<u64>,
+    /// Whether it is sent, skipped or refused.
     pub verdict: Verdict,
 }
 
@@ -90,12 +100,19 @@ impl Item {
 /// What the command line asks for.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
+    /// The ARGs: stream ids (`7`), id ranges (`3-9`), `-` for standard input, or paths.
     pub args: &'a [OsString],
+    /// `--all`: every stream of the options file, before the ARGs.
     pub all: bool,
+    /// `--files-from`: a list of paths (`-`: standard input).
     pub files_from: Option<&'a Path>,
+    /// `--from0`: list entries end with NUL, not a newline.
     pub from0: bool,
+    /// `--as`: the output name of the one file (or standard input) sent.
     pub as_name: Option<&'a str>,
+    /// `-L`: follow symbolic links found inside folders.
     pub follow_symlinks: bool,
+    /// The options file, read only if an id or `--all` needs it.
     pub config: &'a Path,
 }
 

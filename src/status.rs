@@ -17,45 +17,75 @@ use crate::segment::{RECORD_ACTIVE, RECORD_DROPPED, RECORD_OFFERED};
 /// Cells of the segment map.
 pub const MAP_WIDTH: usize = 64;
 
+/// One live record as `--status` shows it. Everything here is what the segment
+/// said when it was read: advisory, and possibly written by a misbehaving peer.
 #[derive(Debug, Clone, Serialize)]
 pub struct StreamStatus {
+    /// The stream's GUID, as 32 hex digits.
     pub guid: String,
+    /// Where the record lies in the segment.
     pub record_offset: u64,
     /// "offered" (GUID on offer, not yet taken), "active" or "dropped" (idle, kept
     /// until its client exits).
     pub state: &'static str,
-    /// "idle", "waiting for space" or "receiving".
+    /// "idle", "waiting for space" or "receiving"; "on offer" or "dropped (idle)"
+    /// by `state`; "unknown" for a value no server writes.
     pub phase: &'static str,
+    /// The options.xml id of the item being sent (0 for a path).
     pub stream_id: u64,
+    /// The file being (or last) received, as the server stored it.
     pub file: String,
+    /// Bytes of that file the server has written so far.
     pub bytes_done: u64,
+    /// The file's announced size in bytes.
     pub file_size: u64,
     /// `file_size` is only a hint (a pipe): shown as `?`.
     pub size_is_hint: bool,
+    /// The pid of the client that took the record (0 while on offer).
     pub client_pid: u32,
     /// (offset, capacity) of each ring buffer.
     pub buffers: Vec<(u64, u64)>,
 }
 
+/// One read of a running server's segment: what `--status` prints (or gives as
+/// JSON). Offsets are bytes from the segment's start; areas are `[start, end)`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
+    /// The segment name.
     pub segment: String,
+    /// The segment size in bytes.
     pub size: u64,
+    /// The server's pid, from the header.
     pub server_pid: u32,
+    /// "starting", "running" or "stopping".
     pub server_state: &'static str,
+    /// The server's heartbeat counter: it moves while the server lives.
     pub heartbeat: u64,
+    /// Where records may lie: from the area start up to `low_mark`.
     pub records_area: (u64, u64),
+    /// Where buffers may lie: from `high_mark` up to the area end.
     pub buffers_area: (u64, u64),
+    /// First byte above the records region (clamped to the area).
     pub low_mark: u64,
+    /// First byte of the buffers region (clamped, never below `low_mark`).
     pub high_mark: u64,
+    /// Bytes of the area in no live block, holes included.
     pub free_bytes: u64,
+    /// Free ranges in the area, the middle gap included.
     pub holes: u64,
+    /// Live records listed in `streams`.
     pub records: usize,
+    /// Bytes in the ring buffers of those streams.
     pub buffer_bytes: u64,
+    /// Files published since the server started.
     pub streams_done: u64,
+    /// Transfers failed or given up since the server started.
     pub streams_failed: u64,
+    /// Stream lock files in the lock folder (0 when it was not read).
     pub stream_lock_files: usize,
+    /// The one-line map of the area (see `render_map`).
     pub map: String,
+    /// Every live record, in offset order.
     pub streams: Vec<StreamStatus>,
 }
 
@@ -226,6 +256,7 @@ pub fn render_text(s: &Snapshot) -> String {
     out
 }
 
+/// The JSON view (pretty-printed), for `--status --json`.
 pub fn render_json(s: &Snapshot) -> String {
     serde_json::to_string_pretty(s).expect("a snapshot always serialises")
 }

@@ -133,6 +133,7 @@ pub enum ProcessState {
     Gone,
     /// Stopped by a signal (SIGSTOP, SIGTSTP) or a tracer.
     Stopped,
+    /// Alive and not known to be stopped.
     Running,
 }
 

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser};
 
+/// The segment name when `--name` is not given.
 pub const DEFAULT_NAME: &str = "sharedxfer";
+/// The server's segment size when `--size` is not given (as `parse_size` reads it).
 pub const DEFAULT_SIZE: &str = "64M";
 
 /// Flags both binaries take.
@@ -34,9 +36,10 @@ pub struct Common {
 #[derive(Debug, Parser)]
 #[command(name = "sharedserver", version, after_help = crate::EXIT_CODES_HELP)]
 pub struct ServerCli {
-    /// Where received files go (default: the config's <server outputpath>, else the current folder).
+    /// Where received files go (default: the config's `<server outputpath>`, else the current folder).
     #[arg(value_name = "OUTPUT_DIR")]
     pub output_dir: Option<PathBuf>,
+    /// Flags both binaries take.
     #[command(flatten)]
     pub common: Common,
     /// Segment size in bytes, or with a K, M or G suffix.
@@ -63,6 +66,7 @@ pub struct ClientCli {
     /// Write `./7` for a file named 7.
     #[arg(value_name = "ARG", required_unless_present_any = ["ping", "status", "all", "files_from"])]
     pub args: Vec<OsString>,
+    /// Flags both binaries take.
     #[command(flatten)]
     pub common: Common,
     /// Every stream in options.xml.

@@ -47,6 +47,7 @@ impl Connection {
         Ok(Connection { segment, locks, handout_lock, server_pid, timeout })
     }
 
+    /// The server's mapped segment.
     pub fn segment(&self) -> &Segment {
         &self.segment
     }

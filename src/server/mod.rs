@@ -1,0 +1,527 @@
+//! The server: creates the segment, keeps a GUID on offer, and receives files.
+//!
+//! One main thread runs the handout and the heartbeat; a fixed pool of worker
+//! threads (not one per stream) each serves a set of streams: it drains full ring
+//! slots into the output files, answers commands, and checks its clients are alive.
+//! Nothing read from the segment is trusted: the server keeps private copies of every
+//! offset it handed out and reads only states, lengths and commands from a record.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use named_lock::{NamedLock, NamedLockGuard};
+use uuid::Uuid;
+
+use crate::alloc::TwoEndedAllocator;
+use crate::checksum::Checksum;
+use crate::escape::escaped;
+use crate::handout::{self, Ticket};
+use crate::lock::{self, LockDir};
+use crate::protocol::{self, ClientCommand, ErrorCode, FileMeta, ServerReply};
+use crate::ring::{self, Consumer, FullSlot};
+use crate::segment::{
+    self, human_bytes, Record, Segment, SegmentError, BUFFER_ALIGN, RECORD_ACTIVE, RECORD_ALIGN,
+    RECORD_OFFERED, RECORD_SIZE,
+};
+use crate::segment::{MAX_WORKERS, SERVER_RUNNING, SERVER_STOPPING};
+use crate::segment::{PHASE_IDLE, PHASE_RECEIVING, PHASE_WAITING_FOR_SPACE, RECORD_DROPPED};
+use crate::sink::{FolderSink, Sink, SinkError, SinkErrorKind, SinkFile, SinkSession};
+use crate::sys;
+use crate::wait::{spin_until, SPIN};
+use crate::ExitStatus;
+
+mod offer;
+mod stream;
+mod worker;
+
+use offer::handout_loop;
+use worker::spawn_workers;
+
+/// How often a worker checks that its clients still exist.
+const LIVENESS_PERIOD: Duration = Duration::from_millis(300);
+/// How long the handout thread sleeps between heartbeats when nothing happens.
+const HEARTBEAT_PERIOD: Duration = Duration::from_millis(250);
+/// How long the handout thread waits before retrying an offer when records are full.
+const RETRY_SLICE: Duration = Duration::from_millis(50);
+/// How long a worker without streams sleeps (a new stream or shutdown rings it).
+const EMPTY_WORKER_SLICE: Duration = Duration::from_secs(1);
+
+/// Everything a server needs to run (see [`ServerBuilder`] for the defaults).
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Segment name: `/dev/shm/<name>`, and the lock folder `/dev/shm/<name>.locks`.
+    pub name: String,
+    /// Segment size in bytes, fixed for the server's life.
+    pub size: u64,
+    /// The output folder of the default [`FolderSink`] (created if missing).
+    pub output_dir: PathBuf,
+    /// Replace files that already exist (default: refuse them).
+    pub overwrite: bool,
+    /// Drop a stream whose client shows no activity this long.
+    pub idle_timeout: Duration,
+    /// Worker threads writing files (at most 16).
+    pub workers: usize,
+}
+
+/// What a server tells its owner: ready, each file published or failed, and notices.
+/// `Display` gives the line `sharedserver` prints for it (names escaped).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerEvent {
+    /// Clients can connect.
+    Ready {
+        /// The segment name.
+        name: String,
+        /// The segment size in bytes.
+        size: u64,
+        /// Where files go, for people.
+        output: String,
+    },
+    /// A file was published whole under `name`.
+    Published {
+        /// Its path beneath the output.
+        name: String,
+        /// Its length.
+        bytes: u64,
+        /// From its first command to its publication.
+        seconds: f64,
+    },
+    /// A file or stream failed; nothing was published under its name.
+    Failed {
+        /// The file's path beneath the output, or `stream <guid>` before one was named.
+        name: String,
+        /// Why, for people.
+        reason: String,
+    },
+    /// Something worth knowing that is not about one file (stale files removed...).
+    Notice(String),
+}
+
+impl std::fmt::Display for ServerEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ready { name, size, output } => {
+                write!(
+                    f,
+                    "sharedserver: ready on segment '{name}' ({}), writing to {output}",
+                    human_bytes(*size)
+                )
+            }
+            Self::Published { name, bytes, seconds } => {
+                let rate = *bytes as f64 / seconds.max(1e-9) / 1e6;
+                write!(f, "done {} {bytes} bytes in {seconds:.3} s ({rate:.1} MB/s)", escaped(name))
+            }
+            Self::Failed { name, reason } => write!(f, "failed {}: {reason}", escaped(name)),
+            Self::Notice(message) => write!(f, "sharedserver: {message}"),
+        }
+    }
+}
+
+/// What the server was doing when a handout lock call failed.
+const HANDOUT: &str = "the handout lock";
+
+/// A fault of the server itself (an offset from its own allocator out of bounds, a
+/// worker thread gone).
+fn internal(what: impl std::fmt::Display) -> ServerError {
+    ServerError::Io { what: "internal error".into(), source: io::Error::other(what.to_string()) }
+}
+
+/// Who hears the server's events.
+type Events = Arc<dyn Fn(&ServerEvent) + Send + Sync>;
+
+/// Why a server could not start or stopped badly.
+#[derive(Debug)]
+pub enum ServerError {
+    /// A start-up problem the user must fix: a bad or busy name, an output folder
+    /// that cannot be used.
+    Start(String),
+    /// The segment could not be made (too big for /dev/shm, a foreign file there...).
+    Segment(SegmentError),
+    /// A file or thread the server needs failed.
+    Io {
+        /// What the server was doing.
+        what: String,
+        /// The system's error.
+        source: io::Error,
+    },
+}
+
+impl ServerError {
+    /// The exit status a command-line front end should give for it.
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            Self::Start(_) | Self::Segment(_) => ExitStatus::Usage,
+            Self::Io { .. } => ExitStatus::Failure,
+        }
+    }
+
+    fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> ServerError {
+        let what = what.into();
+        move |source| ServerError::Io { what, source }
+    }
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Start(message) => f.write_str(message),
+            Self::Segment(e) => write!(f, "{e}"),
+            Self::Io { what, source } => write!(f, "{what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Start(_) => None,
+            Self::Segment(e) => Some(e),
+            Self::Io { source, .. } => Some(source),
+        }
+    }
+}
+
+/// Builds a server: `Server::builder("name").output_dir("inbox").start()`.
+pub struct ServerBuilder {
+    options: ServerOptions,
+    sink: Option<Arc<dyn Sink>>,
+    events: Option<Events>,
+}
+
+impl ServerBuilder {
+    /// Segment size in bytes (default 64 MiB).
+    pub fn size(mut self, bytes: u64) -> Self {
+        self.options.size = bytes;
+        self
+    }
+
+    /// Where the default folder sink writes (default: the current folder).
+    pub fn output_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.options.output_dir = dir.into();
+        self
+    }
+
+    /// Worker threads writing files (default: one per core, at most 16).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.options.workers = workers;
+        self
+    }
+
+    /// Replace files that already exist (default: refuse them).
+    pub fn overwrite(mut self, overwrite: bool) -> Self {
+        self.options.overwrite = overwrite;
+        self
+    }
+
+    /// Drop a stream whose client shows no activity this long (default 30 s).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.options.idle_timeout = timeout;
+        self
+    }
+
+    /// Everything at once (the command line builds these).
+    pub fn options(mut self, options: ServerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Receive into `sink` instead of the output folder.
+    pub fn sink(mut self, sink: impl Sink) -> Self {
+        self.sink = Some(Arc::new(sink));
+        self
+    }
+
+    /// Call `events` for every [`ServerEvent`] (from the server's threads).
+    pub fn on_event(mut self, events: impl Fn(&ServerEvent) + Send + Sync + 'static) -> Self {
+        self.events = Some(Arc::new(events));
+        self
+    }
+
+    /// Creates the segment and starts serving on a thread of its own; returns once
+    /// clients can connect. Ignores SIGXFSZ for the whole process (a write past
+    /// RLIMIT_FSIZE then fails one file instead of killing the server) and raises
+    /// the open-files limit to its hard limit.
+    pub fn start(self) -> Result<Server, ServerError> {
+        let ServerBuilder { options, sink, events } = self;
+        lock::validate_segment_name(&options.name).map_err(ServerError::Start)?;
+        sys::ignore_file_size_signal();
+        sys::raise_nofile_limit();
+        let events: Events = events.unwrap_or_else(|| Arc::new(|_: &ServerEvent| {}));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let name = options.name.clone();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            thread::Builder::new()
+                .name("sharedserver".into())
+                .spawn(move || run_server(options, sink, events, stop, ready_tx))
+                .map_err(ServerError::io("cannot start the server thread"))?
+        };
+        match ready_rx.recv() {
+            Ok(()) => Ok(Server { name, stop, thread: Some(thread) }),
+            // The thread ended before it was ready: its result says why.
+            Err(_) => match thread.join() {
+                Ok(Err(e)) => Err(e),
+                _ => Err(ServerError::Start("the server thread ended before it was ready".into())),
+            },
+        }
+    }
+}
+
+/// A running server. It stops on [`Server::shutdown`], when dropped, or on
+/// SIGINT/SIGTERM if the program routes them with `sys::install_stop_handlers`.
+pub struct Server {
+    name: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<Result<(), ServerError>>>,
+}
+
+impl Server {
+    /// A builder for a server on segment `name`, with the defaults of
+    /// `sharedserver`.
+    pub fn builder(name: impl Into<String>) -> ServerBuilder {
+        let workers = thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        ServerBuilder {
+            options: ServerOptions {
+                name: name.into(),
+                size: 64 << 20,
+                output_dir: PathBuf::from("."),
+                overwrite: false,
+                idle_timeout: Duration::from_secs(30),
+                workers,
+            },
+            sink: None,
+            events: None,
+        }
+    }
+
+    /// The segment name clients connect to.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Tells every client with a stream in flight, drops unfinished files, removes
+    /// the segment and the lock folder, and returns how the server ended.
+    pub fn shutdown(mut self) -> Result<(), ServerError> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.join()
+    }
+
+    /// Waits until the server stops (SIGINT/SIGTERM, or `shutdown` from elsewhere).
+    pub fn wait(mut self) -> Result<(), ServerError> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), ServerError> {
+        match self.thread.take().map(|thread| thread.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(ServerError::Start("the server thread panicked".into())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.join();
+    }
+}
+
+/// The server thread: claims the name, makes the segment, serves, cleans up.
+fn run_server(
+    options: ServerOptions,
+    sink: Option<Arc<dyn Sink>>,
+    events: Events,
+    stop: Arc<AtomicBool>,
+    ready: mpsc::Sender<()>,
+) -> Result<(), ServerError> {
+    let folder = sink.is_none();
+    if folder {
+        prepare_output_dir(&options.output_dir)?;
+    }
+    let locks = LockDir::create(&options.name).map_err(|e| {
+        ServerError::Start(format!(
+            "cannot use lock folder {}: {e}",
+            LockDir::path_for(&options.name).display()
+        ))
+    })?;
+    let server_lock =
+        locks.lock(lock::SERVER_LOCK).map_err(ServerError::io("cannot open the server lock"))?;
+    let server_guard = claim_name(&server_lock, &locks, &options.name)?;
+    let output =
+        if folder { options.output_dir.display().to_string() } else { "the program's own sink".into() };
+    let sink: Arc<dyn Sink> =
+        sink.unwrap_or_else(|| Arc::new(FolderSink::new(&options.output_dir, &temp_prefix(&options.name))));
+    let started = start(options, locks.clone(), sink, events, stop, folder);
+    let result = started.and_then(|shared| serve(shared, ready, output));
+    drop(server_guard);
+    locks.remove();
+    result
+}
+
+/// State every thread of the server shares.
+struct Shared {
+    segment: Segment,
+    alloc: Mutex<TwoEndedAllocator>,
+    locks: LockDir,
+    options: ServerOptions,
+    stopping: AtomicBool,
+    /// Set by `Server::shutdown` (or drop): the handout loop ends.
+    stop: Arc<AtomicBool>,
+    /// Live streams per worker, to place new ones on the least loaded.
+    loads: Vec<AtomicUsize>,
+    /// Where received files go.
+    sink: Arc<dyn Sink>,
+    /// Who hears about ready, published and failed files.
+    events: Events,
+    /// Permission bits of a file whose client sent none: 0666 less the umask.
+    default_mode: u32,
+}
+
+fn prepare_output_dir(dir: &Path) -> Result<(), ServerError> {
+    fs::create_dir_all(dir)
+        .map_err(|e| ServerError::Start(format!("cannot create output folder {}: {e}", dir.display())))?;
+    if !dir.is_dir() {
+        return Err(ServerError::Start(format!("output folder {} is not a folder", dir.display())));
+    }
+    let probe = dir.join(format!(".sharedxfer-probe-{}", std::process::id()));
+    File::create_new(&probe)
+        .map_err(|e| ServerError::Start(format!("cannot write in output folder {}: {e}", dir.display())))?;
+    let _ = fs::remove_file(probe);
+    Ok(())
+}
+
+/// Takes the name's server lock, or explains who holds it.
+fn claim_name(lock: &NamedLock, locks: &LockDir, name: &str) -> Result<NamedLockGuard, ServerError> {
+    let pid_file = locks.path().join(lock::SERVER_PID_FILE);
+    match lock.try_lock() {
+        Ok(guard) => {
+            fs::write(&pid_file, format!("{}\n", std::process::id()))
+                .map_err(ServerError::io(format!("cannot write {}", pid_file.display())))?;
+            Ok(guard)
+        }
+        Err(named_lock::Error::WouldBlock) => {
+            let pid = fs::read_to_string(&pid_file).unwrap_or_default();
+            let pid = pid.trim();
+            let who = if pid.is_empty() { String::new() } else { format!(" (pid {pid})") };
+            Err(ServerError::Start(format!(
+                "a server is already running on segment '{name}'{who}: stop it first or pick another --name"
+            )))
+        }
+        Err(e) => Err(ServerError::Start(format!("cannot take the server lock for '{name}': {e}"))),
+    }
+}
+
+fn start(
+    options: ServerOptions,
+    locks: LockDir,
+    sink: Arc<dyn Sink>,
+    events: Events,
+    stop: Arc<AtomicBool>,
+    folder: bool,
+) -> Result<Arc<Shared>, ServerError> {
+    // We hold the name's server lock: anything left under the name is from a dead server.
+    let stale = segment::remove_stale(&options.name).map_err(|e| ServerError::Start(e.to_string()))?;
+    if stale {
+        events(&ServerEvent::Notice(format!(
+            "removed a stale segment '{}' left by a dead server",
+            options.name
+        )));
+    }
+    let stale_locks = locks.remove_stale_stream_locks();
+    if stale_locks > 0 {
+        events(&ServerEvent::Notice(format!("removed {stale_locks} stale lock file(s)")));
+    }
+    if folder {
+        remove_stale_temp_files(&options.output_dir, &options.name);
+    }
+    let segment = Segment::create(&options.name, options.size).map_err(ServerError::Segment)?;
+    let layout = segment.layout();
+    let shared = Shared {
+        segment,
+        alloc: Mutex::new(TwoEndedAllocator::new(layout.area_start, layout.area_end)),
+        locks,
+        loads: (0..options.workers.clamp(1, MAX_WORKERS)).map(|_| AtomicUsize::new(0)).collect(),
+        sink,
+        events,
+        default_mode: 0o666 & !sys::umask(),
+        options,
+        stopping: AtomicBool::new(false),
+        stop,
+    };
+    shared.publish_stats(&shared.alloc.lock().expect("allocator lock"));
+    Ok(Arc::new(shared))
+}
+
+/// Every temporary file starts with this; clients may not use it for their names,
+/// so cleaning up temporary files can never delete a published file.
+const TEMP_MARK: &str = protocol::RESERVED_PREFIX;
+
+/// The temporary-file prefix of one segment name: `.sharedxfer-<name>-<guid>.part`.
+fn temp_prefix(name: &str) -> String {
+    format!("{TEMP_MARK}{name}-")
+}
+
+/// Exactly `<prefix><32 hex digits>.part`: a server named `a` must not take the
+/// temporary files of a server named `a-b` for its own.
+fn is_temp_name(file_name: &str, prefix: &str) -> bool {
+    let Some(rest) = file_name.strip_prefix(prefix) else { return false };
+    let Some(guid) = rest.strip_suffix(".part") else { return false };
+    guid.len() == 32 && guid.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn remove_stale_temp_files(dir: &Path, name: &str) {
+    let prefix = temp_prefix(name);
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        if is_temp_name(&file_name, &prefix) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn serve(shared: Arc<Shared>, ready: mpsc::Sender<()>, output: String) -> Result<(), ServerError> {
+    let handout_lock =
+        shared.locks.lock(lock::HANDOUT_LOCK).map_err(ServerError::io("cannot open the handout lock"))?;
+    let (senders, workers) =
+        spawn_workers(&shared).map_err(ServerError::io("cannot start worker threads"))?;
+    let header = shared.segment.header();
+    header.server_state.store(SERVER_RUNNING, Ordering::Release);
+    let size = shared.segment.layout().size;
+    (shared.events)(&ServerEvent::Ready { name: shared.options.name.clone(), size, output });
+    let _ = ready.send(());
+    let result = handout_loop(&shared, &handout_lock, &senders);
+    header.server_state.store(SERVER_STOPPING, Ordering::Release);
+    shared.stopping.store(true, Ordering::SeqCst);
+    drop(senders);
+    shared.ring_all_workers();
+    for worker in workers {
+        let _ = worker.join();
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_exact_temporary_names_of_this_segment_count_as_stale() {
+        let guid = "0123456789abcdef0123456789abcdef";
+        assert!(is_temp_name(&format!(".sharedxfer-a-{guid}.part"), &temp_prefix("a")));
+        assert!(
+            !is_temp_name(&format!(".sharedxfer-a-b-{guid}.part"), &temp_prefix("a")),
+            "server a-b's file"
+        );
+        assert!(!is_temp_name(".sharedxfer-a-notes.part", &temp_prefix("a")));
+        assert!(!is_temp_name(&format!(".sharedxfer-a-{guid}.partial"), &temp_prefix("a")));
+    }
+}

@@ -1,0 +1,582 @@
+//! One stream as a worker serves it: commands, the ring, one file at a time into
+//! the sink, and its teardown (failed, closed, dropped for idleness, client gone).
+
+use super::offer::Offer;
+use super::*;
+
+/// One file being received beneath the output folder, not yet under its name.
+pub(super) struct Transfer {
+    /// The relative path the client asked for (validated).
+    pub(super) name: String,
+    pub(super) file: Box<dyn SinkFile>,
+    pub(super) meta: FileMeta,
+    /// The announced size: exact, or only a hint (`meta.size_is_hint`).
+    pub(super) size: u64,
+    pub(super) written: u64,
+    pub(super) hasher: Checksum,
+    pub(super) started: Instant,
+}
+
+pub(super) enum Phase {
+    /// Waiting for a command (open or ping).
+    Idle,
+    /// Receiving a file (or waiting for buffer space while the ring is empty).
+    Receiving(Box<Transfer>),
+}
+
+/// Why a stream ended badly, and whether to tell the client.
+pub(super) struct Failure {
+    pub(super) code: ErrorCode,
+    pub(super) message: String,
+}
+
+pub(super) fn failure(code: ErrorCode, message: impl Into<String>) -> Failure {
+    Failure { code, message: message.into() }
+}
+
+/// A live stream, owned by one worker.
+pub(super) struct Stream {
+    pub(super) offset: u64,
+    pub(super) guid: Uuid,
+    pub(super) lock: NamedLock,
+    pub(super) client_pid: u32,
+    pub(super) c2s_seen: u32,
+    pub(super) s2c_seq: u32,
+    pub(super) phase: Phase,
+    pub(super) last_activity: Instant,
+    pub(super) last_liveness: Instant,
+    /// What reports call this stream: the file name once one was asked for.
+    pub(super) label: String,
+    /// Private copies of the ring's (offset, capacity). Kept from one file to the
+    /// next on the same stream, so small files need no new buffers.
+    pub(super) ring: Consumer,
+    /// This stream's way into the sink.
+    pub(super) sink: Box<dyn SinkSession>,
+    /// The record's `client_beat` when last seen.
+    pub(super) client_beat: u32,
+    /// Set when the record can be freed.
+    pub(super) finished: bool,
+    /// Dropped for idleness while its client still lives: the buffers are freed, but
+    /// the record is kept (and ignored) until the client exits, so a client that
+    /// wakes up later reads its own error and can never touch a record the server
+    /// has given to someone else.
+    pub(super) dropped: bool,
+}
+
+impl Stream {
+    pub(super) fn activate(shared: &Shared, offer: Offer, pid: u32) -> Stream {
+        if let Ok(record) = shared.segment.record(offer.ticket.record_offset) {
+            record.client_pid.store(pid, Ordering::Relaxed);
+            record.state.store(RECORD_ACTIVE, Ordering::Release);
+        }
+        let now = Instant::now();
+        Stream {
+            offset: offer.ticket.record_offset,
+            guid: offer.ticket.guid,
+            lock: offer.lock,
+            client_pid: pid,
+            c2s_seen: 0,
+            s2c_seq: 0,
+            phase: Phase::Idle,
+            last_activity: now,
+            last_liveness: now,
+            label: format!("stream {}", offer.ticket.guid.simple()),
+            ring: Consumer::default(),
+            sink: shared.sink.session(offer.ticket.guid.as_u128()),
+            client_beat: 0,
+            finished: false,
+            dropped: false,
+        }
+    }
+
+    pub(super) fn record<'a>(&self, shared: &'a Shared) -> &'a Record {
+        shared.segment.record(self.offset).expect("the server's own record offset is in bounds")
+    }
+
+    /// One pass over the stream; returns whether anything happened.
+    pub(super) fn poll(&mut self, shared: &Shared) -> bool {
+        if self.dropped {
+            let answered = self.handle_dropped_command(shared);
+            self.check_health(shared);
+            return answered;
+        }
+        let mut progressed = match self.drain(shared) {
+            Ok(progressed) => progressed,
+            Err(failure) => {
+                self.fail(shared, failure);
+                true
+            }
+        };
+        progressed |= self.handle_command(shared);
+        if self.waiting_for_space() {
+            progressed |= self.try_start_ring(shared);
+        }
+        self.check_health(shared);
+        progressed
+    }
+
+    /// Moves every full slot, in ring order, into the output file.
+    pub(super) fn drain(&mut self, shared: &Shared) -> Result<bool, Failure> {
+        let Phase::Receiving(transfer) = &mut self.phase else { return Ok(false) };
+        let record = shared.segment.record(self.offset).expect("own record");
+        let mut moved = false;
+        for _ in 0..self.ring.buffers().len() {
+            let Some(FullSlot { offset, capacity, len, .. }) = self.ring.next_full(record) else { break };
+            let past_size =
+                !transfer.meta.size_is_hint && transfer.written.saturating_add(len) > transfer.size;
+            if len == 0 || len > capacity || past_size {
+                return Err(failure(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "bad chunk length {len} (slot capacity {capacity}, {} of {} bytes written)",
+                        transfer.written, transfer.size
+                    ),
+                ));
+            }
+            let buffer = shared
+                .segment
+                .buffer(offset, len)
+                .map_err(|e| failure(ErrorCode::BadRequest, e.to_string()))?;
+            transfer.hasher.update(buffer.bytes(len as usize));
+            transfer.file.write(buffer.bytes(len as usize)).map_err(sink_failure)?;
+            transfer.written += len;
+            // Relaxed: progress for status only.
+            record.bytes_done.store(transfer.written, Ordering::Relaxed);
+            self.ring.release(record);
+            moved = true;
+        }
+        if moved {
+            self.last_activity = Instant::now();
+        }
+        Ok(moved)
+    }
+
+    /// The next complete command the client posted, if any (copied out, decoded).
+    pub(super) fn next_command(
+        &mut self,
+        shared: &Shared,
+    ) -> Option<Result<ClientCommand, protocol::ProtocolError>> {
+        let record = self.record(shared);
+        protocol::pending(&record.c2s, self.c2s_seen)?;
+        // A write in progress (or left half-done by a dead client): next pass.
+        let raw = protocol::take(&record.c2s)?;
+        self.c2s_seen = raw.seq;
+        Some(ClientCommand::decode(&raw))
+    }
+
+    /// Takes and answers one pending command, if any.
+    pub(super) fn handle_command(&mut self, shared: &Shared) -> bool {
+        let Some(command) = self.next_command(shared) else { return false };
+        self.last_activity = Instant::now();
+        match command {
+            Ok(command) => self.execute(shared, command),
+            Err(e) => self.fail(shared, failure(ErrorCode::BadRequest, format!("malformed command: {e}"))),
+        }
+        true
+    }
+
+    /// A dropped stream listens only for its client giving the record back.
+    pub(super) fn handle_dropped_command(&mut self, shared: &Shared) -> bool {
+        let Some(command) = self.next_command(shared) else { return false };
+        if matches!(command, Ok(ClientCommand::Abort { .. } | ClientCommand::Close)) {
+            self.drop_transfer(shared);
+            self.finished = true;
+        }
+        true
+    }
+
+    pub(super) fn execute(&mut self, shared: &Shared, command: ClientCommand) {
+        match (command, &self.phase) {
+            (ClientCommand::Open { name, size, meta }, Phase::Idle) => self.open(shared, name, size, meta),
+            (ClientCommand::Put { name, size, checksum, meta }, Phase::Idle) => {
+                self.put(shared, name, size, checksum, meta)
+            }
+            (ClientCommand::Mkdir { name, mode }, Phase::Idle) => self.mkdir(shared, name, mode),
+            (ClientCommand::Finish { size, checksum }, Phase::Receiving(_)) => {
+                self.finish(shared, size, checksum)
+            }
+            (ClientCommand::Ping { seq, sent_nanos }, Phase::Idle) => {
+                self.reply(shared, ServerReply::Pong { seq, sent_nanos })
+            }
+            (ClientCommand::Abort { reason }, _) => {
+                self.close(shared, Some(format!("client aborted: {reason}")))
+            }
+            (ClientCommand::Close, _) => self.close(shared, None),
+            (command, _) => {
+                let message = format!("command {command:?} is not valid in this state");
+                self.fail(shared, failure(ErrorCode::BadRequest, message));
+            }
+        }
+    }
+
+    /// Checks the name and creates the file to receive into: the common start of
+    /// Open and Put. `Ok(false)`: the file exists and the client asked to skip it.
+    pub(super) fn begin(
+        &mut self,
+        shared: &Shared,
+        name: String,
+        size: u64,
+        meta: FileMeta,
+        early_exists_check: bool,
+    ) -> Result<bool, Failure> {
+        self.label.clone_from(&name);
+        let base = name.rsplit('/').next().unwrap_or(&name);
+        if base.starts_with(TEMP_MARK) {
+            let message =
+                format!("names starting with {TEMP_MARK} are reserved for the server's temporary files");
+            return Err(failure(ErrorCode::BadRequest, message));
+        }
+        // Fail a big transfer before it starts; a small one (`early == false`) is
+        // refused just as surely by the no-clobber publish.
+        let check_now = early_exists_check || meta.skip_existing;
+        if check_now && !shared.options.overwrite && self.sink.exists(&name) {
+            if meta.skip_existing {
+                return Ok(false);
+            }
+            let message =
+                format!("{} already exists: remove it or run the server with --overwrite", escaped(&name));
+            return Err(failure(ErrorCode::Exists, message));
+        }
+        let file = self.sink.create(&name).map_err(sink_failure)?;
+        let record = self.record(shared);
+        record.file_size.store(size, Ordering::Relaxed);
+        record.size_is_hint.store(u32::from(meta.size_is_hint), Ordering::Relaxed);
+        record.bytes_done.store(0, Ordering::Relaxed);
+        let name_len = segment::store_bytes(&record.name, name.as_bytes());
+        record.name_len.store(name_len as u32, Ordering::Relaxed);
+        record.phase.store(PHASE_RECEIVING, Ordering::Relaxed);
+        // Every file starts at slot 0 on both sides.
+        self.ring.restart();
+        self.phase = Phase::Receiving(Box::new(Transfer {
+            name,
+            file,
+            meta,
+            size,
+            written: 0,
+            hasher: Checksum::new(),
+            started: Instant::now(),
+        }));
+        Ok(true)
+    }
+
+    pub(super) fn open(&mut self, shared: &Shared, name: String, size: u64, meta: FileMeta) {
+        match self.begin(shared, name, size, meta, true) {
+            Err(failure) => self.fail(shared, failure),
+            Ok(false) => self.skip(shared),
+            Ok(true) if size == 0 && !meta.size_is_hint => {
+                self.reply(shared, ServerReply::Opened { slots: 0, chunk: 0 })
+            }
+            Ok(true) => {
+                self.try_start_ring(shared);
+            }
+        }
+    }
+
+    /// A small file already in slot 0 of the ring the stream kept: one round trip.
+    pub(super) fn put(&mut self, shared: &Shared, name: String, size: u64, checksum: u64, meta: FileMeta) {
+        let fits = size == 0 || (!self.ring.is_empty() && size <= self.ring.chunk());
+        if !fits {
+            let message = format!("put of {size} bytes does not fit the stream's ring");
+            return self.fail(shared, failure(ErrorCode::BadRequest, message));
+        }
+        // A put's size is exact: its bytes are already in the slot.
+        let meta = FileMeta { size_is_hint: false, ..meta };
+        match self.begin(shared, name, size, meta, false) {
+            Ok(true) => self.finish(shared, size, checksum),
+            Ok(false) => {
+                // Nothing will read slot 0: hand it back for the next file.
+                let record = shared.segment.record(self.offset).expect("own record");
+                self.ring.release_first(record);
+                self.skip(shared)
+            }
+            Err(failure) => self.fail(shared, failure),
+        }
+    }
+
+    /// Creates a folder (and its parents) beneath the output folder.
+    pub(super) fn mkdir(&mut self, shared: &Shared, name: String, mode: u32) {
+        self.label.clone_from(&name);
+        match self.sink.make_dir(&name, mode | 0o700) {
+            Ok(()) => self.reply(shared, ServerReply::Done { bytes: 0 }),
+            Err(e) => self.fail(shared, sink_failure(e)),
+        }
+    }
+
+    /// The file exists and the client asked to skip it: the stream stays ready.
+    pub(super) fn skip(&mut self, shared: &Shared) {
+        self.remove_transfer();
+        self.phase = Phase::Idle;
+        self.record(shared).phase.store(PHASE_IDLE, Ordering::Relaxed);
+        self.last_activity = Instant::now();
+        self.reply(shared, ServerReply::Skipped);
+    }
+
+    pub(super) fn waiting_for_space(&self) -> bool {
+        matches!(&self.phase, Phase::Receiving(t) if needs_ring(t) && self.ring.is_empty())
+    }
+
+    /// Allocates the stream's buffers if there is room; otherwise the stream waits
+    /// (backpressure) and this is tried again on the next pass.
+    pub(super) fn try_start_ring(&mut self, shared: &Shared) -> bool {
+        let Phase::Receiving(transfer) = &self.phase else { return false };
+        let area = shared.segment.layout().area_end - shared.segment.layout().area_start;
+        // A size that is only a hint (a pipe, /proc) still sizes the ring; the data
+        // may run past it, so such a ring has at least one slot.
+        let chunk = ring::chunk_size(transfer.size, area);
+        let wanted = ring::wanted_slots(transfer.size, chunk);
+        let reusable = self.ring.chunk() >= chunk && self.ring.buffers().len() >= wanted;
+        let record = shared.segment.record(self.offset).expect("own record");
+        if reusable {
+            // Hand every kept slot back to the client (a failure may have revoked them).
+            self.ring.rearm(record);
+        } else {
+            self.free_ring(shared);
+            let buffers = allocate_ring(shared, chunk, wanted);
+            if buffers.is_empty() {
+                // Relaxed: status only.
+                record.phase.store(PHASE_WAITING_FOR_SPACE, Ordering::Relaxed);
+                return false;
+            }
+            self.ring.install(record, buffers);
+        }
+        // Relaxed: status only.
+        record.phase.store(PHASE_RECEIVING, Ordering::Relaxed);
+        let slots = self.ring.buffers().len() as u32;
+        let reply = ServerReply::Opened { slots, chunk: self.ring.chunk() };
+        self.last_activity = Instant::now();
+        // The reply's Release publishes the slot fields above.
+        self.reply(shared, reply);
+        true
+    }
+
+    pub(super) fn finish(&mut self, shared: &Shared, size: u64, checksum: u64) {
+        // The client filled its last slots before posting Finish (Release on seq):
+        // drain them all before judging the file.
+        loop {
+            match self.drain(shared) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(failure) => return self.fail(shared, failure),
+            }
+        }
+        let Phase::Receiving(transfer) = std::mem::replace(&mut self.phase, Phase::Idle) else { return };
+        match publish(shared, *transfer, size, checksum) {
+            Ok(None) => self.skip(shared),
+            Ok(Some(done)) => {
+                // The ring stays with the stream for its next file.
+                self.phase = Phase::Idle;
+                self.record(shared).phase.store(PHASE_IDLE, Ordering::Relaxed);
+                shared.segment.header().streams_done.fetch_add(1, Ordering::Relaxed);
+                let bytes = match &done {
+                    ServerEvent::Published { bytes, .. } => *bytes,
+                    _ => size,
+                };
+                (shared.events)(&done);
+                self.reply(shared, ServerReply::Done { bytes });
+            }
+            Err(failure) => self.fail(shared, failure),
+        }
+    }
+
+    pub(super) fn reply(&mut self, shared: &Shared, reply: ServerReply) {
+        let record = self.record(shared);
+        let (code, args, text) = reply.encode();
+        self.s2c_seq = self.s2c_seq.wrapping_add(1);
+        // A client stopped while holding the lock must not stall this worker: the
+        // seq-last protocol keeps the post safe even without it.
+        let _guard = self.lock.try_lock().ok();
+        protocol::post(&record.s2c, self.s2c_seq, code, args, &text);
+        drop(_guard);
+        record.client_event.notify();
+    }
+
+    /// Fails the current transfer: tells the client, removes the temporary file,
+    /// frees the buffers. The record stays, for another file or the client's Close.
+    ///
+    /// The ring is NOT freed here: a slot the client owns (EMPTY) may be in the middle
+    /// of a `read(2)` into it, and handing that buffer to another stream could slip
+    /// foreign bytes into that stream's file. The slots are revoked (the client sees
+    /// them leave EMPTY and reads the error), and the buffers go when the client
+    /// answers with Abort or Close, or exits.
+    pub(super) fn fail(&mut self, shared: &Shared, failure: Failure) {
+        self.remove_transfer();
+        self.revoke_ring(shared);
+        shared.segment.header().streams_failed.fetch_add(1, Ordering::Relaxed);
+        (shared.events)(&ServerEvent::Failed { name: self.label.clone(), reason: failure.message.clone() });
+        self.reply(shared, ServerReply::Error { code: failure.code, message: failure.message });
+        self.last_activity = Instant::now();
+    }
+
+    /// The client is done with the record (Close) or gave up (Abort): no reply, the
+    /// record is freed; an unfinished transfer is dropped and reported.
+    pub(super) fn close(&mut self, shared: &Shared, reason: Option<String>) {
+        if let Some(name) = self.transfer_name() {
+            let reason = reason.unwrap_or_else(|| "client closed the stream before finishing".into());
+            shared.segment.header().streams_failed.fetch_add(1, Ordering::Relaxed);
+            (shared.events)(&ServerEvent::Failed { name, reason });
+        }
+        self.drop_transfer(shared);
+        self.finished = true;
+    }
+
+    /// Removes the temporary file of an unfinished transfer and frees the ring (the
+    /// client gave the record back, or is gone).
+    pub(super) fn drop_transfer(&mut self, shared: &Shared) {
+        self.remove_transfer();
+        self.free_ring(shared);
+    }
+
+    pub(super) fn remove_transfer(&mut self) {
+        if let Phase::Receiving(transfer) = std::mem::replace(&mut self.phase, Phase::Idle) {
+            transfer.file.discard();
+        }
+    }
+
+    /// Takes every slot away from the client without freeing the buffers.
+    pub(super) fn revoke_ring(&self, shared: &Shared) {
+        let record = self.record(shared);
+        // Relaxed: status only.
+        record.phase.store(PHASE_IDLE, Ordering::Relaxed);
+        self.ring.revoke_all(record);
+    }
+
+    pub(super) fn free_ring(&mut self, shared: &Shared) {
+        let record = shared.segment.record(self.offset).expect("own record");
+        // Relaxed: status only.
+        record.phase.store(PHASE_IDLE, Ordering::Relaxed);
+        let ring = self.ring.clear(record);
+        for &(offset, _) in &ring {
+            shared.free_block(offset);
+        }
+        if !ring.is_empty() {
+            // Streams waiting for space retry on the next wake.
+            shared.ring_all_workers();
+        }
+    }
+
+    /// Drops streams whose client died or went idle too long.
+    pub(super) fn check_health(&mut self, shared: &Shared) {
+        let now = Instant::now();
+        // Relaxed: a liveness hint from the client (a pipe with nothing to read yet);
+        // nothing is published with it.
+        let beat = self.record(shared).client_beat.load(Ordering::Relaxed);
+        if beat != self.client_beat {
+            self.client_beat = beat;
+            self.last_activity = now;
+        }
+        if now.duration_since(self.last_liveness) >= LIVENESS_PERIOD {
+            self.last_liveness = now;
+            match sys::process_state(self.client_pid) {
+                sys::ProcessState::Gone => {
+                    let reason = format!("client (pid {}) died", self.client_pid);
+                    self.close(shared, Some(reason));
+                    return;
+                }
+                // A stopped process is not inside a read(2) into our buffers (it stops
+                // on the way back to user space), so a dropped stream's ring can go.
+                sys::ProcessState::Stopped if self.dropped => self.free_ring(shared),
+                _ => {}
+            }
+        }
+        if self.dropped {
+            return;
+        }
+        if !self.waiting_for_space() && now.duration_since(self.last_activity) >= shared.options.idle_timeout
+        {
+            let message =
+                format!("no activity for {} s: stream dropped", shared.options.idle_timeout.as_secs());
+            self.fail(shared, failure(ErrorCode::IdleTimeout, message));
+            self.dropped = true;
+            self.record(shared).state.store(RECORD_DROPPED, Ordering::Release);
+            // Reclaim at once if the client is stopped; else on its Abort, or exit.
+            self.last_liveness = now.checked_sub(LIVENESS_PERIOD).unwrap_or(now);
+        }
+    }
+
+    pub(super) fn transfer_name(&self) -> Option<String> {
+        match &self.phase {
+            Phase::Receiving(transfer) => Some(transfer.name.clone()),
+            _ => None,
+        }
+    }
+
+    /// Frees the record and its lock file; the stream is gone.
+    pub(super) fn release(mut self, shared: &Shared) {
+        self.drop_transfer(shared);
+        if let Ok(record) = shared.segment.record(self.offset) {
+            record.state.store(segment::RECORD_FREE, Ordering::Release);
+        }
+        shared.free_block(self.offset);
+        shared.locks.remove_stream_lock(self.guid);
+    }
+}
+
+/// Up to `wanted` buffers of `chunk` bytes from the high end; fewer if space is short.
+/// Buffers never take the last record's worth of the middle gap: the server can
+/// always put a GUID on offer, so a new client gets a stream and waits for buffer
+/// space in plain view (`--status`) instead of waiting for a handout.
+pub(super) fn allocate_ring(shared: &Shared, chunk: u64, wanted: usize) -> Vec<(u64, u64)> {
+    let mut alloc = shared.alloc.lock().expect("allocator lock");
+    let mut ring = Vec::with_capacity(wanted);
+    while ring.len() < wanted {
+        let Some(offset) = alloc.alloc_high(chunk, BUFFER_ALIGN) else { break };
+        let stats = alloc.stats();
+        if stats.high_mark.saturating_sub(stats.low_mark) < RECORD_SIZE + RECORD_ALIGN {
+            // Our own fresh allocation: freeing it cannot fail.
+            let _ = alloc.free(offset);
+            break;
+        }
+        ring.push((offset, chunk));
+    }
+    ring
+}
+
+pub(super) fn needs_ring(transfer: &Transfer) -> bool {
+    transfer.meta.size_is_hint || transfer.size > 0
+}
+
+/// A sink's refusal as the client will hear it.
+pub(super) fn sink_failure(e: SinkError) -> Failure {
+    let code = match e.kind {
+        SinkErrorKind::Exists => ErrorCode::Exists,
+        SinkErrorKind::Refused => ErrorCode::BadRequest,
+        SinkErrorKind::Io => ErrorCode::Io,
+    };
+    failure(code, e.message)
+}
+
+/// Verifies size and checksum, then has the sink give the file its mode, time and
+/// final name (never over an existing file unless `--overwrite`). `Ok(None)`: the
+/// name was taken and the client asked to skip such files.
+pub(super) fn publish(
+    shared: &Shared,
+    transfer: Transfer,
+    size: u64,
+    checksum: u64,
+) -> Result<Option<ServerEvent>, Failure> {
+    let shown = escaped(&transfer.name).into_owned();
+    let size_ok = if transfer.meta.size_is_hint { true } else { size == transfer.size };
+    if !size_ok || transfer.written != size {
+        let message = format!(
+            "{shown}: size mismatch: announced {}, finished with {}, received {}",
+            transfer.size, size, transfer.written
+        );
+        transfer.file.discard();
+        return Err(failure(ErrorCode::Checksum, message));
+    }
+    if transfer.hasher.digest() != checksum {
+        transfer.file.discard();
+        let message = format!("{shown}: checksum mismatch: the data was corrupted in transit");
+        return Err(failure(ErrorCode::Checksum, message));
+    }
+    let mode = transfer.meta.mode.unwrap_or(shared.default_mode);
+    match transfer.file.publish(mode, transfer.meta.mtime, shared.options.overwrite) {
+        Err(e) if e.kind == SinkErrorKind::Exists && transfer.meta.skip_existing => Ok(None),
+        Err(e) => Err(sink_failure(e)),
+        Ok(()) => Ok(Some(ServerEvent::Published {
+            name: transfer.name,
+            bytes: transfer.written,
+            seconds: transfer.started.elapsed().as_secs_f64(),
+        })),
+    }
+}

@@ -1,0 +1,90 @@
+//! The worker pool: each worker serves many streams, drains their rings and
+//! answers their commands, and sleeps on its doorbell when nothing happens.
+
+use super::stream::{failure, Phase, Stream};
+use super::*;
+
+pub(super) type Workers = (Vec<Sender<Stream>>, Vec<thread::JoinHandle<()>>);
+
+pub(super) fn spawn_workers(shared: &Arc<Shared>) -> io::Result<Workers> {
+    let mut senders = Vec::new();
+    let mut handles = Vec::new();
+    for index in 0..shared.loads.len() {
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::clone(shared);
+        let handle = thread::Builder::new()
+            .name(format!("worker-{index}"))
+            .spawn(move || Worker { shared, index, incoming: rx, streams: Vec::new() }.run())?;
+        senders.push(tx);
+        handles.push(handle);
+    }
+    Ok((senders, handles))
+}
+
+pub(super) struct Worker {
+    pub(super) shared: Arc<Shared>,
+    pub(super) index: usize,
+    pub(super) incoming: Receiver<Stream>,
+    pub(super) streams: Vec<Stream>,
+}
+
+impl Worker {
+    pub(super) fn run(mut self) {
+        let shared = Arc::clone(&self.shared);
+        let doorbell = &shared.segment.header().doorbells[self.index];
+        loop {
+            let seen = doorbell.seq();
+            while let Ok(stream) = self.incoming.try_recv() {
+                self.streams.push(stream);
+            }
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                self.shut_down();
+                return;
+            }
+            let progressed = self.poll_all();
+            if !progressed {
+                // Spin only while we have streams whose next step may come any moment;
+                // wake at least every liveness period to check their clients.
+                let (spin, slice) = if self.streams.is_empty() {
+                    (Duration::ZERO, EMPTY_WORKER_SLICE)
+                } else {
+                    (SPIN, LIVENESS_PERIOD)
+                };
+                if !spin_until(|| doorbell.seq() != seen, spin) {
+                    doorbell.wait_past(seen, slice);
+                }
+            }
+        }
+    }
+
+    pub(super) fn poll_all(&mut self) -> bool {
+        let mut progressed = false;
+        for stream in &mut self.streams {
+            progressed |= stream.poll(&self.shared);
+        }
+        let mut index = 0;
+        while index < self.streams.len() {
+            if self.streams[index].finished {
+                self.streams.swap_remove(index).release(&self.shared);
+                self.shared.loads[self.index].fetch_sub(1, Ordering::Relaxed);
+                progressed = true;
+            } else {
+                index += 1;
+            }
+        }
+        progressed
+    }
+
+    /// Tells every client the server is going away and cleans up their streams.
+    pub(super) fn shut_down(&mut self) {
+        for mut stream in std::mem::take(&mut self.streams) {
+            let message = "the server is shutting down".to_string();
+            if matches!(stream.phase, Phase::Receiving(_)) {
+                stream.fail(&self.shared, failure(ErrorCode::Shutdown, message));
+            } else {
+                stream.reply(&self.shared, ServerReply::Error { code: ErrorCode::Shutdown, message });
+            }
+            stream.release(&self.shared);
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! The library as a program uses it: an embedded server (folder sink and a sink of
+//! the program's own), stopped by its handle, and a `Sender` sending a folder, a
+//! reader and a resend; typed errors with their exit statuses and sources.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::error::Error as _;
+use std::fs;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use sharedxfer::client::{Delivered, Progress, SendError, SendOptions, Sender};
+use sharedxfer::server::{Server, ServerError, ServerEvent};
+use sharedxfer::sink::{Sink, SinkError, SinkErrorKind, SinkFile, SinkSession};
+use sharedxfer::sources::Item;
+use sharedxfer::ExitStatus;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+#[test]
+fn an_embedded_server_receives_a_folder_and_a_reader_and_stops_by_handle() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let tree = src.path().join("tree");
+    fs::create_dir_all(tree.join("sub/empty")).unwrap();
+    write_file(&tree, "a.bin", 70_000, 1);
+    write_file(&tree.join("sub"), "b.bin", 3 << 20, 2);
+    let name = unique_name("libfolder");
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let heard = Arc::clone(&events);
+    let server = Server::builder(&name)
+        .size(4 << 20)
+        .output_dir(out.path())
+        .on_event(move |event| heard.lock().unwrap().push(event.clone()))
+        .start()
+        .unwrap();
+    assert!(shm_path(&name).exists(), "the segment exists once start() returns");
+
+    let sender = Sender::connect(&name, TIMEOUT).unwrap();
+    let results = sender.send_path(&tree).unwrap();
+    assert_eq!(results.len(), 5, "3 folders and 2 files: {results:?}");
+    for (item, result) in &results {
+        assert!(result.is_ok(), "{}: {result:?}", item.name);
+    }
+    assert_eq!(
+        sender.send_reader("notes/from-memory.txt", &b"hello"[..]).unwrap(),
+        Delivered::Sent { bytes: 5 }
+    );
+    assert!(fs::read(out.path().join("tree/sub/b.bin")).unwrap() == pattern(3 << 20, 2));
+    assert!(out.path().join("tree/sub/empty").is_dir());
+    assert_eq!(fs::read(out.path().join("notes/from-memory.txt")).unwrap(), b"hello");
+
+    // A file sent twice: the second time it is refused (the server has it), or with
+    // skip_existing skipped.
+    assert!(sender.send_path(tree.join("a.bin")).unwrap()[0].1.is_ok());
+    let again = sender.send_path(tree.join("a.bin")).unwrap();
+    let err = again[0].1.as_ref().unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert_eq!(err.exit_status(), ExitStatus::Failure);
+    let skipping = Sender::connect(&name, TIMEOUT)
+        .unwrap()
+        .with_options(SendOptions { skip_existing: true, ..SendOptions::default() });
+    assert_eq!(skipping.send_path(tree.join("a.bin")).unwrap()[0].1.as_ref().unwrap(), &Delivered::Skipped);
+
+    drop((sender, skipping));
+    server.shutdown().unwrap();
+    assert!(!shm_path(&name).exists(), "shutdown removes the segment");
+    assert!(!lock_dir(&name).exists(), "shutdown removes the lock folder");
+    let events = events.lock().unwrap();
+    assert!(matches!(events.first(), Some(ServerEvent::Ready { .. })), "{events:?}");
+    let published = events.iter().filter(|e| matches!(e, ServerEvent::Published { .. })).count();
+    assert_eq!(published, 4, "{events:?}");
+    assert!(
+        events.iter().any(|e| matches!(e, ServerEvent::Failed { name, .. } if name == "a.bin")),
+        "{events:?}"
+    );
+}
+
+/// Published files by name: a sink of the program's own.
+#[derive(Clone, Default)]
+struct MemorySink {
+    files: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+}
+
+impl Sink for MemorySink {
+    fn session(&self, _stream: u128) -> Box<dyn SinkSession> {
+        Box::new(self.clone())
+    }
+}
+
+impl SinkSession for MemorySink {
+    fn exists(&mut self, name: &str) -> bool {
+        self.files.lock().unwrap().contains_key(name)
+    }
+
+    fn create(&mut self, name: &str) -> Result<Box<dyn SinkFile>, SinkError> {
+        if name.ends_with(".refused") {
+            return Err(SinkError::new(SinkErrorKind::Refused, format!("{name}: not here")));
+        }
+        Ok(Box::new(MemoryFile { name: name.to_owned(), bytes: Vec::new(), sink: self.clone() }))
+    }
+
+    fn make_dir(&mut self, _name: &str, _mode: u32) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+struct MemoryFile {
+    name: String,
+    bytes: Vec<u8>,
+    sink: MemorySink,
+}
+
+impl SinkFile for MemoryFile {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
+        self.bytes.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn publish(
+        self: Box<Self>,
+        _mode: u32,
+        _mtime: Option<SystemTime>,
+        replace: bool,
+    ) -> Result<(), SinkError> {
+        let mut files = self.sink.files.lock().unwrap();
+        if !replace && files.contains_key(&self.name) {
+            return Err(SinkError::new(SinkErrorKind::Exists, format!("{} already exists", self.name)));
+        }
+        files.insert(self.name, self.bytes);
+        Ok(())
+    }
+
+    fn discard(self: Box<Self>) {}
+}
+
+/// Counts bytes and finished items, as a progress bar would.
+#[derive(Default)]
+struct Counter {
+    bytes: std::sync::atomic::AtomicU64,
+    finished: std::sync::atomic::AtomicUsize,
+}
+
+impl Progress for Counter {
+    fn bytes(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn finished(
+        &self,
+        _index: usize,
+        _item: &Item,
+        _result: &Result<Delivered, SendError>,
+        _elapsed: Duration,
+    ) {
+        self.finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_sink_of_the_programs_own_gets_only_whole_checked_files() {
+    let src = tempfile::tempdir().unwrap();
+    let files: Vec<_> =
+        (0..5).map(|i| write_file(src.path(), &format!("m{i}.bin"), 10_000 * i + 1, i as u64)).collect();
+    let refused = write_file(src.path(), "x.refused", 10, 9);
+    let name = unique_name("libmemory");
+    let sink = MemorySink::default();
+    let server = Server::builder(&name).size(2 << 20).sink(sink.clone()).start().unwrap();
+    let sender = Sender::connect(&name, TIMEOUT).unwrap();
+    let mut items = Vec::new();
+    for path in files.iter().chain([&refused]) {
+        items.extend(sender.send_path(path).unwrap().into_iter().map(|(item, _)| item));
+    }
+    // Already sent once above; send the planned items again through send_items.
+    let counter = Counter::default();
+    let results = sender.send_items(&items, &counter);
+    assert_eq!(counter.finished.load(std::sync::atomic::Ordering::Relaxed), items.len());
+    assert_eq!(counter.bytes.load(std::sync::atomic::Ordering::Relaxed), 0, "every file was already there");
+    for (item, result) in items.iter().zip(&results) {
+        let err = result.as_ref().unwrap_err();
+        assert!(err.to_string().contains(if item.name == "x.refused" {
+            "not here"
+        } else {
+            "already exists"
+        }));
+    }
+    drop(sender);
+    server.shutdown().unwrap();
+    let stored = sink.files.lock().unwrap();
+    assert_eq!(stored.len(), 5, "{:?}", stored.keys());
+    for (i, path) in files.iter().enumerate() {
+        assert!(stored[&format!("m{i}.bin")] == fs::read(path).unwrap());
+    }
+}
+
+#[test]
+fn errors_are_typed_say_their_exit_status_and_keep_their_source() {
+    let err = Sender::connect(&unique_name("libnone"), Duration::from_secs(1)).err().expect("no server");
+    assert!(matches!(err, SendError::Connect(_)), "{err:?}");
+    assert!(err.source().is_some(), "the segment error is kept as the source");
+    assert!(err.to_string().contains("start one with `sharedserver --name"), "{err}");
+    assert_eq!(err.exit_status(), ExitStatus::Failure);
+    let bad = Sender::connect("no/slashes", Duration::from_secs(1)).err().expect("a bad name");
+    assert_eq!(bad.exit_status(), ExitStatus::Usage);
+
+    let name = unique_name("libbusy");
+    let out = tempfile::tempdir().unwrap();
+    let first = Server::builder(&name).size(1 << 20).output_dir(out.path()).start().unwrap();
+    let second = Server::builder(&name).size(1 << 20).output_dir(out.path()).start().err().expect("busy");
+    assert!(matches!(second, ServerError::Start(_)), "{second:?}");
+    assert!(second.to_string().contains("already running"), "{second}");
+    assert_eq!(second.exit_status(), ExitStatus::Usage);
+    drop(first);
+    assert!(!shm_path(&name).exists(), "dropping the handle stops the server");
+}
