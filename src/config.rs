@@ -170,30 +170,6 @@ impl Config {
     pub fn stream_file(&self, id: StreamId) -> Option<&Path> {
         self.streams.get(&id).map(PathBuf::as_path)
     }
-
-    /// Resolves command-line ids, in the order given, to their files.
-    ///
-    /// Unknown ids give one error listing all of them and the known ids, e.g.
-    /// `options.xml: unknown stream id 9 (known ids: 1, 2, 3)`.
-    pub fn resolve_ids(&self, ids: &[StreamId]) -> Result<Vec<(StreamId, PathBuf)>, ConfigError> {
-        let mut unknown: Vec<StreamId> = Vec::new();
-        let mut found = Vec::with_capacity(ids.len());
-        for &id in ids {
-            match self.streams.get(&id) {
-                Some(file) => found.push((id, file.clone())),
-                None if !unknown.contains(&id) => unknown.push(id),
-                None => {}
-            }
-        }
-        if unknown.is_empty() {
-            return Ok(found);
-        }
-        Err(ConfigError::UnknownIds {
-            path: self.source.clone(),
-            ids: unknown,
-            known: self.streams.keys().copied().collect(),
-        })
-    }
 }
 
 /// 1-based line and column of byte `offset` in `text`. Columns count characters
@@ -886,29 +862,6 @@ mod tests {
     fn byte_order_mark_and_comments_are_accepted() {
         let xml = format!("\u{feff}<!-- c -->{}", doc("  <!-- off -->\n  <stream id=\"1\" file=\"a\" />\n"));
         assert_eq!(parse(&xml).unwrap().stream_file(1), Some(Path::new("/base/a")));
-    }
-
-    #[test]
-    fn resolve_ids_keeps_order_and_lists_unknown_and_known_ids() {
-        let xml = doc("  <stream id=\"1\" file=\"a\" />\n  <stream id=\"2\" file=\"b\" />\n  <stream id=\"3\" file=\"c\" />\n");
-        let config = parse(&xml).unwrap();
-        assert_eq!(
-            config.resolve_ids(&[3, 1]).unwrap(),
-            vec![(3, PathBuf::from("/base/c")), (1, PathBuf::from("/base/a"))]
-        );
-        assert_eq!(
-            config.resolve_ids(&[9]).unwrap_err().to_string(),
-            "options.xml: unknown stream id 9 (known ids: 1, 2, 3)"
-        );
-        assert_eq!(
-            config.resolve_ids(&[9, 1, 10, 9]).unwrap_err().to_string(),
-            "options.xml: unknown stream ids 9, 10 (known ids: 1, 2, 3)"
-        );
-        let empty = parse("<streams></streams>").unwrap();
-        assert_eq!(
-            empty.resolve_ids(&[1]).unwrap_err().to_string(),
-            "options.xml: unknown stream id 1 (no streams are defined)"
-        );
     }
 
     #[test]

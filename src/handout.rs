@@ -57,7 +57,8 @@ pub fn offer(segment: &Segment, lock: &NamedLock, ticket: Ticket) -> io::Result<
         handout.record_offset.store(ticket.record_offset, Ordering::Relaxed);
         handout.taker_pid.store(0, Ordering::Relaxed);
         handout.generation.fetch_add(1, Ordering::Relaxed);
-        // SYNC POINT: the fields above are visible to a client that sees OFFERED.
+        // SYNC POINT (handout offered): the fields above are visible to a client that
+        // sees OFFERED (`try_take`).
         handout.state.store(HANDOUT_OFFERED, Ordering::Release);
     }
     segment.header().handout_event.notify();
@@ -69,7 +70,8 @@ pub fn offer(segment: &Segment, lock: &NamedLock, ticket: Ticket) -> io::Result<
 /// also while the lock is busy.
 pub fn collect(segment: &Segment, lock: &NamedLock) -> io::Result<Option<u32>> {
     let handout = segment.handout();
-    // SYNC POINT: pairs with the client's Release store of TAKEN.
+    // SYNC POINT (handout taken): pairs with the client's Release in `try_take`;
+    // its pid is visible.
     if handout.state.load(Ordering::Acquire) != HANDOUT_TAKEN {
         return Ok(None);
     }
@@ -83,15 +85,21 @@ pub fn collect(segment: &Segment, lock: &NamedLock) -> io::Result<Option<u32>> {
 pub fn withdraw(segment: &Segment, lock: &NamedLock) -> io::Result<bool> {
     let handout = segment.handout();
     let Some(_guard) = try_acquire(lock)? else { return Ok(false) };
+    // Under the handout lock, which every writer of `state` holds: the orderings
+    // only keep `state` in step with the lock-protected fields.
+    // SYNC POINT (handout taken): pairs with the client's Release in `try_take`.
     if handout.state.load(Ordering::Acquire) != HANDOUT_OFFERED {
         return Ok(false);
     }
+    // SYNC POINT (handout offered): EMPTY retracts the offer; pairs with the
+    // Acquire loads in `try_take`.
     handout.state.store(HANDOUT_EMPTY, Ordering::Release);
     Ok(true)
 }
 
 /// Whether a client has taken the current offer (the server's wake condition).
 pub fn is_taken(segment: &Segment) -> bool {
+    // SYNC POINT (handout taken): pairs with the client's Release in `try_take`.
     segment.handout().state.load(Ordering::Acquire) == HANDOUT_TAKEN
 }
 
@@ -144,6 +152,7 @@ pub fn take_within<E: From<io::Error>>(
         }
         // A busy lock is normally another client's few stores: look again soon.
         let slice = if busy_since.is_some() { Duration::from_millis(2) } else { Duration::from_millis(250) };
+        // SYNC POINT (handout offered): pairs with the server's Release in `offer`.
         let offered = || handout.state.load(Ordering::Acquire) == HANDOUT_OFFERED;
         let busy = busy_since.is_some();
         event.sleep_unless(&mut || !busy && offered(), (deadline - now).min(slice));
@@ -159,11 +168,14 @@ enum Attempt {
 
 fn try_take(segment: &Segment, lock: &NamedLock) -> io::Result<Attempt> {
     let handout = segment.handout();
+    // SYNC POINT (handout offered): a first look without the lock; pairs with the
+    // server's Release in `offer`.
     if handout.state.load(Ordering::Acquire) != HANDOUT_OFFERED {
         return Ok(Attempt::NothingOffered);
     }
     let Some(_guard) = try_acquire(lock)? else { return Ok(Attempt::Busy) };
-    // SYNC POINT: pairs with the server's Release store of OFFERED.
+    // SYNC POINT (handout offered): pairs with the server's Release in `offer`; the
+    // GUID and record offset are visible.
     if handout.state.load(Ordering::Acquire) != HANDOUT_OFFERED {
         return Ok(Attempt::NothingOffered);
     }
@@ -172,7 +184,8 @@ fn try_take(segment: &Segment, lock: &NamedLock) -> io::Result<Attempt> {
         record_offset: handout.record_offset.load(Ordering::Relaxed),
     };
     handout.taker_pid.store(std::process::id(), Ordering::Relaxed);
-    // SYNC POINT: the pid is visible to the server that sees TAKEN.
+    // SYNC POINT (handout taken): the pid is visible to the server that sees TAKEN
+    // (`collect`, `is_taken`, `withdraw`).
     handout.state.store(HANDOUT_TAKEN, Ordering::Release);
     Ok(Attempt::Taken(ticket))
 }

@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 use named_lock::{NamedLock, NamedLockGuard};
 use uuid::Uuid;
 
-use crate::segment::SHM_DIR;
-use crate::sys;
+use crate::sys::{self, SHM_DIR};
 
 /// Held by the live server for its whole life: a second server on the name fails.
 pub const SERVER_LOCK: &str = "server.lock";

@@ -325,8 +325,8 @@ pub fn post(mailbox: &Mailbox, number: u32, code: u32, args: [u64; 4], text: &[u
     let seq = number.wrapping_mul(2);
     // Odd: a write is in progress; readers keep away.
     mailbox.seq.store(seq.wrapping_sub(1), Ordering::Relaxed);
-    // SYNC POINT: orders the odd `seq` before the field writes, pairing with the
-    // reader's Acquire fence before its second `seq` load.
+    // SYNC POINT (mailbox write in progress): orders the odd `seq` before the field
+    // writes, pairing with the reader's Acquire fence before its second `seq` load.
     fence(Ordering::Release);
     let text = &text[..text.len().min(TEXT_CAPACITY)];
     mailbox.code.store(code, Ordering::Relaxed);
@@ -335,13 +335,14 @@ pub fn post(mailbox: &Mailbox, number: u32, code: u32, args: [u64; 4], text: &[u
     }
     store_bytes(&mailbox.text, text);
     mailbox.text_len.store(text.len() as u32, Ordering::Relaxed);
-    // SYNC POINT: publishes every field above to a reader that Acquire-loads `seq`.
+    // SYNC POINT (mailbox published): every field above is visible to a reader
+    // that Acquire-loads this `seq` (`pending`, `take`).
     mailbox.seq.store(seq, Ordering::Release);
 }
 
 /// The mailbox's sequence value if a complete message newer than `last_seen` is there.
 pub fn pending(mailbox: &Mailbox, last_seen: u32) -> Option<u32> {
-    // SYNC POINT: pairs with the Release store in `post`.
+    // SYNC POINT (mailbox published): pairs with the Release in `post`.
     let seq = mailbox.seq.load(Ordering::Acquire);
     (seq.is_multiple_of(2) && seq != last_seen).then_some(seq)
 }
@@ -355,7 +356,7 @@ const TAKE_ATTEMPTS: usize = 64;
 /// Nothing is interpreted here.
 pub fn take(mailbox: &Mailbox) -> Option<RawCommand> {
     for _ in 0..TAKE_ATTEMPTS {
-        // SYNC POINT: pairs with the Release store in `post`.
+        // SYNC POINT (mailbox published): pairs with the Release in `post`.
         let before = mailbox.seq.load(Ordering::Acquire);
         if !before.is_multiple_of(2) {
             std::hint::spin_loop();
@@ -372,8 +373,8 @@ pub fn take(mailbox: &Mailbox) -> Option<RawCommand> {
             text_len,
             text,
         };
-        // SYNC POINT: orders the field loads before the second `seq` load, pairing
-        // with the writer's Release fence after its odd store.
+        // SYNC POINT (mailbox write in progress): orders the field loads before the
+        // second `seq` load, pairing with the writer's Release fence after its odd store.
         fence(Ordering::Acquire);
         if mailbox.seq.load(Ordering::Relaxed) == before {
             // Relaxed: `ack` is advisory (shown by status), nothing synchronises on it.

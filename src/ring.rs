@@ -68,7 +68,7 @@ pub fn wanted_slots(file_size: u64, chunk: u64) -> usize {
 
 /// The state of slot `index` as its owner-to-be must see it.
 fn state(record: &Record, index: usize) -> Result<SlotState, u32> {
-    // SYNC POINT: slot hand-over. Pairs with the Release store of the other side in
+    // SYNC POINT (slot hand-over): pairs with the Release store of the other side in
     // `Producer::hand_over` (FULL) or `Consumer::release` / `install` (EMPTY).
     SlotState::try_from(record.slots[index].state.load(Ordering::Acquire))
 }
@@ -125,7 +125,7 @@ impl<'a> Producer<'a> {
         let slot = &self.record.slots[self.next];
         // Relaxed: published by the Release store below.
         slot.len.store(len, Ordering::Relaxed);
-        // SYNC POINT: slot hand-over (FULL); pairs with the Acquire in `state`.
+        // SYNC POINT (slot hand-over): FULL; pairs with the Acquire in `state`.
         slot.state.store(SlotState::Full as u32, Ordering::Release);
         self.next = (self.next + 1) % self.slots;
     }
@@ -204,7 +204,7 @@ impl Consumer {
 
     /// Hands the slot `next_full` returned back to the client, and moves on.
     pub fn release(&mut self, record: &Record) {
-        // SYNC POINT: slot hand-over (EMPTY); pairs with the Acquire in `state`.
+        // SYNC POINT (slot hand-over): EMPTY; pairs with the Acquire in `state`.
         record.slots[self.next].state.store(SlotState::Empty as u32, Ordering::Release);
         record.client_event.notify();
         self.next = (self.next + 1) % self.buffers.len().max(1);
@@ -218,7 +218,7 @@ impl Consumer {
     /// Hands slot 0 back without draining it (a put the server skipped).
     pub fn release_first(&mut self, record: &Record) {
         if !self.buffers.is_empty() {
-            // SYNC POINT: slot hand-over (EMPTY); pairs with the Acquire in `state`.
+            // SYNC POINT (slot hand-over): EMPTY; pairs with the Acquire in `state`.
             record.slots[0].state.store(SlotState::Empty as u32, Ordering::Release);
             self.next = 0;
         }
@@ -228,7 +228,7 @@ impl Consumer {
     /// the buffers: the client may be inside a `read(2)` into one.
     pub fn revoke_all(&self, record: &Record) {
         for slot in &record.slots {
-            // SYNC POINT: slot hand-over (UNUSED); pairs with the Acquire in `state`.
+            // SYNC POINT (slot hand-over): UNUSED; pairs with the Acquire in `state`.
             slot.state.store(SlotState::Unused as u32, Ordering::Release);
         }
     }

@@ -61,8 +61,7 @@ pub const TEXT_CAPACITY: usize = 4096;
 pub const MIN_SEGMENT_SIZE: u64 = 256 * 1024;
 /// Largest segment size `Segment::create` accepts, in bytes (1 TiB).
 pub const MAX_SEGMENT_SIZE: u64 = 1 << 40;
-/// The folder that holds every segment (as a file of its name) and its lock folder.
-pub const SHM_DIR: &str = "/dev/shm";
+pub use crate::sys::SHM_DIR;
 
 /// `Header::server_state`: the header is published, the workers not started yet.
 pub const SERVER_STARTING: u32 = 0;
@@ -509,7 +508,8 @@ impl Segment {
         header.area_end.store(self.layout.area_end, Ordering::Relaxed);
         header.server_pid.store(sys::current_pid(), Ordering::Relaxed);
         header.server_state.store(SERVER_STARTING, Ordering::Relaxed);
-        // SYNC POINT: every field above is visible to an opener that sees the magic.
+        // SYNC POINT (header published): every field above is visible to an opener
+        // that sees the magic (`try_open`).
         header.magic.store(MAGIC, Ordering::Release);
     }
 
@@ -566,7 +566,7 @@ impl Segment {
             name: name.to_owned(),
             layout: Layout { size: len, area_start: AREA_START, area_end: len },
         };
-        // SYNC POINT: pairs with the Release store in `publish_header`.
+        // SYNC POINT (header published): pairs with the Release in `publish_header`.
         match segment.header().magic.load(Ordering::Acquire) {
             0 => return Ok(None),
             MAGIC => {}

@@ -148,6 +148,8 @@ fn live_streams(segment: &Segment, low_mark: u64) -> Vec<StreamStatus> {
 
 fn stream_at(segment: &Segment, offset: u64) -> Option<StreamStatus> {
     let record = segment.record(offset).ok()?;
+    // SYNC POINT (record state): pairs with the server's Release stores of OFFERED,
+    // ACTIVE, DROPPED and FREE.
     let state = match record.state.load(Ordering::Acquire) {
         RECORD_OFFERED => "offered",
         RECORD_ACTIVE => "active",

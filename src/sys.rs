@@ -11,6 +11,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::time::Duration;
 
+/// The folder that holds every segment (as a file of its name) and its lock folder.
+pub const SHM_DIR: &str = "/dev/shm";
+
 /// Sleeps while `word` still holds `expected`, at most `timeout`. Returns on a wake,
 /// a changed value, a signal or the timeout; callers re-check their condition.
 ///

@@ -94,7 +94,7 @@ fn spin_for(ready: &mut impl FnMut() -> bool, limit: Duration) -> bool {
 impl Event {
     /// Call after publishing the state the waiter is looking for.
     pub fn notify(&self) {
-        // SYNC POINT: the SeqCst bump orders the caller's state change before the
+        // SYNC POINT (event wake): the SeqCst bump orders the caller's state change before the
         // waiter-count read, pairing with `wait_once` (count up, then re-check).
         self.seq.fetch_add(1, Ordering::SeqCst);
         if self.waiters.load(Ordering::SeqCst) != 0 {
@@ -124,7 +124,7 @@ impl Event {
     /// One sleep of at most `timeout`, skipped if `ready()` already holds.
     pub fn sleep_unless(&self, ready: &mut impl FnMut() -> bool, timeout: Duration) {
         let seen = self.seq.load(Ordering::SeqCst);
-        // SYNC POINT: announce the sleeper before the last check, pairing with
+        // SYNC POINT (event wake): announce the sleeper before the last check, pairing with
         // `notify`: a state change after this check bumps `seq`, so the futex call
         // below returns at once; a change before it is seen by `ready()`.
         self.waiters.fetch_add(1, Ordering::SeqCst);

@@ -71,6 +71,7 @@ impl<'a> Watchdog<'a> {
             return Err(SendError::Interrupted);
         }
         let header = self.connection.segment.header();
+        // SYNC POINT (server state): pairs with the server's Release in `serve`.
         if header.server_state.load(Ordering::Acquire) == SERVER_STOPPING {
             return Err(failed("the server is shutting down"));
         }
@@ -124,6 +125,7 @@ impl<'a> Session<'a> {
             return Err(failed("the handout and the record disagree on the stream's GUID"));
         }
         let lock = connection.locks.stream_lock(ticket.guid)?;
+        // SYNC POINT (mailbox published): pairs with the Release in `protocol::post`.
         let s2c_seen = record.s2c.seq.load(Ordering::Acquire);
         Ok(Session {
             connection,

@@ -494,11 +494,13 @@ fn serve(shared: Arc<Shared>, ready: mpsc::Sender<()>, output: String) -> Result
     let (senders, workers) =
         spawn_workers(&shared).map_err(ServerError::io("cannot start worker threads"))?;
     let header = shared.segment.header();
+    // SYNC POINT (server state): pairs with the client's Acquire in its watchdog.
     header.server_state.store(SERVER_RUNNING, Ordering::Release);
     let size = shared.segment.layout().size;
     (shared.events)(&ServerEvent::Ready { name: shared.options.name.clone(), size, output });
     let _ = ready.send(());
     let result = handout_loop(&shared, &handout_lock, &senders);
+    // SYNC POINT (server state): pairs with the client's Acquire in its watchdog.
     header.server_state.store(SERVER_STOPPING, Ordering::Release);
     shared.stopping.store(true, Ordering::SeqCst);
     drop(senders);

@@ -79,6 +79,8 @@ impl Shared {
         let (hi, lo) = guid.as_u64_pair();
         record.guid[0].store(hi, Ordering::Relaxed);
         record.guid[1].store(lo, Ordering::Relaxed);
+        // SYNC POINT (record state): the GUID and doorbell above are visible to a
+        // reader that Acquire-loads `state` (`status::stream_at`).
         record.state.store(RECORD_OFFERED, Ordering::Release);
         let lock = match self.locks.stream_lock(guid) {
             Ok(lock) => lock,

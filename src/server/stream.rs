@@ -67,6 +67,7 @@ impl Stream {
     pub(super) fn activate(shared: &Shared, offer: Offer, pid: u32) -> Stream {
         if let Ok(record) = shared.segment.record(offer.ticket.record_offset) {
             record.client_pid.store(pid, Ordering::Relaxed);
+            // SYNC POINT (record state): the client pid is visible to `status`.
             record.state.store(RECORD_ACTIVE, Ordering::Release);
         }
         let now = Instant::now();
@@ -487,6 +488,7 @@ impl Stream {
                 format!("no activity for {} s: stream dropped", shared.options.idle_timeout.as_secs());
             self.fail(shared, failure(ErrorCode::IdleTimeout, message));
             self.dropped = true;
+            // SYNC POINT (record state): pairs with the Acquire in `status::stream_at`.
             self.record(shared).state.store(RECORD_DROPPED, Ordering::Release);
             // Reclaim at once if the client is stopped; else on its Abort, or exit.
             self.last_liveness = now.checked_sub(LIVENESS_PERIOD).unwrap_or(now);
@@ -504,6 +506,7 @@ impl Stream {
     pub(super) fn release(mut self, shared: &Shared) {
         self.drop_transfer(shared);
         if let Ok(record) = shared.segment.record(self.offset) {
+            // SYNC POINT (record state): pairs with the Acquire in `status::stream_at`.
             record.state.store(segment::RECORD_FREE, Ordering::Release);
         }
         shared.free_block(self.offset);
