@@ -17,11 +17,22 @@ pub(super) struct Transfer {
     pub(super) started: Instant,
 }
 
-pub(super) enum Phase {
-    /// Waiting for a command (open or ping).
+/// Where a stream stands; `Stream::poll` is one `match` on it.
+pub(super) enum State {
+    /// Waiting for a command (open, put, mkdir, ping).
     Idle,
-    /// Receiving a file (or waiting for buffer space while the ring is empty).
+    /// A file was opened but the segment has no room for its ring yet: the stream
+    /// waits (backpressure) and is never dropped as idle meanwhile.
+    WaitingForSpace(Box<Transfer>),
+    /// Receiving a file through its ring.
     Receiving(Box<Transfer>),
+    /// Dropped for idleness while its client still lives: the buffers are freed, but
+    /// the record is kept (and ignored) until the client exits, so a client that
+    /// wakes up later reads its own error and can never touch a record the server
+    /// has given to someone else.
+    Dropped,
+    /// The record can be freed.
+    Closed,
 }
 
 /// Why a stream ended badly, and whether to tell the client.
@@ -42,7 +53,7 @@ pub(super) struct Stream {
     pub(super) client_pid: u32,
     pub(super) c2s_seen: u32,
     pub(super) s2c_seq: u32,
-    pub(super) phase: Phase,
+    pub(super) state: State,
     pub(super) last_activity: Instant,
     pub(super) last_liveness: Instant,
     /// What reports call this stream: the file name once one was asked for.
@@ -54,13 +65,6 @@ pub(super) struct Stream {
     pub(super) sink: Box<dyn SinkSession>,
     /// The record's `client_beat` when last seen.
     pub(super) client_beat: u32,
-    /// Set when the record can be freed.
-    pub(super) finished: bool,
-    /// Dropped for idleness while its client still lives: the buffers are freed, but
-    /// the record is kept (and ignored) until the client exits, so a client that
-    /// wakes up later reads its own error and can never touch a record the server
-    /// has given to someone else.
-    pub(super) dropped: bool,
 }
 
 impl Stream {
@@ -78,15 +82,13 @@ impl Stream {
             client_pid: pid,
             c2s_seen: 0,
             s2c_seq: 0,
-            phase: Phase::Idle,
+            state: State::Idle,
             last_activity: now,
             last_liveness: now,
             label: format!("stream {}", offer.ticket.guid.simple()),
             ring: Consumer::default(),
             sink: shared.sink.session(offer.ticket.guid.as_u128()),
             client_beat: 0,
-            finished: false,
-            dropped: false,
         }
     }
 
@@ -96,29 +98,49 @@ impl Stream {
 
     /// One pass over the stream; returns whether anything happened.
     pub(super) fn poll(&mut self, shared: &Shared) -> bool {
-        if self.dropped {
-            let answered = self.handle_dropped_command(shared);
-            self.check_health(shared);
-            return answered;
-        }
-        let mut progressed = match self.drain(shared) {
-            Ok(progressed) => progressed,
-            Err(failure) => {
-                self.fail(shared, failure);
-                true
+        let progressed = match &self.state {
+            State::Closed => return false,
+            State::Dropped => self.handle_dropped_command(shared),
+            State::WaitingForSpace(_) => self.handle_command(shared) | self.try_start_ring(shared),
+            State::Idle | State::Receiving(_) => {
+                let drained = match self.drain(shared) {
+                    Ok(progressed) => progressed,
+                    Err(failure) => {
+                        self.fail(shared, failure);
+                        true
+                    }
+                };
+                drained | self.handle_command(shared)
             }
         };
-        progressed |= self.handle_command(shared);
-        if self.waiting_for_space() {
-            progressed |= self.try_start_ring(shared);
-        }
         self.check_health(shared);
         progressed
     }
 
+    /// Whether the record can be freed.
+    pub(super) fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// Whether a file is open (receiving, or waiting for buffer space).
+    pub(super) fn has_transfer(&self) -> bool {
+        matches!(self.state, State::Receiving(_) | State::WaitingForSpace(_))
+    }
+
+    /// Takes the open file out of the state (which becomes `Idle`); other states stay.
+    fn take_transfer(&mut self) -> Option<Box<Transfer>> {
+        if !self.has_transfer() {
+            return None;
+        }
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Receiving(transfer) | State::WaitingForSpace(transfer) => Some(transfer),
+            _ => unreachable!("checked above"),
+        }
+    }
+
     /// Moves every full slot, in ring order, into the output file.
     pub(super) fn drain(&mut self, shared: &Shared) -> Result<bool, Failure> {
-        let Phase::Receiving(transfer) = &mut self.phase else { return Ok(false) };
+        let State::Receiving(transfer) = &mut self.state else { return Ok(false) };
         let record = shared.segment.record(self.offset).expect("own record");
         let mut moved = false;
         for _ in 0..self.ring.buffers().len() {
@@ -181,22 +203,22 @@ impl Stream {
         let Some(command) = self.next_command(shared) else { return false };
         if matches!(command, Ok(ClientCommand::Abort { .. } | ClientCommand::Close)) {
             self.drop_transfer(shared);
-            self.finished = true;
+            self.state = State::Closed;
         }
         true
     }
 
     pub(super) fn execute(&mut self, shared: &Shared, command: ClientCommand) {
-        match (command, &self.phase) {
-            (ClientCommand::Open { name, size, meta }, Phase::Idle) => self.open(shared, name, size, meta),
-            (ClientCommand::Put { name, size, checksum, meta }, Phase::Idle) => {
+        match (command, &self.state) {
+            (ClientCommand::Open { name, size, meta }, State::Idle) => self.open(shared, name, size, meta),
+            (ClientCommand::Put { name, size, checksum, meta }, State::Idle) => {
                 self.put(shared, name, size, checksum, meta)
             }
-            (ClientCommand::Mkdir { name, mode }, Phase::Idle) => self.mkdir(shared, name, mode),
-            (ClientCommand::Finish { size, checksum }, Phase::Receiving(_)) => {
+            (ClientCommand::Mkdir { name, mode }, State::Idle) => self.mkdir(shared, name, mode),
+            (ClientCommand::Finish { size, checksum }, State::Receiving(_) | State::WaitingForSpace(_)) => {
                 self.finish(shared, size, checksum)
             }
-            (ClientCommand::Ping { seq, sent_nanos }, Phase::Idle) => {
+            (ClientCommand::Ping { seq, sent_nanos }, State::Idle) => {
                 self.reply(shared, ServerReply::Pong { seq, sent_nanos })
             }
             (ClientCommand::Abort { reason }, _) => {
@@ -248,7 +270,7 @@ impl Stream {
         record.phase.store(PHASE_RECEIVING, Ordering::Relaxed);
         // Every file starts at slot 0 on both sides.
         self.ring.restart();
-        self.phase = Phase::Receiving(Box::new(Transfer {
+        self.state = State::Receiving(Box::new(Transfer {
             name,
             file,
             meta,
@@ -306,20 +328,21 @@ impl Stream {
     /// The file exists and the client asked to skip it: the stream stays ready.
     pub(super) fn skip(&mut self, shared: &Shared) {
         self.remove_transfer();
-        self.phase = Phase::Idle;
         self.record(shared).phase.store(PHASE_IDLE, Ordering::Relaxed);
         self.last_activity = Instant::now();
         self.reply(shared, ServerReply::Skipped);
     }
 
     pub(super) fn waiting_for_space(&self) -> bool {
-        matches!(&self.phase, Phase::Receiving(t) if needs_ring(t) && self.ring.is_empty())
+        matches!(self.state, State::WaitingForSpace(_))
     }
 
     /// Allocates the stream's buffers if there is room; otherwise the stream waits
     /// (backpressure) and this is tried again on the next pass.
     pub(super) fn try_start_ring(&mut self, shared: &Shared) -> bool {
-        let Phase::Receiving(transfer) = &self.phase else { return false };
+        let (State::Receiving(transfer) | State::WaitingForSpace(transfer)) = &self.state else {
+            return false;
+        };
         let area = shared.segment.layout().area_end - shared.segment.layout().area_start;
         // A size that is only a hint (a pipe, /proc) still sizes the ring; the data
         // may run past it, so such a ring has at least one slot.
@@ -336,9 +359,15 @@ impl Stream {
             if buffers.is_empty() {
                 // Relaxed: status only.
                 record.phase.store(PHASE_WAITING_FOR_SPACE, Ordering::Relaxed);
+                if let Some(transfer) = self.take_transfer() {
+                    self.state = State::WaitingForSpace(transfer);
+                }
                 return false;
             }
             self.ring.install(record, buffers);
+        }
+        if let Some(transfer) = self.take_transfer() {
+            self.state = State::Receiving(transfer);
         }
         // Relaxed: status only.
         record.phase.store(PHASE_RECEIVING, Ordering::Relaxed);
@@ -360,12 +389,11 @@ impl Stream {
                 Err(failure) => return self.fail(shared, failure),
             }
         }
-        let Phase::Receiving(transfer) = std::mem::replace(&mut self.phase, Phase::Idle) else { return };
+        let Some(transfer) = self.take_transfer() else { return };
         match publish(shared, *transfer, size, checksum) {
             Ok(None) => self.skip(shared),
             Ok(Some(done)) => {
                 // The ring stays with the stream for its next file.
-                self.phase = Phase::Idle;
                 self.record(shared).phase.store(PHASE_IDLE, Ordering::Relaxed);
                 shared.segment.header().streams_done.fetch_add(1, Ordering::Relaxed);
                 let bytes = match &done {
@@ -417,7 +445,7 @@ impl Stream {
             (shared.events)(&ServerEvent::Failed { name, reason });
         }
         self.drop_transfer(shared);
-        self.finished = true;
+        self.state = State::Closed;
     }
 
     /// Removes the temporary file of an unfinished transfer and frees the ring (the
@@ -428,7 +456,7 @@ impl Stream {
     }
 
     pub(super) fn remove_transfer(&mut self) {
-        if let Phase::Receiving(transfer) = std::mem::replace(&mut self.phase, Phase::Idle) {
+        if let Some(transfer) = self.take_transfer() {
             transfer.file.discard();
         }
     }
@@ -475,11 +503,11 @@ impl Stream {
                 }
                 // A stopped process is not inside a read(2) into our buffers (it stops
                 // on the way back to user space), so a dropped stream's ring can go.
-                sys::ProcessState::Stopped if self.dropped => self.free_ring(shared),
+                sys::ProcessState::Stopped if matches!(self.state, State::Dropped) => self.free_ring(shared),
                 _ => {}
             }
         }
-        if self.dropped {
+        if matches!(self.state, State::Dropped | State::Closed) {
             return;
         }
         if !self.waiting_for_space() && now.duration_since(self.last_activity) >= shared.options.idle_timeout
@@ -487,7 +515,7 @@ impl Stream {
             let message =
                 format!("no activity for {} s: stream dropped", shared.options.idle_timeout.as_secs());
             self.fail(shared, failure(ErrorCode::IdleTimeout, message));
-            self.dropped = true;
+            self.state = State::Dropped;
             // SYNC POINT (record state): pairs with the Acquire in `status::stream_at`.
             self.record(shared).state.store(RECORD_DROPPED, Ordering::Release);
             // Reclaim at once if the client is stopped; else on its Abort, or exit.
@@ -496,8 +524,8 @@ impl Stream {
     }
 
     pub(super) fn transfer_name(&self) -> Option<String> {
-        match &self.phase {
-            Phase::Receiving(transfer) => Some(transfer.name.clone()),
+        match &self.state {
+            State::Receiving(transfer) | State::WaitingForSpace(transfer) => Some(transfer.name.clone()),
             _ => None,
         }
     }
@@ -532,10 +560,6 @@ pub(super) fn allocate_ring(shared: &Shared, chunk: u64, wanted: usize) -> Vec<(
         ring.push((offset, chunk));
     }
     ring
-}
-
-pub(super) fn needs_ring(transfer: &Transfer) -> bool {
-    transfer.meta.size_is_hint || transfer.size > 0
 }
 
 /// A sink's refusal as the client will hear it.

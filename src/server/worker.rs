@@ -1,7 +1,7 @@
 //! The worker pool: each worker serves many streams, drains their rings and
 //! answers their commands, and sleeps on its doorbell when nothing happens.
 
-use super::stream::{failure, Phase, Stream};
+use super::stream::{failure, Stream};
 use super::*;
 
 pub(super) type Workers = (Vec<Sender<Stream>>, Vec<thread::JoinHandle<()>>);
@@ -64,7 +64,7 @@ impl Worker {
         }
         let mut index = 0;
         while index < self.streams.len() {
-            if self.streams[index].finished {
+            if self.streams[index].is_closed() {
                 self.streams.swap_remove(index).release(&self.shared);
                 self.shared.loads[self.index].fetch_sub(1, Ordering::Relaxed);
                 progressed = true;
@@ -79,7 +79,7 @@ impl Worker {
     pub(super) fn shut_down(&mut self) {
         for mut stream in std::mem::take(&mut self.streams) {
             let message = "the server is shutting down".to_string();
-            if matches!(stream.phase, Phase::Receiving(_)) {
+            if stream.has_transfer() {
                 stream.fail(&self.shared, failure(ErrorCode::Shutdown, message));
             } else {
                 stream.reply(&self.shared, ServerReply::Error { code: ErrorCode::Shutdown, message });
