@@ -44,8 +44,9 @@ pub fn main(cli: ServerCli) -> ExitStatus {
         // The server's normal way to end: SIGINT or SIGTERM.
         Ok(()) => ExitStatus::Interrupted,
         Err(e) => {
-            errln!("sharedserver: {e}");
-            e.exit_status()
+            let status = e.exit_status();
+            errln!("sharedserver: {:#}", anyhow::Error::new(e));
+            status
         }
     }
 }

@@ -170,8 +170,9 @@ impl std::fmt::Display for ServerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Start(message) => f.write_str(message),
-            Self::Segment(e) => write!(f, "{e}"),
-            Self::Io { what, source } => write!(f, "{what}: {source}"),
+            // The source says the rest (`{:#}` prints the chain).
+            Self::Segment(_) => f.write_str("cannot create the segment"),
+            Self::Io { what, .. } => f.write_str(what),
         }
     }
 }

@@ -86,7 +86,7 @@ impl Shared {
             Ok(lock) => lock,
             Err(e) => {
                 // Out of descriptors, say: not a reason to stop serving everyone.
-                errln!("sharedserver: cannot create a stream lock ({e}); retrying");
+                (self.events)(&ServerEvent::Notice(format!("cannot create a stream lock ({e}); retrying")));
                 self.free_block(offset);
                 return Ok(None);
             }
@@ -121,7 +121,7 @@ impl Shared {
         let mut alloc = self.alloc.lock().expect("allocator lock");
         // Offsets come from our own allocations; a failure here is a server bug.
         if let Err(e) = alloc.free(offset) {
-            errln!("sharedserver: internal error freeing {offset}: {e}");
+            (self.events)(&ServerEvent::Notice(format!("internal error freeing {offset}: {e}")));
         }
     }
 
