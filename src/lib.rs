@@ -96,6 +96,7 @@ pub mod client;
 pub mod config;
 pub mod escape;
 pub mod handout;
+pub mod layout;
 pub mod lock;
 pub mod outdir;
 pub mod protocol;
