@@ -118,7 +118,8 @@ pub enum ExitStatus {
     Failure = 1,
     /// Bad command line or configuration.
     Usage = 2,
-    /// Stopped by SIGINT or SIGTERM.
+    /// The client was stopped by SIGINT or SIGTERM before it was done (a server
+    /// stopped on request exits 0).
     Interrupted = 130,
 }
 
@@ -136,5 +137,6 @@ impl From<ExitStatus> for std::process::ExitCode {
 }
 
 /// The exit-code table, shown in `--help` of both binaries.
-pub const EXIT_CODES_HELP: &str = "Exit codes: 0 all done, 1 a stream or the peer failed, \
-2 usage or configuration error, 130 interrupted (SIGINT/SIGTERM).";
+pub const EXIT_CODES_HELP: &str = "Exit codes: 0 all done (for the server: stopped on request by \
+SIGTERM or SIGINT), 1 a stream or the peer failed, 2 usage or configuration error, 130 the \
+client interrupted (SIGINT/SIGTERM).";

@@ -419,7 +419,9 @@ impl Segment {
 }
 
 /// Removes a segment left behind by a dead server. Only call while holding the
-/// server lock for `name`.
+/// server lock for `name` (which proves no server of that name is alive). Only a
+/// file of ours that starts with this project's magic (any layout version) is
+/// removed; anything else is refused, naming the path, and left alone.
 pub fn remove_stale(name: &str) -> io::Result<bool> {
     let path = shm_path(name);
     match std::fs::symlink_metadata(&path) {
@@ -442,9 +444,31 @@ pub fn remove_stale(name: &str) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         _ => {}
     }
+    if !starts_with_magic(&path)? {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a sharedxfer segment (no sharedxfer header): remove it or pick another --name",
+                path.display()
+            ),
+        ));
+    }
     match std::fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the file at `path` starts with "SHXFER", the magic's first six bytes
+/// (whatever its layout version).
+fn starts_with_magic(path: &std::path::Path) -> io::Result<bool> {
+    use std::io::Read;
+    let mut file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let mut head = [0u8; 8];
+    match file.read_exact(&mut head) {
+        Ok(()) => Ok(head[..6] == MAGIC.to_le_bytes()[..6]),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
         Err(e) => Err(e),
     }
 }

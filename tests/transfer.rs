@@ -280,15 +280,17 @@ fn a_killed_server_fails_its_clients_and_a_new_one_starts_cleanly() {
 }
 
 #[test]
-fn sigint_stops_the_server_and_removes_everything_it_made() {
-    let out = tempfile::tempdir().unwrap();
-    let name = unique_name("sigint");
-    let mut server = Server::start(&name, out.path(), &[]);
-    assert!(shm_path(&name).exists() && lock_dir(&name).exists());
-    let status = server.stop("INT");
-    assert_eq!(status.code(), Some(130));
-    assert!(!shm_path(&name).exists(), "segment left behind");
-    assert!(!lock_dir(&name).exists(), "lock folder left behind");
+fn sigint_or_sigterm_stops_the_server_cleanly_exit_0_and_removes_everything_it_made() {
+    for signal_name in ["INT", "TERM"] {
+        let out = tempfile::tempdir().unwrap();
+        let name = unique_name("sigstop");
+        let mut server = Server::start(&name, out.path(), &[]);
+        assert!(shm_path(&name).exists() && lock_dir(&name).exists());
+        let status = server.stop(signal_name);
+        assert_eq!(status.code(), Some(0), "a requested stop is not a failure (SIG{signal_name})");
+        assert!(!shm_path(&name).exists(), "segment left behind");
+        assert!(!lock_dir(&name).exists(), "lock folder left behind");
+    }
 }
 
 #[test]

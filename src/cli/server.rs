@@ -41,8 +41,9 @@ pub fn main(cli: ServerCli) -> ExitStatus {
         .start();
     let result = started.and_then(Server::wait);
     match result {
-        // The server's normal way to end: SIGINT or SIGTERM.
-        Ok(()) => ExitStatus::Interrupted,
+        // The server's normal way to end is SIGTERM or SIGINT: a clean stop on
+        // request is a success (systemd, Docker and supervisors read it so).
+        Ok(()) => ExitStatus::Success,
         Err(e) => {
             let status = e.exit_status();
             errln!("sharedserver: {:#}", anyhow::Error::new(e));

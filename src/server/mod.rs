@@ -343,9 +343,6 @@ fn run_server(
     ready: mpsc::Sender<()>,
 ) -> Result<(), ServerError> {
     let folder = sink.is_none();
-    if folder {
-        prepare_output_dir(&options.output_dir)?;
-    }
     let locks = LockDir::create(&options.name).map_err(|e| {
         ServerError::Start(format!(
             "cannot use lock folder {}: {e}",
@@ -386,6 +383,12 @@ struct Shared {
 }
 
 fn prepare_output_dir(dir: &Path) -> Result<(), ServerError> {
+    if fs::metadata(dir).is_ok_and(|meta| !meta.is_dir()) {
+        return Err(ServerError::Start(format!(
+            "output folder {} is not a folder: name a folder (it is made if missing)",
+            dir.display()
+        )));
+    }
     fs::create_dir_all(dir)
         .map_err(|e| ServerError::Start(format!("cannot create output folder {}: {e}", dir.display())))?;
     if !dir.is_dir() {
@@ -443,6 +446,11 @@ fn start(
         remove_stale_temp_files(&options.output_dir, &options.name);
     }
     let segment = Segment::create(&options.name, options.size).map_err(ServerError::Segment)?;
+    // Only now that the server is sure to run is OUTPUT_DIR made (a refused start
+    // leaves nothing behind; the segment goes with `segment` on an error here).
+    if folder {
+        prepare_output_dir(&options.output_dir)?;
+    }
     let layout = segment.layout();
     let shared = Shared {
         segment,
