@@ -100,6 +100,12 @@ pub struct Header {
     pub streams_done: AtomicU64,
     /// Transfers failed or given up since the server started (status only).
     pub streams_failed: AtomicU64,
+    /// When the server process started, in clock ticks after boot (`/proc/<pid>/stat`
+    /// field 22): with `server_pid`, tells the server from a later process that
+    /// reused its pid.
+    pub server_started: AtomicU64,
+    /// Wall-clock milliseconds since the epoch of the last heartbeat (status only).
+    pub heartbeat_at_ms: AtomicU64,
 }
 
 /// `Handout::state`: nothing on offer (or the last take was collected).

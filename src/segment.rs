@@ -239,6 +239,8 @@ impl Segment {
         header.area_start.store(self.layout.area_start, Ordering::Relaxed);
         header.area_end.store(self.layout.area_end, Ordering::Relaxed);
         header.server_pid.store(sys::current_pid(), Ordering::Relaxed);
+        let started = sys::process_start_ticks(sys::current_pid()).unwrap_or(0);
+        header.server_started.store(started, Ordering::Relaxed);
         header.server_state.store(SERVER_STARTING, Ordering::Relaxed);
         // SYNC POINT (header published): every field above is visible to an opener
         // that sees the magic (`try_open`).

@@ -13,6 +13,7 @@ use crate::lock::LockDir;
 use crate::segment::{self, Segment, NAME_WORDS, RECORD_SIZE};
 use crate::segment::{PHASE_IDLE, PHASE_RECEIVING, PHASE_WAITING_FOR_SPACE, SERVER_RUNNING, SERVER_STOPPING};
 use crate::segment::{RECORD_ACTIVE, RECORD_DROPPED, RECORD_OFFERED};
+use crate::sys;
 
 /// Cells of the segment map.
 pub const MAP_WIDTH: usize = 64;
@@ -61,6 +62,8 @@ pub struct Snapshot {
     pub server_state: &'static str,
     /// The server's heartbeat counter: it moves while the server lives.
     pub heartbeat: u64,
+    /// How long ago the last heartbeat was, in milliseconds (None if never).
+    pub heartbeat_age_ms: Option<u64>,
     /// Where records may lie: from the area start up to `low_mark`.
     pub records_area: (u64, u64),
     /// Where buffers may lie: from `high_mark` up to the area end.
@@ -87,6 +90,20 @@ pub struct Snapshot {
     pub map: String,
     /// Every live record, in offset order.
     pub streams: Vec<StreamStatus>,
+}
+
+/// What is true of the server: the state it wrote, unless its process is gone
+/// (killed, or its pid now belongs to another process) or stopped.
+fn server_liveness(header: &crate::segment::Header) -> &'static str {
+    let pid = header.server_pid.load(Ordering::Relaxed);
+    let started = header.server_started.load(Ordering::Relaxed);
+    let same_process = sys::process_start_ticks(pid).is_some_and(|now| started == 0 || now == started);
+    match sys::process_state(pid) {
+        sys::ProcessState::Gone => "gone",
+        _ if !same_process => "gone (its pid now belongs to another process)",
+        sys::ProcessState::Stopped => "stopped (SIGSTOP)",
+        sys::ProcessState::Running => server_state_name(header.server_state.load(Ordering::Relaxed)),
+    }
 }
 
 fn server_state_name(state: u32) -> &'static str {
@@ -121,8 +138,12 @@ pub fn snapshot(segment: &Segment, locks: Option<&LockDir>) -> Snapshot {
         segment: segment.name().to_owned(),
         size: layout.size,
         server_pid: header.server_pid.load(Ordering::Relaxed),
-        server_state: server_state_name(header.server_state.load(Ordering::Relaxed)),
+        server_state: server_liveness(header),
         heartbeat: header.heartbeat.load(Ordering::Relaxed),
+        heartbeat_age_ms: match header.heartbeat_at_ms.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(sys::now_ms().saturating_sub(at)),
+        },
         records_area: (layout.area_start, low_mark),
         buffers_area: (high_mark, layout.area_end),
         low_mark,
@@ -211,12 +232,13 @@ pub fn render_text(s: &Snapshot) -> String {
     use segment::human_bytes as hb;
     let mut out = String::new();
     out.push_str(&format!(
-        "segment '{}': {}, server pid {} ({}), heartbeat {}\n",
+        "segment '{}': {}, server pid {} ({}), heartbeat {}{}\n",
         s.segment,
         hb(s.size),
         s.server_pid,
         s.server_state,
-        s.heartbeat
+        s.heartbeat,
+        s.heartbeat_age_ms.map(|ms| format!(", {:.1} s ago", ms as f64 / 1000.0)).unwrap_or_default()
     ));
     out.push_str(&format!(
         "records area {}..{} ({} live record(s)), buffers area {}..{} ({} in buffers)\n",

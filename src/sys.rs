@@ -373,3 +373,18 @@ pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> 
         }
     }
 }
+
+/// When process `pid` started, in clock ticks after boot (`/proc/<pid>/stat` field
+/// 22); `None` if it is gone or unreadable.
+pub fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name start at field 3 (the state).
+    stat.rsplit(')').next()?.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// Wall-clock milliseconds since the epoch (0 before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}

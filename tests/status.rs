@@ -57,3 +57,28 @@ fn status_without_a_server_fails_clearly() {
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
     assert!(stderr_of(&output).contains("no server on segment"), "{}", show(&output));
 }
+
+#[test]
+fn status_tells_a_stopped_server_and_a_killed_one_from_a_running_one() {
+    let out = tempfile::tempdir().unwrap();
+    let name = unique_name("statlive");
+    let mut server = Server::start(&name, out.path(), &[]);
+    let text = status(&server, false);
+    assert!(text.contains(&format!("server pid {} (running)", server.pid())), "{text}");
+    assert!(text.contains(" s ago"), "the heartbeat's age is shown: {text}");
+
+    signal(server.pid(), "STOP");
+    let text = status(&server, false);
+    signal(server.pid(), "CONT");
+    assert!(text.contains("(stopped (SIGSTOP))"), "{text}");
+
+    // SIGKILL leaves the segment behind, its header still saying "running".
+    signal(server.pid(), "KILL");
+    wait_with_deadline(&mut server.child, "the killed server");
+    let text = status(&server, false);
+    let json: serde_json::Value = serde_json::from_str(&status(&server, true)).unwrap();
+    let _ = std::fs::remove_file(shm_path(&name));
+    let _ = std::fs::remove_dir_all(lock_dir(&name));
+    assert!(text.contains(&format!("server pid {} (gone", server.pid())), "{text}");
+    assert!(json["server_state"].as_str().unwrap().starts_with("gone"), "{json}");
+}

@@ -36,7 +36,10 @@ impl Connection {
         lock::validate_segment_name(name).map_err(SendError::Usage)?;
         let segment = Segment::open(name, timeout).map_err(|e| SendError::Connect(Arc::new(e)))?;
         let server_pid = segment.header().server_pid.load(Ordering::Relaxed);
-        if !sys::process_alive(server_pid) {
+        // Relaxed: written before the magic, which `Segment::open` Acquire-loaded.
+        let started = segment.header().server_started.load(Ordering::Relaxed);
+        let reused = started != 0 && sys::process_start_ticks(server_pid).is_some_and(|now| now != started);
+        if !sys::process_alive(server_pid) || reused {
             return Err(failed(format!(
                 "the server of segment '{name}' (pid {server_pid}) is gone: start `sharedserver --name {name}`"
             )));

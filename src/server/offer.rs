@@ -15,6 +15,8 @@ pub(super) fn handout_loop(
     let mut busy_backoff = Duration::from_micros(100);
     while !shared.stop.load(Ordering::SeqCst) && sys::stop_signal().is_none() {
         header.heartbeat.fetch_add(1, Ordering::Relaxed);
+        // Relaxed: status only.
+        header.heartbeat_at_ms.store(sys::now_ms(), Ordering::Relaxed);
         shared.publish_stats(&shared.alloc.lock().expect("allocator lock"));
         if offered.is_some() {
             let pid = handout::collect(&shared.segment, handout_lock).map_err(ServerError::io(HANDOUT))?;
