@@ -203,6 +203,11 @@ impl Incoming {
         Ok(Incoming { file, target, temp: Temp::Named(temp_name.to_owned()) })
     }
 
+    /// The folder the file goes into (to flush it after publishing).
+    pub fn folder(&self) -> Arc<OwnedFd> {
+        Arc::clone(&self.target.parent)
+    }
+
     /// Gives the file its permission bits and modification time, then its name:
     /// never over an existing file unless `replace` (AlreadyExists otherwise). To
     /// replace, an unnamed file is linked under its temporary name for the moment of

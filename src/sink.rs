@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -49,12 +50,46 @@ impl fmt::Display for SinkError {
 
 impl std::error::Error for SinkError {}
 
+/// When a published file is flushed to stable storage before its client hears it
+/// is done (`sharedserver --sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// Never, as `cp` and `rsync` do: after a power loss a confirmed file may be
+    /// empty or missing.
+    #[default]
+    None,
+    /// Each file and its folder, before its confirmation.
+    File,
+    /// The whole output filesystem once per group of confirmations (`syncfs`):
+    /// one flush for many small files.
+    Batch,
+}
+
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<SyncMode, String> {
+        match text {
+            "none" => Ok(SyncMode::None),
+            "file" => Ok(SyncMode::File),
+            "batch" => Ok(SyncMode::Batch),
+            other => Err(format!("{other:?} is not a sync mode: use none, file or batch")),
+        }
+    }
+}
+
 /// A place for received files, shared by all the server's worker threads.
 pub trait Sink: Send + Sync + 'static {
     /// What one stream writes through: a stream sends its files one after another,
     /// so a session may keep state between them. `stream` identifies the stream (its
     /// GUID), unique among the server's live streams.
     fn session(&self, stream: u128) -> Box<dyn SinkSession>;
+
+    /// Makes everything published so far durable (`--sync batch`: called once per
+    /// group of confirmations, before they are sent). The default does nothing.
+    fn flush(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// One stream's way into a sink. Names are relative paths the server already
@@ -87,13 +122,20 @@ pub trait SinkFile: Send {
 pub struct FolderSink {
     output: OutputDir,
     temp_prefix: String,
+    sync: SyncMode,
 }
 
 impl FolderSink {
     /// Files go beneath `dir`; temporary names (where one is needed) start with
     /// `temp_prefix` and end with the stream's GUID and `.part`.
     pub fn new(dir: &Path, temp_prefix: &str) -> FolderSink {
-        FolderSink { output: OutputDir::new(dir), temp_prefix: temp_prefix.to_owned() }
+        FolderSink { output: OutputDir::new(dir), temp_prefix: temp_prefix.to_owned(), sync: SyncMode::None }
+    }
+
+    /// Flushes as `sync` says (see [`SyncMode`]).
+    pub fn with_sync(mut self, sync: SyncMode) -> FolderSink {
+        self.sync = sync;
+        self
     }
 
     /// The output folder.
@@ -108,7 +150,18 @@ impl Sink for FolderSink {
             output: self.output.clone(),
             temp_name: format!("{}{}.part", self.temp_prefix, Uuid::from_u128(stream).simple()),
             dirs: DirCache::default(),
+            sync_each: self.sync == SyncMode::File,
         })
+    }
+
+    fn flush(&self) -> Result<(), SinkError> {
+        if self.sync != SyncMode::Batch {
+            return Ok(());
+        }
+        let shown = escaped(&self.output.path().to_string_lossy()).into_owned();
+        std::fs::File::open(self.output.path())
+            .and_then(|dir| crate::sys::syncfs(&dir))
+            .map_err(|e| SinkError::new(SinkErrorKind::Io, format!("cannot flush {shown}: {e}")))
     }
 }
 
@@ -117,6 +170,8 @@ struct FolderSession {
     temp_name: String,
     /// The folder of the last file, kept open for the next one.
     dirs: DirCache,
+    /// `--sync file`: flush each file and its folder before it is confirmed.
+    sync_each: bool,
 }
 
 impl FolderSession {
@@ -139,7 +194,7 @@ impl SinkSession for FolderSession {
             self.dirs.clear();
             SinkError::new(SinkErrorKind::Io, format!("cannot create {}: {e}", self.shown(name)))
         })?;
-        Ok(Box::new(FolderFile { incoming, path: self.output.path().join(name) }))
+        Ok(Box::new(FolderFile { incoming, path: self.output.path().join(name), sync: self.sync_each }))
     }
 
     fn make_dir(&mut self, name: &str, mode: u32) -> Result<(), SinkError> {
@@ -151,6 +206,8 @@ struct FolderFile {
     incoming: Incoming,
     /// The final path, for messages.
     path: PathBuf,
+    /// Flush the file before its name appears, and its folder after.
+    sync: bool,
 }
 
 impl FolderFile {
@@ -173,13 +230,28 @@ impl SinkFile for FolderFile {
         replace: bool,
     ) -> Result<(), SinkError> {
         let shown = self.shown();
+        if self.sync {
+            let flushed = self.incoming.file.sync_all();
+            if let Err(e) = flushed {
+                self.incoming.discard();
+                return Err(SinkError::new(SinkErrorKind::Io, format!("cannot flush {shown}: {e}")));
+            }
+        }
+        let folder = self.sync.then(|| self.incoming.folder());
         self.incoming.publish(mode, mtime, replace).map_err(|e| match e.kind() {
             io::ErrorKind::AlreadyExists => SinkError::new(
                 SinkErrorKind::Exists,
                 format!("{shown} already exists: remove it or run the server with --overwrite"),
             ),
             _ => SinkError::new(SinkErrorKind::Io, format!("cannot publish {shown}: {e}")),
-        })
+        })?;
+        // The new name is durable only once its folder is.
+        match folder.map(|dir| crate::sys::fsync_fd(dir.as_fd())) {
+            Some(Err(e)) => {
+                Err(SinkError::new(SinkErrorKind::Io, format!("cannot flush the folder of {shown}: {e}")))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn discard(self: Box<Self>) {

@@ -388,3 +388,15 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
+
+/// Flushes the open file or folder `fd` to stable storage (`fsync`).
+pub fn fsync_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fsync on an open descriptor; no memory is passed.
+    check(unsafe { libc::fsync(fd.as_raw_fd()) })
+}
+
+/// Flushes the whole filesystem that holds `file` (`syncfs`).
+pub fn syncfs(file: &File) -> io::Result<()> {
+    // SAFETY: syncfs on an open descriptor; no memory is passed.
+    check(unsafe { libc::syncfs(file.as_raw_fd()) })
+}

@@ -62,3 +62,37 @@ fn an_output_dir_that_is_a_file_is_named_as_not_a_folder() {
     assert_eq!(fs::read(&out).unwrap(), b"x");
     assert!(!shm_path(&name).exists() && !lock_dir(&name).exists(), "a refused start left files");
 }
+
+#[test]
+fn every_sync_mode_publishes_whole_files_and_a_bad_mode_is_refused() {
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    for i in 0..20 {
+        write_file(&tree, &format!("f{i}.bin"), 1000 * i + 1, i as u64);
+    }
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(work.path(), &[]);
+    for mode in ["none", "file", "batch"] {
+        let out = tempfile::tempdir().unwrap();
+        let server = Server::start(&unique_name(&format!("sync{mode}")), out.path(), &["--sync", mode]);
+        let output = run({
+            let mut c = server.client(&config);
+            c.arg(&tree);
+            c
+        });
+        assert!(output.status.success(), "--sync {mode}: {}", show(&output));
+        for i in 0..20 {
+            let name = format!("f{i}.bin");
+            assert!(
+                fs::read(out.path().join("tree").join(&name)).unwrap() == fs::read(tree.join(&name)).unwrap()
+            );
+        }
+    }
+    let out = tempfile::tempdir().unwrap();
+    let mut server = Server::spawn(&unique_name("syncbad"), out.path(), &["--sync", "always"]);
+    let status = wait_with_deadline(&mut server.child, "a server with a bad --sync");
+    assert_eq!(status.code(), Some(2));
+    wait_until("its message", || !server.stderr().is_empty());
+    assert!(server.stderr().join("\n").contains("use none, file or batch"), "{:?}", server.stderr());
+}

@@ -48,6 +48,10 @@ pub struct ServerCli {
     /// Replace files that already exist in OUTPUT_DIR (default: refuse them).
     #[arg(long = "overwrite")]
     pub overwrite: bool,
+    /// Flush each published file to disk before confirming it: none (as cp and
+    /// rsync), file (each file and its folder), batch (once per group of files).
+    #[arg(long = "sync", value_name = "MODE", default_value = "none")]
+    pub sync: crate::sink::SyncMode,
     /// Drop a stream whose client shows no activity for this many seconds.
     #[arg(long = "idle-timeout", value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,

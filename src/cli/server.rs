@@ -33,6 +33,7 @@ pub fn main(cli: ServerCli) -> ExitStatus {
         overwrite: cli.overwrite,
         idle_timeout: Duration::from_secs(cli.idle_timeout),
         workers,
+        sync: cli.sync,
     };
     let quiet = cli.common.quiet;
     let started = Server::builder(options.name.clone())

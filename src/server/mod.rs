@@ -31,7 +31,7 @@ use crate::segment::{
 };
 use crate::segment::{MAX_WORKERS, SERVER_RUNNING, SERVER_STOPPING};
 use crate::segment::{PHASE_IDLE, PHASE_RECEIVING, PHASE_WAITING_FOR_SPACE, RECORD_DROPPED};
-use crate::sink::{FolderSink, Sink, SinkError, SinkErrorKind, SinkFile, SinkSession};
+use crate::sink::{FolderSink, Sink, SinkError, SinkErrorKind, SinkFile, SinkSession, SyncMode};
 use crate::sys;
 use crate::wait::{spin_until, SPIN};
 use crate::ExitStatus;
@@ -67,6 +67,8 @@ pub struct ServerOptions {
     pub idle_timeout: Duration,
     /// Worker threads writing files (at most 16).
     pub workers: usize,
+    /// When published files are flushed (default: never, as `cp` does).
+    pub sync: SyncMode,
 }
 
 /// What a server tells its owner: ready, each file published or failed, and notices.
@@ -219,6 +221,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Flush published files: never (default), each, or once per group.
+    pub fn sync(mut self, sync: SyncMode) -> Self {
+        self.options.sync = sync;
+        self
+    }
+
     /// Drop a stream whose client shows no activity this long (default 30 s).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.options.idle_timeout = timeout;
@@ -295,6 +303,7 @@ impl Server {
                 overwrite: false,
                 idle_timeout: Duration::from_secs(30),
                 workers,
+                sync: SyncMode::None,
             },
             sink: None,
             events: None,
@@ -354,8 +363,10 @@ fn run_server(
     let server_guard = claim_name(&server_lock, &locks, &options.name)?;
     let output =
         if folder { options.output_dir.display().to_string() } else { "the program's own sink".into() };
-    let sink: Arc<dyn Sink> =
-        sink.unwrap_or_else(|| Arc::new(FolderSink::new(&options.output_dir, &temp_prefix(&options.name))));
+    let sink: Arc<dyn Sink> = sink.unwrap_or_else(|| {
+        let prefix = temp_prefix(&options.name);
+        Arc::new(FolderSink::new(&options.output_dir, &prefix).with_sync(options.sync))
+    });
     let started = start(options, locks.clone(), sink, events, stop, folder);
     let result = started.and_then(|shared| serve(shared, ready, output));
     drop(server_guard);

@@ -65,6 +65,8 @@ pub(super) struct Stream {
     pub(super) sink: Box<dyn SinkSession>,
     /// The record's `client_beat` when last seen.
     pub(super) client_beat: u32,
+    /// `--sync batch`: a published file whose `Done` waits for the flush.
+    pub(super) pending_done: Option<u64>,
 }
 
 impl Stream {
@@ -89,6 +91,7 @@ impl Stream {
             ring: Consumer::default(),
             sink: shared.sink.session(offer.ticket.guid.as_u128()),
             client_beat: 0,
+            pending_done: None,
         }
     }
 
@@ -401,7 +404,12 @@ impl Stream {
                     _ => size,
                 };
                 (shared.events)(&done);
-                self.reply(shared, ServerReply::Done { bytes });
+                if shared.options.sync == SyncMode::Batch {
+                    // Confirmed once the worker has flushed this pass's files.
+                    self.pending_done = Some(bytes);
+                } else {
+                    self.reply(shared, ServerReply::Done { bytes });
+                }
             }
             Err(failure) => self.fail(shared, failure),
         }

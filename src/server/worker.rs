@@ -62,6 +62,7 @@ impl Worker {
         for stream in &mut self.streams {
             progressed |= stream.poll(&self.shared);
         }
+        self.confirm_flushed();
         let mut index = 0;
         while index < self.streams.len() {
             if self.streams[index].is_closed() {
@@ -73,6 +74,25 @@ impl Worker {
             }
         }
         progressed
+    }
+
+    /// `--sync batch`: one flush for every file this pass published, then their
+    /// confirmations. A failed flush fails them (their files stay published).
+    fn confirm_flushed(&mut self) {
+        if !self.streams.iter().any(|s| s.pending_done.is_some()) {
+            return;
+        }
+        let flushed = self.shared.sink.flush();
+        for stream in &mut self.streams {
+            let Some(bytes) = stream.pending_done.take() else { continue };
+            match &flushed {
+                Ok(()) => stream.reply(&self.shared, ServerReply::Done { bytes }),
+                Err(e) => {
+                    let message = format!("published, but not flushed: {e}");
+                    stream.fail(&self.shared, failure(ErrorCode::Io, message));
+                }
+            }
+        }
     }
 
     /// Tells every client the server is going away and cleans up their streams.
