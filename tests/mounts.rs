@@ -99,3 +99,32 @@ fn a_read_only_output_dir_fails_clearly_and_the_server_recovers() {
     assert!(output.status.success(), "{}", show(&output));
     assert!(fs::read(small.dir.join("ro.bin")).unwrap() == fs::read(&file).unwrap());
 }
+
+/// The point of sharing memory rather than a folder: a client in its own mount
+/// namespace (a container, a sandbox) whose files only it can see, sharing only
+/// /dev/shm with the server, still delivers them.
+#[test]
+fn a_client_in_its_own_mount_namespace_sends_files_only_it_can_see() {
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("mountns"), out.path(), &[]);
+    let private = tempfile::tempdir().unwrap();
+    let dir = private.path().display().to_string();
+    // Inside: a private tmpfs over `dir`, a file written there, sent from there.
+    let script = format!(
+        "mount -t tmpfs tmpfs '{dir}' && printf 'made inside' > '{dir}/inside.txt' && '{CLIENT}' --name '{}' '{dir}/inside.txt'",
+        server.name
+    );
+    let output =
+        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output();
+    let Ok(output) = output else {
+        eprintln!("skipped: unshare is not installed");
+        return;
+    };
+    if !output.status.success() && stderr_of(&output).contains("unshare:") {
+        eprintln!("skipped: cannot make a mount namespace here (needs root): {}", stderr_of(&output));
+        return;
+    }
+    assert!(output.status.success(), "{}", show(&output));
+    assert!(!private.path().join("inside.txt").exists(), "the file was visible outside the namespace");
+    assert_eq!(fs::read(out.path().join("inside.txt")).unwrap(), b"made inside");
+}
