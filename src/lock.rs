@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use named_lock::{NamedLock, NamedLockGuard};
@@ -24,10 +24,13 @@ pub const HANDOUT_LOCK: &str = "handout.lock";
 /// Holds the live server's pid, for the "already running" message.
 pub const SERVER_PID_FILE: &str = "server.pid";
 
-/// The private lock folder of one segment name.
+/// The lock folder of one segment name: private to the server's user (0700), or
+/// shared with one group (2770, `sharedserver --group`).
 #[derive(Debug, Clone)]
 pub struct LockDir {
     path: PathBuf,
+    /// The group lock files are shared with, if any.
+    group: Option<u32>,
 }
 
 /// Checks a segment name: it becomes a file name in /dev/shm and part of the lock
@@ -49,24 +52,50 @@ impl LockDir {
     /// Creates the folder (0700) if needed and refuses one that is a symlink, not a
     /// folder, or owned by someone else: an attacker could have planted it.
     pub fn create(name: &str) -> io::Result<LockDir> {
+        Self::create_for(name, None)
+    }
+
+    /// As `create`, shared with `group` if given: the folder becomes 2770 and that
+    /// group's, and every lock file in it 0660 (so members can take locks).
+    pub fn create_for(name: &str, group: Option<u32>) -> io::Result<LockDir> {
         let path = Self::path_for(name);
         match fs::DirBuilder::new().mode(0o700).create(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        let dir = LockDir { path };
+        let dir = LockDir { path, group };
         dir.check_owned()?;
-        // Ours: make sure nobody else can plant or open locks in it.
-        fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o700))?;
+        match group {
+            Some(gid) => {
+                std::os::unix::fs::chown(&dir.path, None, Some(gid))?;
+                fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o2770))?;
+            }
+            // Ours alone: make sure nobody else can plant or open locks in it.
+            None => fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o700))?,
+        }
         Ok(dir)
     }
 
     /// Opens an existing folder (a client: the server made it). Changes nothing.
     pub fn open(name: &str) -> io::Result<LockDir> {
-        let dir = LockDir { path: Self::path_for(name) };
-        dir.check_owned()?;
-        Ok(dir)
+        let dir = LockDir { path: Self::path_for(name), group: None };
+        match dir.check_owned() {
+            Ok(()) => Ok(dir),
+            // Another user's server that shares its folder with a group of ours.
+            Err(e) => match dir.shared_group() {
+                Some(gid) => Ok(LockDir { group: Some(gid), ..dir }),
+                None => Err(e),
+            },
+        }
+    }
+
+    /// The folder's group, if it is a shared lock folder (a real folder, 2770) and
+    /// we are a member of that group.
+    fn shared_group(&self) -> Option<u32> {
+        let meta = fs::symlink_metadata(&self.path).ok()?;
+        let shared = meta.file_type().is_dir() && meta.mode() & 0o7777 == 0o2770;
+        (shared && sys::current_groups().contains(&meta.gid())).then_some(meta.gid())
     }
 
     fn check_owned(&self) -> io::Result<()> {
@@ -97,7 +126,20 @@ impl LockDir {
     /// The named lock on `file` in the folder (the file is created if missing); not
     /// acquired yet.
     pub fn lock(&self, file: &str) -> io::Result<NamedLock> {
-        NamedLock::with_path(self.path.join(file)).map_err(|e| io::Error::other(e.to_string()))
+        let path = self.path.join(file);
+        if self.group.is_some() {
+            // Shared: the file must be 0660 whatever the umask of whoever made it.
+            let made = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o660)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)?;
+            if made.metadata()?.uid() == sys::current_uid() {
+                made.set_permissions(fs::Permissions::from_mode(0o660))?;
+            }
+        }
+        NamedLock::with_path(path).map_err(|e| io::Error::other(e.to_string()))
     }
 
     /// The lock file name of stream `guid`: `<guid>.lock`, the GUID as 32 hex digits.

@@ -121,6 +121,11 @@ impl fmt::Display for SegmentError {
                 f,
                 "segment '{name}' has layout version {found}, this program speaks version {LAYOUT_VERSION}: run client and server from the same build"
             ),
+            Self::Os { name, action, source } if source.kind() == io::ErrorKind::PermissionDenied => write!(
+                f,
+                "cannot {action} segment '{name}': permission denied: it belongs to another user, whose \
+                 server must share it with a group of yours (sharedserver --group)"
+            ),
             Self::Os { name, action, source } => write!(f, "cannot {action} segment '{name}': {source}"),
         }
     }

@@ -400,3 +400,31 @@ pub fn syncfs(file: &File) -> io::Result<()> {
     // SAFETY: syncfs on an open descriptor; no memory is passed.
     check(unsafe { libc::syncfs(file.as_raw_fd()) })
 }
+
+/// The groups this process is in: its group and its supplementary groups (from
+/// `/proc/self/status`).
+pub fn current_groups() -> Vec<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |key: &str| -> Vec<u32> {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .map(|rest| rest.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+            .unwrap_or_default()
+    };
+    let mut groups = field("Groups:");
+    groups.extend(field("Gid:").first());
+    groups
+}
+
+/// The id of group `name` (from `/etc/group`), or `name` itself if it is a number.
+pub fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse() {
+        return Some(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then(|| fields.nth(1)?.parse().ok())?
+    })
+}

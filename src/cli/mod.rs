@@ -48,6 +48,10 @@ pub struct ServerCli {
     /// Replace files that already exist in OUTPUT_DIR (default: refuse them).
     #[arg(long = "overwrite")]
     pub overwrite: bool,
+    /// Let members of GROUP send: the segment and lock folder become group-accessible
+    /// (0660 / 2770). Files received still belong to the server's user.
+    #[arg(long = "group", value_name = "GROUP")]
+    pub group: Option<String>,
     /// Flush each published file to disk before confirming it: none (as cp and
     /// rsync), file (each file and its folder), batch (once per group of files).
     #[arg(long = "sync", value_name = "MODE", default_value = "none")]

@@ -26,6 +26,14 @@ pub fn main(cli: ServerCli) -> ExitStatus {
         .workers
         .map(|n| n as usize)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let group = match cli.group.as_deref().map(|name| (name, sys::group_id(name))) {
+        None => None,
+        Some((_, Some(gid))) => Some(gid),
+        Some((name, None)) => {
+            errln!("sharedserver: --group {name}: no such group (see /etc/group)");
+            return ExitStatus::Usage;
+        }
+    };
     let options = ServerOptions {
         name: cli.common.name,
         size: cli.size,
@@ -34,6 +42,7 @@ pub fn main(cli: ServerCli) -> ExitStatus {
         idle_timeout: Duration::from_secs(cli.idle_timeout),
         workers,
         sync: cli.sync,
+        group,
     };
     let quiet = cli.common.quiet;
     let started = Server::builder(options.name.clone())

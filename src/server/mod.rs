@@ -69,6 +69,9 @@ pub struct ServerOptions {
     pub workers: usize,
     /// When published files are flushed (default: never, as `cp` does).
     pub sync: SyncMode,
+    /// Share the segment and lock folder with this group (its members can send);
+    /// `None`: the server's user alone.
+    pub group: Option<u32>,
 }
 
 /// What a server tells its owner: ready, each file published or failed, and notices.
@@ -221,6 +224,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Share the segment with group `gid`: its members can send (default: only the
+    /// server's user).
+    pub fn group(mut self, gid: u32) -> Self {
+        self.options.group = Some(gid);
+        self
+    }
+
     /// Flush published files: never (default), each, or once per group.
     pub fn sync(mut self, sync: SyncMode) -> Self {
         self.options.sync = sync;
@@ -304,6 +314,7 @@ impl Server {
                 idle_timeout: Duration::from_secs(30),
                 workers,
                 sync: SyncMode::None,
+                group: None,
             },
             sink: None,
             events: None,
@@ -352,7 +363,7 @@ fn run_server(
     ready: mpsc::Sender<()>,
 ) -> Result<(), ServerError> {
     let folder = sink.is_none();
-    let locks = LockDir::create(&options.name).map_err(|e| {
+    let locks = LockDir::create_for(&options.name, options.group).map_err(|e| {
         ServerError::Start(format!(
             "cannot use lock folder {}: {e}",
             LockDir::path_for(&options.name).display()
@@ -457,6 +468,14 @@ fn start(
         remove_stale_temp_files(&options.output_dir, &options.name);
     }
     let segment = Segment::create(&options.name, options.size).map_err(ServerError::Segment)?;
+    if let Some(gid) = options.group {
+        // Members of the group may map it; nobody else (clients check nothing more:
+        // every record they write is untrusted anyway).
+        let path = segment::shm_path(&options.name);
+        std::os::unix::fs::chown(&path, None, Some(gid))
+            .and_then(|()| fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o660)))
+            .map_err(ServerError::io(format!("cannot share {} with group {gid}", path.display())))?;
+    }
     // Only now that the server is sure to run is OUTPUT_DIR made (a refused start
     // leaves nothing behind; the segment goes with `segment` on an error here).
     if folder {

@@ -1,0 +1,120 @@
+//! Other users: a server shares its segment with a group (`--group`); members send,
+//! anyone else is refused with a clear message, files belong to the server's user,
+//! and one member's dead client does not hurt another's transfer. Needs root to make
+//! a group and two users (CI runs as root); elsewhere the test says so and returns.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// A group and two users made for one test run, removed on drop.
+struct Accounts {
+    group: String,
+    member: String,
+    other: String,
+}
+
+impl Accounts {
+    fn make() -> Option<Accounts> {
+        let tag = std::process::id();
+        let accounts =
+            Accounts { group: format!("sxg{tag}"), member: format!("sxm{tag}"), other: format!("sxo{tag}") };
+        let quiet = |args: &[&str]| {
+            Command::new(args[0])
+                .args(&args[1..])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !quiet(&["groupadd", &accounts.group]) {
+            eprintln!("skipped: cannot make a group here (needs root and groupadd)");
+            return None;
+        }
+        let made = quiet(&["useradd", "-M", "-N", "-g", "nogroup", "-G", &accounts.group, &accounts.member])
+            && quiet(&["useradd", "-M", "-N", "-g", "nogroup", &accounts.other]);
+        if !made {
+            eprintln!("skipped: cannot make users here (needs root and useradd)");
+            return None;
+        }
+        Some(accounts)
+    }
+
+    /// `sharedclient ARGS` run as `user`.
+    fn client_as(&self, user: &str, name: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("runuser");
+        command.args(["-u", user, "--", CLIENT, "--name", name]).args(args);
+        command
+    }
+}
+
+impl Drop for Accounts {
+    fn drop(&mut self) {
+        for user in [&self.member, &self.other] {
+            let _ = Command::new("userdel").arg(user).stderr(Stdio::null()).status();
+        }
+        let _ = Command::new("groupdel").arg(&self.group).stderr(Stdio::null()).status();
+    }
+}
+
+#[test]
+fn members_of_the_group_send_others_are_refused_and_files_are_the_servers() {
+    let Some(accounts) = Accounts::make() else { return };
+    // Sources every user can read.
+    let src = tempfile::tempdir().unwrap();
+    fs::set_permissions(src.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let file = write_file(src.path(), "shared.txt", 5000, 1);
+    let big = write_file(src.path(), "big.bin", 16 << 20, 2);
+    for path in [&file, &big] {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("group"), out.path(), &["--group", &accounts.group]);
+    assert_eq!(fs::metadata(shm_path(&server.name)).unwrap().mode() & 0o777, 0o660);
+
+    let path = file.display().to_string();
+    let output = run(accounts.client_as(&accounts.member, &server.name, &[&path]));
+    assert!(output.status.success(), "a member: {}", show(&output));
+    let arrived = fs::metadata(out.path().join("shared.txt")).unwrap();
+    assert_eq!(arrived.uid(), 0, "received files belong to the server's user");
+    assert!(fs::read(out.path().join("shared.txt")).unwrap() == fs::read(&file).unwrap());
+
+    let output = run(accounts.client_as(&accounts.other, &server.name, &[&path, "--as", "other.txt"]));
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("sharedserver --group"), "{}", show(&output));
+    assert!(!out.path().join("other.txt").exists());
+
+    // A member's client killed mid-transfer: the server drops only its stream.
+    let mut dying = accounts
+        .client_as(&accounts.member, &server.name, &["-", "--as", "dying.bin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = dying.stdin.take().unwrap();
+        stdin.write_all(&pattern(1 << 20, 3)).unwrap();
+        stdin.flush().unwrap();
+        server.wait_for_line("the dying stream", |_| !server.temp_files().is_empty());
+        // runuser waits for the client it started: kill the client itself, then
+        // let runuser go (the client is dead, the pipe is never closed cleanly).
+        let children = format!("/proc/{0}/task/{0}/children", dying.id());
+        let client: u32 =
+            fs::read_to_string(children).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+        signal(client, "KILL");
+        let _ = dying.wait();
+        drop(stdin);
+    }
+    let big_path = big.display().to_string();
+    let output = run(accounts.client_as(&accounts.member, &server.name, &[&big_path]));
+    assert!(output.status.success(), "{}", show(&output));
+    assert!(fs::read(out.path().join("big.bin")).unwrap() == fs::read(&big).unwrap());
+    server.wait_for_line("the dead client's stream dropped", |l| l.starts_with("failed dying.bin"));
+    assert!(!out.path().join("dying.bin").exists(), "a dead client's file was published");
+}
