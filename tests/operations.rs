@@ -96,3 +96,76 @@ fn every_sync_mode_publishes_whole_files_and_a_bad_mode_is_refused() {
     wait_until("its message", || !server.stderr().is_empty());
     assert!(server.stderr().join("\n").contains("use none, file or batch"), "{:?}", server.stderr());
 }
+
+#[test]
+fn max_file_size_refuses_big_files_whatever_their_source_and_others_pass() {
+    let src = tempfile::tempdir().unwrap();
+    let small = write_file(src.path(), "small.bin", 10_000, 1);
+    let big = write_file(src.path(), "big.bin", 100_000, 2);
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("maxsize"), out.path(), &["--max-file-size", "64K"]);
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(work.path(), &[]);
+    let output = run({
+        let mut c = server.client(&config);
+        c.arg(&small).arg(&big);
+        c
+    });
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(
+        stderr_of(&output).contains("big.bin is larger than this server takes (--max-file-size 64 KiB)"),
+        "{}",
+        show(&output)
+    );
+    assert!(out.path().join("small.bin").exists() && !out.path().join("big.bin").exists());
+    // A pipe announces no size: it is stopped as it passes the limit.
+    let mut piped = server.client(&config);
+    piped.args(["-", "--as", "piped.bin"]).stdin(std::process::Stdio::from(fs::File::open(&big).unwrap()));
+    let output = run(piped);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("--max-file-size"), "{}", show(&output));
+    assert!(!out.path().join("piped.bin").exists());
+}
+
+#[test]
+fn one_client_cannot_hold_more_streams_than_its_quota_and_others_are_served() {
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    for i in 0..8 {
+        write_file(&tree, &format!("f{i}.bin"), 200_000 + i, i as u64);
+    }
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("quota"), out.path(), &["--max-streams-per-client", "2"]);
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(work.path(), &[]);
+    let greedy = run({
+        let mut c = server.client(&config);
+        c.args(["-j", "6"]).arg(&tree);
+        c
+    });
+    assert_eq!(greedy.status.code(), Some(1), "{}", show(&greedy));
+    assert!(stderr_of(&greedy).contains("--max-streams-per-client"), "{}", show(&greedy));
+    // Whatever arrived is whole; a client within the quota gets everything.
+    let second = tempfile::tempdir().unwrap();
+    let copy = second.path().join("again");
+    fs::create_dir(&copy).unwrap();
+    for i in 0..8 {
+        fs::copy(tree.join(format!("f{i}.bin")), copy.join(format!("f{i}.bin"))).unwrap();
+    }
+    let polite = run({
+        let mut c = server.client(&config);
+        c.args(["-j", "2"]).arg(&copy);
+        c
+    });
+    assert!(polite.status.success(), "{}", show(&polite));
+    for i in 0..8 {
+        let name = format!("f{i}.bin");
+        assert!(
+            fs::read(out.path().join("again").join(&name)).unwrap() == fs::read(tree.join(&name)).unwrap()
+        );
+        if let Ok(got) = fs::read(out.path().join("tree").join(&name)) {
+            assert!(got == fs::read(tree.join(&name)).unwrap(), "{name} arrived torn");
+        }
+    }
+}

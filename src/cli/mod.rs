@@ -48,6 +48,13 @@ pub struct ServerCli {
     /// Replace files that already exist in OUTPUT_DIR (default: refuse them).
     #[arg(long = "overwrite")]
     pub overwrite: bool,
+    /// Streams one client process may hold at once; more are refused, so one client
+    /// cannot take every record.
+    #[arg(long = "max-streams-per-client", value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_streams_per_client: u64,
+    /// Refuse files larger than SIZE (bytes, or with K, M, G), whatever their source.
+    #[arg(long = "max-file-size", value_name = "SIZE", value_parser = parse_size)]
+    pub max_file_size: Option<u64>,
     /// Let members of GROUP send: the segment and lock folder become group-accessible
     /// (0660 / 2770). Files received still belong to the server's user.
     #[arg(long = "group", value_name = "GROUP")]

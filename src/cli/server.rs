@@ -43,6 +43,8 @@ pub fn main(cli: ServerCli) -> ExitStatus {
         workers,
         sync: cli.sync,
         group,
+        max_file_size: cli.max_file_size,
+        max_streams_per_client: cli.max_streams_per_client as usize,
     };
     let quiet = cli.common.quiet;
     let started = Server::builder(options.name.clone())

@@ -72,6 +72,10 @@ pub struct ServerOptions {
     /// Share the segment and lock folder with this group (its members can send);
     /// `None`: the server's user alone.
     pub group: Option<u32>,
+    /// Refuse files larger than this many bytes (`None`: any size).
+    pub max_file_size: Option<u64>,
+    /// Streams one client process may hold at once; more are refused (default 64).
+    pub max_streams_per_client: usize,
 }
 
 /// What a server tells its owner: ready, each file published or failed, and notices.
@@ -231,6 +235,18 @@ impl ServerBuilder {
         self
     }
 
+    /// Streams one client process may hold at once (default 64).
+    pub fn max_streams_per_client(mut self, streams: usize) -> Self {
+        self.options.max_streams_per_client = streams;
+        self
+    }
+
+    /// Refuse files larger than `bytes` (default: any size).
+    pub fn max_file_size(mut self, bytes: u64) -> Self {
+        self.options.max_file_size = Some(bytes);
+        self
+    }
+
     /// Flush published files: never (default), each, or once per group.
     pub fn sync(mut self, sync: SyncMode) -> Self {
         self.options.sync = sync;
@@ -315,6 +331,8 @@ impl Server {
                 workers,
                 sync: SyncMode::None,
                 group: None,
+                max_file_size: None,
+                max_streams_per_client: 64,
             },
             sink: None,
             events: None,
@@ -394,6 +412,8 @@ struct Shared {
     stopping: AtomicBool,
     /// Set by `Server::shutdown` (or drop): the handout loop ends.
     stop: Arc<AtomicBool>,
+    /// Live streams per client pid, for `--max-streams-per-client`.
+    clients: Mutex<std::collections::HashMap<u32, usize>>,
     /// Live streams per worker, to place new ones on the least loaded.
     loads: Vec<AtomicUsize>,
     /// Where received files go.
@@ -493,6 +513,7 @@ fn start(
         options,
         stopping: AtomicBool::new(false),
         stop,
+        clients: Mutex::new(std::collections::HashMap::new()),
     };
     shared.publish_stats(&shared.alloc.lock().expect("allocator lock"));
     Ok(Arc::new(shared))

@@ -31,7 +31,14 @@ pub(super) fn handout_loop(
             if let Some(pid) = pid {
                 let offer = offered.take().expect("checked above");
                 let worker = offer.worker;
-                let stream = Stream::activate(shared, offer, pid);
+                let mut stream = Stream::activate(shared, offer, pid);
+                let held = {
+                    let mut clients = shared.clients.lock().expect("client count lock");
+                    let held = clients.entry(pid).or_insert(0);
+                    *held += 1;
+                    *held
+                };
+                stream.over_quota = held > shared.options.max_streams_per_client;
                 shared.loads[worker].fetch_add(1, Ordering::Relaxed);
                 workers[worker].send(stream).map_err(|_| internal("a worker thread died"))?;
                 header.doorbells[worker].notify();

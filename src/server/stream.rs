@@ -67,6 +67,12 @@ pub(super) struct Stream {
     pub(super) client_beat: u32,
     /// `--sync batch`: a published file whose `Done` waits for the flush.
     pub(super) pending_done: Option<u64>,
+    /// The last transfer failed and the client has not spoken since: its Finish,
+    /// posted before it read the failure, is not answered again.
+    pub(super) failed_transfer: bool,
+    /// Its client holds more streams than `--max-streams-per-client`: every
+    /// command but giving the stream back is refused.
+    pub(super) over_quota: bool,
 }
 
 impl Stream {
@@ -92,6 +98,8 @@ impl Stream {
             sink: shared.sink.session(offer.ticket.guid.as_u128()),
             client_beat: 0,
             pending_done: None,
+            over_quota: false,
+            failed_transfer: false,
         }
     }
 
@@ -159,6 +167,11 @@ impl Stream {
                     ),
                 ));
             }
+            if let Some(max) = shared.options.max_file_size {
+                if transfer.written.saturating_add(len) > max {
+                    return Err(too_big(&transfer.name, max));
+                }
+            }
             let buffer = shared
                 .segment
                 .buffer(offset, len)
@@ -195,6 +208,17 @@ impl Stream {
         let Some(command) = self.next_command(shared) else { return false };
         self.last_activity = Instant::now();
         match command {
+            // Over its quota a client may only give the stream back.
+            Ok(command @ (ClientCommand::Abort { .. } | ClientCommand::Close)) => {
+                self.execute(shared, command)
+            }
+            Ok(_) if self.over_quota => {
+                let limit = shared.options.max_streams_per_client;
+                let message = format!(
+                    "this client already has {limit} streams open (--max-streams-per-client): use fewer --jobs"
+                );
+                self.fail(shared, failure(ErrorCode::BadRequest, message));
+            }
             Ok(command) => self.execute(shared, command),
             Err(e) => self.fail(shared, failure(ErrorCode::BadRequest, format!("malformed command: {e}"))),
         }
@@ -212,6 +236,13 @@ impl Stream {
     }
 
     pub(super) fn execute(&mut self, shared: &Shared, command: ClientCommand) {
+        // A Finish the client posted before it read that its transfer failed: the
+        // failure is the answer (a second error would overwrite it in the mailbox).
+        if self.failed_transfer && matches!(command, ClientCommand::Finish { .. }) {
+            self.failed_transfer = false;
+            return;
+        }
+        self.failed_transfer = false;
         match (command, &self.state) {
             (ClientCommand::Open { name, size, meta }, State::Idle) => self.open(shared, name, size, meta),
             (ClientCommand::Put { name, size, checksum, meta }, State::Idle) => {
@@ -251,6 +282,9 @@ impl Stream {
             let message =
                 format!("names starting with {TEMP_MARK} are reserved for the server's temporary files");
             return Err(failure(ErrorCode::BadRequest, message));
+        }
+        if let Some(max) = shared.options.max_file_size.filter(|&max| !meta.size_is_hint && size > max) {
+            return Err(too_big(&name, max));
         }
         // Fail a big transfer before it starts; a small one (`early == false`) is
         // refused just as surely by the no-clobber publish.
@@ -436,6 +470,7 @@ impl Stream {
     /// them leave EMPTY and reads the error), and the buffers go when the client
     /// answers with Abort or Close, or exits.
     pub(super) fn fail(&mut self, shared: &Shared, failure: Failure) {
+        self.failed_transfer = self.has_transfer();
         self.remove_transfer();
         self.revoke_ring(shared);
         shared.segment.header().streams_failed.fetch_add(1, Ordering::Relaxed);
@@ -541,6 +576,14 @@ impl Stream {
     /// Frees the record and its lock file; the stream is gone.
     pub(super) fn release(mut self, shared: &Shared) {
         self.drop_transfer(shared);
+        let mut clients = shared.clients.lock().expect("client count lock");
+        if let Some(held) = clients.get_mut(&self.client_pid) {
+            *held -= 1;
+            if *held == 0 {
+                clients.remove(&self.client_pid);
+            }
+        }
+        drop(clients);
         if let Ok(record) = shared.segment.record(self.offset) {
             // SYNC POINT (record state): pairs with the Acquire in `status::stream_at`.
             record.state.store(segment::RECORD_FREE, Ordering::Release);
@@ -568,6 +611,15 @@ pub(super) fn allocate_ring(shared: &Shared, chunk: u64, wanted: usize) -> Vec<(
         ring.push((offset, chunk));
     }
     ring
+}
+
+/// A file past `--max-file-size`, named.
+fn too_big(name: &str, max: u64) -> Failure {
+    let limit = crate::segment::human_bytes(max);
+    failure(
+        ErrorCode::BadRequest,
+        format!("{} is larger than this server takes (--max-file-size {limit})", escaped(name)),
+    )
 }
 
 /// A sink's refusal as the client will hear it.
