@@ -109,10 +109,19 @@ impl LockDir {
             )));
         }
         if meta.uid() != sys::current_uid() {
+            let owner = sys::user_name(meta.uid()).map_or(format!("user id {}", meta.uid()), |name| {
+                format!("user {name} (uid {})", meta.uid())
+            });
+            let segment = Path::new(SHM_DIR).join(self.path.file_stem().unwrap_or_default());
+            let live = if segment.exists() {
+                ", and a segment of that name exists: their server may be running"
+            } else {
+                ""
+            };
             return Err(refuse(format!(
-                "{} belongs to user id {}, not to you: remove it or pick another --name",
+                "{} belongs to {owner}{live}: it is their server's name; to send to it, ask them to run it \
+                 with --group; otherwise pick another --name (never remove it while their server runs)",
                 self.path.display(),
-                meta.uid()
             )));
         }
         Ok(())
@@ -221,7 +230,12 @@ mod tests {
         }
         let err = LockDir::create(&name).unwrap_err();
         fs::remove_dir(&path).unwrap();
-        assert!(err.to_string().contains("belongs to user id 65534"), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("uid 65534") && text.contains("--group"), "{text}");
+        assert!(
+            text.contains("never remove it while their server runs"),
+            "says not to break a live server: {text}"
+        );
     }
 
     #[test]

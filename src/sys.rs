@@ -428,3 +428,13 @@ pub fn group_id(name: &str) -> Option<u32> {
         (fields.next()? == name).then(|| fields.nth(1)?.parse().ok())?
     })
 }
+
+/// The login name of user `uid` (from `/etc/passwd`).
+pub fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+    })
+}
