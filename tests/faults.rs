@@ -51,8 +51,11 @@ fn a_file_over_the_size_limit_fails_alone_and_the_server_goes_on() {
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
     let err = stderr_of(&output);
     assert!(err.contains("stream 1: failed") && err.contains("File too large"), "{}", show(&output));
+    // The message names the user's file, never only a temporary one.
+    let user_file = out.path().join("toobig.bin").display().to_string();
+    assert!(err.contains(&user_file) && !err.contains(".part"), "{}", show(&output));
     let line = server.wait_for_line("the failure", |l| l.starts_with("failed toobig.bin"));
-    assert!(line.contains("File too large"), "{line}");
+    assert!(line.contains("File too large") && line.contains(&user_file), "{line}");
     wait_until("the temporary file removed", || server.temp_files().is_empty());
     assert!(!out.path().join("toobig.bin").exists());
     assert_alive(&server);

@@ -169,3 +169,23 @@ fn one_client_cannot_hold_more_streams_than_its_quota_and_others_are_served() {
         }
     }
 }
+
+#[test]
+fn quiet_hides_published_files_but_never_failures() {
+    let src = tempfile::tempdir().unwrap();
+    let file = write_file(src.path(), "twice.bin", 1000, 1);
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("quiet"), out.path(), &["--quiet"]);
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(work.path(), &[]);
+    for _ in 0..2 {
+        let _ = run({
+            let mut c = server.client(&config);
+            c.arg(&file);
+            c
+        });
+    }
+    let line = server.wait_for_line("the refused resend", |l| l.starts_with("failed twice.bin"));
+    assert!(line.contains("already exists"), "{line}");
+    assert!(server.stdout().iter().all(|l| !l.starts_with("done ")), "{:?}", server.stdout());
+}
