@@ -258,3 +258,76 @@ impl SinkFile for FolderFile {
         self.incoming.discard();
     }
 }
+
+/// Published files by name, in memory.
+pub type Files = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Vec<u8>>>>;
+
+/// A sink that keeps every published file in memory (small files, tests, a
+/// program that wants the bytes rather than a folder). Folders are accepted and
+/// not recorded; modes and times are not kept. Clones share the same files.
+#[derive(Debug, Clone, Default)]
+pub struct MemorySink {
+    files: Files,
+}
+
+impl MemorySink {
+    /// An empty sink.
+    pub fn new() -> MemorySink {
+        MemorySink::default()
+    }
+
+    /// The files published so far, by name (shared with the running server).
+    pub fn files(&self) -> Files {
+        std::sync::Arc::clone(&self.files)
+    }
+}
+
+impl Sink for MemorySink {
+    fn session(&self, _stream: u128) -> Box<dyn SinkSession> {
+        Box::new(self.clone())
+    }
+}
+
+impl SinkSession for MemorySink {
+    fn exists(&mut self, name: &str) -> bool {
+        self.files.lock().expect("memory sink lock").contains_key(name)
+    }
+
+    fn create(&mut self, name: &str) -> Result<Box<dyn SinkFile>, SinkError> {
+        Ok(Box::new(MemoryFile { name: name.to_owned(), bytes: Vec::new(), files: self.files() }))
+    }
+
+    fn make_dir(&mut self, _name: &str, _mode: u32) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+struct MemoryFile {
+    name: String,
+    bytes: Vec<u8>,
+    files: Files,
+}
+
+impl SinkFile for MemoryFile {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
+        self.bytes.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn publish(
+        self: Box<Self>,
+        _mode: u32,
+        _mtime: Option<SystemTime>,
+        replace: bool,
+    ) -> Result<(), SinkError> {
+        let mut files = self.files.lock().expect("memory sink lock");
+        if !replace && files.contains_key(&self.name) {
+            let message = format!("{} already exists: run the server with --overwrite", escaped(&self.name));
+            return Err(SinkError::new(SinkErrorKind::Exists, message));
+        }
+        files.insert(self.name, self.bytes);
+        Ok(())
+    }
+
+    fn discard(self: Box<Self>) {}
+}
