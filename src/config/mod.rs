@@ -35,6 +35,10 @@ use quick_xml::events::attributes::AttrError;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
+mod xml;
+
+use xml::{find, is_reserved_attribute, line_col, name_of, offset_in, snippet, to_offset, Attr, OpenTag};
+
 /// File name the programs look for when no options file is given.
 pub const DEFAULT_CONFIG: &str = "options.xml";
 
@@ -172,16 +176,6 @@ impl Config {
     }
 }
 
-/// 1-based line and column of byte `offset` in `text`. Columns count characters
-/// (UTF-8 continuation bytes are skipped) so they match what an editor shows.
-fn line_col(text: &[u8], offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |newline| newline + 1);
-    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let column = before[line_start..].iter().filter(|&&b| b & 0xC0 != 0x80).count() + 1;
-    (line, column)
-}
-
 /// The text being parsed and what errors need to name it.
 struct Doc<'a> {
     text: &'a str,
@@ -202,60 +196,6 @@ impl Doc<'_> {
     fn invalid(&self, offset: usize, message: impl Into<String>) -> ConfigError {
         let (line, column) = self.line_col(offset);
         ConfigError::Invalid { path: self.source.to_path_buf(), line, column, message: message.into() }
-    }
-}
-
-/// An element whose end tag has not been seen yet.
-struct OpenTag {
-    name: String,
-    offset: usize,
-}
-
-/// One attribute, unescaped, with the byte offset of its name in the document.
-struct Attr {
-    name: String,
-    value: String,
-    offset: usize,
-}
-
-fn find<'a>(attrs: &'a [Attr], name: &str) -> Option<&'a Attr> {
-    attrs.iter().find(|attr| attr.name == name)
-}
-
-fn name_of(tag: &BytesStart) -> String {
-    String::from_utf8_lossy(tag.name().as_ref()).into_owned()
-}
-
-/// Byte offset of `inner` within `outer`. Attribute keys borrow from the tag's
-/// buffer, so this locates an attribute without re-scanning the tag.
-fn offset_in(outer: &[u8], inner: &[u8]) -> usize {
-    let diff = (inner.as_ptr() as usize).wrapping_sub(outer.as_ptr() as usize);
-    if diff <= outer.len() {
-        diff
-    } else {
-        0
-    }
-}
-
-/// Namespace declarations and `xml:*` belong to XML itself, not to this format,
-/// so they are not typos and are let through.
-fn is_reserved_attribute(name: &str) -> bool {
-    name == "xmlns" || name.starts_with("xmlns:") || name.starts_with("xml:")
-}
-
-fn to_offset(position: u64) -> usize {
-    usize::try_from(position).unwrap_or(usize::MAX)
-}
-
-/// First line of some stray text, shortened for an error message.
-fn snippet(raw: &[u8]) -> String {
-    let text = String::from_utf8_lossy(raw);
-    let first = text.trim().lines().next().unwrap_or("");
-    let short: String = first.chars().take(30).collect();
-    if short.len() < first.len() {
-        format!("{short}...")
-    } else {
-        short
     }
 }
 
