@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::error::Error as _;
 use std::fs;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::*;
 use sharedxfer::client::{Delivered, Progress, SendError, SendOptions, Sender};
@@ -78,62 +77,38 @@ fn an_embedded_server_receives_a_folder_and_a_reader_and_stops_by_handle() {
     );
 }
 
-/// Published files by name: a sink of the program's own.
+/// A sink of the program's own: the library's memory sink, except that it refuses
+/// names ending in `.refused`.
 #[derive(Clone, Default)]
 struct MemorySink {
-    files: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+    inner: sharedxfer::sink::MemorySink,
 }
 
 impl Sink for MemorySink {
-    fn session(&self, _stream: u128) -> Box<dyn SinkSession> {
-        Box::new(self.clone())
+    fn session(&self, stream: u128) -> Box<dyn SinkSession> {
+        Box::new(Refusing { inner: self.inner.session(stream) })
     }
 }
 
-impl SinkSession for MemorySink {
+struct Refusing {
+    inner: Box<dyn SinkSession>,
+}
+
+impl SinkSession for Refusing {
     fn exists(&mut self, name: &str) -> bool {
-        self.files.lock().unwrap().contains_key(name)
+        self.inner.exists(name)
     }
 
     fn create(&mut self, name: &str) -> Result<Box<dyn SinkFile>, SinkError> {
         if name.ends_with(".refused") {
             return Err(SinkError::new(SinkErrorKind::Refused, format!("{name}: not here")));
         }
-        Ok(Box::new(MemoryFile { name: name.to_owned(), bytes: Vec::new(), sink: self.clone() }))
+        self.inner.create(name)
     }
 
-    fn make_dir(&mut self, _name: &str, _mode: u32) -> Result<(), SinkError> {
-        Ok(())
+    fn make_dir(&mut self, name: &str, mode: u32) -> Result<(), SinkError> {
+        self.inner.make_dir(name, mode)
     }
-}
-
-struct MemoryFile {
-    name: String,
-    bytes: Vec<u8>,
-    sink: MemorySink,
-}
-
-impl SinkFile for MemoryFile {
-    fn write(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
-        self.bytes.extend_from_slice(bytes);
-        Ok(())
-    }
-
-    fn publish(
-        self: Box<Self>,
-        _mode: u32,
-        _mtime: Option<SystemTime>,
-        replace: bool,
-    ) -> Result<(), SinkError> {
-        let mut files = self.sink.files.lock().unwrap();
-        if !replace && files.contains_key(&self.name) {
-            return Err(SinkError::new(SinkErrorKind::Exists, format!("{} already exists", self.name)));
-        }
-        files.insert(self.name, self.bytes);
-        Ok(())
-    }
-
-    fn discard(self: Box<Self>) {}
 }
 
 /// Counts bytes and finished items, as a progress bar would.
@@ -188,7 +163,8 @@ fn a_sink_of_the_programs_own_gets_only_whole_checked_files() {
     }
     drop(sender);
     server.shutdown().unwrap();
-    let stored = sink.files.lock().unwrap();
+    let kept = sink.inner.files();
+    let stored = kept.lock().unwrap();
     assert_eq!(stored.len(), 5, "{:?}", stored.keys());
     for (i, path) in files.iter().enumerate() {
         assert!(stored[&format!("m{i}.bin")] == fs::read(path).unwrap());
