@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Benchmark sharedxfer side by side with plain tools (cat, dd, pipes, cp) on this machine.
 #
-# Usage: scripts/bench.sh [--quick] [--json FILE] [--runs N]
+# Usage: scripts/bench.sh [--quick] [--json FILE] [--runs N] [--cases LIST]
 #
 #   --quick    3 runs and smaller sizes (256 MiB instead of 1 GiB, 16 MiB streams,
 #              20,000 pings, 3 s idle windows, 1 GiB for the memory case, 2,000 files
 #              in the tree, 2,000 empty files): about a minute
 #   --json F   also write the results as JSON to F
 #   --runs N   timed runs per case and side (default 5, --quick 3)
+#   --cases L  run only these cases, comma-separated numbers 1-9 (e.g. 4,8,9; default
+#              all); the input files of the other cases are not made (case 6 uses
+#              case 4's small files for its waiting client)
 #
 # Builds in release mode, makes its files under /dev/shm/sxbench-$$ (tmpfs), starts one
 # sharedserver (segment sxbseg-$$, 64M) for the whole run, and measures each case with
@@ -27,7 +30,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 die_usage() { echo "bench: $*" >&2; usage >&2; exit 2; }
 
 start_dir=$PWD
-quick=0 json="" runs=""
+quick=0 json="" runs="" cases=1,2,3,4,5,6,7,8,9
 while (($#)); do
   case $1 in
     --quick) quick=1 ;;
@@ -35,13 +38,20 @@ while (($#)); do
     --json=*) json=${1#--json=} ;;
     --runs) (($# >= 2)) || die_usage "--runs needs a number"; runs=$2; shift ;;
     --runs=*) runs=${1#--runs=} ;;
+    --cases) (($# >= 2)) || die_usage "--cases needs a LIST"; cases=$2; shift ;;
+    --cases=*) cases=${1#--cases=} ;;
     -h | --help) usage; exit 0 ;;
     *) die_usage "unknown argument '$1'" ;;
   esac
   shift
 done
 [[ -z $runs || $runs =~ ^[1-9][0-9]*$ ]] || die_usage "--runs wants a whole number >= 1, not '$runs'"
+[[ $cases =~ ^[1-9](,[1-9])*$ ]] || die_usage "--cases wants case numbers 1-9 separated by commas (e.g. 4,8,9), not '$cases'"
 [[ -z $json || $json == /* ]] || json="$start_dir/$json"
+case_on=()
+for c in ${cases//,/ }; do case_on[c]=1; done
+cases=$(for c in "${!case_on[@]}"; do echo "$c"; done | paste -sd,) # sorted, no repeats
+chosen() { local c; for c in "$@"; do [[ -n ${case_on[c]:-} ]] && return 0; done; return 1; } # CASE... : any chosen?
 
 if ((quick)); then
   runs=${runs:-3} big_mib=256 per_mib=16 nsmall=2000 pings=20000 idle_secs=3 huge_mib=1024 ntree=2000 nempty=2000
@@ -113,14 +123,20 @@ timed() {
 say "building (cargo build --release --quiet)"
 cargo build --release --quiet || fail "cargo build --release failed"
 [[ -x $bin/sharedserver && -x $bin/sharedclient ]] || fail "no binaries in $bin"
-command -v gcc >/dev/null || fail "gcc is needed for the pipe ping-pong"
+! chosen 5 || command -v gcc >/dev/null || fail "gcc is needed for the pipe ping-pong"
 command -v python3 >/dev/null || fail "python3 is needed for the report"
 
-need_mib=$((2 * huge_mib + big_mib + 512 + 3 * ntree / 10))
+# Roughly what the chosen cases keep in /dev/shm at once, plus 512 MiB for the rest
+# (segment, small files, empty files, logs).
+need_mib=512
+! chosen 1 || need_mib=$((need_mib + big_mib))
+! chosen 2 3 || need_mib=$((need_mib + 2 * 16 * per_mib))
+! chosen 7 || need_mib=$((need_mib + 2 * huge_mib))
+! chosen 8 || need_mib=$((need_mib + 3 * ntree / 10))
 free_mib=$(df -Pm /dev/shm | awk 'NR == 2 { print $4 }')
 ((free_mib >= need_mib)) || fail "/dev/shm has $free_mib MiB free, the benchmark needs about $need_mib MiB"
 
-mkdir -p "$T"/{out,cmp,src1,src2,src4}
+mkdir -p "$T"/{out,cmp}
 : >"$res"
 cl=(timeout "$timeout_s" "$bin/sharedclient" --name "$seg" -q)
 
@@ -131,10 +147,19 @@ memtotal=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 mode=$([[ $quick == 1 ]] && echo quick || echo full)
 echo "machine: nproc=$nproc_, cpu='${model:-unknown}', kernel=$kernel, memory=$memtotal, /dev/shm free=${free_mib} MiB, loadavg at start=$load0"
-echo "settings: mode=$mode, runs=$runs (+1 untimed warm-up round), segment=$segsize (server started once, default workers), sizes: case1 ${big_mib} MiB, case2/3 16 x ${per_mib} MiB, case4 $nsmall x 4 KiB (-j $small_jobs), case5 $pings round trips, case6 ${idle_secs} s windows, case7 ${huge_mib} MiB, case8 $ntree files in $tree_dirs folders (-j $tree_jobs), case9 $nempty empty files (-j $tree_jobs)"
+sizes=""
+! chosen 1 || sizes+=", case1 ${big_mib} MiB"
+! chosen 2 3 || sizes+=", case2/3 16 x ${per_mib} MiB"
+! chosen 4 || sizes+=", case4 $nsmall x 4 KiB (-j $small_jobs)"
+! chosen 5 || sizes+=", case5 $pings round trips"
+! chosen 6 || sizes+=", case6 ${idle_secs} s windows"
+! chosen 7 || sizes+=", case7 ${huge_mib} MiB"
+! chosen 8 || sizes+=", case8 $ntree files in $tree_dirs folders (-j $tree_jobs)"
+! chosen 9 || sizes+=", case9 $nempty empty files (-j $tree_jobs)"
+echo "settings: mode=$mode, cases=$cases, runs=$runs (+1 untimed warm-up round), segment=$segsize (server started once, default workers), sizes: ${sizes#, }"
 meta machine.nproc "$nproc_"; meta machine.model "$model"; meta machine.kernel "$kernel"
 meta machine.memory "$memtotal"; meta machine.loadavg_start "$load0"
-meta settings.mode "$mode"; meta settings.runs "$runs"; meta settings.segment "$segsize"
+meta settings.mode "$mode"; meta settings.cases "$cases"; meta settings.runs "$runs"; meta settings.segment "$segsize"
 meta settings.big_mib "$big_mib"; meta settings.stream_mib "$per_mib"; meta settings.small_files "$nsmall"
 meta settings.small_jobs "$small_jobs"; meta settings.pings "$pings"; meta settings.idle_secs "$idle_secs"
 meta settings.huge_mib "$huge_mib"; meta settings.tree_files "$ntree"; meta settings.tree_dirs "$tree_dirs"
@@ -149,14 +174,23 @@ make_random() { # FILE BYTES SEED
 }
 
 say "making test files in $T"
-make_random "$T/src1/big.bin" $((big_mib << 20)) sxbench-big
+if chosen 1; then
+  mkdir "$T/src1"
+  make_random "$T/src1/big.bin" $((big_mib << 20)) sxbench-big
+fi
 # Cases 2 and 3: 16 distinct files.
-for i in $(seq -w 1 16); do make_random "$T/src2/f$i.bin" $((per_mib << 20)) "sxbench-f$i"; done
-# Case 4: 2,000 x 4 KiB, distinct contents, cut from one random stream.
-make_random "$T/small.all" $((nsmall * 4096)) sxbench-small
-(cd "$T/src4" && split -a 4 -d -b 4096 ../small.all s) || fail "could not split the small files"
-rm -f "$T/small.all"
-(($(find "$T/src4" -type f | wc -l) == nsmall)) || fail "could not make $nsmall small files"
+if chosen 2 3; then
+  mkdir "$T/src2"
+  for i in $(seq -w 1 16); do make_random "$T/src2/f$i.bin" $((per_mib << 20)) "sxbench-f$i"; done
+fi
+# Case 4 (and case 6's waiting client): 2,000 x 4 KiB, distinct contents, cut from one random stream.
+if chosen 4 6; then
+  mkdir "$T/src4"
+  make_random "$T/small.all" $((nsmall * 4096)) sxbench-small
+  (cd "$T/src4" && split -a 4 -d -b 4096 ../small.all s) || fail "could not split the small files"
+  rm -f "$T/small.all"
+  (($(find "$T/src4" -type f | wc -l) == nsmall)) || fail "could not make $nsmall small files"
+fi
 
 # options files (relative paths resolve against the options file's folder)
 write_config() { # FILE DIR
@@ -167,12 +201,13 @@ write_config() { # FILE DIR
     echo '</streams>'
   } >"$1"
 }
-write_config "$T/c1.xml" "$T/src1"
-write_config "$T/c2.xml" "$T/src2"
-write_config "$T/c4.xml" "$T/src4"
+! chosen 1 || write_config "$T/c1.xml" "$T/src1"
+! chosen 2 3 || write_config "$T/c2.xml" "$T/src2"
+! chosen 4 6 || write_config "$T/c4.xml" "$T/src4"
 
 # The pipe ping-pong: two processes, two pipes, 1-byte messages.
-cat >"$T/pingpong.c" <<'EOF'
+if chosen 5; then
+  cat >"$T/pingpong.c" <<'EOF'
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -220,13 +255,14 @@ int main(int argc, char **argv) {
   return 0;
 }
 EOF
-gcc -O2 -o "$T/pingpong" "$T/pingpong.c" || fail "gcc could not build the pipe ping-pong"
+  gcc -O2 -o "$T/pingpong" "$T/pingpong.c" || fail "gcc could not build the pipe ping-pong"
+fi
 
 say "starting sharedserver --name $seg --size $segsize"
 "$bin/sharedserver" "$T/out" --name "$seg" --size "$segsize" -q >"$T/server.log" 2>&1 &
 server=$!
 deadline=$((${EPOCHREALTIME/./} + 10000000))
-until grep -q "ready on segment" "$T/server.log"; do
+until grep -qs "ready on segment" "$T/server.log"; do
   kill -0 "$server" 2>/dev/null || fail "sharedserver exited before it was ready" "$T/server.log"
   ((${EPOCHREALTIME/./} < deadline)) || fail "sharedserver was not ready within 10 s" "$T/server.log"
   sleep 0.05
@@ -294,10 +330,12 @@ idle_window() { # KEY PID SECS
 
 # --------------------------------------------------------------------------- case 6a
 
-say "case 6: idle server CPU over ${idle_secs} s, before any traffic"
-sleep 1
-idle_window c6.before "$server" "$idle_secs"
-server_alive "idle"
+if chosen 6; then
+  say "case 6: idle server CPU over ${idle_secs} s, before any traffic"
+  sleep 1
+  idle_window c6.before "$server" "$idle_secs"
+  server_alive "idle"
+fi
 
 # --------------------------------------------------------------------------- case 1
 
@@ -312,14 +350,16 @@ c1_side() { # SIDE RUN : one timed run; RUN -1 is the warm-up
   [[ $side == sx ]] || (($(stat -c %s "$dst") == big_mib << 20)) || fail "case 1: $side wrote a short file"
   ((run < 0)) || sample "c1.$side" "$run" "$(div $((big_mib << 20)) "$elapsed_us")"
 }
-say "case 1: one ${big_mib} MiB file: sharedxfer vs cat, dd, cat | cat"
-for side in sx cat dd pipe; do c1_side "$side" -1; done
-for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx cat dd pipe); do c1_side "$side" "$r"; done; done
-clean_out
-row "1 one ${big_mib} MiB file" "client -> server" MB/s higher c1.sx 'cat src > dst' key:c1.cat
-row "1 one ${big_mib} MiB file" "client -> server" MB/s higher c1.sx "dd of=dst bs=1M (write only)" key:c1.dd
-row "1 one ${big_mib} MiB file" "client -> server" MB/s higher c1.sx 'cat src | cat > dst' key:c1.pipe
-rm -rf "$T/src1"
+if chosen 1; then
+  say "case 1: one ${big_mib} MiB file: sharedxfer vs cat, dd, cat | cat"
+  for side in sx cat dd pipe; do c1_side "$side" -1; done
+  for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx cat dd pipe); do c1_side "$side" "$r"; done; done
+  clean_out
+  row "1 one ${big_mib} MiB file" "client -> server" MB/s higher c1.sx 'cat src > dst' key:c1.cat
+  row "1 one ${big_mib} MiB file" "client -> server" MB/s higher c1.sx "dd of=dst bs=1M (write only)" key:c1.dd
+  row "1 one ${big_mib} MiB file" "client -> server" MB/s higher c1.sx 'cat src | cat > dst' key:c1.pipe
+  rm -rf "$T/src1"
+fi
 
 # --------------------------------------------------------------------------- cases 2, 3
 
@@ -332,11 +372,13 @@ c2_side() { # SIDE RUN
   esac
   ((run < 0)) || sample "c2.$side" "$run" "$(div $((16 * per_mib << 20)) "$elapsed_us")"
 }
-say "case 2: 16 streams x ${per_mib} MiB, one client (-j 16) vs one cp"
-for side in sx cp; do c2_side "$side" -1; done
-for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx cp); do c2_side "$side" "$r"; done; done
-clean_out
-row "2 16 x ${per_mib} MiB, 1 client" aggregate MB/s higher c2.sx "cp 16 files dir/" key:c2.cp
+if chosen 2; then
+  say "case 2: 16 streams x ${per_mib} MiB, one client (-j 16) vs one cp"
+  for side in sx cp; do c2_side "$side" -1; done
+  for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx cp); do c2_side "$side" "$r"; done; done
+  clean_out
+  row "2 16 x ${per_mib} MiB, 1 client" aggregate MB/s higher c2.sx "cp 16 files dir/" key:c2.cp
+fi
 
 four_clients() {
   local pids=() i rc=0 p
@@ -362,11 +404,13 @@ c3_side() { # SIDE RUN
   esac
   ((run < 0)) || sample "c3.$side" "$run" "$(div $((16 * per_mib << 20)) "$elapsed_us")"
 }
-say "case 3: 4 clients x 4 streams x ${per_mib} MiB at once vs one cp"
-for side in sx cp; do c3_side "$side" -1; done
-for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx cp); do c3_side "$side" "$r"; done; done
-clean_out
-row "3 4 clients x 4 x ${per_mib} MiB" aggregate MB/s higher c3.sx "cp 16 files dir/" key:c3.cp
+if chosen 3; then
+  say "case 3: 4 clients x 4 streams x ${per_mib} MiB at once vs one cp"
+  for side in sx cp; do c3_side "$side" -1; done
+  for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx cp); do c3_side "$side" "$r"; done; done
+  clean_out
+  row "3 4 clients x 4 x ${per_mib} MiB" aggregate MB/s higher c3.sx "cp 16 files dir/" key:c3.cp
+fi
 rm -rf "$T/src2"
 
 # --------------------------------------------------------------------------- case 4
@@ -380,11 +424,13 @@ c4_side() { # SIDE RUN
   esac
   ((run < 0)) || sample "c4.$side" "$run" "$(div "$nsmall" "$elapsed_us" 1000000)"
 }
-say "case 4: $nsmall files x 4 KiB, one client (-j $small_jobs) vs cp -r"
-for side in sx cp; do c4_side "$side" -1; done
-for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx cp); do c4_side "$side" "$r"; done; done
-clean_out
-row "4 $nsmall x 4 KiB files" "files/s (-j $small_jobs)" files/s higher c4.sx "cp -r dir" key:c4.cp
+if chosen 4; then
+  say "case 4: $nsmall files x 4 KiB, one client (-j $small_jobs) vs cp -r"
+  for side in sx cp; do c4_side "$side" -1; done
+  for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx cp); do c4_side "$side" "$r"; done; done
+  clean_out
+  row "4 $nsmall x 4 KiB files" "files/s (-j $small_jobs)" files/s higher c4.sx "cp -r dir" key:c4.cp
+fi
 
 # --------------------------------------------------------------------------- case 5
 
@@ -400,42 +446,46 @@ c5_side() { # SIDE RUN
   local median=${BASH_REMATCH[1]} p99=${BASH_REMATCH[2]}
   if ((run >= 0)); then sample "c5.$side.median" "$run" "$median"; sample "c5.$side.p99" "$run" "$p99"; fi
 }
-say "case 5: ping-pong, $pings round trips: sharedclient --ping vs a pipe pair"
-for side in sx pipe; do c5_side "$side" -1; done
-for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx pipe); do c5_side "$side" "$r"; done; done
-row "5 ping-pong x $pings" "round trip, median" us lower c5.sx.median "pipe pair, 1 byte" key:c5.pipe.median
-row "5 ping-pong x $pings" "round trip, p99" us lower c5.sx.p99 "pipe pair, 1 byte" key:c5.pipe.p99
+if chosen 5; then
+  say "case 5: ping-pong, $pings round trips: sharedclient --ping vs a pipe pair"
+  for side in sx pipe; do c5_side "$side" -1; done
+  for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx pipe); do c5_side "$side" "$r"; done; done
+  row "5 ping-pong x $pings" "round trip, median" us lower c5.sx.median "pipe pair, 1 byte" key:c5.pipe.median
+  row "5 ping-pong x $pings" "round trip, p99" us lower c5.sx.p99 "pipe pair, 1 byte" key:c5.pipe.p99
+fi
 
 # --------------------------------------------------------------------------- case 7
 
-say "case 7: one ${huge_mib} MiB file, peak Rss-RssShmem of server and client (sampled every 20 ms)"
-mkdir -p "$T/src7"
-make_random "$T/src7/huge.bin" $((huge_mib << 20)) sxbench-huge
-write_config "$T/c7.xml" "$T/src7"
-for ((r = 0; r < runs; r++)); do
+if chosen 7; then
+  say "case 7: one ${huge_mib} MiB file, peak Rss-RssShmem of server and client (sampled every 20 ms)"
+  mkdir -p "$T/src7"
+  make_random "$T/src7/huge.bin" $((huge_mib << 20)) sxbench-huge
+  write_config "$T/c7.xml" "$T/src7"
+  for ((r = 0; r < runs; r++)); do
+    clean_out
+    rc=0
+    python3 "$report" sample --server "$server" --out "$T/mem.txt" --log "$T/client.log" --interval 0.02 \
+      --timeout "$timeout_s" -- "$bin/sharedclient" --name "$seg" -q --config "$T/c7.xml" 1 || rc=$?
+    ((rc == 0)) || fail "case 7: sharedclient exited $rc" "$T/client.log" "$T/server.log"
+    check_copy "case 7 sharedxfer" "$T/src7" "$T/out" $([[ $r == 0 ]] && echo --cmp)
+    server_alive "case 7"
+    declare -A m=()
+    while read -r k v; do m[$k]=$v; done <"$T/mem.txt"
+    sample c7.server "$r" "$(div "${m[server_private_kib]}" 1024)"
+    sample c7.client "$r" "$(div "${m[client_private_kib]}" 1024)"
+    sample c7.server_rss "$r" "$(div "${m[server_rss_kib]}" 1024)"
+    sample c7.client_rss "$r" "$(div "${m[client_rss_kib]}" 1024)"
+    sample c7.rate "$r" "$(div $((huge_mib << 20)) "${m[elapsed_us]}")"
+    unset m
+  done
   clean_out
-  rc=0
-  python3 "$report" sample --server "$server" --out "$T/mem.txt" --log "$T/client.log" --interval 0.02 \
-    --timeout "$timeout_s" -- "$bin/sharedclient" --name "$seg" -q --config "$T/c7.xml" 1 || rc=$?
-  ((rc == 0)) || fail "case 7: sharedclient exited $rc" "$T/client.log" "$T/server.log"
-  check_copy "case 7 sharedxfer" "$T/src7" "$T/out" $([[ $r == 0 ]] && echo --cmp)
-  server_alive "case 7"
-  declare -A m=()
-  while read -r k v; do m[$k]=$v; done <"$T/mem.txt"
-  sample c7.server "$r" "$(div "${m[server_private_kib]}" 1024)"
-  sample c7.client "$r" "$(div "${m[client_private_kib]}" 1024)"
-  sample c7.server_rss "$r" "$(div "${m[server_rss_kib]}" 1024)"
-  sample c7.client_rss "$r" "$(div "${m[client_rss_kib]}" 1024)"
-  sample c7.rate "$r" "$(div $((huge_mib << 20)) "${m[elapsed_us]}")"
-  unset m
-done
-clean_out
-rm -rf "$T/src7"
-row "7 one ${huge_mib} MiB file" "server peak Rss-RssShmem" MiB lower c7.server "segment size" "const:$segsize_mib"
-row "7 one ${huge_mib} MiB file" "client peak Rss-RssShmem" MiB lower c7.client "segment size" "const:$segsize_mib"
-row "7 one ${huge_mib} MiB file" "server peak Rss (incl. segment)" MiB lower c7.server_rss "segment size" "const:$segsize_mib"
-row "7 one ${huge_mib} MiB file" "client peak Rss (incl. segment)" MiB lower c7.client_rss "segment size" "const:$segsize_mib"
-row "7 one ${huge_mib} MiB file" "client -> server (while sampled)" MB/s higher c7.rate - -
+  rm -rf "$T/src7"
+  row "7 one ${huge_mib} MiB file" "server peak Rss-RssShmem" MiB lower c7.server "segment size" "const:$segsize_mib"
+  row "7 one ${huge_mib} MiB file" "client peak Rss-RssShmem" MiB lower c7.client "segment size" "const:$segsize_mib"
+  row "7 one ${huge_mib} MiB file" "server peak Rss (incl. segment)" MiB lower c7.server_rss "segment size" "const:$segsize_mib"
+  row "7 one ${huge_mib} MiB file" "client peak Rss (incl. segment)" MiB lower c7.client_rss "segment size" "const:$segsize_mib"
+  row "7 one ${huge_mib} MiB file" "client -> server (while sampled)" MB/s higher c7.rate - -
+fi
 
 # --------------------------------------------------------------------------- cases 8, 9
 
@@ -493,64 +543,71 @@ tree_side() { # CASE SRCDIR COUNT SIDE RUN : sends SRCDIR as a folder, or cp -r'
   ((run < 0)) || sample "c$c.$side" "$run" "$(div "$count" "$elapsed_us" 1000000)"
 }
 
-mkdir -p "$T/src8" "$T/src9"
-read -r _ _ tree_bytes tree_levels tree_fp < <(python3 "$report" tree --out "$T/src8/tree" --files "$ntree" \
-  --dirs "$tree_dirs" --depth "$tree_depth" --seed 8) || fail "could not make the case 8 tree"
-[[ $tree_fp =~ ^[0-9a-f]{16}$ ]] || fail "could not make the case 8 tree"
-meta settings.tree_bytes "$tree_bytes"; meta settings.tree_fingerprint "$tree_fp"
-tree_mb=$(div "$tree_bytes" 1000000)
-say "case 8: a tree of $ntree files, $tree_dirs folders $tree_levels deep, ${tree_mb%.*} MB (fingerprint $tree_fp), sent as a folder (-j $tree_jobs) vs cp -r"
-for side in sx cp; do tree_side 8 "$T/src8/tree" "$ntree" "$side" -1; done
-for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx cp); do tree_side 8 "$T/src8/tree" "$ntree" "$side" "$r"; done; done
-clean_out
-row "8 tree: $ntree files, $tree_dirs folders, ${tree_mb%.*} MB" "files/s (-j $tree_jobs)" files/s higher c8.sx "cp -r dir" key:c8.cp
-rm -rf "$T/src8"
+if chosen 8; then
+  mkdir -p "$T/src8"
+  read -r _ _ tree_bytes tree_levels tree_fp < <(python3 "$report" tree --out "$T/src8/tree" --files "$ntree" \
+    --dirs "$tree_dirs" --depth "$tree_depth" --seed 8) || fail "could not make the case 8 tree"
+  [[ $tree_fp =~ ^[0-9a-f]{16}$ ]] || fail "could not make the case 8 tree"
+  meta settings.tree_bytes "$tree_bytes"; meta settings.tree_fingerprint "$tree_fp"
+  tree_mb=$(div "$tree_bytes" 1000000)
+  say "case 8: a tree of $ntree files, $tree_dirs folders $tree_levels deep, ${tree_mb%.*} MB (fingerprint $tree_fp), sent as a folder (-j $tree_jobs) vs cp -r"
+  for side in sx cp; do tree_side 8 "$T/src8/tree" "$ntree" "$side" -1; done
+  for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx cp); do tree_side 8 "$T/src8/tree" "$ntree" "$side" "$r"; done; done
+  clean_out
+  row "8 tree: $ntree files, $tree_dirs folders, ${tree_mb%.*} MB" "files/s (-j $tree_jobs)" files/s higher c8.sx "cp -r dir" key:c8.cp
+  rm -rf "$T/src8"
+fi
 
-python3 "$report" tree --out "$T/src9/empty" --files "$nempty" --dirs 1 --sizes empty --seed 9 >/dev/null ||
-  fail "could not make the case 9 folder"
-say "case 9: a folder of $nempty empty files, sent as a folder (-j $tree_jobs) vs cp -r"
-for side in sx cp; do tree_side 9 "$T/src9/empty" "$nempty" "$side" -1; done
-for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx cp); do tree_side 9 "$T/src9/empty" "$nempty" "$side" "$r"; done; done
-clean_out
-row "9 $nempty empty files" "files/s (-j $tree_jobs)" files/s higher c9.sx "cp -r dir" key:c9.cp
-rm -rf "$T/src9"
+if chosen 9; then
+  mkdir -p "$T/src9"
+  python3 "$report" tree --out "$T/src9/empty" --files "$nempty" --dirs 1 --sizes empty --seed 9 >/dev/null ||
+    fail "could not make the case 9 folder"
+  say "case 9: a folder of $nempty empty files, sent as a folder (-j $tree_jobs) vs cp -r"
+  for side in sx cp; do tree_side 9 "$T/src9/empty" "$nempty" "$side" -1; done
+  for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx cp); do tree_side 9 "$T/src9/empty" "$nempty" "$side" "$r"; done; done
+  clean_out
+  row "9 $nempty empty files" "files/s (-j $tree_jobs)" files/s higher c9.sx "cp -r dir" key:c9.cp
+  rm -rf "$T/src9"
+fi
 
 # --------------------------------------------------------------------------- case 6b
 
-say "case 6: idle server CPU over ${idle_secs} s, after the traffic"
-sleep 1
-idle_window c6.after "$server" "$idle_secs"
-server_alive "idle"
+if chosen 6; then
+  say "case 6: idle server CPU over ${idle_secs} s, after the traffic"
+  sleep 1
+  idle_window c6.after "$server" "$idle_secs"
+  server_alive "idle"
 
-# An idle waiting client: the server is SIGSTOPped, a client is started and waits for it
-# (well inside its --timeout); then the server is continued and the file must arrive.
-say "case 6: a client waiting ${wait_secs} s for a stopped server"
-clean_out
-kill -STOP "$server"
-timeout "$timeout_s" "$bin/sharedclient" --name "$seg" -q --timeout 120 --config "$T/c4.xml" 1 >"$T/client.log" 2>&1 &
-tpid=$!
-bg_pids=("$tpid")
-sleep 1
-cpid=$(cat "/proc/$tpid/task/$tpid/children" 2>/dev/null | awk '{ print $1 }')
-[[ -n $cpid ]] || { kill -CONT "$server"; fail "case 6: the waiting client is gone" "$T/client.log"; }
-idle_window c6.client "$cpid" "$wait_secs"
-kill -CONT "$server"
-rc=0
-wait "$tpid" || rc=$?
-bg_pids=()
-((rc == 0)) || fail "case 6: the client that waited for a stopped server exited $rc" "$T/client.log" "$T/server.log"
-[[ -f $T/out/s0000 ]] && cmp -s "$T/src4/s0000" "$T/out/s0000" || fail "case 6: the waiting client's file did not arrive whole" "$T/client.log"
-server_alive "case 6"
-clean_out
-row "6 idle" "server CPU %, idle, before traffic" % lower c6.before.cpu target const:0
-row "6 idle" "server CPU %, idle, after traffic" % lower c6.after.cpu target const:0
-row "6 idle" "client CPU %, waiting for stopped server" % lower c6.client.cpu target const:0
-row "6 idle" "server CPU %, idle, before (schedstat ns)" % lower c6.before.cpu_ns target const:0
-row "6 idle" "server CPU %, idle, after (schedstat ns)" % lower c6.after.cpu_ns target const:0
-row "6 idle" "client CPU %, waiting (schedstat ns)" % lower c6.client.cpu_ns target const:0
-row "6 idle" "server context switches/s, idle, before traffic" /s lower c6.before.wake - -
-row "6 idle" "server context switches/s, idle, after traffic" /s lower c6.after.wake - -
-row "6 idle" "client context switches/s, waiting" /s lower c6.client.wake - -
+  # An idle waiting client: the server is SIGSTOPped, a client is started and waits for it
+  # (well inside its --timeout); then the server is continued and the file must arrive.
+  say "case 6: a client waiting ${wait_secs} s for a stopped server"
+  clean_out
+  kill -STOP "$server"
+  timeout "$timeout_s" "$bin/sharedclient" --name "$seg" -q --timeout 120 --config "$T/c4.xml" 1 >"$T/client.log" 2>&1 &
+  tpid=$!
+  bg_pids=("$tpid")
+  sleep 1
+  cpid=$(cat "/proc/$tpid/task/$tpid/children" 2>/dev/null | awk '{ print $1 }')
+  [[ -n $cpid ]] || { kill -CONT "$server"; fail "case 6: the waiting client is gone" "$T/client.log"; }
+  idle_window c6.client "$cpid" "$wait_secs"
+  kill -CONT "$server"
+  rc=0
+  wait "$tpid" || rc=$?
+  bg_pids=()
+  ((rc == 0)) || fail "case 6: the client that waited for a stopped server exited $rc" "$T/client.log" "$T/server.log"
+  [[ -f $T/out/s0000 ]] && cmp -s "$T/src4/s0000" "$T/out/s0000" || fail "case 6: the waiting client's file did not arrive whole" "$T/client.log"
+  server_alive "case 6"
+  clean_out
+  row "6 idle" "server CPU %, idle, before traffic" % lower c6.before.cpu target const:0
+  row "6 idle" "server CPU %, idle, after traffic" % lower c6.after.cpu target const:0
+  row "6 idle" "client CPU %, waiting for stopped server" % lower c6.client.cpu target const:0
+  row "6 idle" "server CPU %, idle, before (schedstat ns)" % lower c6.before.cpu_ns target const:0
+  row "6 idle" "server CPU %, idle, after (schedstat ns)" % lower c6.after.cpu_ns target const:0
+  row "6 idle" "client CPU %, waiting (schedstat ns)" % lower c6.client.cpu_ns target const:0
+  row "6 idle" "server context switches/s, idle, before traffic" /s lower c6.before.wake - -
+  row "6 idle" "server context switches/s, idle, after traffic" /s lower c6.after.wake - -
+  row "6 idle" "client context switches/s, waiting" /s lower c6.client.wake - -
+fi
 
 # --------------------------------------------------------------------------- report
 

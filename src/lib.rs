@@ -90,6 +90,7 @@ macro_rules! errln {
 }
 
 pub mod alloc;
+pub mod batch;
 pub mod checksum;
 pub mod cli;
 pub mod client;

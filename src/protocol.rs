@@ -29,6 +29,8 @@ pub const C2S_CLOSE: u32 = 0x105;
 pub const C2S_PUT: u32 = 0x106;
 /// `ClientCommand::Mkdir`: args mode; text the path.
 pub const C2S_MKDIR: u32 = 0x107;
+/// `ClientCommand::Batch`: no arguments.
+pub const C2S_BATCH: u32 = 0x108;
 
 /// `ServerReply::Opened`: args slots, chunk.
 pub const S2C_OPENED: u32 = 0x201;
@@ -82,7 +84,7 @@ pub struct FileMeta {
 
 impl FileMeta {
     /// Two words: mode, flags and nanoseconds; and the seconds of the mtime.
-    fn encode(&self) -> [u64; 2] {
+    pub(crate) fn encode(&self) -> [u64; 2] {
         let mut word = 0;
         if let Some(mode) = self.mode {
             word |= META_HAS_MODE | u64::from(mode & MODE_BITS);
@@ -103,7 +105,7 @@ impl FileMeta {
     }
 
     /// Check, then parse: unknown flags or mode bits are refused, not ignored.
-    fn decode(word: u64, mtime: u64) -> Result<FileMeta, ProtocolError> {
+    pub(crate) fn decode(word: u64, mtime: u64) -> Result<FileMeta, ProtocolError> {
         if word & !META_KNOWN != 0 {
             return Err(bad(format!("unknown metadata bits {:#x}", word & !META_KNOWN)));
         }
@@ -213,6 +215,9 @@ pub enum ClientCommand {
         /// Permission bits, within `MODE_BITS`.
         mode: u32,
     },
+    /// Enter batch mode (see `crate::batch`): the server answers `Opened` with a
+    /// ring, and every slot handed over from then on holds a batch of small files.
+    Batch,
 }
 
 /// Why the server failed a stream, carried in `Error` replies.
@@ -239,7 +244,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    fn from_wire(code: u64) -> ErrorCode {
+    pub(crate) fn from_wire(code: u64) -> ErrorCode {
         match code {
             1 => Self::BadRequest,
             2 => Self::Exists,
@@ -413,6 +418,7 @@ impl ClientCommand {
                 (C2S_PUT, [*size, *checksum, word, mtime], name.as_bytes().to_vec())
             }
             Self::Mkdir { name, mode } => (C2S_MKDIR, [u64::from(*mode), 0, 0, 0], name.as_bytes().to_vec()),
+            Self::Batch => (C2S_BATCH, [0; 4], Vec::new()),
         }
     }
 
@@ -443,6 +449,7 @@ impl ClientCommand {
                     .ok_or_else(|| bad(format!("folder mode {a:#o} has bits beyond {MODE_BITS:#o}")))?;
                 Ok(Self::Mkdir { name: name.to_owned(), mode })
             }
+            C2S_BATCH => Ok(Self::Batch),
             code => Err(bad(format!("unknown client command code {code:#x}"))),
         }
     }
@@ -572,6 +579,7 @@ mod tests {
             ClientCommand::Abort { reason: "source shrank".into() },
             ClientCommand::Ping { seq: 3, sent_nanos: 99 },
             ClientCommand::Close,
+            ClientCommand::Batch,
             ClientCommand::Put {
                 name: "small.txt".into(),
                 size: 4096,

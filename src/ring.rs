@@ -120,6 +120,12 @@ impl<'a> Producer<'a> {
         self.segment.doorbell(self.record).notify();
     }
 
+    /// Moves on to the next slot without handing this one over (batch mode: a
+    /// slot that came back with results and is not refilled).
+    pub fn skip(&mut self) {
+        self.next = (self.next + 1) % self.slots;
+    }
+
     /// As `hand_over`, without ringing: a command posted right after rings anyway.
     pub fn hand_over_quietly(&mut self, len: u64) {
         let slot = &self.record.slots[self.next];

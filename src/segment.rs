@@ -551,27 +551,27 @@ impl Buffer<'_> {
 
     /// The first `len` bytes (at most the buffer length), for hashing.
     pub fn bytes(&self, len: usize) -> &[u8] {
-        // SAFETY: in bounds (`min`). The caller owns the buffer by the ring protocol
-        // (slot state Acquire-loaded, and the server never frees a slot the client may
-        // be filling), so no one else writes these bytes while the slice lives; a
-        // process breaking the protocol can only change byte values (any u8 is
-        // valid), which the end-to-end checksum then reports.
-        unsafe { std::slice::from_raw_parts(self.ptr, len.min(self.len)) }
+        self.bytes_at(0, len)
     }
 
     /// One `read(2)` from `file` into the buffer from byte `from` on (a pipe gives
     /// what it has); returns the bytes read, 0 at end of file or when full.
     pub fn read_once(&self, file: &File, from: usize) -> io::Result<usize> {
+        self.read_at(file, from, self.len.saturating_sub(from))
+    }
+
+    /// One `read(2)` of at most `len` bytes from `file` into the buffer at byte
+    /// `from` (cut to the buffer's end); returns the bytes read, 0 at end of file.
+    pub fn read_at(&self, file: &File, from: usize, len: usize) -> io::Result<usize> {
         if from >= self.len {
             return Ok(0);
         }
+        let len = len.min(self.len - from);
         loop {
-            // SAFETY: [ptr+from, ptr+len) lies inside the mapping (checked at
-            // construction, `from < len`); the kernel only stores bytes there and no
-            // Rust reference aliases them.
-            let n = unsafe {
-                libc::read(file.as_raw_fd(), self.ptr.add(from).cast::<libc::c_void>(), self.len - from)
-            };
+            // SAFETY: [ptr+from, ptr+from+len) lies inside the mapping (checked at
+            // construction, `from < self.len`, `len <= self.len - from`); the kernel
+            // only stores bytes there and no Rust reference aliases them.
+            let n = unsafe { libc::read(file.as_raw_fd(), self.ptr.add(from).cast::<libc::c_void>(), len) };
             if n >= 0 {
                 return Ok(n as usize);
             }
@@ -584,10 +584,32 @@ impl Buffer<'_> {
 
     /// Copies `data` into the start of the buffer (small payloads, tests).
     pub fn copy_from(&self, data: &[u8]) -> usize {
-        let n = data.len().min(self.len);
-        // SAFETY: `n` bytes fit in the buffer; `data` is private memory, no overlap.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr, n) };
+        self.write_at(0, data)
+    }
+
+    /// Copies `data` into the buffer at byte `from`, cut to the buffer's end;
+    /// returns the bytes copied.
+    pub fn write_at(&self, from: usize, data: &[u8]) -> usize {
+        let n = data.len().min(self.len.saturating_sub(from));
+        if n == 0 {
+            return 0;
+        }
+        // SAFETY: [ptr+from, ptr+from+n) lies inside the buffer (`n` is cut to what
+        // is left after `from`); `data` is private memory, so no overlap.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(from), n) };
         n
+    }
+
+    /// The `len` bytes from byte `from` on (cut to the buffer's end), for hashing.
+    pub fn bytes_at(&self, from: usize, len: usize) -> &[u8] {
+        let from = from.min(self.len);
+        let len = len.min(self.len - from);
+        // SAFETY: in bounds (both cut above). The caller owns the buffer by the ring
+        // protocol (slot state Acquire-loaded, and the server never frees a slot the
+        // client may be filling), so no one else writes these bytes while the slice
+        // lives; a process breaking the protocol can only change byte values (any u8
+        // is valid), which the end-to-end checksum then reports.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(from), len) }
     }
 }
 

@@ -1,10 +1,13 @@
 //! Property tests of the record decoder: whatever bytes a peer leaves in a mailbox,
 //! `ClientCommand::decode` and `ServerReply::decode` never panic, accept exactly what
-//! the protocol allows, and everything they accept is in bounds.
+//! the protocol allows, and everything they accept is in bounds; and whatever bytes a
+//! client hands over as a batch, `batch::decode_batch` never panics and keeps every
+//! entry inside the slot.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proptest::prelude::*;
+use sharedxfer::batch;
 use sharedxfer::protocol::*;
 use sharedxfer::segment::{Mailbox, TEXT_CAPACITY};
 
@@ -67,7 +70,7 @@ fn padded(bytes: &[u8]) -> Box<[u8; TEXT_CAPACITY]> {
 
 fn code() -> impl Strategy<Value = u32> {
     prop_oneof![
-        4 => 0x0ffu32..=0x108,
+        4 => 0x0ffu32..=0x109,
         3 => 0x1ffu32..=0x206,
         1 => any::<u32>(),
     ]
@@ -122,7 +125,7 @@ fn check_client_decode(raw: &RawCommand) -> Result<(), TestCaseError> {
         C2S_PUT => text.is_some_and(name_allowed) && meta_allowed(c),
         C2S_MKDIR => text.is_some_and(name_allowed) && a <= 0o777,
         C2S_ABORT => text.is_some(),
-        C2S_FINISH | C2S_PING | C2S_CLOSE => true,
+        C2S_FINISH | C2S_PING | C2S_CLOSE | C2S_BATCH => true,
         _ => false,
     };
     match ClientCommand::decode(raw) {
@@ -171,6 +174,7 @@ fn check_client_decode(raw: &RawCommand) -> Result<(), TestCaseError> {
                     prop_assert_eq!((*seq, *sent_nanos), (a, b));
                 }
                 ClientCommand::Close => prop_assert_eq!(raw.code, C2S_CLOSE),
+                ClientCommand::Batch => prop_assert_eq!(raw.code, C2S_BATCH),
             }
             // What was accepted encodes back to the same code and fits a mailbox.
             let (code, _, bytes) = command.encode();
@@ -246,6 +250,7 @@ fn client_command() -> impl Strategy<Value = ClientCommand> {
         "\\PC{0,100}".prop_map(|reason| ClientCommand::Abort { reason }),
         (any::<u64>(), any::<u64>()).prop_map(|(seq, sent_nanos)| ClientCommand::Ping { seq, sent_nanos }),
         Just(ClientCommand::Close),
+        Just(ClientCommand::Batch),
     ]
 }
 
@@ -277,5 +282,69 @@ proptest! {
         let raw = take(&mailbox).expect("a complete message");
         prop_assert_ne!(raw.seq, seen);
         prop_assert_eq!(ClientCommand::decode(&raw), Ok(command));
+    }
+}
+
+/// A batch as a client packs it, then damaged at `cuts` (offset, byte) places.
+fn batch_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let entry = ("[a-z/.]{0,12}", proptest::collection::vec(any::<u8>(), 0..40), any::<bool>(), any::<u64>());
+    (
+        proptest::collection::vec(entry, 1..6),
+        any::<u64>(),
+        proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+        0usize..16,
+    )
+        .prop_map(|(entries, seq, cuts, trim)| {
+            let mut out = batch::batch_header(entries.len() as u32, seq).to_vec();
+            for (name, data, dir, word) in &entries {
+                let kind = if *dir {
+                    batch::EntryKind::Dir { mode: (*word as u32) & 0o777 }
+                } else {
+                    let meta = FileMeta { mode: Some(0o644), ..FileMeta::default() };
+                    batch::EntryKind::File { size: data.len() as u64, checksum: *word, meta }
+                };
+                out.extend_from_slice(&batch::entry_header(&kind, name.len()));
+                out.extend_from_slice(name.as_bytes());
+                if !*dir {
+                    out.extend_from_slice(data);
+                }
+                out.resize(batch::align(out.len()), 0);
+            }
+            for (at, byte) in cuts {
+                let len = out.len();
+                out[at % len] = byte;
+            }
+            out.truncate(out.len().saturating_sub(trim));
+            out
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    #[test]
+    fn any_batch_decodes_safely_and_only_in_bounds(bytes in batch_bytes()) {
+        if let Ok((_, entries)) = batch::decode_batch(&bytes) {
+            prop_assert!(!entries.is_empty() && entries.len() <= batch::MAX_ENTRIES);
+            let mut end = batch::HEADER_LEN;
+            for entry in &entries {
+                // Entries follow one another, inside the batch, never overlapping.
+                prop_assert!(entry.data.start >= end + batch::ENTRY_LEN);
+                prop_assert!(entry.data.end <= bytes.len());
+                end = entry.data.end;
+                if let Ok((name, kind)) = entry.check() {
+                    prop_assert!(name_allowed(name));
+                    match kind {
+                        batch::EntryKind::File { size, meta, .. } => {
+                            prop_assert_eq!(size as usize, entry.data.len());
+                            prop_assert!(!meta.size_is_hint && meta.mode.is_none_or(|m| m <= 0o777));
+                        }
+                        batch::EntryKind::Dir { mode } => {
+                            prop_assert!(mode <= 0o777 && entry.data.is_empty());
+                        }
+                    }
+                }
+            }
+        }
     }
 }

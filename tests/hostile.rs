@@ -384,7 +384,7 @@ fn bad_open(what: &str, name: &[u8], expect: &str) -> BadCommand {
 
 fn malformed_commands(root: &Path) -> Vec<BadCommand> {
     let mut cases = Vec::new();
-    for code in [0, 1, 0x100, 0x108, 0x1ff, 0x301, 0xdead_beef, u32::MAX] {
+    for code in [0, 1, 0x100, 0x109, 0x1ff, 0x301, 0xdead_beef, u32::MAX] {
         cases.push(bad(
             &format!("unknown code {code:#x}"),
             code,

@@ -152,7 +152,10 @@ fn a_sink_of_the_programs_own_gets_only_whole_checked_files() {
     let counter = Counter::default();
     let results = sender.send_items(&items, &counter);
     assert_eq!(counter.finished.load(std::sync::atomic::Ordering::Relaxed), items.len());
-    assert_eq!(counter.bytes.load(std::sync::atomic::Ordering::Relaxed), 0, "every file was already there");
+    // Small files go in batches, read before the server finds the names taken: at
+    // most each file's bytes once.
+    let total: u64 = files.iter().chain([&refused]).map(|p| fs::metadata(p).unwrap().len()).sum();
+    assert!(counter.bytes.load(std::sync::atomic::Ordering::Relaxed) <= total, "bytes counted twice");
     for (item, result) in items.iter().zip(&results) {
         let err = result.as_ref().unwrap_err();
         assert!(err.to_string().contains(if item.name == "x.refused" {

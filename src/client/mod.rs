@@ -19,6 +19,7 @@
 //! counts are bounds-checked before use, and a dead, stopping or silent server ends
 //! every wait within a few seconds.
 
+mod batch;
 mod send;
 mod session;
 
@@ -219,13 +220,22 @@ impl Sender {
         progress: &dyn Progress,
     ) {
         let workers = jobs.clamp(1, phase.len().max(1));
-        let queue = Mutex::new(phase.into_iter().collect::<VecDeque<_>>());
+        let (small, large): (VecDeque<usize>, VecDeque<usize>) =
+            phase.into_iter().partition(|&i| batch::batchable(&items[i]));
+        let (small, large) = (Mutex::new(small), Mutex::new(large));
+        let report = |index: usize, result: ItemResult, started: Instant| {
+            progress.finished(index, &items[index], &result, started.elapsed());
+            *results[index].lock().expect("result lock") = Some(result);
+        };
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| {
                     let mut session = None;
+                    let mut alone = Vec::new();
+                    self.send_batched(items, &small, &mut session, &mut alone, progress, &report);
                     while sys::stop_signal().is_none() {
-                        let Some(index) = queue.lock().expect("queue lock").pop_front() else { break };
+                        let next = large.lock().expect("queue lock").pop_front();
+                        let Some(index) = next.or_else(|| alone.pop()) else { break };
                         let started = Instant::now();
                         let result = send::send_item(
                             &self.connection,
@@ -234,9 +244,8 @@ impl Sender {
                             &self.options,
                             progress,
                         );
-                        progress.finished(index, &items[index], &result, started.elapsed());
                         let interrupted = matches!(result, Err(SendError::Interrupted));
-                        *results[index].lock().expect("result lock") = Some(result);
+                        report(index, result, started);
                         if interrupted {
                             break;
                         }
@@ -244,6 +253,52 @@ impl Sender {
                 });
             }
         });
+    }
+
+    /// Sends the items of `queue` in batches on one stream (taking `session`, giving
+    /// it back when done); those that turn out not to fit a batch go to `alone`.
+    fn send_batched<'c>(
+        &'c self,
+        items: &[Item],
+        queue: &Mutex<VecDeque<usize>>,
+        session: &mut Option<Session<'c>>,
+        alone: &mut Vec<usize>,
+        progress: &dyn Progress,
+        report: batch::Report<'_>,
+    ) {
+        let mut batcher: Option<batch::Batcher<'c>> = None;
+        while sys::stop_signal().is_none() {
+            let Some(index) = queue.lock().expect("queue lock").pop_front() else { break };
+            let active = match batcher.as_mut() {
+                Some(active) => active,
+                None => {
+                    let opened = match session.take() {
+                        Some(open) => Ok(open),
+                        None => Session::open(&self.connection),
+                    };
+                    match opened.and_then(batch::Batcher::start) {
+                        Ok(started) => batcher.insert(started),
+                        Err(e) => {
+                            report(index, Err(e), Instant::now());
+                            continue;
+                        }
+                    }
+                }
+            };
+            match active.add(index, &items[index], &self.options, progress, report) {
+                Ok(batch::Added::Taken) => {}
+                Ok(batch::Added::Alone) => alone.push(index),
+                Err(e) => {
+                    report(index, Err(e.clone()), Instant::now());
+                    if let Some(broken) = batcher.take() {
+                        broken.fail_all(&e, report);
+                    }
+                }
+            }
+        }
+        if let Some(active) = batcher {
+            *session = active.finish(report);
+        }
     }
 }
 

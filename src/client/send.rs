@@ -23,19 +23,19 @@ use crate::wait::SPIN;
 const STREAM_SIZE_HINT: u64 = 1 << 30;
 
 /// A source opened for reading, with what is known of its length.
-struct Opened<'r> {
-    input: Input<'r>,
+pub(super) struct Opened<'r> {
+    pub(super) input: Input<'r>,
     /// Metadata of a regular file, to notice it changing while it is sent.
-    regular: Option<std::fs::Metadata>,
+    pub(super) regular: Option<std::fs::Metadata>,
     /// The exact length, when `stat` can be trusted for it; else read to EOF.
-    exact: Option<u64>,
+    pub(super) exact: Option<u64>,
     /// The length to plan the ring for (and show progress against).
-    hint: u64,
-    meta: FileMeta,
+    pub(super) hint: u64,
+    pub(super) meta: FileMeta,
 }
 
 /// Where an item's bytes come from.
-enum Input<'r> {
+pub(super) enum Input<'r> {
     /// A regular file (or /proc file): read until the buffer is full or it ends.
     File(File),
     /// A pipe, FIFO or terminal: read as data comes, never waiting to fill a buffer.
@@ -74,7 +74,7 @@ impl Opened<'_> {
     }
 }
 
-fn open_source(item: &Item, options: &SendOptions) -> Result<Opened<'static>, SendError> {
+pub(super) fn open_source(item: &Item, options: &SendOptions) -> Result<Opened<'static>, SendError> {
     let (file, shown) = match &item.source {
         Source::Stdin => {
             let fd = std::io::stdin().as_fd().try_clone_to_owned()?;
@@ -336,7 +336,7 @@ fn fill_from_pipe(
 }
 
 /// Waits until slot `index` is ours again; a server error ends the wait.
-fn wait_for_slot(session: &mut Session<'_>, ring: &Producer<'_>) -> Result<(), SendError> {
+pub(super) fn wait_for_slot(session: &mut Session<'_>, ring: &Producer<'_>) -> Result<(), SendError> {
     let record = session.record;
     let ours = || ring.ready();
     let mut spin = SPIN;

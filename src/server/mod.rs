@@ -36,6 +36,7 @@ use crate::sys;
 use crate::wait::{spin_until, SPIN};
 use crate::ExitStatus;
 
+mod batch;
 mod offer;
 mod stream;
 mod worker;

@@ -26,6 +26,10 @@ pub(super) enum State {
     WaitingForSpace(Box<Transfer>),
     /// Receiving a file through its ring.
     Receiving(Box<Transfer>),
+    /// Batch mode asked for, but the segment has no room for its ring yet.
+    BatchWaitingForSpace,
+    /// Batch mode: every slot handed over holds a batch (see `super::batch`).
+    Batching,
     /// Dropped for idleness while its client still lives: the buffers are freed, but
     /// the record is kept (and ignored) until the client exits, so a client that
     /// wakes up later reads its own error and can never touch a record the server
@@ -113,7 +117,8 @@ impl Stream {
             State::Closed => return false,
             State::Dropped => self.handle_dropped_command(shared),
             State::WaitingForSpace(_) => self.handle_command(shared) | self.try_start_ring(shared),
-            State::Idle | State::Receiving(_) => {
+            State::BatchWaitingForSpace => self.handle_command(shared) | self.try_start_batch(shared),
+            State::Idle | State::Receiving(_) | State::Batching => {
                 let drained = match self.drain(shared) {
                     Ok(progressed) => progressed,
                     Err(failure) => {
@@ -151,6 +156,9 @@ impl Stream {
 
     /// Moves every full slot, in ring order, into the output file.
     pub(super) fn drain(&mut self, shared: &Shared) -> Result<bool, Failure> {
+        if matches!(self.state, State::Batching) {
+            return self.drain_batches(shared);
+        }
         let State::Receiving(transfer) = &mut self.state else { return Ok(false) };
         let record = shared.segment.record(self.offset).expect("own record");
         let mut moved = false;
@@ -243,7 +251,12 @@ impl Stream {
             return;
         }
         self.failed_transfer = false;
+        // Batch mode ends with any other command (the client waited for every slot).
+        if matches!(self.state, State::Batching) && !matches!(command, ClientCommand::Batch) {
+            self.state = State::Idle;
+        }
         match (command, &self.state) {
+            (ClientCommand::Batch, State::Idle | State::Batching) => self.start_batch(shared),
             (ClientCommand::Open { name, size, meta }, State::Idle) => self.open(shared, name, size, meta),
             (ClientCommand::Put { name, size, checksum, meta }, State::Idle) => {
                 self.put(shared, name, size, checksum, meta)
@@ -371,7 +384,7 @@ impl Stream {
     }
 
     pub(super) fn waiting_for_space(&self) -> bool {
-        matches!(self.state, State::WaitingForSpace(_))
+        matches!(self.state, State::WaitingForSpace(_) | State::BatchWaitingForSpace)
     }
 
     /// Allocates the stream's buffers if there is room; otherwise the stream waits
@@ -385,24 +398,13 @@ impl Stream {
         // may run past it, so such a ring has at least one slot.
         let chunk = ring::chunk_size(transfer.size, area);
         let wanted = ring::wanted_slots(transfer.size, chunk);
-        let reusable = self.ring.chunk() >= chunk && self.ring.buffers().len() >= wanted;
-        let record = shared.segment.record(self.offset).expect("own record");
-        if reusable {
-            // Hand every kept slot back to the client (a failure may have revoked them).
-            self.ring.rearm(record);
-        } else {
-            self.free_ring(shared);
-            let buffers = allocate_ring(shared, chunk, wanted);
-            if buffers.is_empty() {
-                // Relaxed: status only.
-                record.phase.store(PHASE_WAITING_FOR_SPACE, Ordering::Relaxed);
-                if let Some(transfer) = self.take_transfer() {
-                    self.state = State::WaitingForSpace(transfer);
-                }
-                return false;
+        if !self.arm_ring(shared, chunk, wanted) {
+            if let Some(transfer) = self.take_transfer() {
+                self.state = State::WaitingForSpace(transfer);
             }
-            self.ring.install(record, buffers);
+            return false;
         }
+        let record = shared.segment.record(self.offset).expect("own record");
         if let Some(transfer) = self.take_transfer() {
             self.state = State::Receiving(transfer);
         }
@@ -413,6 +415,28 @@ impl Stream {
         self.last_activity = Instant::now();
         // The reply's Release publishes the slot fields above.
         self.reply(shared, reply);
+        true
+    }
+
+    /// Gives the client a ring of at least `wanted` slots of `chunk` bytes: the
+    /// kept one if it is large enough, else new buffers. `false`: no room yet (the
+    /// stream waits for space; the caller sets its state).
+    pub(super) fn arm_ring(&mut self, shared: &Shared, chunk: u64, wanted: usize) -> bool {
+        let reusable = self.ring.chunk() >= chunk && self.ring.buffers().len() >= wanted;
+        let record = shared.segment.record(self.offset).expect("own record");
+        if reusable {
+            // Hand every kept slot back to the client (a failure may have revoked them).
+            self.ring.rearm(record);
+            return true;
+        }
+        self.free_ring(shared);
+        let buffers = allocate_ring(shared, chunk, wanted);
+        if buffers.is_empty() {
+            // Relaxed: status only.
+            record.phase.store(PHASE_WAITING_FOR_SPACE, Ordering::Relaxed);
+            return false;
+        }
+        self.ring.install(record, buffers);
         true
     }
 
@@ -472,6 +496,9 @@ impl Stream {
     pub(super) fn fail(&mut self, shared: &Shared, failure: Failure) {
         self.failed_transfer = self.has_transfer();
         self.remove_transfer();
+        if matches!(self.state, State::Batching | State::BatchWaitingForSpace) {
+            self.state = State::Idle;
+        }
         self.revoke_ring(shared);
         shared.segment.header().streams_failed.fetch_add(1, Ordering::Relaxed);
         (shared.events)(&ServerEvent::Failed { name: self.label.clone(), reason: failure.message.clone() });
@@ -614,7 +641,7 @@ pub(super) fn allocate_ring(shared: &Shared, chunk: u64, wanted: usize) -> Vec<(
 }
 
 /// A file past `--max-file-size`, named.
-fn too_big(name: &str, max: u64) -> Failure {
+pub(super) fn too_big(name: &str, max: u64) -> Failure {
     let limit = crate::segment::human_bytes(max);
     failure(
         ErrorCode::BadRequest,

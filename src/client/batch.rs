@@ -1,0 +1,308 @@
+//! Batch mode on one stream (see `crate::batch`): small files and folders are packed
+//! into ring slots, a whole slot is handed over at once, and the next slot is filled
+//! while the server publishes the previous one. An item counts as sent only when its
+//! slot came back with the server's result for it.
+
+use std::time::Instant;
+
+use super::send::{open_source, wait_for_slot, Input};
+use super::session::Session;
+use super::{failed, Delivered, ItemResult, Progress, SendError, SendOptions};
+use crate::batch::{self, EntryKind, Outcome, BATCH_FILE_MAX, ENTRY_LEN, HEADER_LEN, MAX_ENTRIES};
+use crate::protocol::{ClientCommand, ServerReply};
+use crate::ring::Producer;
+use crate::segment::{Buffer, MAX_SLOTS};
+use crate::sources::{Item, Kind, Source};
+use crate::sys;
+
+/// Hears the end of an item: its index, result and when it was taken up.
+pub(super) type Report<'r> = &'r dyn Fn(usize, ItemResult, Instant);
+
+/// An item in a batch, waiting for its result.
+struct Packed {
+    index: usize,
+    bytes: u64,
+    started: Instant,
+}
+
+/// A batch handed over, by slot.
+struct InFlight {
+    seq: u64,
+    entries: Vec<Packed>,
+}
+
+/// The slot being filled.
+struct Packing<'a> {
+    buffer: Buffer<'a>,
+    used: usize,
+    entries: Vec<Packed>,
+}
+
+/// What `Batcher::add` did with an item.
+pub(super) enum Added {
+    /// Packed (its result comes with its slot), or already reported (it failed on
+    /// this side: a source that cannot be read).
+    Taken,
+    /// Not for a batch after all (it is larger than it was when planned, or not a
+    /// regular file): send it on its own.
+    Alone,
+}
+
+/// One stream in batch mode.
+pub(super) struct Batcher<'a> {
+    session: Session<'a>,
+    ring: Producer<'a>,
+    chunk: usize,
+    in_flight: Vec<Option<InFlight>>,
+    packing: Option<Packing<'a>>,
+    next_seq: u64,
+}
+
+/// Whether `item` goes into a batch: a folder, or a regular file small enough when
+/// planned (the size is checked again when it is read).
+pub(super) fn batchable(item: &Item) -> bool {
+    match item.kind {
+        Kind::Dir { .. } => true,
+        Kind::File => {
+            matches!(item.source, Source::Path { .. })
+                && item.size_hint.is_some_and(|size| size <= BATCH_FILE_MAX)
+        }
+    }
+}
+
+impl<'a> Batcher<'a> {
+    /// Puts `session` in batch mode: the server answers with a ring.
+    pub(super) fn start(mut session: Session<'a>) -> Result<Batcher<'a>, SendError> {
+        session.post(&ClientCommand::Batch)?;
+        let (slots, chunk) = match session.wait_reply()? {
+            ServerReply::Opened { slots, chunk } => (slots as usize, chunk),
+            other => return Err(super::send::reply_error(other)),
+        };
+        let least = (HEADER_LEN + ENTRY_LEN) as u64;
+        if slots == 0 || slots > MAX_SLOTS || chunk < least || chunk > 1 << 30 {
+            return Err(failed(format!("the server offered a batch ring of {slots} slots of {chunk} bytes")));
+        }
+        // The ring stays with the stream: a small file after the batches goes in one step.
+        session.kept_slot = Some(chunk);
+        let ring = Producer::new(&session.connection.segment, session.record, slots);
+        Ok(Batcher {
+            session,
+            ring,
+            chunk: chunk as usize,
+            in_flight: (0..slots).map(|_| None).collect(),
+            packing: None,
+            next_seq: 1,
+        })
+    }
+
+    /// Packs `item` (item `index` of the list). `Err`: the stream failed; the caller
+    /// ends the batcher with `fail_all`.
+    pub(super) fn add(
+        &mut self,
+        index: usize,
+        item: &Item,
+        options: &SendOptions,
+        progress: &dyn Progress,
+        report: Report<'_>,
+    ) -> Result<Added, SendError> {
+        let started = Instant::now();
+        let name = item.name.as_bytes();
+        let opened = match item.kind {
+            Kind::Dir { .. } => None,
+            Kind::File => match open_source(item, options) {
+                Ok(opened) => Some(opened),
+                Err(e) => {
+                    report(index, Err(e), started);
+                    return Ok(Added::Taken);
+                }
+            },
+        };
+        // Room to read one byte more than the file should hold, to see it grew.
+        let want = match &opened {
+            None => 0,
+            Some(opened) => match (&opened.input, opened.regular.is_some(), opened.exact) {
+                (Input::File(_), true, Some(size)) if size <= BATCH_FILE_MAX => size as usize + 1,
+                (Input::File(_), true, None) => BATCH_FILE_MAX as usize + 1,
+                _ => return Ok(Added::Alone),
+            },
+        };
+        let need = batch::entry_space(name.len(), want);
+        if HEADER_LEN + need > self.chunk {
+            return Ok(Added::Alone);
+        }
+        let full = self
+            .packing
+            .as_ref()
+            .is_some_and(|p| p.used + need > self.chunk || p.entries.len() == MAX_ENTRIES);
+        if full {
+            self.hand_over()?;
+        }
+        if self.packing.is_none() {
+            self.take_slot(report)?;
+        }
+        let packing = self.packing.as_mut().expect("a slot to pack into");
+        let at = packing.used;
+        let data_at = at + ENTRY_LEN + name.len();
+        let kind = match (item.kind, &opened) {
+            (Kind::Dir { mode }, _) => EntryKind::Dir { mode },
+            (Kind::File, Some(opened)) => {
+                let Input::File(file) = &opened.input else { unreachable!("only files are read here") };
+                let got = match read_into(&packing.buffer, file, data_at, want) {
+                    Ok(got) => got,
+                    Err(e) => {
+                        report(index, Err(e.into()), started);
+                        return Ok(Added::Taken);
+                    }
+                };
+                let problem = match opened.exact {
+                    Some(size) if got as u64 > size => Some("the source file grew while it was being sent"),
+                    Some(size) if (got as u64) < size => {
+                        Some("the source file shrank while it was being sent")
+                    }
+                    // Read to its end (/proc, or empty when planned): larger than a batch takes.
+                    None if got == want => return Ok(Added::Alone),
+                    _ => None,
+                };
+                if let Some(problem) = problem {
+                    report(index, Err(failed(problem)), started);
+                    return Ok(Added::Taken);
+                }
+                let checksum = crate::checksum::of(packing.buffer.bytes_at(data_at, got));
+                EntryKind::File { size: got as u64, checksum, meta: opened.meta }
+            }
+            (Kind::File, None) => unreachable!("files are opened above"),
+        };
+        let bytes = match kind {
+            EntryKind::File { size, .. } => size,
+            EntryKind::Dir { .. } => 0,
+        };
+        packing.buffer.write_at(at, &batch::entry_header(&kind, name.len()));
+        packing.buffer.write_at(at + ENTRY_LEN, name);
+        packing.used = batch::align(data_at + bytes as usize);
+        packing.entries.push(Packed { index, bytes, started });
+        if bytes > 0 {
+            progress.bytes(bytes);
+        }
+        Ok(Added::Taken)
+    }
+
+    /// Waits for the next slot; if it carries the results of an earlier batch,
+    /// reports them. Then it is ours to fill.
+    fn take_slot(&mut self, report: Report<'_>) -> Result<(), SendError> {
+        self.collect(report)?;
+        let buffer = self
+            .ring
+            .buffer(self.chunk as u64)
+            .map_err(|e| failed(format!("the server gave a bad buffer: {e}")))?;
+        self.packing = Some(Packing { buffer, used: HEADER_LEN, entries: Vec::new() });
+        Ok(())
+    }
+
+    /// Waits until the next slot is back and reports the results it holds, if any.
+    fn collect(&mut self, report: Report<'_>) -> Result<(), SendError> {
+        wait_for_slot(&mut self.session, &self.ring)?;
+        let slot = self.ring.next_index();
+        let Some(sent) = self.in_flight[slot].take() else { return Ok(()) };
+        if self.ring.capacity() != self.chunk as u64 {
+            self.in_flight[slot] = Some(sent);
+            return Err(failed("the server changed a batch slot's size"));
+        }
+        let buffer = self
+            .ring
+            .buffer(self.chunk as u64)
+            .map_err(|e| failed(format!("the server gave a bad buffer: {e}")))?;
+        let outcomes = match batch::decode_results(buffer.bytes(self.chunk), sent.seq, sent.entries.len()) {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                self.in_flight[slot] = Some(sent);
+                return Err(failed(e.to_string()));
+            }
+        };
+        for (packed, outcome) in sent.entries.into_iter().zip(outcomes) {
+            let result = match outcome {
+                Outcome::Done(bytes) if bytes == packed.bytes => Ok(Delivered::Sent { bytes }),
+                Outcome::Done(bytes) => {
+                    Err(failed(format!("server stored {bytes} bytes, expected {}", packed.bytes)))
+                }
+                Outcome::Skipped => Ok(Delivered::Skipped),
+                Outcome::Failed(code, message) => {
+                    Err(super::send::reply_error(ServerReply::Error { code, message }))
+                }
+            };
+            report(packed.index, result, packed.started);
+        }
+        Ok(())
+    }
+
+    /// Hands the slot being filled to the server.
+    fn hand_over(&mut self) -> Result<(), SendError> {
+        let Some(packing) = self.packing.take() else { return Ok(()) };
+        if packing.entries.is_empty() {
+            // Nothing packed: the slot stays ours and is filled next.
+            self.packing = Some(packing);
+            return Ok(());
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        packing.buffer.write_at(0, &batch::batch_header(packing.entries.len() as u32, seq));
+        let slot = self.ring.next_index();
+        self.in_flight[slot] = Some(InFlight { seq, entries: packing.entries });
+        self.ring.hand_over(packing.used as u64);
+        Ok(())
+    }
+
+    /// Hands over what is packed, waits for every result, and gives the stream back
+    /// (still with its ring) for items sent on their own; `None` if the stream
+    /// failed meanwhile (every item it held is then reported failed).
+    pub(super) fn finish(mut self, report: Report<'_>) -> Option<Session<'a>> {
+        match self.drain(report) {
+            Ok(()) => Some(self.session),
+            Err(e) => {
+                self.fail_all(&e, report);
+                None
+            }
+        }
+    }
+
+    fn drain(&mut self, report: Report<'_>) -> Result<(), SendError> {
+        if sys::stop_signal().is_some() {
+            // Ctrl-C: what is packed is not handed over; what is in flight is heard.
+            for packed in self.packing.take().map(|p| p.entries).unwrap_or_default() {
+                report(packed.index, Err(SendError::Interrupted), packed.started);
+            }
+        }
+        self.hand_over()?;
+        self.packing = None;
+        for _ in 0..self.in_flight.len() {
+            if self.in_flight[self.ring.next_index()].is_some() {
+                self.collect(report)?;
+            }
+            self.ring.skip();
+        }
+        Ok(())
+    }
+
+    /// The stream failed: every item packed or in flight fails with `error`, and the
+    /// stream is given up.
+    pub(super) fn fail_all(mut self, error: &SendError, report: Report<'_>) {
+        let packing = self.packing.take().map(|p| p.entries).unwrap_or_default();
+        let in_flight = self.in_flight.iter_mut().filter_map(Option::take).flat_map(|sent| sent.entries);
+        for packed in packing.into_iter().chain(in_flight) {
+            report(packed.index, Err(error.clone()), packed.started);
+        }
+        self.session.abort(&error.to_string());
+    }
+}
+
+/// Reads up to `want` bytes of `file` into `buffer` at `at`, to its end or `want`.
+fn read_into(buffer: &Buffer<'_>, file: &std::fs::File, at: usize, want: usize) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < want {
+        let n = buffer.read_at(file, at + got, want - got)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(got)
+}

@@ -1,0 +1,153 @@
+//! A stream in batch mode: each slot the client hands over holds a batch of small
+//! files and folders (see `crate::batch`); every entry is checked and published on
+//! its own, and the results go back in the same slot. A batch whose framing is
+//! wrong fails the stream and publishes nothing.
+
+use super::stream::{failure, publish, sink_failure, Failure, State, Stream, Transfer};
+use super::*;
+use crate::batch::{self, Entry, EntryKind, Outcome, BATCH_CHUNK};
+
+impl Stream {
+    /// `Batch`: a ring for batches (kept if the stream has a large enough one), then
+    /// `Opened`; without space the stream waits, as a file does.
+    pub(super) fn start_batch(&mut self, shared: &Shared) {
+        "batches".clone_into(&mut self.label);
+        self.state = State::BatchWaitingForSpace;
+        self.try_start_batch(shared);
+    }
+
+    /// Arms the batch ring if there is room; else tried again on the next pass.
+    pub(super) fn try_start_batch(&mut self, shared: &Shared) -> bool {
+        if !matches!(self.state, State::BatchWaitingForSpace) {
+            return false;
+        }
+        let area = shared.segment.layout().area_end - shared.segment.layout().area_start;
+        let chunk = ring::chunk_size(BATCH_CHUNK, area);
+        if !self.arm_ring(shared, chunk, ring::WANTED_SLOTS) {
+            return false;
+        }
+        self.state = State::Batching;
+        let reply = ServerReply::Opened { slots: self.ring.buffers().len() as u32, chunk: self.ring.chunk() };
+        self.last_activity = Instant::now();
+        // The reply's Release publishes the slot fields `arm_ring` wrote.
+        self.reply(shared, reply);
+        true
+    }
+
+    /// Publishes every batch the client handed over, in ring order, and hands each
+    /// slot back with its results.
+    pub(super) fn drain_batches(&mut self, shared: &Shared) -> Result<bool, Failure> {
+        let record = shared.segment.record(self.offset).expect("own record");
+        let mut moved = false;
+        for _ in 0..self.ring.buffers().len() {
+            let Some(FullSlot { offset, capacity, len, .. }) = self.ring.next_full(record) else { break };
+            if len == 0 || len > capacity {
+                let message = format!("bad batch length {len} (slot capacity {capacity})");
+                return Err(failure(ErrorCode::BadRequest, message));
+            }
+            let buffer = shared
+                .segment
+                .buffer(offset, capacity)
+                .map_err(|e| failure(ErrorCode::BadRequest, e.to_string()))?;
+            let results = self.run_batch(shared, buffer.bytes(len as usize), capacity as usize)?;
+            buffer.copy_from(&results);
+            // SYNC POINT (slot hand-over): the results above go with the slot's
+            // Release store of EMPTY in `release`.
+            self.ring.release(record);
+            moved = true;
+        }
+        if moved {
+            self.last_activity = Instant::now();
+        }
+        Ok(moved)
+    }
+
+    /// Checks and publishes one batch; returns the results to write back.
+    fn run_batch(&mut self, shared: &Shared, bytes: &[u8], capacity: usize) -> Result<Vec<u8>, Failure> {
+        let (seq, entries) =
+            batch::decode_batch(bytes).map_err(|e| failure(ErrorCode::BadRequest, e.to_string()))?;
+        let mut outcomes: Vec<Outcome> =
+            entries.iter().map(|entry| self.batch_entry(shared, entry, bytes)).collect();
+        if shared.options.sync == SyncMode::Batch && outcomes.iter().any(|o| matches!(o, Outcome::Done(_))) {
+            if let Err(e) = shared.sink.flush() {
+                for outcome in outcomes.iter_mut().filter(|o| matches!(o, Outcome::Done(_))) {
+                    *outcome = Outcome::Failed(ErrorCode::Io, format!("published, but not flushed: {e}"));
+                }
+            }
+        }
+        Ok(batch::encode_results(seq, &outcomes, capacity))
+    }
+
+    /// One entry, on its own: a bad one fails alone and is reported.
+    fn batch_entry(&mut self, shared: &Shared, entry: &Entry, bytes: &[u8]) -> Outcome {
+        let header = shared.segment.header();
+        let result = self.publish_entry(shared, entry, bytes);
+        match result {
+            Ok(outcome) => {
+                // Relaxed: counters for status only.
+                header.streams_done.fetch_add(1, Ordering::Relaxed);
+                outcome
+            }
+            Err(Failure { code, message }) => {
+                header.streams_failed.fetch_add(1, Ordering::Relaxed);
+                let name = match &entry.name {
+                    Ok(name) => name.clone(),
+                    Err(_) => "(a batch entry)".to_owned(),
+                };
+                (shared.events)(&ServerEvent::Failed { name, reason: message.clone() });
+                Outcome::Failed(code, message)
+            }
+        }
+    }
+
+    fn publish_entry(&mut self, shared: &Shared, entry: &Entry, bytes: &[u8]) -> Result<Outcome, Failure> {
+        let (name, kind) = entry.check().map_err(|e| failure(ErrorCode::BadRequest, e.0))?;
+        let shown = escaped(name);
+        let base = name.rsplit('/').next().unwrap_or(name);
+        if base.starts_with(TEMP_MARK) {
+            let message = format!(
+                "{shown}: names starting with {TEMP_MARK} are reserved for the server's temporary files"
+            );
+            return Err(failure(ErrorCode::BadRequest, message));
+        }
+        let (size, checksum, meta) = match kind {
+            EntryKind::Dir { mode } => {
+                self.sink.make_dir(name, mode | 0o700).map_err(sink_failure)?;
+                return Ok(Outcome::Done(0));
+            }
+            EntryKind::File { size, checksum, meta } => (size, checksum, meta),
+        };
+        if let Some(max) = shared.options.max_file_size.filter(|&max| size > max) {
+            return Err(super::stream::too_big(name, max));
+        }
+        if meta.skip_existing && !shared.options.overwrite && self.sink.exists(name) {
+            return Ok(Outcome::Skipped);
+        }
+        let data = &bytes[entry.data.clone()];
+        let mut file = self.sink.create(name).map_err(sink_failure)?;
+        let mut hasher = Checksum::new();
+        if !data.is_empty() {
+            hasher.update(data);
+            if let Err(e) = file.write(data) {
+                file.discard();
+                return Err(sink_failure(e));
+            }
+        }
+        let transfer = Transfer {
+            name: name.to_owned(),
+            file,
+            meta,
+            size,
+            written: size,
+            hasher,
+            started: Instant::now(),
+        };
+        match publish(shared, transfer, size, checksum)? {
+            None => Ok(Outcome::Skipped),
+            Some(event) => {
+                (shared.events)(&event);
+                Ok(Outcome::Done(size))
+            }
+        }
+    }
+}
