@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use crate::wait::Event;
 
 /// "SHXFER" + layout version in the last two bytes, little endian.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"SHXFER\x02\x00");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SHXFER\x03\x00");
 /// The header's `version`: a segment with any other is refused at open.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Where the `Header` lies: the segment's first bytes.
 pub const HEADER_OFFSET: u64 = 0;
 /// Where the `Handout` lies; the `Header` must fit below it (checked at compile time).
@@ -106,6 +106,11 @@ pub struct Header {
     pub server_started: AtomicU64,
     /// Wall-clock milliseconds since the epoch of the last heartbeat (status only).
     pub heartbeat_at_ms: AtomicU64,
+    /// The server's worker threads (0 until the server wrote it): a client runs no
+    /// more batch streams than this, as more would only take turns.
+    pub workers: AtomicU32,
+    /// Zero.
+    pub reserved: AtomicU32,
 }
 
 /// `Handout::state`: nothing on offer (or the last take was collected).

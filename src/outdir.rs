@@ -44,6 +44,9 @@ pub struct Target {
     pub parent: Arc<OwnedFd>,
     /// The file's name in that folder.
     pub base: String,
+    /// The folder has no default ACL: a file made there gets exactly the mode asked
+    /// for, less the umask.
+    pub plain: bool,
 }
 
 /// The last folder a stream wrote into, kept open: files of one folder usually come
@@ -52,7 +55,7 @@ pub struct Target {
 /// opened afresh.
 #[derive(Default)]
 pub struct DirCache {
-    last: Option<(String, Arc<OwnedFd>)>,
+    last: Option<(String, Arc<OwnedFd>, bool)>,
 }
 
 impl DirCache {
@@ -96,9 +99,9 @@ impl OutputDir {
     /// takes the folder from `cache`; `rel` was checked by `protocol::validate_path`.
     pub fn target(&self, rel: &str, cache: &mut DirCache) -> Result<Target, PathError> {
         let (folders, base) = rel.rsplit_once('/').unwrap_or(("", rel));
-        if let Some((cached, dir)) = &cache.last {
+        if let Some((cached, dir, plain)) = &cache.last {
             if cached == folders {
-                return Ok(Target { parent: Arc::clone(dir), base: base.to_owned() });
+                return Ok(Target { parent: Arc::clone(dir), base: base.to_owned(), plain: *plain });
             }
         }
         let mut dir = self.open_root()?;
@@ -107,9 +110,10 @@ impl OutputDir {
                 dir = self.step(dir, rel, component, index, None)?;
             }
         }
+        let plain = !sys::has_default_acl(dir.as_fd());
         let dir = Arc::new(dir);
-        cache.last = Some((folders.to_owned(), Arc::clone(&dir)));
-        Ok(Target { parent: dir, base: base.to_owned() })
+        cache.last = Some((folders.to_owned(), Arc::clone(&dir), plain));
+        Ok(Target { parent: dir, base: base.to_owned(), plain })
     }
 
     /// Creates every folder of `rel`, the last with exactly `mode` (whatever the
@@ -188,19 +192,28 @@ pub struct Incoming {
     pub file: File,
     target: Target,
     temp: Temp,
+    /// The permission bits it was made with, when certain (else `publish` sets them).
+    mode: Option<u32>,
 }
 
 impl Incoming {
     /// Creates the file that will become `target`: unnamed where the filesystem
-    /// allows, else under `temp_name`.
-    pub fn create(target: Target, temp_name: &str) -> io::Result<Incoming> {
-        match sys::tmpfile_in(target.parent.as_fd()) {
-            Ok(file) => return Ok(Incoming { file, target, temp: Temp::Unnamed(temp_name.to_owned()) }),
+    /// allows, else under `temp_name`. `mode` is the one it will likely be published with: made with it where the
+    /// result is certain, publishing it needs no `fchmod`.
+    pub fn create(target: Target, temp_name: &str, mode: u32) -> io::Result<Incoming> {
+        let (asked, made) = match target.plain {
+            true => (mode, Some(mode & !sys::umask())),
+            false => (0o600, None),
+        };
+        match sys::tmpfile_in(target.parent.as_fd(), asked) {
+            Ok(file) => {
+                return Ok(Incoming { file, target, temp: Temp::Unnamed(temp_name.to_owned()), mode: made })
+            }
             Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {}
             Err(e) => return Err(e),
         }
         let file = sys::create_new_at(target.parent.as_fd(), temp_name)?;
-        Ok(Incoming { file, target, temp: Temp::Named(temp_name.to_owned()) })
+        Ok(Incoming { file, target, temp: Temp::Named(temp_name.to_owned()), mode: None })
     }
 
     /// The folder the file goes into (to flush it after publishing).
@@ -238,7 +251,9 @@ impl Incoming {
     }
 
     fn finish_metadata(&self, mode: u32, mtime: Option<SystemTime>) -> io::Result<()> {
-        self.file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        if self.mode != Some(mode) {
+            self.file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
         if let Some(time) = mtime {
             self.file.set_times(std::fs::FileTimes::new().set_modified(time))?;
         }

@@ -97,8 +97,9 @@ pub trait Sink: Send + Sync + 'static {
 pub trait SinkSession: Send {
     /// Whether a file of that name exists (checked before a large transfer starts).
     fn exists(&mut self, name: &str) -> bool;
-    /// Starts a file that will be published as `name`.
-    fn create(&mut self, name: &str) -> Result<Box<dyn SinkFile>, SinkError>;
+    /// Starts a file that will be published as `name`, most likely with permission
+    /// bits `mode` (`SinkFile::publish` names them for certain).
+    fn create(&mut self, name: &str, mode: u32) -> Result<Box<dyn SinkFile>, SinkError>;
     /// Makes the folder `name` (and its parents), the last with permission bits
     /// `mode`; an existing folder is fine.
     fn make_dir(&mut self, name: &str, mode: u32) -> Result<(), SinkError>;
@@ -185,12 +186,12 @@ impl SinkSession for FolderSession {
         self.output.target(name, &mut self.dirs).is_ok_and(|target| target.exists())
     }
 
-    fn create(&mut self, name: &str) -> Result<Box<dyn SinkFile>, SinkError> {
+    fn create(&mut self, name: &str, mode: u32) -> Result<Box<dyn SinkFile>, SinkError> {
         let target = self.output.target(name, &mut self.dirs).map_err(|e| {
             self.dirs.clear();
             SinkError::new(SinkErrorKind::Io, e.message)
         })?;
-        let incoming = Incoming::create(target, &self.temp_name).map_err(|e| {
+        let incoming = Incoming::create(target, &self.temp_name, mode).map_err(|e| {
             self.dirs.clear();
             SinkError::new(SinkErrorKind::Io, format!("cannot create {}: {e}", self.shown(name)))
         })?;
@@ -293,7 +294,7 @@ impl SinkSession for MemorySink {
         self.files.lock().expect("memory sink lock").contains_key(name)
     }
 
-    fn create(&mut self, name: &str) -> Result<Box<dyn SinkFile>, SinkError> {
+    fn create(&mut self, name: &str, _mode: u32) -> Result<Box<dyn SinkFile>, SinkError> {
         Ok(Box::new(MemoryFile { name: name.to_owned(), bytes: Vec::new(), files: self.files() }))
     }
 

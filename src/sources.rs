@@ -80,7 +80,9 @@ pub struct Item {
     pub name: String,
     /// A file or a folder.
     pub kind: Kind,
-    /// The size `stat` reported for a regular file (a hint for progress only).
+    /// The size `stat` reported for a regular file (a hint for progress and for
+    /// choosing a batch); `None` for a file not stat'ed when planned (see
+    /// `Request::sizes`): it is sized when opened.
     pub size_hint: Option<u64>,
     /// Whether it is sent, skipped or refused.
     pub verdict: Verdict,
@@ -114,6 +116,10 @@ pub struct Request<'a> {
     pub follow_symlinks: bool,
     /// The options file, read only if an id or `--all` needs it.
     pub config: &'a Path,
+    /// Stat every file for its size (a progress bar's total). Without it, files
+    /// found in folders (by the listing's file type) and named by id are not
+    /// stat'ed when planned: they are sized when opened, as `cp -r` does.
+    pub sizes: bool,
 }
 
 /// Builds the list of items, or says why the whole run is refused (exit 2).
@@ -209,8 +215,10 @@ impl Planner<'_> {
                 let name = base_name(path);
                 let path = path.to_path_buf();
                 let mut item = file_item(Origin::Id(id), &path, name, false);
-                if let Ok(meta) = fs::metadata(&path) {
-                    item.size_hint = meta.is_file().then_some(meta.len());
+                if self.request.sizes {
+                    if let Ok(meta) = fs::metadata(&path) {
+                        item.size_hint = meta.is_file().then_some(meta.len());
+                    }
                 }
                 item
             }
@@ -297,21 +305,30 @@ impl Planner<'_> {
             size_hint: None,
             verdict: Verdict::Send,
         });
+        // The listing's file type (no `stat`; the library falls back to one where the
+        // filesystem does not say).
         let mut entries: Vec<_> = match fs::read_dir(dir) {
-            Ok(entries) => entries.filter_map(Result::ok).map(|e| e.file_name()).collect(),
+            Ok(entries) => {
+                entries.filter_map(Result::ok).map(|e| (e.file_name(), e.file_type().ok())).collect()
+            }
             Err(e) => {
                 let message = format!("cannot read folder {}: {e}", escaped_path(dir));
                 self.items.push(refused(dir, message));
                 return;
             }
         };
-        entries.sort();
-        for entry in entries {
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (entry, kind) in entries {
             let path = dir.join(&entry);
             let child = match entry.to_str() {
                 Some(text) => Ok(format!("{name}/{text}")),
                 None => Err(not_utf8(&path)),
             };
+            if kind.is_some_and(|kind| kind.is_file()) && !self.request.sizes {
+                // A regular file: opened (never through a link) and sized when sent.
+                self.items.push(file_item(Origin::Path, &path, child, true));
+                continue;
+            }
             self.add_entry(&path, child, ancestors);
         }
     }

@@ -257,12 +257,13 @@ pub fn mkdir_at(dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<()> {
     check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) })
 }
 
-/// An unnamed file in `dir` (`O_TMPFILE`), mode 0600 until published: a killed
-/// server leaves nothing behind. Fails with EOPNOTSUPP/EISDIR where unsupported.
-pub fn tmpfile_in(dir: BorrowedFd<'_>) -> io::Result<File> {
+/// An unnamed file in `dir` (`O_TMPFILE`) with permission bits `mode` (less the
+/// umask): nobody can open it by a name before it is linked, and a killed server
+/// leaves nothing behind. Fails with EOPNOTSUPP/EISDIR where unsupported.
+pub fn tmpfile_in(dir: BorrowedFd<'_>, mode: u32) -> io::Result<File> {
     let flags = libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC;
     // SAFETY: "." is a static NUL-terminated string; `dir` is an open fd.
-    owned_fd(unsafe { libc::openat(dir.as_raw_fd(), c".".as_ptr(), flags, 0o600 as libc::c_uint) })
+    owned_fd(unsafe { libc::openat(dir.as_raw_fd(), c".".as_ptr(), flags, mode as libc::c_uint) })
         .map(File::from)
 }
 
@@ -337,14 +338,26 @@ pub fn exists_at(dir: BorrowedFd<'_>, name: &str) -> bool {
     }
 }
 
-/// The process's umask (read by setting and restoring it: call before threads start).
+/// The process's umask, read once (by setting and restoring it: the first call
+/// must come before threads start) and kept.
 pub fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     // SAFETY: umask cannot fail; the old value is restored at once.
-    unsafe {
+    *UMASK.get_or_init(|| unsafe {
         let old = libc::umask(0o022);
         libc::umask(old);
         old as u32
-    }
+    })
+}
+
+/// Whether the folder `dir` has a default ACL (which, not the umask, then decides a
+/// new file's permission bits). A filesystem without ACLs has none.
+pub fn has_default_acl(dir: BorrowedFd<'_>) -> bool {
+    // SAFETY: the name is NUL-terminated; a NULL buffer of size 0 only asks the size.
+    let rc = unsafe {
+        libc::fgetxattr(dir.as_raw_fd(), c"system.posix_acl_default".as_ptr(), std::ptr::null_mut(), 0)
+    };
+    rc >= 0 || !matches!(io::Error::last_os_error().raw_os_error(), Some(libc::ENODATA | libc::EOPNOTSUPP))
 }
 
 /// Sets the permission bits of the open file or folder `fd` exactly (no umask).

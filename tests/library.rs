@@ -99,11 +99,11 @@ impl SinkSession for Refusing {
         self.inner.exists(name)
     }
 
-    fn create(&mut self, name: &str) -> Result<Box<dyn SinkFile>, SinkError> {
+    fn create(&mut self, name: &str, mode: u32) -> Result<Box<dyn SinkFile>, SinkError> {
         if name.ends_with(".refused") {
             return Err(SinkError::new(SinkErrorKind::Refused, format!("{name}: not here")));
         }
-        self.inner.create(name)
+        self.inner.create(name, mode)
     }
 
     fn make_dir(&mut self, name: &str, mode: u32) -> Result<(), SinkError> {

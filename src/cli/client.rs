@@ -49,6 +49,8 @@ impl Board {
 struct Front {
     /// Failures already explained in one line (no server to connect to).
     quiet_failures: std::sync::atomic::AtomicBool,
+    /// `-q`: no progress bar, and one summary instead of a line per sent stream id.
+    quiet: bool,
     verbose: bool,
     json: bool,
     bar: ProgressBar,
@@ -110,6 +112,8 @@ pub fn main(cli: ClientCli) -> ExitStatus {
         as_name: cli.as_name.as_deref(),
         follow_symlinks: cli.follow_symlinks,
         config: &cli.common.config,
+        // Sizes for the bar's total; without a bar, files are sized when opened.
+        sizes: show_bars,
     };
     let planned = exit_on_stop_during(|| {
         sources::plan(&request, |n| {
@@ -131,6 +135,7 @@ pub fn main(cli: ClientCli) -> ExitStatus {
     let files_total = items.iter().filter(|i| i.kind == Kind::File && i.verdict == Verdict::Send).count();
     let front = Front {
         quiet_failures: false.into(),
+        quiet: cli.common.quiet,
         verbose: cli.verbose,
         json: cli.json,
         bar,
@@ -265,7 +270,10 @@ fn report(board: &Board, front: &Front, elapsed: Duration) -> ExitStatus {
                 "source": item.shown, "name": item.name, "bytes": sent_bytes, "status": state, "error": error,
             }));
         } else if let Origin::Id(id) = item.origin {
-            print_stream_line(id, item, outcome, state, error.as_deref());
+            let done = matches!(outcome, Some(Outcome::Done(..) | Outcome::Skipped));
+            if !(front.quiet && done) {
+                print_stream_line(id, item, outcome, state, error.as_deref());
+            }
         }
     }
     let only_ids = board.items.iter().all(|i| matches!(i.origin, Origin::Id(_)));
@@ -276,7 +284,7 @@ fn report(board: &Board, front: &Front, elapsed: Duration) -> ExitStatus {
             "files": files, "sent": sent, "skipped": skipped, "failed": failed, "bytes": bytes, "seconds": secs,
         });
         outln!("{summary}");
-    } else if !only_ids {
+    } else if !only_ids || front.quiet {
         outln!("sharedclient: {}", tally.line(secs));
     }
     failures.print();

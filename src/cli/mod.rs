@@ -25,8 +25,8 @@ pub struct Common {
     /// Segment name; lock files and every other name derive from it.
     #[arg(short = 'n', long = "name", value_name = "NAME", default_value = DEFAULT_NAME)]
     pub name: String,
-    /// Quieter: no progress bar (client), no line per published file (server).
-    /// Failures and the client's final summary are always printed.
+    /// Quieter: no progress bar and no line per sent stream id, only the summary
+    /// (client); no line per published file (server). Failures are always printed.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
 }

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use super::send::{open_source, wait_for_slot, Input};
+use super::send::{open_source, wait_for_slot, Input, Opened};
 use super::session::Session;
 use super::{failed, Delivered, ItemResult, Progress, SendError, SendOptions};
 use crate::batch::{self, EntryKind, Outcome, BATCH_FILE_MAX, ENTRY_LEN, HEADER_LEN, MAX_ENTRIES};
@@ -58,16 +58,42 @@ pub(super) struct Batcher<'a> {
     next_seq: u64,
 }
 
-/// Whether `item` goes into a batch: a folder, or a regular file small enough when
-/// planned (the size is checked again when it is read).
+/// Whether `item` goes into a batch: a folder, or a file not known to be too large
+/// when planned (its size is checked when it is opened).
 pub(super) fn batchable(item: &Item) -> bool {
     match item.kind {
         Kind::Dir { .. } => true,
         Kind::File => {
             matches!(item.source, Source::Path { .. })
-                && item.size_hint.is_some_and(|size| size <= BATCH_FILE_MAX)
+                && item.size_hint.is_none_or(|size| size <= BATCH_FILE_MAX)
         }
     }
+}
+
+/// An item opened and found small enough for a batch.
+pub(super) struct Prepared {
+    /// The source, for a file.
+    opened: Option<Opened<'static>>,
+    /// Bytes to read: one more than the file should hold, to see it grew.
+    want: usize,
+    started: Instant,
+}
+
+/// Opens `item` and says whether it goes into a batch (`Ok(Some)`), on its own
+/// (`Ok(None)`: not a regular file, or too large), or failed here (`Err`).
+pub(super) fn prepare(item: &Item, options: &SendOptions) -> Result<Option<Prepared>, SendError> {
+    let started = Instant::now();
+    let opened = match item.kind {
+        Kind::Dir { .. } => return Ok(Some(Prepared { opened: None, want: 0, started })),
+        Kind::File => open_source(item, options)?,
+    };
+    let want = match (&opened.input, opened.regular.is_some(), opened.exact) {
+        (Input::File(_), true, Some(size)) if size <= BATCH_FILE_MAX => size as usize + 1,
+        // Empty, or a /proc file: read to its end, up to what a batch takes.
+        (Input::File(_), true, None) if opened.hint <= BATCH_FILE_MAX => BATCH_FILE_MAX as usize + 1,
+        _ => return Ok(None),
+    };
+    Ok(Some(Prepared { opened: Some(opened), want, started }))
 }
 
 impl<'a> Batcher<'a> {
@@ -95,37 +121,18 @@ impl<'a> Batcher<'a> {
         })
     }
 
-    /// Packs `item` (item `index` of the list). `Err`: the stream failed; the caller
-    /// ends the batcher with `fail_all`.
+    /// Packs `item` (item `index` of the list), opened by `prepare`. `Err`: the
+    /// stream failed; the caller ends the batcher with `fail_all`.
     pub(super) fn add(
         &mut self,
         index: usize,
         item: &Item,
-        options: &SendOptions,
+        prepared: Prepared,
         progress: &dyn Progress,
         report: Report<'_>,
     ) -> Result<Added, SendError> {
-        let started = Instant::now();
+        let Prepared { opened, want, started } = prepared;
         let name = item.name.as_bytes();
-        let opened = match item.kind {
-            Kind::Dir { .. } => None,
-            Kind::File => match open_source(item, options) {
-                Ok(opened) => Some(opened),
-                Err(e) => {
-                    report(index, Err(e), started);
-                    return Ok(Added::Taken);
-                }
-            },
-        };
-        // Room to read one byte more than the file should hold, to see it grew.
-        let want = match &opened {
-            None => 0,
-            Some(opened) => match (&opened.input, opened.regular.is_some(), opened.exact) {
-                (Input::File(_), true, Some(size)) if size <= BATCH_FILE_MAX => size as usize + 1,
-                (Input::File(_), true, None) => BATCH_FILE_MAX as usize + 1,
-                _ => return Ok(Added::Alone),
-            },
-        };
         let need = batch::entry_space(name.len(), want);
         if HEADER_LEN + need > self.chunk {
             return Ok(Added::Alone);

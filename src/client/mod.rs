@@ -27,7 +27,8 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{self, Read};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::segment::SegmentError;
@@ -180,6 +181,7 @@ impl Sender {
             as_name: None,
             follow_symlinks: self.options.follow_symlinks,
             config: Path::new(crate::config::DEFAULT_CONFIG),
+            sizes: false,
         };
         let items = sources::plan(&request, |_| {}).map_err(SendError::Usage)?;
         let results = self.send_items(&items, &());
@@ -222,20 +224,28 @@ impl Sender {
         let workers = jobs.clamp(1, phase.len().max(1));
         let (small, large): (VecDeque<usize>, VecDeque<usize>) =
             phase.into_iter().partition(|&i| batch::batchable(&items[i]));
-        let (small, large) = (Mutex::new(small), Mutex::new(large));
+        // Batches keep a server worker busy each: more batch streams than the server
+        // has workers would only take turns (and CPU from the workers).
+        // Relaxed: a hint the server wrote once at start.
+        let server_workers = self.connection.segment.header().workers.load(Ordering::Relaxed) as usize;
+        let batch_jobs = if server_workers == 0 { workers } else { workers.min(server_workers) };
+        let small = Mutex::new(small);
+        let large = Alone { queue: Mutex::new((large, batch_jobs.min(workers))), more: Condvar::new() };
         let report = |index: usize, result: ItemResult, started: Instant| {
             progress.finished(index, &items[index], &result, started.elapsed());
             *results[index].lock().expect("result lock") = Some(result);
         };
         std::thread::scope(|scope| {
-            for _ in 0..workers {
-                scope.spawn(|| {
+            for worker in 0..workers {
+                let (small, large, report) = (&small, &large, &report);
+                scope.spawn(move || {
                     let mut session = None;
-                    let mut alone = Vec::new();
-                    self.send_batched(items, &small, &mut session, &mut alone, progress, &report);
+                    if worker < batch_jobs {
+                        self.send_batched(items, small, &mut session, large, progress, report);
+                        large.batcher_done();
+                    }
                     while sys::stop_signal().is_none() {
-                        let next = large.lock().expect("queue lock").pop_front();
-                        let Some(index) = next.or_else(|| alone.pop()) else { break };
+                        let Some(index) = large.next() else { break };
                         let started = Instant::now();
                         let result = send::send_item(
                             &self.connection,
@@ -256,19 +266,32 @@ impl Sender {
     }
 
     /// Sends the items of `queue` in batches on one stream (taking `session`, giving
-    /// it back when done); those that turn out not to fit a batch go to `alone`.
+    /// it back when done); those that turn out not to fit a batch go to `alone`,
+    /// for any job to send on its own.
     fn send_batched<'c>(
         &'c self,
         items: &[Item],
         queue: &Mutex<VecDeque<usize>>,
         session: &mut Option<Session<'c>>,
-        alone: &mut Vec<usize>,
+        alone: &Alone,
         progress: &dyn Progress,
         report: batch::Report<'_>,
     ) {
         let mut batcher: Option<batch::Batcher<'c>> = None;
         while sys::stop_signal().is_none() {
             let Some(index) = queue.lock().expect("queue lock").pop_front() else { break };
+            // Opened first: a stream goes into batch mode only for an item that fits.
+            let prepared = match batch::prepare(&items[index], &self.options) {
+                Ok(Some(prepared)) => prepared,
+                Ok(None) => {
+                    alone.push(index);
+                    continue;
+                }
+                Err(e) => {
+                    report(index, Err(e), Instant::now());
+                    continue;
+                }
+            };
             let active = match batcher.as_mut() {
                 Some(active) => active,
                 None => {
@@ -285,7 +308,7 @@ impl Sender {
                     }
                 }
             };
-            match active.add(index, &items[index], &self.options, progress, report) {
+            match active.add(index, &items[index], prepared, progress, report) {
                 Ok(batch::Added::Taken) => {}
                 Ok(batch::Added::Alone) => alone.push(index),
                 Err(e) => {
@@ -298,6 +321,40 @@ impl Sender {
         }
         if let Some(active) = batcher {
             *session = active.finish(report);
+        }
+    }
+}
+
+/// Items sent each on a stream of its own: those planned so, and those the
+/// batching jobs find too large. A job waits for more while any batching job runs.
+struct Alone {
+    /// The items, and how many batching jobs are still running.
+    queue: Mutex<(VecDeque<usize>, usize)>,
+    more: Condvar,
+}
+
+impl Alone {
+    fn push(&self, index: usize) {
+        self.queue.lock().expect("queue lock").0.push_back(index);
+        self.more.notify_one();
+    }
+
+    fn batcher_done(&self) {
+        self.queue.lock().expect("queue lock").1 -= 1;
+        self.more.notify_all();
+    }
+
+    /// The next item; `None` once there are none and no batching job can add one.
+    fn next(&self) -> Option<usize> {
+        let mut queue = self.queue.lock().expect("queue lock");
+        loop {
+            if let Some(index) = queue.0.pop_front() {
+                return Some(index);
+            }
+            if queue.1 == 0 || sys::stop_signal().is_some() {
+                return None;
+            }
+            queue = self.more.wait_timeout(queue, Duration::from_millis(100)).expect("queue lock").0;
         }
     }
 }

@@ -124,7 +124,8 @@ impl Stream {
             return Ok(Outcome::Skipped);
         }
         let data = &bytes[entry.data.clone()];
-        let mut file = self.sink.create(name).map_err(sink_failure)?;
+        let mode = meta.mode.unwrap_or(shared.default_mode);
+        let mut file = self.sink.create(name, mode).map_err(sink_failure)?;
         let mut hasher = Checksum::new();
         if !data.is_empty() {
             hasher.update(data);

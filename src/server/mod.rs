@@ -503,11 +503,14 @@ fn start(
         prepare_output_dir(&options.output_dir)?;
     }
     let layout = segment.layout();
+    let workers = options.workers.clamp(1, MAX_WORKERS);
+    // Relaxed: a hint for clients (how many batch streams are worth running).
+    segment.header().workers.store(workers as u32, Ordering::Relaxed);
     let shared = Shared {
         segment,
         alloc: Mutex::new(TwoEndedAllocator::new(layout.area_start, layout.area_end)),
         locks,
-        loads: (0..options.workers.clamp(1, MAX_WORKERS)).map(|_| AtomicUsize::new(0)).collect(),
+        loads: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
         sink,
         events,
         default_mode: 0o666 & !sys::umask(),

@@ -310,7 +310,7 @@ impl Stream {
                 format!("{} already exists: remove it or run the server with --overwrite", escaped(&name));
             return Err(failure(ErrorCode::Exists, message));
         }
-        let file = self.sink.create(&name).map_err(sink_failure)?;
+        let file = self.sink.create(&name, meta.mode.unwrap_or(shared.default_mode)).map_err(sink_failure)?;
         let record = self.record(shared);
         record.file_size.store(size, Ordering::Relaxed);
         record.size_is_hint.store(u32::from(meta.size_is_hint), Ordering::Relaxed);
