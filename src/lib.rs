@@ -96,6 +96,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod escape;
+pub mod frames;
 pub mod handout;
 pub mod layout;
 pub mod lock;

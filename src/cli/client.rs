@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::ClientCli;
+use crate::client::remote::{self, RemoteOptions};
 use crate::client::{percentiles, ping, Connection, Delivered, Progress, SendError, SendOptions, Sender};
 use crate::config::StreamId;
 use crate::escape::escaped;
@@ -102,6 +103,9 @@ pub fn main(cli: ClientCli) -> ExitStatus {
     if cli.status {
         return run_status(&cli.common.name, cli.json);
     }
+    if cli.relay {
+        return remote::relay(&cli.common.name, timeout, std::io::stdin().lock(), std::io::stdout().lock());
+    }
     let show_bars = !cli.common.quiet && !cli.json && std::io::stderr().is_terminal();
     let counting = if show_bars { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
     let request = Request {
@@ -150,18 +154,33 @@ pub fn main(cli: ClientCli) -> ExitStatus {
             jobs: cli.jobs as usize,
             follow_symlinks: cli.follow_symlinks,
         };
-        match Sender::connect(&cli.common.name, timeout) {
-            Ok(sender) => send_watching_for_stop(&sender.with_options(options), &front, started),
-            Err(e) => {
-                // One reason for every item: say it once, not once per file.
-                errln!("sharedclient: {e}");
-                for (index, item) in front.board.items.iter().enumerate() {
-                    if item.verdict == Verdict::Send {
-                        front.board.record(index, Outcome::Failed(e.clone()));
-                    }
-                }
-                front.quiet_failures.store(true, Ordering::Relaxed);
+        let sent = match &cli.remote {
+            Some(host) => {
+                let remote =
+                    RemoteOptions { host: host.clone(), rsh: cli.rsh.clone(), name: cli.common.name.clone() };
+                let items = &front.board.items;
+                send_watching_for_stop(
+                    || remote::send_items(items, &remote, &options, &front),
+                    &front,
+                    started,
+                )
+                .map(drop)
             }
+            None => Sender::connect(&cli.common.name, timeout).map(|sender| {
+                let sender = sender.with_options(options);
+                send_watching_for_stop(|| sender.send_items(&front.board.items, &front), &front, started);
+            }),
+        };
+        if let Err(e) = sent {
+            // One reason for every item: say it once, not once per file.
+            errln!("sharedclient: {e}");
+            let mut outcomes = front.board.outcomes.lock().expect("outcome lock");
+            for (index, item) in front.board.items.iter().enumerate() {
+                if item.verdict == Verdict::Send && outcomes[index].is_none() {
+                    outcomes[index] = Some(Outcome::Failed(e.clone()));
+                }
+            }
+            front.quiet_failures.store(true, Ordering::Relaxed);
         }
     }
     front.bar.finish_and_clear();
@@ -171,12 +190,13 @@ pub fn main(cli: ClientCli) -> ExitStatus {
 /// Sends every item on a thread of its own while this one watches for Ctrl-C: if
 /// the sending does not stop within a second (blocked on a FIFO without a writer,
 /// say), reports what it has and exits 130 itself.
-fn send_watching_for_stop(sender: &Sender, front: &Front, started: Instant) {
+fn send_watching_for_stop<T: Send>(send: impl FnOnce() -> T + Send, front: &Front, started: Instant) -> T {
     let (done, finished) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|scope| {
-        scope.spawn(move || {
-            sender.send_items(&front.board.items, front);
+        let sending = scope.spawn(move || {
+            let sent = send();
             drop(done);
+            sent
         });
         let mut stop_seen: Option<Instant> = None;
         while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
@@ -191,7 +211,8 @@ fn send_watching_for_stop(sender: &Sender, front: &Front, started: Instant) {
                 }
             }
         }
-    });
+        sending.join().expect("sending thread")
+    })
 }
 
 /// Runs `work` (walking folders, reading a `--files-from` list from a terminal),

@@ -79,7 +79,7 @@ pub struct ClientCli {
     /// A stream id from options.xml (`7`), an id range (`3-9`, both ends included), or
     /// a PATH: a file, a folder (sent whole, as `cp -r`), or `-` for standard input.
     /// Write `./7` for a file named 7.
-    #[arg(value_name = "ARG", required_unless_present_any = ["ping", "status", "all", "files_from"])]
+    #[arg(value_name = "ARG", required_unless_present_any = ["ping", "status", "all", "files_from", "relay"])]
     pub args: Vec<OsString>,
     /// Flags both binaries take.
     #[command(flatten)]
@@ -120,6 +120,18 @@ pub struct ClientCli {
     /// Print a read-only map of the running server's segment and its live streams.
     #[arg(long = "status", conflicts_with_all = ["ping", "args", "all", "files_from"])]
     pub status: bool,
+    /// Send to the server on another host: runs `RSH [USER@]HOST sharedclient --relay
+    /// -n NAME` and streams every file through it (ids resolve against the local options.xml).
+    #[arg(long = "remote", value_name = "[USER@]HOST", conflicts_with_all = ["ping", "status", "relay"])]
+    pub remote: Option<String>,
+    /// The remote shell for --remote, split into words like a shell would (default `ssh`;
+    /// e.g. `ssh -p 2222 -i ~/.ssh/key`).
+    #[arg(long = "rsh", value_name = "CMD", default_value = "ssh", requires = "remote")]
+    pub rsh: String,
+    /// Be the remote end of --remote: read files as frames on stdin, send each to the
+    /// server of -n NAME on this host, answer on stdout (started by --remote over SSH).
+    #[arg(long = "relay", conflicts_with_all = ["ping", "status", "args", "all", "files_from"])]
+    pub relay: bool,
 }
 
 const CLIENT_AFTER_HELP: &str =

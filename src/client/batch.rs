@@ -56,7 +56,13 @@ pub(super) struct Batcher<'a> {
     in_flight: Vec<Option<InFlight>>,
     packing: Option<Packing<'a>>,
     next_seq: u64,
+    /// Entries after which the slot is handed over: small at first, so the server
+    /// starts at once, doubling up to `MAX_ENTRIES` while the pipeline fills.
+    limit: usize,
 }
+
+/// Entries in a stream's first batch.
+const FIRST_LIMIT: usize = 8;
 
 /// Whether `item` goes into a batch: a folder, or a file not known to be too large
 /// when planned (its size is checked when it is opened).
@@ -118,6 +124,7 @@ impl<'a> Batcher<'a> {
             in_flight: (0..slots).map(|_| None).collect(),
             packing: None,
             next_seq: 1,
+            limit: FIRST_LIMIT,
         })
     }
 
@@ -140,7 +147,7 @@ impl<'a> Batcher<'a> {
         let full = self
             .packing
             .as_ref()
-            .is_some_and(|p| p.used + need > self.chunk || p.entries.len() == MAX_ENTRIES);
+            .is_some_and(|p| p.used + need > self.chunk || p.entries.len() >= self.limit);
         if full {
             self.hand_over()?;
         }
@@ -251,6 +258,7 @@ impl<'a> Batcher<'a> {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.limit = (self.limit * 2).min(MAX_ENTRIES);
         packing.buffer.write_at(0, &batch::batch_header(packing.entries.len() as u32, seq));
         let slot = self.ring.next_index();
         self.in_flight[slot] = Some(InFlight { seq, entries: packing.entries });

@@ -20,6 +20,7 @@
 //! every wait within a few seconds.
 
 mod batch;
+pub mod remote;
 mod send;
 mod session;
 
@@ -31,6 +32,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::protocol::FileMeta;
 use crate::segment::SegmentError;
 use crate::sources::{self, Item, Kind, Request, Verdict};
 use crate::{sys, ExitStatus};
@@ -193,7 +195,14 @@ impl Sender {
     pub fn send_reader(&self, name: &str, reader: impl Read) -> Result<Delivered, SendError> {
         crate::protocol::validate_path(name).map_err(|e| SendError::Usage(format!("{name:?}: {e}")))?;
         let mut session = None;
-        send::send_reader(&self.connection, &mut session, name, reader, &self.options, &())
+        let meta = FileMeta { skip_existing: self.options.skip_existing, ..FileMeta::default() };
+        send::send_from(&self.connection, &mut session, name, meta, None, reader, &())
+    }
+
+    /// One stream kept for many files in a row, sent one after another in order
+    /// (a relay, or a program that makes files as it goes): no handout per file.
+    pub fn stream(&self) -> StreamSender<'_> {
+        StreamSender { sender: self, session: None }
     }
 
     /// Sends `items` (from `sources::plan`) with at most `jobs` streams: every
@@ -325,6 +334,35 @@ impl Sender {
     }
 }
 
+/// Files and folders sent one after another on one stream (see `Sender::stream`).
+pub struct StreamSender<'s> {
+    sender: &'s Sender,
+    session: Option<Session<'s>>,
+}
+
+impl StreamSender<'_> {
+    /// Sends what `reader` gives as `name` (a relative path) with `meta`: exactly
+    /// `size` bytes when given (more or fewer fail the file), else to its end. A
+    /// reader that fails (an I/O error) fails the file: nothing is published.
+    pub fn send_reader(
+        &mut self,
+        name: &str,
+        meta: FileMeta,
+        size: Option<u64>,
+        reader: impl Read,
+        progress: &dyn Progress,
+    ) -> Result<Delivered, SendError> {
+        crate::protocol::validate_path(name).map_err(|e| SendError::Usage(format!("{name:?}: {e}")))?;
+        send::send_from(&self.sender.connection, &mut self.session, name, meta, size, reader, progress)
+    }
+
+    /// Makes the folder `name` (and its parents) with permission bits `mode`.
+    pub fn make_dir(&mut self, name: &str, mode: u32) -> Result<Delivered, SendError> {
+        crate::protocol::validate_path(name).map_err(|e| SendError::Usage(format!("{name:?}: {e}")))?;
+        send::send_dir(&self.sender.connection, &mut self.session, name, mode & crate::protocol::MODE_BITS)
+    }
+}
+
 /// Items sent each on a stream of its own: those planned so, and those the
 /// batching jobs find too large. A job waits for more while any batching job runs.
 struct Alone {
@@ -372,7 +410,7 @@ fn verdict_result(item: &Item) -> Option<Result<Delivered, SendError>> {
 /// job in order of depth (a folder must exist with its own mode before anything is
 /// made inside it, else it would get the default mode), then every file, by
 /// `jobs` jobs. Each phase is `(items, jobs or None for the sender's)`.
-fn phases(items: &[Item]) -> Vec<(Vec<usize>, Option<usize>)> {
+pub(super) fn phases(items: &[Item]) -> Vec<(Vec<usize>, Option<usize>)> {
     let (mut dirs, files): (Vec<usize>, Vec<usize>) = (0..items.len())
         .filter(|&i| items[i].verdict == Verdict::Send)
         .partition(|&i| matches!(items[i].kind, Kind::Dir { .. }));

@@ -148,14 +148,7 @@ pub fn send_item<'a>(
     active.record.stream_id.store(id, Ordering::Relaxed);
     let result = match (&opened, item.kind) {
         (None, Kind::Dir { mode }) => make_dir(active, &item.name, mode),
-        (Some(opened), _) => match active.kept_slot {
-            // A file of known size that fits, or a source whose end must show within
-            // the slot (read fewer bytes than it holds).
-            Some(capacity) if opened.exact.map_or(opened.hint < capacity, |size| size <= capacity) => {
-                put(active, opened, &item.name, capacity, progress)
-            }
-            _ => stream(active, opened, &item.name, None, progress),
-        },
+        (Some(opened), _) => send_opened(active, opened, &item.name, progress),
         (None, Kind::File) => unreachable!("files are opened above"),
     };
     if let Err(e) = &result {
@@ -165,7 +158,25 @@ pub fn send_item<'a>(
     result
 }
 
-fn make_dir(session: &mut Session<'_>, name: &str, mode: u32) -> Result<Delivered, SendError> {
+/// One opened source on `session`: in one step if it fits the kept slot, else as a
+/// stream of ring slots.
+fn send_opened(
+    session: &mut Session<'_>,
+    opened: &Opened<'_>,
+    name: &str,
+    progress: &dyn Progress,
+) -> Result<Delivered, SendError> {
+    match session.kept_slot {
+        // A file of known size that fits, or a source whose end must show within
+        // the slot (read fewer bytes than it holds).
+        Some(capacity) if opened.exact.map_or(opened.hint < capacity, |size| size <= capacity) => {
+            put(session, opened, name, capacity, progress)
+        }
+        _ => stream(session, opened, name, None, progress),
+    }
+}
+
+pub(super) fn make_dir(session: &mut Session<'_>, name: &str, mode: u32) -> Result<Delivered, SendError> {
     session.post(&ClientCommand::Mkdir { name: name.to_owned(), mode })?;
     match session.wait_reply()? {
         ServerReply::Done { .. } => Ok(Delivered::Sent { bytes: 0 }),
@@ -358,6 +369,14 @@ pub(super) fn wait_for_slot(session: &mut Session<'_>, ring: &Producer<'_>) -> R
 /// Fails if the file changed while it was read (size or modification time), so the
 /// server never publishes a file that is neither the old nor the new version.
 fn ensure_unchanged(source: &Opened) -> Result<(), SendError> {
+    if let Input::Reader(reader) = &source.input {
+        // A reader must end where it said (and may check its own data on the way).
+        let mut probe = [0u8; 1];
+        return match reader.borrow_mut().read(&mut probe)? {
+            0 => Ok(()),
+            _ => Err(failed("the source gave more bytes than it announced")),
+        };
+    }
     let Some(before) = &source.regular else { return Ok(()) };
     let Input::File(file) = &source.input else { return Ok(()) };
     let after = file.metadata()?;
@@ -370,29 +389,51 @@ fn ensure_unchanged(source: &Opened) -> Result<(), SendError> {
     Ok(())
 }
 
-/// Sends everything `reader` gives as `name` (see `Sender::send_reader`).
-pub(super) fn send_reader<'a>(
+/// Sends everything `reader` gives as `name` with `meta`: exactly `size` bytes when
+/// known (more or fewer fail the file), else to its end. On a failure the stream is
+/// given up (the next file takes a new one).
+pub(super) fn send_from<'a>(
     connection: &'a Connection,
     session: &mut Option<Session<'a>>,
     name: &str,
+    meta: FileMeta,
+    size: Option<u64>,
     reader: impl Read,
-    options: &SendOptions,
     progress: &dyn Progress,
 ) -> Result<Delivered, SendError> {
-    let meta = FileMeta { skip_existing: options.skip_existing, size_is_hint: true, ..FileMeta::default() };
+    let meta = FileMeta { size_is_hint: size.is_none(), ..meta };
     let reader: Box<dyn Read + '_> = Box::new(reader);
     let source = Opened {
         input: Input::Reader(reader.into()),
         regular: None,
-        exact: None,
-        hint: STREAM_SIZE_HINT,
+        exact: size,
+        hint: size.unwrap_or(STREAM_SIZE_HINT),
         meta,
     };
     let active = match session {
         Some(active) => active,
         None => session.insert(Session::open(connection)?),
     };
-    let result = stream(active, &source, name, None, progress);
+    let result = send_opened(active, &source, name, progress);
+    if let Err(e) = &result {
+        active.abort(&e.to_string());
+        *session = None;
+    }
+    result
+}
+
+/// Makes folder `name` on `session` (taking a stream if there is none).
+pub(super) fn send_dir<'a>(
+    connection: &'a Connection,
+    session: &mut Option<Session<'a>>,
+    name: &str,
+    mode: u32,
+) -> Result<Delivered, SendError> {
+    let active = match session {
+        Some(active) => active,
+        None => session.insert(Session::open(connection)?),
+    };
+    let result = make_dir(active, name, mode);
     if let Err(e) = &result {
         active.abort(&e.to_string());
         *session = None;

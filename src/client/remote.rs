@@ -1,0 +1,622 @@
+//! To a server on another host: the client runs `RSH HOST sharedclient --relay -n
+//! NAME` (RSH is `ssh` unless `--rsh` says otherwise, split into words as rsync's
+//! `-e` is) and speaks the frame stream (`crate::frames`) over its stdin and stdout.
+//! The relay is a client of the server on its host, through that host's segment: the
+//! same checks, checksum and atomic publish. Nothing here listens, authenticates or
+//! encrypts: SSH does.
+
+use std::collections::HashMap;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::send::{open_source, Input};
+use super::{failed, Delivered, ItemResult, Progress, SendError, SendOptions, Sender};
+use crate::checksum::Checksum;
+use crate::frames::{self, Begin, Frame, FrameError, Outcome, MAX_DATA};
+use crate::protocol::FileMeta;
+use crate::sources::{Item, Kind, Verdict};
+use crate::{sys, ExitStatus};
+
+/// Where and how to reach the remote server.
+#[derive(Debug, Clone)]
+pub struct RemoteOptions {
+    /// `[USER@]HOST`, passed to the remote shell as its first argument.
+    pub host: String,
+    /// The remote shell command line (default `ssh`), split into words.
+    pub rsh: String,
+    /// The segment name of the server on that host.
+    pub name: String,
+}
+
+/// Splits a command line into words as a POSIX shell would for simple cases:
+/// blanks separate words, `'...'` and `"..."` quote, a backslash escapes the next
+/// character (inside double quotes only before `"`, `\`, `$` or a backtick).
+pub fn split_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' => {
+                if let Some(done) = word.take() {
+                    words.push(done);
+                }
+            }
+            '\'' => {
+                let current = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => current.push(c),
+                        None => return Err(format!("unterminated ' in {line:?}")),
+                    }
+                }
+            }
+            '"' => {
+                let current = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => current.push(c),
+                            Some(c) => {
+                                current.push('\\');
+                                current.push(c);
+                            }
+                            None => return Err(format!("unterminated \" in {line:?}")),
+                        },
+                        Some(c) => current.push(c),
+                        None => return Err(format!("unterminated \" in {line:?}")),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some(c) => word.get_or_insert_with(String::new).push(c),
+                None => return Err(format!("a trailing \\ in {line:?}")),
+            },
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    if words.is_empty() {
+        return Err("the remote shell command is empty".into());
+    }
+    Ok(words)
+}
+
+/// The last lines the relay side wrote on stderr (ssh's own errors among them).
+#[derive(Clone, Default)]
+struct StderrTail(Arc<Mutex<Vec<u8>>>);
+
+impl StderrTail {
+    const KEEP: usize = 4096;
+
+    fn collect(&self, mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<()> {
+        let tail = self.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 1024];
+            while let Ok(n) = from.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                let mut kept = tail.0.lock().expect("stderr lock");
+                kept.extend_from_slice(&chunk[..n]);
+                let excess = kept.len().saturating_sub(Self::KEEP);
+                kept.drain(..excess);
+            }
+        })
+    }
+
+    /// `: <what it said>` in one line, or nothing.
+    fn said(&self) -> String {
+        let kept = self.0.lock().expect("stderr lock");
+        let text = String::from_utf8_lossy(&kept);
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        match lines.len() {
+            0 => String::new(),
+            n => format!(": {}", lines[n.saturating_sub(3)..].join(" / ")),
+        }
+    }
+}
+
+/// Sends `items` to the server on another host through a relay; returns each
+/// item's result (in the order of `items`). `Err` when the relay cannot be started
+/// or reached at all.
+pub fn send_items(
+    items: &[Item],
+    remote: &RemoteOptions,
+    options: &SendOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<ItemResult>, SendError> {
+    let words = split_words(&remote.rsh).map_err(|e| SendError::Usage(format!("--rsh: {e}")))?;
+    let mut command = Command::new(&words[0]);
+    command
+        .args(&words[1..])
+        .arg(&remote.host)
+        .args(["sharedclient", "--relay", "-n", &remote.name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let shown = format!("{} {} sharedclient --relay -n {}", remote.rsh, remote.host, remote.name);
+    let mut child = command.spawn().map_err(|e| SendError::Usage(format!("cannot run {shown}: {e}")))?;
+    let tail = StderrTail::default();
+    let stderr = tail.collect(child.stderr.take().expect("piped stderr"));
+    let (to_relay, from_relay) =
+        (child.stdin.take().expect("piped stdin"), child.stdout.take().expect("piped stdout"));
+    let relay =
+        Relay { child: Mutex::new(child), stderr: Mutex::new(Some(stderr)), tail, host: &remote.host };
+    let result = run(&relay, to_relay, from_relay, items, options, progress);
+    relay.settle(result.is_err());
+    result
+}
+
+/// The relay process, as seen from here.
+struct Relay<'h> {
+    child: Mutex<Child>,
+    stderr: Mutex<Option<std::thread::JoinHandle<()>>>,
+    tail: StderrTail,
+    host: &'h str,
+}
+
+impl Relay<'_> {
+    /// Waits for the relay to exit (up to 2 s, unless `kill`), and for what it said
+    /// on stderr.
+    fn settle(&self, kill: bool) {
+        let mut child = self.child.lock().expect("child lock");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !kill && Instant::now() < deadline {
+            match child.try_wait() {
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                _ => break,
+            }
+        }
+        if !matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        if let Some(stderr) = self.stderr.lock().expect("stderr lock").take() {
+            let _ = stderr.join();
+        }
+    }
+
+    /// The relay failed: `what` happened, and what it (or ssh) said.
+    fn gone(&self, what: &str) -> SendError {
+        self.settle(false);
+        failed(format!("the relay on {} {what}{}", self.host, self.tail.said()))
+    }
+}
+
+fn run(
+    relay: &Relay<'_>,
+    to_relay: std::process::ChildStdin,
+    from_relay: std::process::ChildStdout,
+    items: &[Item],
+    options: &SendOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<ItemResult>, SendError> {
+    let host = relay.host;
+    let mut to_relay = BufWriter::with_capacity(1 << 20, to_relay);
+    let mut from_relay = BufReader::new(from_relay);
+    let gone = |what: &str| relay.gone(what);
+    frames::write_hello(&mut to_relay).and_then(|()| to_relay.flush()).map_err(|_| gone("did not start"))?;
+    match frames::read_hello(&mut from_relay) {
+        Ok(true) => {}
+        Ok(false) => return Err(gone("did not start")),
+        Err(e) => return Err(gone(&format!("did not answer as a relay ({e})"))),
+    }
+    match Frame::read(&mut from_relay) {
+        Ok(Some(Frame::Ready)) => {}
+        Ok(Some(Frame::Fatal { message })) => return Err(failed(format!("{host}: {message}"))),
+        Ok(other) => return Err(gone(&format!("answered {other:?} instead of READY"))),
+        Err(e) => return Err(gone(&format!("failed ({e})"))),
+    }
+    let results: Vec<Mutex<Option<ItemResult>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    let numbers: Mutex<HashMap<u32, (usize, Instant)>> = Mutex::new(HashMap::new());
+    let report = |index: usize, result: ItemResult, started: Instant| {
+        progress.finished(index, &items[index], &result, started.elapsed());
+        *results[index].lock().expect("result lock") = Some(result);
+    };
+    let relay_end = std::thread::scope(|scope| {
+        let listener = scope.spawn(|| listen(&mut from_relay, &numbers, &report));
+        let written = write_all(&mut to_relay, items, options, progress, &numbers, &report);
+        // However the writing went, the relay learns the stream is over.
+        drop(to_relay);
+        let heard = listener.join().expect("listener thread");
+        (written, heard)
+    });
+    let (written, heard) = relay_end;
+    let broken = match (written, heard) {
+        (_, Err(e)) => Some(e),
+        (Err(e), Ok(())) => Some(e),
+        (Ok(()), Ok(())) => None,
+    };
+    let broken = broken.map(|e| match e {
+        SendError::Interrupted => e,
+        other => gone(&format!("failed ({other})")),
+    });
+    // Files the relay never answered for failed with the stream.
+    for (index, item) in items.iter().enumerate() {
+        let unanswered = results[index].lock().expect("result lock").is_none();
+        if unanswered && item.verdict == Verdict::Send {
+            let error = match (&broken, sys::stop_signal()) {
+                (_, Some(_)) => SendError::Interrupted,
+                (Some(e), None) => e.clone(),
+                (None, None) => gone("ended before confirming this file"),
+            };
+            report(index, Err(error), Instant::now());
+        }
+    }
+    Ok(results
+        .into_iter()
+        .zip(items)
+        .map(|(slot, item)| {
+            slot.into_inner().expect("result lock").unwrap_or_else(|| match &item.verdict {
+                Verdict::Skip(_) => Ok(Delivered::Skipped),
+                Verdict::Refuse(why) => Err(SendError::Usage(why.clone())),
+                Verdict::Send => Err(SendError::Interrupted),
+            })
+        })
+        .collect())
+}
+
+/// Reads RESULT frames until the relay closes its output.
+fn listen(
+    from_relay: &mut impl Read,
+    numbers: &Mutex<HashMap<u32, (usize, Instant)>>,
+    report: &(dyn Fn(usize, ItemResult, Instant) + Sync),
+) -> Result<(), SendError> {
+    loop {
+        let frame = Frame::read(from_relay).map_err(|e| failed(format!("relay stream: {e}")))?;
+        match frame {
+            None => return Ok(()),
+            Some(Frame::Result { file, outcome }) => {
+                let Some((index, started)) = numbers.lock().expect("numbers lock").remove(&file) else {
+                    return Err(failed(format!(
+                        "the relay answered for file {file}, which is not in flight"
+                    )));
+                };
+                let result = match outcome {
+                    Outcome::Done(bytes) => Ok(Delivered::Sent { bytes }),
+                    Outcome::Skipped => Ok(Delivered::Skipped),
+                    Outcome::Failed { code: 2, message } => Err(SendError::Usage(message)),
+                    Outcome::Failed { message, .. } => Err(SendError::Failed(message)),
+                };
+                report(index, result, started);
+            }
+            Some(Frame::Fatal { message }) => return Err(failed(format!("the relay gave up: {message}"))),
+            Some(other) => return Err(failed(format!("relay stream: unexpected {other:?}"))),
+        }
+    }
+}
+
+/// Writes every item to send as frames, folders first (in order of depth), then
+/// BYE. An item that cannot be read here fails here (or is ABORTed mid-file).
+fn write_all(
+    out: &mut impl Write,
+    items: &[Item],
+    options: &SendOptions,
+    progress: &dyn Progress,
+    numbers: &Mutex<HashMap<u32, (usize, Instant)>>,
+    report: &(dyn Fn(usize, ItemResult, Instant) + Sync),
+) -> Result<(), SendError> {
+    let io_failed = |e: io::Error| failed(format!("writing to the relay failed: {e}"));
+    let mut next = 0u32;
+    let mut buffer = vec![0u8; MAX_DATA];
+    let order = super::phases(items).into_iter().flat_map(|(phase, _)| phase);
+    for index in order {
+        if sys::stop_signal().is_some() {
+            return Err(SendError::Interrupted);
+        }
+        let item = &items[index];
+        let started = Instant::now();
+        // Numbered in order of BEGIN: an item that fails here takes no number.
+        let file = next + 1;
+        match item.kind {
+            Kind::Dir { mode } => {
+                next = file;
+                numbers.lock().expect("numbers lock").insert(file, (index, started));
+                let what = Begin::Dir { name: item.name.clone(), mode };
+                Frame::Begin { file, what }.write(out).map_err(io_failed)?;
+            }
+            Kind::File => {
+                let opened = match open_source(item, options) {
+                    Ok(opened) => opened,
+                    Err(e) => {
+                        report(index, Err(e), started);
+                        continue;
+                    }
+                };
+                next = file;
+                numbers.lock().expect("numbers lock").insert(file, (index, started));
+                let what = Begin::File { name: item.name.clone(), size: opened.exact, meta: opened.meta };
+                Frame::Begin { file, what }.write(out).map_err(io_failed)?;
+                let sent = copy_file(out, file, &opened.input, opened.exact, &mut buffer, progress);
+                let frame = match sent {
+                    Ok((size, checksum)) => match changed(&opened) {
+                        None => Frame::End { file, size, checksum },
+                        Some(reason) => Frame::Abort { file, reason },
+                    },
+                    Err(Copy::Read(e)) => {
+                        Frame::Abort { file, reason: format!("reading the source failed: {e}") }
+                    }
+                    Err(Copy::Write(e)) => return Err(io_failed(e)),
+                };
+                frame.write(out).map_err(io_failed)?;
+            }
+        }
+    }
+    Frame::Bye.write(out).and_then(|()| out.flush()).map_err(io_failed)
+}
+
+enum Copy {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// DATA frames of everything the source holds (exactly `exact` bytes when known);
+/// returns the length and xxh3-64.
+fn copy_file(
+    out: &mut impl Write,
+    file: u32,
+    input: &Input<'_>,
+    exact: Option<u64>,
+    buffer: &mut [u8],
+    progress: &dyn Progress,
+) -> Result<(u64, u64), Copy> {
+    let (Input::File(source) | Input::Pipe(source)) = input else {
+        return Err(Copy::Read(io::Error::other("not a file")));
+    };
+    let mut source: &std::fs::File = source;
+    let mut hasher = Checksum::new();
+    let mut sent = 0u64;
+    loop {
+        let want = match exact {
+            Some(size) => buffer.len().min((size - sent.min(size)) as usize + 1),
+            None => buffer.len(),
+        };
+        let n = match source.read(&mut buffer[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Copy::Read(e)),
+        };
+        if exact.is_some_and(|size| sent + n as u64 > size) {
+            return Err(Copy::Read(io::Error::other("the source file grew while it was being sent")));
+        }
+        hasher.update(&buffer[..n]);
+        Frame::Data { file, bytes: buffer[..n].to_vec() }.write(out).map_err(Copy::Write)?;
+        sent += n as u64;
+        progress.bytes(n as u64);
+    }
+    if exact.is_some_and(|size| sent < size) {
+        return Err(Copy::Read(io::Error::other("the source file shrank while it was being sent")));
+    }
+    Ok((sent, hasher.digest()))
+}
+
+/// Why a regular file must not be published after all (it changed while read).
+fn changed(opened: &super::send::Opened<'_>) -> Option<String> {
+    let (Some(before), Input::File(file)) = (&opened.regular, &opened.input) else { return None };
+    let after = file.metadata().ok()?;
+    (after.len() != before.len() || after.modified().ok() != before.modified().ok())
+        .then(|| "the source file changed while it was being sent".to_owned())
+}
+
+/// `sharedclient --relay`: reads the frame stream on `input`, sends every file to
+/// the server of segment `name` on this host, and answers on `output`. Returns the
+/// exit status: 0 when the client said BYE, 1 when it went away or broke the stream.
+pub fn relay<W: Write>(name: &str, timeout: Duration, input: impl Read, output: W) -> ExitStatus {
+    let mut input = BufReader::with_capacity(1 << 20, input);
+    let mut output = BufWriter::new(output);
+    match frames::read_hello(&mut input) {
+        Ok(true) => {}
+        Ok(false) => return ExitStatus::Failure,
+        Err(e) => {
+            errln!("sharedclient --relay: {e}");
+            return ExitStatus::Failure;
+        }
+    }
+    if frames::write_hello(&mut output).is_err() {
+        return ExitStatus::Failure;
+    }
+    let sender = match Sender::connect(name, timeout) {
+        Ok(sender) => sender,
+        Err(e) => {
+            let _ = say(&mut output, Frame::Fatal { message: e.to_string() });
+            return ExitStatus::Failure;
+        }
+    };
+    if say(&mut output, Frame::Ready).is_err() {
+        return ExitStatus::Failure;
+    }
+    let mut stream = sender.stream();
+    let mut expected = 1u32;
+    let fatal = |output: &mut BufWriter<W>, message: String| {
+        errln!("sharedclient --relay: {message}");
+        let _ = say(output, Frame::Fatal { message });
+        ExitStatus::Failure
+    };
+    loop {
+        // Answers wait in the buffer while more frames are already here; they go
+        // out whenever the relay is about to wait for the client.
+        if input.buffer().is_empty() && output.flush().is_err() {
+            return ExitStatus::Failure;
+        }
+        let frame = match Frame::read(&mut input) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return fatal(&mut output, "the client went away before saying BYE".into()),
+            Err(e) => return fatal(&mut output, e.to_string()),
+        };
+        let (file, what) = match frame {
+            Frame::Bye => break,
+            Frame::Begin { file, what } => (file, what),
+            other => return fatal(&mut output, format!("expected BEGIN or BYE, got {other:?}")),
+        };
+        if file != expected {
+            return fatal(&mut output, format!("file {file} began where file {expected} was due"));
+        }
+        expected = expected.wrapping_add(1);
+        let result = match &what {
+            Begin::Dir { name, mode } => stream.make_dir(name, *mode),
+            Begin::File { name, size, meta } => {
+                let mut reader = FileFrames::new(&mut input, file);
+                let meta = FileMeta { size_is_hint: size.is_none(), ..*meta };
+                let sent = stream.send_reader(name, meta, *size, &mut reader, &());
+                // Whatever happened, the rest of this file's frames are read past.
+                if let Err(message) = reader.finish() {
+                    return fatal(&mut output, message);
+                }
+                sent
+            }
+        };
+        let outcome = match result {
+            Ok(Delivered::Sent { bytes }) => Outcome::Done(bytes),
+            Ok(Delivered::Skipped) => Outcome::Skipped,
+            Err(e) => Outcome::Failed {
+                code: u32::from(e.exit_status() == ExitStatus::Usage) + 1,
+                message: e.to_string(),
+            },
+        };
+        if (Frame::Result { file, outcome }).write(&mut output).is_err() {
+            return ExitStatus::Failure;
+        }
+    }
+    match output.flush() {
+        Ok(()) => ExitStatus::Success,
+        Err(_) => ExitStatus::Failure,
+    }
+}
+
+/// Writes one frame and sends it on at once.
+fn say<W: Write>(output: &mut BufWriter<W>, frame: Frame) -> io::Result<()> {
+    frame.write(output).and_then(|()| output.flush())
+}
+
+/// One file's DATA frames as a reader: ends (0) at its END if size and checksum
+/// match, fails otherwise (the send is then given up and nothing is published).
+struct FileFrames<'r, R: Read> {
+    input: &'r mut R,
+    file: u32,
+    pending: Vec<u8>,
+    at: usize,
+    read: u64,
+    hasher: Checksum,
+    state: FrameState,
+}
+
+enum FrameState {
+    Open,
+    Ended,
+    /// The client gave up on the file (ABORT): the reason.
+    Aborted(String),
+    /// The stream broke: the relay cannot go on.
+    Broken(String),
+}
+
+impl<'r, R: Read> FileFrames<'r, R> {
+    fn new(input: &'r mut R, file: u32) -> Self {
+        FileFrames {
+            input,
+            file,
+            pending: Vec::new(),
+            at: 0,
+            read: 0,
+            hasher: Checksum::new(),
+            state: FrameState::Open,
+        }
+    }
+
+    /// Reads past what is left of the file; `Err` if the stream itself broke.
+    fn finish(mut self) -> Result<(), String> {
+        let mut sink = [0u8; 64 << 10];
+        while matches!(self.state, FrameState::Open) {
+            let _ = self.read(&mut sink);
+        }
+        match self.state {
+            FrameState::Broken(message) => Err(message),
+            _ => Ok(()),
+        }
+    }
+
+    fn next_frame(&mut self) -> io::Result<()> {
+        let frame = match Frame::read(&mut *self.input) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                self.state = FrameState::Broken("the client went away in the middle of a file".into());
+                return Err(io::Error::other("the client went away in the middle of the file"));
+            }
+            Err(e @ (FrameError::Bad(_) | FrameError::Io(_))) => {
+                self.state = FrameState::Broken(e.to_string());
+                return Err(io::Error::other(e.to_string()));
+            }
+        };
+        match frame {
+            Frame::Data { file, bytes } if file == self.file => {
+                self.hasher.update(&bytes);
+                self.read += bytes.len() as u64;
+                self.pending = bytes;
+                self.at = 0;
+                Ok(())
+            }
+            Frame::End { file, size, checksum } if file == self.file => {
+                if size != self.read || checksum != self.hasher.digest() {
+                    self.state = FrameState::Aborted("damaged in transit".into());
+                    return Err(io::Error::other(format!(
+                        "the data was damaged in transit (size {size}/{} or checksum mismatch)",
+                        self.read
+                    )));
+                }
+                self.state = FrameState::Ended;
+                Ok(())
+            }
+            Frame::Abort { file, reason } if file == self.file => {
+                let error = io::Error::other(format!("the client could not send it: {reason}"));
+                self.state = FrameState::Aborted(reason);
+                Err(error)
+            }
+            other => {
+                let message = format!("expected DATA, END or ABORT of file {}, got {other:?}", self.file);
+                self.state = FrameState::Broken(message.clone());
+                Err(io::Error::other(message))
+            }
+        }
+    }
+}
+
+impl<R: Read> Read for FileFrames<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.at < self.pending.len() {
+                let n = buf.len().min(self.pending.len() - self.at);
+                buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
+                self.at += n;
+                return Ok(n);
+            }
+            match &self.state {
+                FrameState::Open => self.next_frame()?,
+                FrameState::Ended => return Ok(0),
+                FrameState::Aborted(reason) => {
+                    return Err(io::Error::other(format!("the client could not send it: {reason}")))
+                }
+                FrameState::Broken(message) => return Err(io::Error::other(message.clone())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_shell_lines_split_like_a_shell() {
+        assert_eq!(split_words("ssh").unwrap(), ["ssh"]);
+        assert_eq!(split_words("ssh -p 2222  -i '/k ey'").unwrap(), ["ssh", "-p", "2222", "-i", "/k ey"]);
+        assert_eq!(split_words(r#"sh -c "a \"b\" c" x\ y"#).unwrap(), ["sh", "-c", r#"a "b" c"#, "x y"]);
+        assert_eq!(split_words("a''b").unwrap(), ["ab"]);
+        assert!(split_words("ssh 'open").is_err());
+        assert!(split_words("   ").is_err());
+    }
+}

@@ -1,0 +1,348 @@
+//! `sharedclient --remote HOST` through a stand-in for ssh (`tests/lsh.sh`, which
+//! runs the relay here), and the relay (`sharedclient --relay`) fed frames by hand:
+//! folders, standard input, a relay killed mid-file, a dropped link, damaged frames,
+//! a remote server that is missing or stops.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use sharedxfer::frames::{self, Begin, Frame, Outcome};
+use sharedxfer::protocol::FileMeta;
+
+fn shim() -> String {
+    format!("{}/tests/lsh.sh", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn bin_dir() -> PathBuf {
+    Path::new(CLIENT).parent().unwrap().to_path_buf()
+}
+
+/// `sharedclient --remote somehost --rsh tests/lsh.sh -n NAME`, run from `cwd`.
+fn remote_client(name: &str, cwd: &Path) -> Command {
+    let mut command = Command::new(CLIENT);
+    command.current_dir(cwd).env("LSH_BIN", bin_dir()).args([
+        "--remote",
+        "somehost",
+        "--rsh",
+        &shim(),
+        "-n",
+        name,
+    ]);
+    command
+}
+
+/// A small tree: nested folders, odd modes, a set mtime, an empty file.
+fn make_tree(root: &Path) -> PathBuf {
+    let tree = root.join("tree");
+    fs::create_dir_all(tree.join("a/b")).unwrap();
+    fs::create_dir_all(tree.join("empty")).unwrap();
+    for i in 0..40 {
+        write_file(
+            &tree.join(if i % 2 == 0 { "a" } else { "a/b" }),
+            &format!("f{i}.bin"),
+            97 * i + 1,
+            i as u64,
+        );
+    }
+    write_file(&tree, "big.bin", 3 << 20, 77);
+    write_file(&tree, "zero.bin", 0, 0);
+    let odd = write_file(&tree, "odd mode.txt", 10, 5);
+    fs::set_permissions(&odd, fs::Permissions::from_mode(0o640)).unwrap();
+    fs::set_permissions(tree.join("a/b"), fs::Permissions::from_mode(0o750)).unwrap();
+    let when = std::time::UNIX_EPOCH + Duration::new(1_600_000_000, 123_456_789);
+    fs::File::options().write(true).open(&odd).unwrap().set_modified(when).unwrap();
+    tree
+}
+
+/// Every entry below `dir`: relative path, type, mode, size, mtime, content hash.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        for entry in fs::read_dir(&folder).unwrap().flatten() {
+            let path = entry.path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(dir).unwrap().display().to_string();
+            if meta.is_dir() {
+                out.push(format!("d {rel} {:o}", meta.mode() & 0o777));
+                stack.push(path);
+            } else {
+                let data = fs::read(&path).unwrap();
+                out.push(format!(
+                    "f {rel} {:o} {} {}.{} {:x}",
+                    meta.mode() & 0o777,
+                    meta.len(),
+                    meta.mtime(),
+                    meta.mtime_nsec(),
+                    sharedxfer::checksum::of(&data)
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_folder_and_standard_input_arrive_through_the_relay_whole() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let tree = make_tree(src.path());
+    let server = Server::start(&unique_name("rmtree"), out.path(), &[]);
+    let output = run({
+        let mut c = remote_client(&server.name, src.path());
+        c.arg("tree");
+        c
+    });
+    assert!(output.status.success(), "{}", show(&output));
+    assert!(stdout_of(&output).contains("sharedclient: 43 files"), "{}", show(&output));
+    assert_eq!(listing(&tree), listing(&out.path().join("tree")));
+
+    let mut piped = remote_client(&server.name, src.path());
+    piped
+        .args(["-", "--as", "from-stdin.txt"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = piped.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"typed on the other host\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", show(&output));
+    assert_eq!(fs::read(out.path().join("from-stdin.txt")).unwrap(), b"typed on the other host\n");
+    assert!(server.temp_files().is_empty());
+}
+
+#[test]
+fn no_server_on_the_remote_host_is_a_clear_failure() {
+    let src = tempfile::tempdir().unwrap();
+    write_file(src.path(), "x.bin", 100, 1);
+    let output = run({
+        let mut c = remote_client(&unique_name("rmtnone"), src.path());
+        c.arg("x.bin");
+        c
+    });
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    let err = stderr_of(&output);
+    assert!(err.contains("somehost") && err.contains("no server on segment"), "{}", show(&output));
+
+    // A relay that cannot even start says why (here: no sharedclient on its PATH).
+    let output = run({
+        let mut c = remote_client("whatever", src.path());
+        c.env("LSH_BIN", "/nonexistent").env("PATH", "/usr/bin:/bin").arg("x.bin");
+        c
+    });
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("the relay on somehost did not start"), "{}", show(&output));
+    assert!(stderr_of(&output).contains("not found"), "{}", show(&output));
+}
+
+/// Starts a remote client fed by a pipe, writes `first` bytes and waits until the
+/// server holds the file in progress.
+fn half_sent(
+    server: &Server,
+    src: &Path,
+    extra_env: &[(&str, &str)],
+) -> (std::process::Child, std::process::ChildStdin) {
+    let mut command = remote_client(&server.name, src);
+    command
+        .args(["-", "--as", "slow.bin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in extra_env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&pattern(2 << 20, 3)).unwrap();
+    stdin.flush().unwrap();
+    wait_until("the server to hold slow.bin in progress", || !server.temp_files().is_empty());
+    (child, stdin)
+}
+
+fn finish(child: std::process::Child) -> std::process::Output {
+    let deadline = Instant::now() + DEADLINE;
+    let output = child.wait_with_output().unwrap();
+    assert!(Instant::now() < deadline);
+    output
+}
+
+#[test]
+fn a_relay_killed_mid_file_fails_the_client_and_nothing_is_published() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("rmtkill"), out.path(), &[]);
+    let pidfile = src.path().join("relay.pid");
+    let (child, stdin) = half_sent(&server, src.path(), &[("LSH_PIDFILE", pidfile.to_str().unwrap())]);
+    let relay: u32 = fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    signal(relay, "KILL");
+    drop(stdin);
+    let output = finish(child);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("relay on somehost"), "{}", show(&output));
+    wait_until("the server to drop the unfinished file", || server.temp_files().is_empty());
+    assert!(!out.path().join("slow.bin").exists(), "a half-sent file was published");
+    // The server still serves.
+    let again = run({
+        let mut c = remote_client(&server.name, src.path());
+        c.arg("relay.pid");
+        c
+    });
+    assert!(again.status.success(), "{}", show(&again));
+}
+
+#[test]
+fn a_dropped_link_mid_file_fails_the_client_and_nothing_is_published() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("rmtcut"), out.path(), &[]);
+    write_file(src.path(), "first.bin", 1000, 1);
+    write_file(src.path(), "second.bin", 4 << 20, 2);
+    // The relay sees the first 1 MiB of the stream only: the second file is cut short.
+    let output = run({
+        let mut c = remote_client(&server.name, src.path());
+        c.env("LSH_CUT", "1048576").args(["first.bin", "second.bin"]);
+        c
+    });
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("second.bin"), "{}", show(&output));
+    assert!(out.path().join("first.bin").exists(), "the whole first file was confirmed");
+    assert!(!out.path().join("second.bin").exists(), "a cut file was published");
+    wait_until("no temporary files", || server.temp_files().is_empty());
+}
+
+#[test]
+fn a_remote_server_that_stops_fails_the_client() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&unique_name("rmtstop"), out.path(), &[]);
+    let (child, stdin) = half_sent(&server, src.path(), &[]);
+    server.stop("TERM");
+    drop(stdin);
+    let output = finish(child);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    let err = stderr_of(&output);
+    assert!(err.contains("shutting down") || err.contains("exited"), "{}", show(&output));
+    assert!(!out.path().join("slow.bin").exists());
+}
+
+/// `sharedclient --relay -n NAME` as a child, fed frames by the test.
+struct Relay {
+    child: std::process::Child,
+    to: std::process::ChildStdin,
+    from: std::process::ChildStdout,
+}
+
+impl Relay {
+    fn start(name: &str) -> Relay {
+        let mut child = Command::new(CLIENT)
+            .args(["--relay", "-n", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut to = child.stdin.take().unwrap();
+        let mut from = child.stdout.take().unwrap();
+        frames::write_hello(&mut to).unwrap();
+        assert!(frames::read_hello(&mut from).unwrap(), "the relay greets back");
+        assert_eq!(Frame::read(&mut from).unwrap(), Some(Frame::Ready));
+        Relay { child, to, from }
+    }
+
+    fn send(&mut self, frame: Frame) {
+        frame.write(&mut self.to).unwrap();
+    }
+
+    fn next(&mut self) -> Option<Frame> {
+        Frame::read(&mut self.from).unwrap()
+    }
+
+    fn exit_code(mut self) -> (Option<i32>, String) {
+        drop(self.to);
+        let status = self.child.wait().unwrap();
+        let mut err = String::new();
+        self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        (status.code(), err)
+    }
+}
+
+fn file_frames(file: u32, name: &str, data: &[u8], checksum: u64) -> Vec<Frame> {
+    let meta = FileMeta { mode: Some(0o600), ..FileMeta::default() };
+    let what = Begin::File { name: name.into(), size: Some(data.len() as u64), meta };
+    vec![
+        Frame::Begin { file, what },
+        Frame::Data { file, bytes: data.to_vec() },
+        Frame::End { file, size: data.len() as u64, checksum },
+    ]
+}
+
+#[test]
+fn the_relay_trusts_no_frame() {
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("rmtframes"), out.path(), &[]);
+    let mut relay = Relay::start(&server.name);
+    // A file whose data does not match its END: failed, not published.
+    let data = pattern(5000, 9);
+    for frame in file_frames(1, "damaged.bin", &data, sharedxfer::checksum::of(&data) ^ 1) {
+        relay.send(frame);
+    }
+    // A good one after it still goes through.
+    for frame in file_frames(2, "good.bin", &data, sharedxfer::checksum::of(&data)) {
+        relay.send(frame);
+    }
+    relay.send(Frame::Bye);
+    match relay.next() {
+        Some(Frame::Result { file: 1, outcome: Outcome::Failed { message, .. } }) => {
+            assert!(message.contains("damaged in transit"), "{message}")
+        }
+        other => panic!("expected file 1 to fail, got {other:?}"),
+    }
+    assert_eq!(relay.next(), Some(Frame::Result { file: 2, outcome: Outcome::Done(5000) }));
+    assert_eq!(relay.next(), None);
+    assert_eq!(relay.exit_code().0, Some(0));
+    assert!(!out.path().join("damaged.bin").exists());
+    assert_eq!(fs::read(out.path().join("good.bin")).unwrap(), data);
+    assert_eq!(fs::metadata(out.path().join("good.bin")).unwrap().mode() & 0o777, 0o600);
+
+    // Garbage where a frame should be: the relay says why and exits 1, nothing published.
+    let mut relay = Relay::start(&server.name);
+    let frames = file_frames(1, "cut.bin", &data, sharedxfer::checksum::of(&data));
+    relay.send(frames[0].clone());
+    relay.to.write_all(&[2, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f, 1, 0, 0, 0]).unwrap();
+    match relay.next() {
+        Some(Frame::Fatal { message }) => assert!(message.contains("bad frame"), "{message}"),
+        other => panic!("expected FATAL, got {other:?}"),
+    }
+    let (code, err) = relay.exit_code();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(!out.path().join("cut.bin").exists());
+    wait_until("no temporary files", || server.temp_files().is_empty());
+
+    // Out of order, and a peer that is not a relay client at all.
+    let mut relay = Relay::start(&server.name);
+    for frame in file_frames(7, "skipped-ahead.bin", &data, 0) {
+        // The relay may be gone before the last frames (a broken pipe then).
+        let _ = frame.write(&mut relay.to);
+    }
+    assert!(matches!(relay.next(), Some(Frame::Fatal { .. })));
+    assert_eq!(relay.exit_code().0, Some(1));
+    let mut stranger = Command::new(CLIENT)
+        .args(["--relay", "-n", &server.name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    stranger.stdin.take().unwrap().write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let output = stranger.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("did not greet"), "{output:?}");
+}
