@@ -8,7 +8,7 @@
 #              in the tree, 2,000 empty files): about a minute
 #   --json F   also write the results as JSON to F
 #   --runs N   timed runs per case and side (default 5, --quick 3)
-#   --cases L  run only these cases, comma-separated numbers 1-9 (e.g. 4,8,9; default
+#   --cases L  run only these cases, comma-separated numbers 1-10 (e.g. 4,8,9; default
 #              all); the input files of the other cases are not made (case 6 uses
 #              case 4's small files for its waiting client)
 #
@@ -21,7 +21,10 @@
 # Cases: 1 one big file, 2 16 streams in one client, 3 4 clients x 4 streams,
 # 4 2,000 small files, 5 ping-pong latency, 6 idle CPU, 7 peak memory of a big file,
 # 8 a folder tree (10,000 files, 0 B - 64 KiB, most under 8 KiB, 100 nested folders)
-# sent as a folder vs cp -r, 9 a folder of 5,000 empty files vs cp -r.
+# sent as a folder vs cp -r, 9 a folder of 5,000 empty files vs cp -r, 10 to another
+# host through a real sshd on 127.0.0.1 (sharedclient --remote): the 1 GiB file vs scp,
+# the tree of case 8 vs rsync -a -e ssh and scp -r (needs sshd and rsync:
+# scripts/ssh-test.sh installs them; without them case 10 is skipped, and says so).
 # Exit status: 0 done, 1 a run or a check failed, 2 usage.
 set -euo pipefail
 export LC_ALL=C
@@ -30,7 +33,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 die_usage() { echo "bench: $*" >&2; usage >&2; exit 2; }
 
 start_dir=$PWD
-quick=0 json="" runs="" cases=1,2,3,4,5,6,7,8,9
+quick=0 json="" runs="" cases=1,2,3,4,5,6,7,8,9,10
 while (($#)); do
   case $1 in
     --quick) quick=1 ;;
@@ -46,7 +49,7 @@ while (($#)); do
   shift
 done
 [[ -z $runs || $runs =~ ^[1-9][0-9]*$ ]] || die_usage "--runs wants a whole number >= 1, not '$runs'"
-[[ $cases =~ ^[1-9](,[1-9])*$ ]] || die_usage "--cases wants case numbers 1-9 separated by commas (e.g. 4,8,9), not '$cases'"
+[[ $cases =~ ^([1-9]|10)(,([1-9]|10))*$ ]] || die_usage "--cases wants case numbers 1-10 separated by commas (e.g. 4,8,9), not '$cases'"
 [[ -z $json || $json == /* ]] || json="$start_dir/$json"
 case_on=()
 for c in ${cases//,/ }; do case_on[c]=1; done
@@ -133,6 +136,7 @@ need_mib=512
 ! chosen 2 3 || need_mib=$((need_mib + 2 * 16 * per_mib))
 ! chosen 7 || need_mib=$((need_mib + 2 * huge_mib))
 ! chosen 8 || need_mib=$((need_mib + 3 * ntree / 10))
+! chosen 10 || need_mib=$((need_mib + 2 * big_mib + 3 * ntree / 10))
 free_mib=$(df -Pm /dev/shm | awk 'NR == 2 { print $4 }')
 ((free_mib >= need_mib)) || fail "/dev/shm has $free_mib MiB free, the benchmark needs about $need_mib MiB"
 
@@ -156,6 +160,7 @@ sizes=""
 ! chosen 7 || sizes+=", case7 ${huge_mib} MiB"
 ! chosen 8 || sizes+=", case8 $ntree files in $tree_dirs folders (-j $tree_jobs)"
 ! chosen 9 || sizes+=", case9 $nempty empty files (-j $tree_jobs)"
+! chosen 10 || sizes+=", case10 ${big_mib} MiB and $ntree files over ssh to 127.0.0.1"
 echo "settings: mode=$mode, cases=$cases, runs=$runs (+1 untimed warm-up round), segment=$segsize (server started once, default workers), sizes: ${sizes#, }"
 meta machine.nproc "$nproc_"; meta machine.model "$model"; meta machine.kernel "$kernel"
 meta machine.memory "$memtotal"; meta machine.loadavg_start "$load0"
@@ -568,6 +573,100 @@ if chosen 9; then
   clean_out
   row "9 $nempty empty files" "files/s (-j $tree_jobs)" files/s higher c9.sx "cp -r dir" key:c9.cp
   rm -rf "$T/src9"
+fi
+
+# --------------------------------------------------------------------------- case 10
+
+# A private sshd on 127.0.0.1 with throwaway keys; every side goes through it with the
+# same ssh options (the default cipher), so only the tools differ.
+start_sshd() {
+  local d=$T/sshd port
+  mkdir -p "$d"
+  ssh-keygen -q -t ed25519 -N "" -f "$d/host_key" && ssh-keygen -q -t ed25519 -N "" -f "$d/user_key" ||
+    fail "case 10: ssh-keygen failed"
+  echo "environment=\"PATH=$bin:/usr/local/bin:/usr/bin:/bin\" $(cat "$d/user_key.pub")" >"$d/authorized_keys"
+  chmod 600 "$d/authorized_keys"
+  mkdir -p /run/sshd 2>/dev/null || true
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  cat >"$d/sshd_config" <<CONF
+Port $port
+ListenAddress 127.0.0.1
+HostKey $d/host_key
+AuthorizedKeysFile $d/authorized_keys
+PidFile $d/sshd.pid
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+PermitUserEnvironment yes
+Subsystem sftp internal-sftp
+CONF
+  /usr/sbin/sshd -D -e -f "$d/sshd_config" 2>"$d/sshd.log" &
+  sshd_pid=$!
+  bg_pids+=("$sshd_pid")
+  ssh_opts=(-i "$d/user_key" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
+  ssh_port=$port
+  ssh_cmd="ssh -p $port ${ssh_opts[*]}"
+  ssh_host="$(id -un)@127.0.0.1"
+  local i
+  for i in $(seq 1 100); do
+    $ssh_cmd "$ssh_host" true 2>/dev/null && return 0
+    sleep 0.1
+  done
+  fail "case 10: sshd did not accept a login on 127.0.0.1:$port" "$d/sshd.log"
+}
+
+ssh_side() { # KIND(big|tree) SIDE RUN
+  local kind=$1 side=$2 run=$3 src dst
+  clean_out
+  if [[ $kind == big ]]; then src=$T/src10/big.bin; else src=$T/src10/tree; fi
+  case $side in
+    sx)
+      timed "${cl[@]}" --remote "$ssh_host" --rsh "$ssh_cmd" "$src" >"$T/client.log" 2>&1 ||
+        fail "case 10: sharedclient --remote exited $?" "$T/client.log" "$T/server.log" "$T/sshd/sshd.log"
+      dst=$T/out ;;
+    scp)
+      timed scp -q -r -P "$ssh_port" "${ssh_opts[@]}" "$src" "$ssh_host:$T/cmp/" >"$T/client.log" 2>&1 ||
+        fail "case 10: scp failed" "$T/client.log"
+      dst=$T/cmp ;;
+    rsync)
+      timed rsync -a -e "$ssh_cmd" "$src" "$ssh_host:$T/cmp/" >"$T/client.log" 2>&1 || fail "case 10: rsync failed" "$T/client.log"
+      dst=$T/cmp ;;
+  esac
+  if [[ $kind == big ]]; then
+    (($(stat -c %s "$dst/big.bin" 2>/dev/null || echo 0) == big_mib << 20)) || fail "case 10: $side did not deliver big.bin whole" "$T/client.log"
+    ((run != 0)) || cmp -s "$src" "$dst/big.bin" || fail "case 10: $side: big.bin differs"
+    ((run < 0)) || sample "c10big.$side" "$run" "$(div $((big_mib << 20)) "$elapsed_us")"
+  else
+    if [[ $side == scp ]]; then check_tree "case 10 $side" "$src" "$dst/tree"; else check_tree "case 10 $side" "$src" "$dst/tree" --full; fi
+    ((run < 0)) || sample "c10tree.$side" "$run" "$(div "$ntree" "$elapsed_us" 1000000)"
+  fi
+}
+
+if chosen 10; then
+  if [[ ! -x /usr/sbin/sshd || -z $(command -v rsync) || -z $(command -v scp) ]]; then
+    say "case 10 skipped: it needs sshd, ssh, scp and rsync (scripts/ssh-test.sh installs them)"
+    meta note.case10 "skipped: sshd, scp or rsync missing (scripts/ssh-test.sh installs them)"
+  else
+    mkdir -p "$T/src10"
+    make_random "$T/src10/big.bin" $((big_mib << 20)) sxbench-ssh
+    python3 "$report" tree --out "$T/src10/tree" --files "$ntree" --dirs "$tree_dirs" --depth "$tree_depth" \
+      --seed 8 >/dev/null || fail "could not make the case 10 tree"
+    start_sshd
+    say "case 10: to another host through sshd on 127.0.0.1: one ${big_mib} MiB file vs scp and rsync, $ntree files vs rsync -a and scp -r"
+    for side in sx scp rsync; do ssh_side big "$side" -1; done
+    for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx scp rsync); do ssh_side big "$side" "$r"; done; done
+    for side in sx rsync scp; do ssh_side tree "$side" -1; done
+    for ((r = 0; r < runs; r++)); do for side in $(order "$r" sx rsync scp); do ssh_side tree "$side" "$r"; done; done
+    clean_out
+    row "10 ssh: one ${big_mib} MiB file" "--remote via sshd" MB/s higher c10big.sx "scp" key:c10big.scp
+    row "10 ssh: one ${big_mib} MiB file" "--remote via sshd" MB/s higher c10big.sx "rsync -a -e ssh" key:c10big.rsync
+    row "10 ssh: tree of $ntree files" "--remote via sshd" files/s higher c10tree.sx "rsync -a -e ssh" key:c10tree.rsync
+    row "10 ssh: tree of $ntree files" "--remote via sshd" files/s higher c10tree.sx "scp -r" key:c10tree.scp
+    kill "$sshd_pid" 2>/dev/null || true
+    rm -rf "$T/src10"
+  fi
 fi
 
 # --------------------------------------------------------------------------- case 6b

@@ -64,9 +64,34 @@ pub fn align(n: usize) -> usize {
     n.div_ceil(8) * 8
 }
 
+/// Room the results need per entry, with part of a failure's message: a batch holds
+/// at most `(capacity - HEADER_LEN) / RESULT_RESERVE` entries, so that the results,
+/// written over it, fit the slot.
+pub const RESULT_RESERVE: usize = RESULT_LEN + 200;
+
 /// Bytes an entry takes in a batch: header, name, data, padding.
 pub fn entry_space(name_len: usize, size: usize) -> usize {
     align(ENTRY_LEN + name_len + size)
+}
+
+/// Most entries a batch in a slot of `capacity` bytes may hold.
+pub fn max_entries(capacity: usize) -> usize {
+    (capacity.saturating_sub(HEADER_LEN) / RESULT_RESERVE).clamp(1, MAX_ENTRIES)
+}
+
+/// The message for a failure whose text did not fit the results.
+pub fn standard_message(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::BadRequest => "refused by the server (bad name, size or metadata)",
+        ErrorCode::Exists => {
+            "already exists on the server: remove it, use --skip-existing, or run the server with --overwrite"
+        }
+        ErrorCode::Io => "the server could not store it (disk full, read-only, removed folder?)",
+        ErrorCode::Checksum => "the data was corrupted in transit",
+        ErrorCode::Shutdown => "the server is shutting down",
+        ErrorCode::IdleTimeout => "the server dropped the stream for idleness",
+        ErrorCode::Aborted | ErrorCode::Unknown => "failed on the server",
+    }
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -250,11 +275,14 @@ pub enum Outcome {
 }
 
 /// The results of batch `seq`, at most `capacity` bytes: every entry's status, and
-/// as much of each failure's message as fits.
+/// each failure's message if it fits a fair share of the room left (else none: the
+/// client then says what the error code means, rather than half a sentence).
 pub fn encode_results(seq: u64, outcomes: &[Outcome], capacity: usize) -> Vec<u8> {
     let mut out = header_bytes(RESULTS_MAGIC, outcomes.len() as u32, seq).to_vec();
     let fixed_end = HEADER_LEN + outcomes.len() * RESULT_LEN;
     let mut room = capacity.saturating_sub(fixed_end);
+    let failures = outcomes.iter().filter(|o| matches!(o, Outcome::Failed(..))).count();
+    let share = room / failures.max(1);
     let mut messages = Vec::new();
     for outcome in outcomes {
         let (status, code, bytes, message) = match outcome {
@@ -262,10 +290,7 @@ pub fn encode_results(seq: u64, outcomes: &[Outcome], capacity: usize) -> Vec<u8
             Outcome::Skipped => (STATUS_SKIPPED, 0, 0, ""),
             Outcome::Failed(code, message) => (STATUS_FAILED, *code as u32, 0, message.as_str()),
         };
-        let mut len = message.len().min(room);
-        while !message.is_char_boundary(len) {
-            len -= 1;
-        }
+        let len = if message.len() <= room.min(share) { message.len() } else { 0 };
         room -= len;
         messages.extend_from_slice(&message.as_bytes()[..len]);
         out.extend_from_slice(&status.to_le_bytes());
@@ -305,10 +330,12 @@ pub fn decode_results(bytes: &[u8], seq: u64, count: usize) -> Result<Vec<Outcom
             STATUS_DONE => Outcome::Done(done),
             STATUS_SKIPPED => Outcome::Skipped,
             STATUS_FAILED => {
-                let message = String::from_utf8_lossy(text).into_owned();
-                let message =
-                    if message.is_empty() { "failed (no reason given)".to_owned() } else { message };
-                Outcome::Failed(ErrorCode::from_wire(u64::from(code)), message)
+                let code = ErrorCode::from_wire(u64::from(code));
+                let message = match String::from_utf8_lossy(text).into_owned() {
+                    message if message.is_empty() => standard_message(code).to_owned(),
+                    message => message,
+                };
+                Outcome::Failed(code, message)
             }
             other => return Err(framing(format!("unknown result status {other}"))),
         });
@@ -397,9 +424,11 @@ mod tests {
         assert!(decode_results(&bytes, 8, 3).is_err(), "another batch's results");
         assert!(decode_results(&bytes, 9, 2).is_err());
         assert!(decode_results(&bytes[..40], 9, 3).is_err());
-        // Messages are cut to what the slot holds, never past it.
+        // A message that does not fit the slot is left out, never cut: the client
+        // says what the code means instead.
         let tight = encode_results(9, &outcomes, HEADER_LEN + 3 * RESULT_LEN + 4);
-        assert_eq!(tight.len(), HEADER_LEN + 3 * RESULT_LEN + 4);
-        assert!(matches!(&decode_results(&tight, 9, 3).unwrap()[2], Outcome::Failed(_, m) if m == "a ex"));
+        assert_eq!(tight.len(), HEADER_LEN + 3 * RESULT_LEN);
+        let standard = standard_message(ErrorCode::Exists);
+        assert!(matches!(&decode_results(&tight, 9, 3).unwrap()[2], Outcome::Failed(_, m) if m == standard));
     }
 }

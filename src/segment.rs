@@ -608,7 +608,9 @@ impl Buffer<'_> {
         // protocol (slot state Acquire-loaded, and the server never frees a slot the
         // client may be filling), so no one else writes these bytes while the slice
         // lives; a process breaking the protocol can only change byte values (any u8
-        // is valid), which the end-to-end checksum then reports.
+        // is valid): the checksum catches what it changes before the server's hash,
+        // and what it changes after (a file's chunk is hashed, then written) only
+        // spoils its own file. Batches are copied out first, so not even that.
         unsafe { std::slice::from_raw_parts(self.ptr.add(from), len) }
     }
 }

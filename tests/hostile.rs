@@ -12,9 +12,10 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use named_lock::NamedLock;
+use sharedxfer::batch::{self, EntryKind, Outcome};
 use sharedxfer::checksum::of as xxh3_64;
 use sharedxfer::handout::{self, load_guid};
 use sharedxfer::lock::{acquire, LockDir, HANDOUT_LOCK};
@@ -352,6 +353,27 @@ impl Tree {
             in_out.insert(name);
         }
         assert_eq!(&in_out, published, "OUTPUT_DIR holds other files than the real transfers'");
+    }
+}
+
+impl Tree {
+    /// As `assert_only_published`, for names that may lie in folders beneath
+    /// OUTPUT_DIR: `published` holds paths relative to it ('/'-separated).
+    fn assert_only_published_paths(&self, published: &BTreeSet<String>) {
+        let (src, out) = (self.src(), self.out());
+        let mut in_out = BTreeSet::new();
+        for file in files_under(self.root()) {
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(!name.contains("escape"), "an escape attempt created {}", file.display());
+            if file.starts_with(&src) {
+                continue;
+            }
+            let rel = file
+                .strip_prefix(&out)
+                .unwrap_or_else(|_| panic!("the server wrote outside OUTPUT_DIR: {}", file.display()));
+            in_out.insert(rel.to_string_lossy().into_owned());
+        }
+        assert_eq!(&in_out, published, "OUTPUT_DIR holds other files than those published");
     }
 }
 
@@ -1270,4 +1292,493 @@ fn a_peer_frozen_after_taking_a_guid_does_not_block_server_shutdown() {
     let status = wait_with_deadline(&mut server.child, "sharedserver");
     assert_eq!(status.code(), Some(0));
     assert!(!shm_path(&name).exists());
+}
+
+// ---------------------------------------------------------------------------------
+// Hand-made batches: entries with bad names, checksums or metadata among good ones,
+// and batches whose framing is broken.
+// ---------------------------------------------------------------------------------
+
+/// Where the fields of an entry's fixed part lie (the layout `src/batch.rs` documents).
+const ENTRY_KIND: usize = 0;
+const ENTRY_NAME_LEN: usize = 4;
+const ENTRY_SIZE: usize = 8;
+const ENTRY_CHECKSUM: usize = 16;
+const ENTRY_META: usize = 24;
+const ENTRY_MTIME: usize = 32;
+const ENTRY_RESERVED: usize = 40;
+
+/// One entry of a hand-made batch: its fixed part, name and data, each as given.
+struct RawEntry {
+    fixed: [u8; batch::ENTRY_LEN],
+    name: Vec<u8>,
+    data: Vec<u8>,
+}
+
+impl RawEntry {
+    /// A well-formed file entry: the size and checksum of `data`.
+    fn file(name: impl AsRef<[u8]>, data: &[u8], meta: FileMeta) -> RawEntry {
+        let kind = EntryKind::File { size: data.len() as u64, checksum: xxh3_64(data), meta };
+        RawEntry::with_kind(name.as_ref(), &kind, data)
+    }
+
+    /// A well-formed folder entry.
+    fn dir(name: &str, mode: u32) -> RawEntry {
+        RawEntry::with_kind(name.as_bytes(), &EntryKind::Dir { mode }, b"")
+    }
+
+    fn with_kind(name: &[u8], kind: &EntryKind, data: &[u8]) -> RawEntry {
+        let fixed = batch::entry_header(kind, name.len());
+        RawEntry { fixed, name: name.to_vec(), data: data.to_vec() }
+    }
+
+    /// The entry with the word at byte `at` of its fixed part replaced.
+    fn set_u64(mut self, at: usize, value: u64) -> RawEntry {
+        self.fixed[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        self
+    }
+
+    fn set_u32(mut self, at: usize, value: u32) -> RawEntry {
+        self.fixed[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        self
+    }
+}
+
+/// A batch whose header says `count` entries and number `seq`, holding `entries`
+/// (each padded to 8 bytes, as the format wants).
+fn pack_batch(count: u32, seq: u64, entries: &[RawEntry]) -> Vec<u8> {
+    let mut out = batch::batch_header(count, seq).to_vec();
+    for entry in entries {
+        out.extend_from_slice(&entry.fixed);
+        out.extend_from_slice(&entry.name);
+        out.extend_from_slice(&entry.data);
+        out.resize(batch::align(out.len()), 0);
+    }
+    out
+}
+
+/// A well-formed batch of `entries`.
+fn batch_of(seq: u64, entries: &[RawEntry]) -> Vec<u8> {
+    pack_batch(entries.len() as u32, seq, entries)
+}
+
+/// The two words `meta` travels as (learned from an encoded Open, so the test does
+/// not depend on the bit layout).
+fn meta_words(meta: FileMeta) -> (u64, u64) {
+    let (_, args, _) = ClientCommand::Open { name: "x".into(), size: 0, meta }.encode();
+    (args[1], args[2])
+}
+
+fn file_meta(mode: u32, mtime: SystemTime) -> FileMeta {
+    FileMeta { mode: Some(mode), mtime: Some(mtime), ..FileMeta::default() }
+}
+
+impl RogueStream<'_> {
+    /// Enters batch mode; returns (slots, chunk) from the Opened reply.
+    fn start_batches(&mut self) -> (usize, u64) {
+        self.post(&ClientCommand::Batch);
+        match self.reply() {
+            ServerReply::Opened { slots, chunk } => {
+                assert!((1..=MAX_SLOTS).contains(&(slots as usize)) && chunk > 0, "Opened {slots} x {chunk}");
+                (slots as usize, chunk)
+            }
+            other => panic!("{}: Batch answered with {other:?}", self.label()),
+        }
+    }
+
+    /// Hands `bytes` over in slot `index` and waits for the slot to come back with
+    /// the results of batch `seq` of `count` entries.
+    fn run_batch(&mut self, index: usize, bytes: &[u8], seq: u64, count: usize) -> Vec<Outcome> {
+        self.send_chunk(index, bytes, bytes.len() as u64);
+        let record: &Record = self.record;
+        let slot = &record.slots[index];
+        let start = Instant::now();
+        while slot.state.load(Ordering::Acquire) != SlotState::Empty as u32 {
+            if let Some(reply) = self.try_reply() {
+                panic!("batch {seq}: the server answered {reply:?} instead of handing the slot back");
+            }
+            assert!(start.elapsed() < DEADLINE, "batch {seq}: no results within {DEADLINE:?}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let capacity = slot.capacity.load(Ordering::Relaxed);
+        let buffer = self.segment.buffer(slot.offset.load(Ordering::Relaxed), capacity).unwrap();
+        batch::decode_results(buffer.bytes(capacity as usize), seq, count)
+            .unwrap_or_else(|e| panic!("batch {seq}: undecodable results: {e}"))
+    }
+
+    /// Whether the server took every slot of the ring back (a failed stream's).
+    fn ring_revoked(&self, slots: usize) -> bool {
+        self.record.slots[..slots].iter().all(|s| s.state.load(Ordering::Acquire) == SlotState::Unused as u32)
+    }
+}
+
+/// What an entry of the bad-entry batch must come to.
+enum Want {
+    /// Published under `name` with exactly `data`, `mode` and `mtime`.
+    File { name: &'static str, data: Vec<u8>, mode: u32, mtime: SystemTime },
+    /// Made, with the mode given (plus u+rwx).
+    Dir { name: &'static str, mode: u32 },
+    /// Refused with `code`, the message saying `expect`.
+    Failed(ErrorCode, &'static str),
+}
+
+#[test]
+fn a_bad_entry_in_a_batch_fails_alone_and_the_good_ones_are_published_whole() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let tree = Tree::new();
+    fs::write(tree.out().join("batch-exists.bin"), b"precious").unwrap();
+    let server = Server::start(&unique_name("badentry"), &tree.out(), &[]);
+    let rogue = Rogue::connect(&server.name);
+    let traffic = start_traffic(&server, &tree.src());
+    let when = |secs: u64, nanos: u32| UNIX_EPOCH + Duration::new(secs, nanos);
+    let good = |name: &'static str, len: usize, seed: u64, mode: u32, mtime: SystemTime| {
+        let data = pattern(len, seed);
+        (RawEntry::file(name, &data, file_meta(mode, mtime)), Want::File { name, data, mode, mtime })
+    };
+    let bad = |entry: RawEntry, code: ErrorCode, expect: &'static str| (entry, Want::Failed(code, expect));
+    let some = pattern(3000, 99);
+    let plain = FileMeta::default();
+    let t = when(1_500_000_000, 0);
+    let (mode_flag, _) = meta_words(FileMeta { mode: Some(0), ..FileMeta::default() });
+    let (mode_644, _) = meta_words(FileMeta { mode: Some(0o644), ..FileMeta::default() });
+    let (hint_word, hint_secs) = meta_words(FileMeta { size_is_hint: true, ..file_meta(0o644, t) });
+    let (dir_time_word, dir_time_secs) = meta_words(file_meta(0o755, t));
+    let absolute = format!("{}/abs-escape", tree.root().display());
+    let entries = vec![
+        good("batch-good-a.bin", 1000, 1, 0o640, when(1_600_000_000, 123_456_789)),
+        bad(
+            RawEntry::file("../escape-dotdot.bin", &some, plain),
+            ErrorCode::BadRequest,
+            "'..' is not a file",
+        ),
+        (RawEntry::dir("batch-dir", 0o750), Want::Dir { name: "batch-dir", mode: 0o750 }),
+        good("batch-dir/inner.bin", 5000, 2, 0o600, when(1_234_567_890, 5)),
+        bad(
+            RawEntry::file("batch-dir/../../escape-nested.bin", &some, plain),
+            ErrorCode::BadRequest,
+            "'..' is not a file",
+        ),
+        bad(RawEntry::file(absolute.as_bytes(), &some, plain), ErrorCode::BadRequest, "is absolute"),
+        bad(
+            RawEntry::file("badsum-escape.bin", &some, plain).set_u64(ENTRY_CHECKSUM, xxh3_64(&some) ^ 1),
+            ErrorCode::Checksum,
+            "checksum mismatch",
+        ),
+        good("batch-good-b.bin", 65_536, 3, 0o755, when(1_000_000_000, 999_999_999)),
+        bad(
+            RawEntry::file(".sharedxfer-x-escape.part", &some, plain),
+            ErrorCode::BadRequest,
+            "reserved for the server",
+        ),
+        bad(
+            RawEntry::file("batch-dir/.sharedxfer-escape", &some, plain),
+            ErrorCode::BadRequest,
+            "reserved for the server",
+        ),
+        bad(
+            RawEntry::file([0xff, 0xfe, b'e', b's', b'c'], &some, plain),
+            ErrorCode::BadRequest,
+            "not valid UTF-8",
+        ),
+        bad(RawEntry::file("", &some, plain), ErrorCode::BadRequest, "file name is empty"),
+        bad(RawEntry::file("esc\0ape", &some, plain), ErrorCode::BadRequest, "contains '/' or NUL"),
+        bad(RawEntry::file([b'e'; 256], &some, plain), ErrorCode::BadRequest, "256 bytes long"),
+        bad(
+            RawEntry::file("hint-escape.bin", &some, plain)
+                .set_u64(ENTRY_META, hint_word)
+                .set_u64(ENTRY_MTIME, hint_secs),
+            ErrorCode::BadRequest,
+            "must be exact",
+        ),
+        bad(
+            RawEntry::file("modebits-escape.bin", &some, plain).set_u64(ENTRY_META, mode_644 & !mode_flag),
+            ErrorCode::BadRequest,
+            "mode bits without the mode flag",
+        ),
+        // The top bit of the metadata word means nothing (yet).
+        bad(
+            RawEntry::file("unknownbits-escape.bin", &some, plain).set_u64(ENTRY_META, 1 << 63),
+            ErrorCode::BadRequest,
+            "unknown metadata bits",
+        ),
+        bad(
+            RawEntry::dir("dirtime-escape", 0o755)
+                .set_u64(ENTRY_META, dir_time_word)
+                .set_u64(ENTRY_MTIME, dir_time_secs),
+            ErrorCode::BadRequest,
+            "a folder entry carries only a mode",
+        ),
+        bad(RawEntry::file("batch-exists.bin", &some, plain), ErrorCode::Exists, "already exists"),
+        good("batch-empty.bin", 0, 4, 0o644, when(1_700_000_000, 1)),
+        good("batch-good-z.bin", 30_000, 5, 0o444, when(1_650_000_000, 42)),
+    ];
+    let (raw, wants): (Vec<RawEntry>, Vec<Want>) = entries.into_iter().unzip();
+    let bytes = batch_of(1, &raw);
+
+    let mut stream = rogue.take();
+    let (slots, chunk) = stream.start_batches();
+    assert!(bytes.len() as u64 <= chunk, "the test batch ({} bytes) exceeds the slot ({chunk})", bytes.len());
+    let outcomes = stream.run_batch(0, &bytes, 1, raw.len());
+    let mut published = BTreeSet::new();
+    for (index, (outcome, want)) in outcomes.iter().zip(&wants).enumerate() {
+        match want {
+            Want::File { name, data, mode, mtime } => {
+                assert_eq!(outcome, &Outcome::Done(data.len() as u64), "entry {index} ({name})");
+                let path = tree.out().join(name);
+                let got = fs::read(&path).unwrap_or_else(|e| panic!("{name} was not published: {e}"));
+                assert!(&got == data, "{name} differs from what was sent");
+                let meta = fs::metadata(&path).unwrap();
+                assert_eq!(meta.permissions().mode() & 0o7777, *mode, "{name}: mode");
+                assert_eq!(meta.modified().unwrap(), *mtime, "{name}: mtime");
+                server.wait_for_line(&format!("the publication of {name}"), |l| {
+                    l.starts_with(&format!("done {name} "))
+                });
+                published.insert(name.to_string());
+            }
+            Want::Dir { name, mode } => {
+                assert_eq!(outcome, &Outcome::Done(0), "entry {index} ({name})");
+                let meta = fs::metadata(tree.out().join(name)).unwrap();
+                assert!(meta.is_dir(), "{name} is not a folder");
+                assert_eq!(meta.permissions().mode() & 0o777, mode | 0o700, "{name}: mode");
+            }
+            Want::Failed(code, expect) => match outcome {
+                Outcome::Failed(got, message) => {
+                    assert_eq!(got, code, "entry {index}: {message}");
+                    assert!(
+                        message.contains(expect),
+                        "entry {index}: the result says {message:?}, expected {expect:?}"
+                    );
+                }
+                other => panic!("entry {index} (expected to fail with {expect:?}) came to {other:?}"),
+            },
+        }
+    }
+    for name in ["../escape-dotdot.bin", "badsum-escape.bin", "batch-exists.bin"] {
+        server
+            .wait_for_line(&format!("the failure of {name}"), |l| l.starts_with(&format!("failed {name}: ")));
+    }
+    assert_eq!(
+        fs::read(tree.out().join("batch-exists.bin")).unwrap(),
+        b"precious",
+        "an existing file was replaced"
+    );
+    published.insert("batch-exists.bin".to_owned());
+
+    // The stream goes on: the next batch, in the next slot, is published too.
+    let second = pattern(2000, 6);
+    let next = RawEntry::file("batch-dir/second.bin", &second, file_meta(0o640, t));
+    let outcomes = stream.run_batch(1 % slots, &batch_of(2, &[next]), 2, 1);
+    assert_eq!(outcomes, vec![Outcome::Done(2000)]);
+    assert!(fs::read(tree.out().join("batch-dir/second.bin")).unwrap() == second);
+    published.insert("batch-dir/second.bin".to_owned());
+    // Any other command ends batch mode: the stream answers as an idle one.
+    stream.ping(3);
+    stream.close();
+
+    published.extend(traffic.finish(&tree.out()));
+    // A real client afterwards is served as ever.
+    let after = write_file(&tree.src(), "after-batch.bin", 300_000, 7);
+    let output = run({
+        let mut c = Command::new(CLIENT);
+        c.args(["--name", &server.name]).arg(&after);
+        c
+    });
+    assert!(output.status.success(), "{}", show(&output));
+    assert!(fs::read(tree.out().join("after-batch.bin")).unwrap() == fs::read(&after).unwrap());
+    published.insert("after-batch.bin".to_owned());
+
+    wait_until("hostile streams' lock files removed", || server.stream_locks().len() <= 1);
+    assert!(server.temp_files().is_empty(), "temporary files left: {:?}", server.temp_files());
+    tree.assert_only_published_paths(&published);
+    assert_alive(&server);
+}
+
+/// A batch whose framing is broken, and what its refusal must say.
+struct Malformed {
+    what: &'static str,
+    /// What goes into the slot.
+    bytes: Vec<u8>,
+    /// The length handed over with it.
+    len: u64,
+    expect: String,
+}
+
+/// Broken batches for a ring of `chunk`-byte slots. Each holds a good file
+/// (`mal-<i>-escape.bin`) before its flaw, which must not be published either.
+fn malformed_batches(chunk: u64) -> Vec<Malformed> {
+    let data = pattern(1000, 8);
+    let first = |i: usize| RawEntry::file(format!("mal-{i}-escape.bin"), &data, FileMeta::default());
+    let second = |i: usize| RawEntry::file(format!("mal-{i}-second-escape.bin"), &data, FileMeta::default());
+    let case = |what, bytes: Vec<u8>, expect: &str| {
+        let len = bytes.len() as u64;
+        Malformed { what, bytes, len, expect: expect.to_owned() }
+    };
+    let mut cases = Vec::new();
+    let mut magic = batch_of(1, &[first(0), second(0)]);
+    magic[..4].copy_from_slice(b"SXB0");
+    cases.push(case("bad magic", magic, "malformed batch: bad magic"));
+    let mut results_magic = batch_of(1, &[first(1)]);
+    results_magic[..4].copy_from_slice(b"SXR1");
+    cases.push(case("results' magic", results_magic, "malformed batch: bad magic"));
+    cases.push(case(
+        "count past the entries",
+        pack_batch(3, 1, &[first(2), second(2)]),
+        "malformed batch: entry 2 starts past the end",
+    ));
+    cases.push(case("count zero", pack_batch(0, 1, &[first(3)]), "malformed batch: 0 entries"));
+    cases.push(case(
+        "count over the limit",
+        pack_batch(1025, 1, &[first(4)]),
+        "malformed batch: 1025 entries",
+    ));
+    let mut reserved = batch_of(1, &[first(5)]);
+    reserved[20] = 1;
+    cases.push(case("reserved header bytes", reserved, "reserved header bytes are not zero"));
+    cases.push(case(
+        "reserved entry bytes",
+        batch_of(1, &[first(6), second(6).set_u64(ENTRY_RESERVED, 1)]),
+        "entry 1: reserved bytes are not zero",
+    ));
+    // The last entry's data runs past the length handed over (not only its padding).
+    let cut = batch_of(1, &[first(7), second(7)]);
+    let len = cut.len() as u64 - 100;
+    cases.push(Malformed {
+        what: "data past the handed-over length",
+        bytes: cut,
+        len,
+        expect: "entry 1: 1000 bytes of data run past the batch".into(),
+    });
+    cases.push(case(
+        "size u64::MAX",
+        batch_of(1, &[first(8), second(8).set_u64(ENTRY_SIZE, u64::MAX)]),
+        "entry 1: 18446744073709551615 bytes of data run past the batch",
+    ));
+    cases.push(case(
+        "name past the end",
+        batch_of(1, &[first(9), second(9).set_u32(ENTRY_NAME_LEN, 4000)]),
+        "entry 1: 1000 bytes of data run past the batch",
+    ));
+    cases.push(case(
+        "name longer than a path",
+        batch_of(1, &[first(10), second(10).set_u32(ENTRY_NAME_LEN, 5000)]),
+        "entry 1: name of 5000 bytes",
+    ));
+    let mut trailing = batch_of(1, &[first(11), second(11)]);
+    trailing.extend_from_slice(&[0; 16]);
+    cases.push(case("bytes after the last entry", trailing, "16 bytes after the last entry"));
+    cases.push(case(
+        "a folder with data",
+        batch_of(1, &[first(12), RawEntry::dir("mal-12-dir-escape", 0o755).set_u64(ENTRY_SIZE, 8)]),
+        "entry 1: a folder with 8 bytes of data",
+    ));
+    cases.push(case(
+        "unknown kind",
+        batch_of(1, &[first(13), second(13).set_u32(ENTRY_KIND, 9)]),
+        "entry 1: unknown kind 9",
+    ));
+    let header_only = batch_of(1, &[first(14)]);
+    cases.push(Malformed {
+        what: "shorter than the header",
+        bytes: header_only,
+        len: 16,
+        expect: "16 bytes is shorter than the header".into(),
+    });
+    let whole = batch_of(1, &[first(15)]);
+    for (what, len) in
+        [("length zero", 0), ("length past the slot", chunk + 1), ("length u64::MAX", u64::MAX)]
+    {
+        cases.push(Malformed {
+            what,
+            bytes: whole.clone(),
+            len,
+            expect: format!("bad batch length {len} (slot capacity {chunk})"),
+        });
+    }
+    cases
+}
+
+#[test]
+fn a_malformed_batch_fails_its_stream_publishes_nothing_and_others_are_served() {
+    let tree = Tree::new();
+    let server = Server::start(&unique_name("badbatch"), &tree.out(), &[]);
+    let rogue = Rogue::connect(&server.name);
+    let traffic = start_traffic(&server, &tree.src());
+    let chunk = {
+        let mut probe = rogue.take();
+        let (_, chunk) = probe.start_batches();
+        probe.close();
+        chunk
+    };
+    let mut published = BTreeSet::new();
+    let after = pattern(500, 9);
+    for (i, case) in malformed_batches(chunk).into_iter().enumerate() {
+        let mut stream = rogue.take();
+        let (slots, got_chunk) = stream.start_batches();
+        assert_eq!(got_chunk, chunk, "{}: every batch ring of this server has the same slots", case.what);
+        stream.write_buffer(0, &case.bytes);
+        stream.hand_over(0, case.len);
+        let (code, message) = stream.expect_error();
+        assert_eq!(code, ErrorCode::BadRequest, "{}: {message}", case.what);
+        assert!(
+            message.contains(&case.expect)
+                && (message.contains("malformed batch") || message.contains("bad batch length")),
+            "{}: the refusal says {message:?}, expected {:?}",
+            case.what,
+            case.expect
+        );
+        server.wait_for_line(&format!("the failure of {}", case.what), |l| {
+            l.starts_with("failed ") && l.contains(&case.expect)
+        });
+        assert!(stream.ring_revoked(slots), "{}: the failed stream kept its slots", case.what);
+        for name in [format!("mal-{i}-escape.bin"), format!("mal-{i}-second-escape.bin")] {
+            assert!(!tree.out().join(&name).exists(), "{}: {name} was published", case.what);
+        }
+        // The stream itself may start over: a good batch is published.
+        let (_, _) = stream.start_batches();
+        let name = format!("mal-{i}-after.bin");
+        let outcomes =
+            stream.run_batch(0, &batch_of(1, &[RawEntry::file(&name, &after, FileMeta::default())]), 1, 1);
+        assert_eq!(outcomes, vec![Outcome::Done(500)], "{}", case.what);
+        assert!(fs::read(tree.out().join(&name)).unwrap() == after, "{}", case.what);
+        published.insert(name);
+        stream.ping(1);
+        stream.close();
+    }
+
+    // A good batch, then a broken one in the next slot: the first stays published,
+    // nothing of the second is.
+    let mut stream = rogue.take();
+    let (slots, _) = stream.start_batches();
+    assert!(slots >= 2, "a batch ring has several slots");
+    let first = RawEntry::file("seq-first.bin", &after, FileMeta::default());
+    assert_eq!(stream.run_batch(0, &batch_of(1, &[first]), 1, 1), vec![Outcome::Done(500)]);
+    published.insert("seq-first.bin".to_owned());
+    let mut broken = batch_of(2, &[RawEntry::file("seq-second-escape.bin", &after, FileMeta::default())]);
+    broken[..4].copy_from_slice(b"XXXX");
+    stream.send_chunk(1, &broken, broken.len() as u64);
+    let (code, message) = stream.expect_error();
+    assert_eq!(code, ErrorCode::BadRequest, "{message}");
+    assert!(message.contains("malformed batch: bad magic"), "{message}");
+    assert!(fs::read(tree.out().join("seq-first.bin")).unwrap() == after);
+    assert!(!tree.out().join("seq-second-escape.bin").exists());
+    stream.ping(2);
+    stream.close();
+
+    published.extend(traffic.finish(&tree.out()));
+    // A real client afterwards is served as ever.
+    let later = write_file(&tree.src(), "after-malformed.bin", 200_000, 10);
+    let output = run({
+        let mut c = Command::new(CLIENT);
+        c.args(["--name", &server.name]).arg(&later);
+        c
+    });
+    assert!(output.status.success(), "{}", show(&output));
+    assert!(fs::read(tree.out().join("after-malformed.bin")).unwrap() == fs::read(&later).unwrap());
+    published.insert("after-malformed.bin".to_owned());
+
+    wait_until("hostile streams' lock files removed", || server.stream_locks().len() <= 1);
+    assert!(server.temp_files().is_empty(), "temporary files left: {:?}", server.temp_files());
+    tree.assert_only_published_paths(&published);
+    assert_alive(&server);
 }

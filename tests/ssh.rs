@@ -129,7 +129,11 @@ fn a_folder_goes_through_a_real_sshd() {
     assert!(stdout_of(&output).contains("sharedclient: 31 files"), "{}", show(&output));
     for i in 0..30 {
         let rel = format!("tree/inner/f{i}.bin");
-        assert_eq!(fs::read(out.path().join(&rel)).unwrap(), fs::read(src.path().join(&rel)).unwrap(), "{rel}");
+        assert_eq!(
+            fs::read(out.path().join(&rel)).unwrap(),
+            fs::read(src.path().join(&rel)).unwrap(),
+            "{rel}"
+        );
     }
     assert_eq!(fs::read(out.path().join("tree/big.bin")).unwrap(), fs::read(tree.join("big.bin")).unwrap());
 
@@ -137,7 +141,14 @@ fn a_folder_goes_through_a_real_sshd() {
     let output = run({
         let mut c = Command::new(CLIENT);
         c.current_dir(src.path())
-            .args(["--remote", &format!("{}@127.0.0.1", user()), "--rsh", &sshd.rsh(), "-n", "sxt-no-such-server"])
+            .args([
+                "--remote",
+                &format!("{}@127.0.0.1", user()),
+                "--rsh",
+                &sshd.rsh(),
+                "-n",
+                "sxt-no-such-server",
+            ])
             .arg("tree");
         c
     });

@@ -8,7 +8,9 @@ use std::time::Instant;
 use super::send::{open_source, wait_for_slot, Input, Opened};
 use super::session::Session;
 use super::{failed, Delivered, ItemResult, Progress, SendError, SendOptions};
-use crate::batch::{self, EntryKind, Outcome, BATCH_FILE_MAX, ENTRY_LEN, HEADER_LEN, MAX_ENTRIES};
+use crate::batch::{
+    self, max_entries, EntryKind, Outcome, BATCH_FILE_MAX, ENTRY_LEN, HEADER_LEN, MAX_ENTRIES,
+};
 use crate::protocol::{ClientCommand, ServerReply};
 use crate::ring::Producer;
 use crate::segment::{Buffer, MAX_SLOTS};
@@ -144,10 +146,9 @@ impl<'a> Batcher<'a> {
         if HEADER_LEN + need > self.chunk {
             return Ok(Added::Alone);
         }
-        let full = self
-            .packing
-            .as_ref()
-            .is_some_and(|p| p.used + need > self.chunk || p.entries.len() >= self.limit);
+        let full = self.packing.as_ref().is_some_and(|p| {
+            p.used + need > self.chunk || p.entries.len() >= self.limit.min(max_entries(self.chunk))
+        });
         if full {
             self.hand_over()?;
         }

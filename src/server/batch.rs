@@ -123,13 +123,15 @@ impl Stream {
         if meta.skip_existing && !shared.options.overwrite && self.sink.exists(name) {
             return Ok(Outcome::Skipped);
         }
-        let data = &bytes[entry.data.clone()];
+        // A private copy: the bytes hashed are the bytes written, whatever the client
+        // does to the slot meanwhile.
+        let data = bytes[entry.data.clone()].to_vec();
         let mode = meta.mode.unwrap_or(shared.default_mode);
         let mut file = self.sink.create(name, mode).map_err(sink_failure)?;
         let mut hasher = Checksum::new();
         if !data.is_empty() {
-            hasher.update(data);
-            if let Err(e) = file.write(data) {
+            hasher.update(&data);
+            if let Err(e) = file.write(&data) {
                 file.discard();
                 return Err(sink_failure(e));
             }

@@ -1,0 +1,544 @@
+//! End-to-end tests of batch mode (many small files packed into ring slots) with the
+//! real binaries: a segment many times smaller than the tree sent, a client killed
+//! mid-batch, and `--skip-existing` answered entry by entry. Each test checks every
+//! file that arrives: name, size, mode, modification time and contents.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+
+// ---------------------------------------------------------------------------------
+// Source trees and what arrives.
+// ---------------------------------------------------------------------------------
+
+/// One entry of a tree as it is on disk.
+#[derive(Clone, PartialEq, Eq)]
+enum Node {
+    Dir { mode: u32 },
+    File { mode: u32, mtime: SystemTime, data: Vec<u8> },
+    Other { what: String },
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Node::Dir { mode } => write!(f, "dir {mode:04o}"),
+            Node::File { mode, mtime, data } => {
+                let since = |t: &SystemTime| match t.duration_since(UNIX_EPOCH) {
+                    Ok(d) => format!("{}.{:09}", d.as_secs(), d.subsec_nanos()),
+                    Err(e) => format!("-{:?}", e.duration()),
+                };
+                write!(f, "file {mode:04o}, mtime {}, {} bytes", since(mtime), data.len())
+            }
+            Node::Other { what } => write!(f, "{what}"),
+        }
+    }
+}
+
+fn node(path: &Path) -> Node {
+    let meta = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    let mode = meta.permissions().mode() & 0o7777;
+    if meta.is_dir() {
+        Node::Dir { mode }
+    } else if meta.is_file() {
+        let data = fs::read(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        Node::File { mode, mtime: meta.modified().unwrap(), data }
+    } else {
+        Node::Other { what: format!("{:?}", meta.file_type()) }
+    }
+}
+
+/// Everything beneath `root` (not `root` itself), by path relative to it.
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
+    let mut found = BTreeMap::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for item in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir:?}: {e}")) {
+            let path = item.unwrap().path();
+            let n = node(&path);
+            if matches!(n, Node::Dir { .. }) {
+                pending.push(path.clone());
+            }
+            found.insert(path.strip_prefix(root).unwrap().to_path_buf(), n);
+        }
+    }
+    found
+}
+
+/// What a sent entry must look like on arrival: a file keeps its permission bits
+/// and mtime exactly; a folder gets u+rwx on top of its bits.
+fn as_sent(n: &Node) -> Node {
+    match n {
+        Node::Dir { mode } => Node::Dir { mode: (mode & 0o777) | 0o700 },
+        Node::File { mode, mtime, data } => {
+            Node::File { mode: mode & 0o777, mtime: *mtime, data: data.clone() }
+        }
+        other => other.clone(),
+    }
+}
+
+/// `got` (a snapshot of what arrived under `prefix`) against `want` (the source's);
+/// returns the problems. With `partial`, entries may be missing but every one that
+/// is there must be whole and right.
+fn compare(want: &BTreeMap<PathBuf, Node>, got: &BTreeMap<PathBuf, Node>, partial: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (path, g) in got {
+        match want.get(path) {
+            None => problems.push(format!("unexpected: {path:?} ({g:?})")),
+            Some(w) if as_sent(w) != *g => {
+                problems.push(format!("differs: {path:?}: want {:?}, got {g:?}", as_sent(w)))
+            }
+            Some(_) => {}
+        }
+    }
+    if !partial {
+        for (path, w) in want {
+            if !got.contains_key(path) {
+                problems.push(format!("missing: {path:?} ({w:?})"));
+            }
+        }
+    }
+    problems
+}
+
+/// Asserts that `out/<name>` holds exactly the tree `src` (all of it, or with
+/// `partial` only whole, correct entries of it) and nothing else is in `out`.
+fn assert_arrived(src: &Path, out: &Path, partial: bool, context: &str) -> usize {
+    let name = src.file_name().unwrap();
+    let top: Vec<_> = fs::read_dir(out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(top.iter().all(|n| n == name), "{context}: other entries in the output folder: {top:?}");
+    let want = snapshot(src);
+    let got = if out.join(name).exists() { snapshot(&out.join(name)) } else { BTreeMap::new() };
+    let problems = compare(&want, &got, partial);
+    assert!(
+        problems.is_empty(),
+        "{context}: {} is not {} copy of {}:\n{}",
+        out.join(name).display(),
+        if partial { "a partial" } else { "a whole" },
+        src.display(),
+        problems.join("\n")
+    );
+    got.values().filter(|n| matches!(n, Node::File { .. })).count()
+}
+
+/// A tree of `files` small files (1 to 3 KiB) in nested folders under `root`, with
+/// varied permission bits and modification times (to the nanosecond, one before
+/// 1970). Returns the total of their sizes.
+fn small_tree(root: &Path, files: usize, seed: u64) -> u64 {
+    const FILE_MODES: [u32; 7] = [0o644, 0o600, 0o640, 0o755, 0o444, 0o400, 0o700];
+    const DIR_MODES: [u32; 3] = [0o755, 0o750, 0o700];
+    let mut total = 0;
+    let mut folders = Vec::new();
+    for i in 0..files {
+        let dir = root.join(format!("d{}", i % 7)).join(format!("e{}", i % 5)).join(format!("f{}", i % 3));
+        if !dir.exists() {
+            fs::create_dir_all(&dir).unwrap();
+            folders.push(dir.clone());
+        }
+        let len = 1024 + (i * 7919 + seed as usize) % 2049;
+        let path = write_file(&dir, &format!("small-{i:05}.bin"), len, seed * 100_000 + i as u64);
+        let mtime = if i == 17 {
+            UNIX_EPOCH - Duration::new(300_000_000, 250_000_000)
+        } else {
+            UNIX_EPOCH
+                + Duration::new(
+                    1_000_000_000 + i as u64 * 3_701,
+                    ((i as u64 * 7_919_113) % 1_000_000_000) as u32,
+                )
+        };
+        let file = fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(mtime).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(FILE_MODES[i % FILE_MODES.len()])).unwrap();
+        total += len as u64;
+    }
+    // Empty folders travel too.
+    for i in 0..3 {
+        let dir = root.join(format!("empty{i}"));
+        fs::create_dir_all(&dir).unwrap();
+        folders.push(dir);
+    }
+    // Folder modes last: a 0o500 folder could not be filled.
+    for (i, dir) in folders.iter().enumerate() {
+        fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODES[i % DIR_MODES.len()])).unwrap();
+    }
+    total
+}
+
+/// A temporary folder on tmpfs when there is one: thousands of small files are
+/// made and compared here, and a disk's metadata journal would make that the
+/// slowest part of the test.
+fn scratch() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::Builder::new().prefix("sxt-batches-").tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
+fn client(server: &Server) -> Command {
+    let mut command = Command::new(CLIENT);
+    command.args(["--name", &server.name, "--timeout", "60"]);
+    command
+}
+
+fn parse_json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e})\n{}", show(output)))
+}
+
+/// The JSON summary's `files` entries that are files (folders are listed too).
+fn json_files<'a>(doc: &'a serde_json::Value, out: &Path, output: &Output) -> Vec<&'a serde_json::Value> {
+    let files = doc["files"].as_array().unwrap_or_else(|| panic!("no files array\n{}", show(output)));
+    files
+        .iter()
+        .filter(|f| {
+            let name =
+                f["name"].as_str().unwrap_or_else(|| panic!("an entry without a name\n{}", show(output)));
+            !out.join(name).is_dir()
+        })
+        .collect()
+}
+
+fn assert_alive(server: &Server) {
+    assert!(!has_exited(server.pid()), "the server died\nstderr: {:#?}", server.stderr());
+}
+
+/// The server is back at rest: no stream lock files but the offer's, no temporary
+/// files anywhere in the output folder.
+fn wait_until_clean(server: &Server) {
+    wait_until("the streams' lock files removed", || server.stream_locks().len() <= 1);
+    wait_until("no temporary files", || server.temp_files().is_empty());
+}
+
+/// Published files the server reported (`done NAME ...` lines).
+fn done_lines(server: &Server) -> usize {
+    server.stdout().iter().filter(|l| l.starts_with("done ")).count()
+}
+
+// ---------------------------------------------------------------------------------
+// A batch transfer many times the segment.
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_tree_many_times_the_segment_arrives_whole_in_batches() {
+    let src = scratch();
+    let out = scratch();
+    let root = src.path().join("tree");
+    let small = small_tree(&root, 3000, 1);
+    // A few files too large for a batch go on their own, beside the batches.
+    let mut total = small;
+    for (i, len) in [(0, 65_537usize), (1, 300_000), (2, 1 << 20)] {
+        let path = write_file(&root.join("d1"), &format!("large-{i}.bin"), len, 900 + i);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        total += len as u64;
+    }
+    // The smallest segment the server accepts.
+    let segment = 256u64 << 10;
+    assert!(total > 20 * segment, "the tree ({total} bytes) should be many times the segment");
+    let server = Server::start(&unique_name("bigtree"), out.path(), &["--size", "256K"]);
+    let output = run({
+        let mut c = client(&server);
+        c.args(["-j", "4", "--json"]).arg(&root);
+        c
+    });
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    let doc = parse_json(&output);
+    assert_eq!(doc["sent"], 3003, "{}", show(&output));
+    assert_eq!(doc["skipped"], 0, "{}", show(&output));
+    assert_eq!(doc["failed"], 0, "{}", show(&output));
+    assert_eq!(doc["bytes"], total, "{}", show(&output));
+    let files = json_files(&doc, out.path(), &output);
+    assert_eq!(files.len(), 3003, "{}", show(&output));
+    assert!(files.iter().all(|f| f["status"] == "sent" && f["error"].is_null()), "{}", show(&output));
+    let arrived = assert_arrived(&root, out.path(), false, "after the transfer");
+    assert_eq!(arrived, 3003);
+    wait_until_clean(&server);
+    // Every buffer went back: the buffer area is one free hole again.
+    wait_until("the segment back to one hole", || {
+        let mut status = Command::new(CLIENT);
+        status.args(["--name", &server.name, "--status"]);
+        let output = run(status);
+        assert!(output.status.success(), "{}", show(&output));
+        stdout_of(&output).contains("in 1 hole(s)")
+    });
+    assert_alive(&server);
+}
+
+// ---------------------------------------------------------------------------------
+// A client killed mid-batch.
+// ---------------------------------------------------------------------------------
+
+/// Starts a client sending `root` with `-j 4` and waits until the server has
+/// published at least one of its files.
+fn start_and_wait_for_progress(server: &Server, root: &Path) -> Running {
+    let client = Running::spawn({
+        let mut c = client(server);
+        c.args(["-j", "4", "-q"]).arg(root);
+        c
+    });
+    wait_until("the first published file", || done_lines(server) > 0 || client.has_exited());
+    client
+}
+
+/// After a kill: the dead client's streams are released, only whole files are
+/// left (fewer than all), and another client completes the tree with
+/// `--skip-existing`, skipping exactly those.
+fn finish_after_kill(server: &Server, root: &Path, out: &Path, total: usize) {
+    wait_until_clean(server);
+    let before = assert_arrived(root, out, true, "after the kill");
+    assert!(before < total, "the client was killed after it had sent everything");
+    assert_alive(server);
+    let output = run({
+        let mut c = client(server);
+        c.args(["-j", "4", "--json", "--skip-existing"]).arg(root);
+        c
+    });
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    let doc = parse_json(&output);
+    assert_eq!(doc["skipped"], before, "{}", show(&output));
+    assert_eq!(doc["sent"], total - before, "{}", show(&output));
+    assert_eq!(doc["failed"], 0, "{}", show(&output));
+    assert_eq!(assert_arrived(root, out, false, "after the second client"), total);
+    wait_until_clean(server);
+}
+
+#[test]
+fn a_client_killed_while_its_batches_wait_for_a_stopped_server_leaves_only_whole_files() {
+    let src = scratch();
+    let out = scratch();
+    let root = src.path().join("tree");
+    small_tree(&root, 3000, 2);
+    let server = Server::start(&unique_name("killbatch"), out.path(), &["--size", "1M"]);
+    let client = start_and_wait_for_progress(&server, &root);
+    // The server stops answering: the client fills its rings and waits, with
+    // batches handed over and not yet published.
+    freeze(server.pid());
+    assert!(!client.has_exited(), "the client finished before the server was stopped");
+    assert!(done_lines(&server) < 3000, "every file was published before the server was stopped");
+    signal(client.pid(), "KILL");
+    let status = client.finish().status;
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "{status:?}");
+    thaw(server.pid());
+    finish_after_kill(&server, &root, out.path(), 3000);
+    assert_alive(&server);
+}
+
+#[test]
+fn a_client_stopped_and_killed_mid_batch_leaves_only_whole_files() {
+    let src = scratch();
+    let out = scratch();
+    let root = src.path().join("tree");
+    small_tree(&root, 3000, 3);
+    let server = Server::start(&unique_name("stopbatch"), out.path(), &["--size", "1M"]);
+    let client = start_and_wait_for_progress(&server, &root);
+    // Stopped mid-batch while the server runs on, then killed.
+    freeze(client.pid());
+    assert!(done_lines(&server) < 3000, "every file was published before the client was stopped");
+    signal(client.pid(), "KILL");
+    let status = client.finish().status;
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "{status:?}");
+    finish_after_kill(&server, &root, out.path(), 3000);
+    assert_alive(&server);
+}
+
+// ---------------------------------------------------------------------------------
+// --skip-existing, entry by entry.
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn skip_existing_in_batches_skips_exactly_the_files_already_there() {
+    let src = scratch();
+    let out = scratch();
+    let root = src.path().join("tree");
+    small_tree(&root, 300, 4);
+    let want = snapshot(&root);
+    let files: Vec<&PathBuf> =
+        want.iter().filter(|(_, n)| matches!(n, Node::File { .. })).map(|(p, _)| p).collect();
+    assert_eq!(files.len(), 300);
+    // Every fifth file is already on the server, with other contents.
+    let existing: Vec<&PathBuf> = files.iter().copied().step_by(5).collect();
+    for (i, rel) in existing.iter().enumerate() {
+        let path = out.path().join("tree").join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, format!("precious {i}")).unwrap();
+    }
+    let server = Server::start(&unique_name("skipbatch"), out.path(), &[]);
+
+    let output = run({
+        let mut c = client(&server);
+        c.args(["-j", "4", "--json", "--skip-existing"]).arg(&root);
+        c
+    });
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    let doc = parse_json(&output);
+    assert_eq!(doc["skipped"], existing.len(), "{}", show(&output));
+    assert_eq!(doc["sent"], 300 - existing.len(), "{}", show(&output));
+    assert_eq!(doc["failed"], 0, "{}", show(&output));
+    let entries = json_files(&doc, out.path(), &output);
+    assert_eq!(entries.len(), 300, "{}", show(&output));
+    for entry in entries {
+        let name = entry["name"].as_str().unwrap();
+        let rel = Path::new(name).strip_prefix("tree").unwrap();
+        let expected = if existing.iter().any(|e| e.as_path() == rel) { "skipped" } else { "sent" };
+        assert_eq!(entry["status"], expected, "{name}\n{}", show(&output));
+        assert!(entry["error"].is_null(), "{name}\n{}", show(&output));
+    }
+    for (i, rel) in existing.iter().enumerate() {
+        let got = fs::read(out.path().join("tree").join(rel)).unwrap();
+        assert_eq!(got, format!("precious {i}").as_bytes(), "{rel:?} was touched");
+    }
+    for rel in files.iter().filter(|f| !existing.contains(f)) {
+        let got = node(&out.path().join("tree").join(rel));
+        assert_eq!(got, as_sent(&want[*rel]), "{rel:?}");
+    }
+    let failures: Vec<_> = server.stdout().into_iter().filter(|l| l.starts_with("failed ")).collect();
+    assert!(failures.is_empty(), "the server reported failures: {failures:#?}");
+
+    // Without the flag every file now fails alone as existing, and nothing changes.
+    let before = snapshot(out.path());
+    let output = run({
+        let mut c = client(&server);
+        c.args(["-j", "4", "--json"]).arg(&root);
+        c
+    });
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    let doc = parse_json(&output);
+    assert_eq!(doc["failed"], 300, "{}", show(&output));
+    assert_eq!(doc["sent"], 0, "{}", show(&output));
+    for entry in json_files(&doc, out.path(), &output) {
+        let error = entry["error"].as_str().unwrap_or_default();
+        assert!(
+            entry["status"] == "failed" && error.contains("already exists"),
+            "{entry}\n{}",
+            show(&output)
+        );
+    }
+    assert!(snapshot(out.path()) == before, "a refused batch changed the output folder");
+    wait_until_clean(&server);
+    assert_alive(&server);
+}
+
+// ---------------------------------------------------------------------------------
+// The server's side of a failure mid-batch.
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_server_stopped_mid_batch_leaves_only_whole_files_and_a_new_one_completes_the_tree() {
+    let src = scratch();
+    let out = scratch();
+    let root = src.path().join("tree");
+    small_tree(&root, 3000, 5);
+    let name = unique_name("intbatch");
+    let mut server = Server::start(&name, out.path(), &["--size", "1M"]);
+    let first = start_and_wait_for_progress(&server, &root);
+    // The server notices a stop signal within its heartbeat and serves on until
+    // then: the client is held mid-batch meanwhile, so the stop lands mid-transfer.
+    freeze(first.pid());
+    assert!(done_lines(&server) < 3000, "every file was published before the client was stopped");
+    assert_eq!(server.stop("INT").code(), Some(0), "a requested stop is not a failure");
+    thaw(first.pid());
+    let output = first.finish();
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("shutting down"), "the client should say why: {}", show(&output));
+    let before = assert_arrived(&root, out.path(), true, "after the server stopped");
+    assert!(before < 3000);
+
+    let server = Server::start(&name, out.path(), &["--size", "1M"]);
+    let output = run({
+        let mut c = client(&server);
+        c.args(["-j", "4", "--json", "--skip-existing"]).arg(&root);
+        c
+    });
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    let doc = parse_json(&output);
+    assert_eq!(doc["skipped"], before, "{}", show(&output));
+    assert_eq!(doc["sent"], 3000 - before, "{}", show(&output));
+    assert_eq!(assert_arrived(&root, out.path(), false, "after the second server"), 3000);
+    wait_until_clean(&server);
+}
+
+#[test]
+fn files_over_max_file_size_fail_alone_inside_their_batches() {
+    let src = scratch();
+    let out = scratch();
+    let root = src.path().join("tree");
+    small_tree(&root, 400, 6);
+    let limit = 2048u64;
+    let server = Server::start(&unique_name("maxbatch"), out.path(), &["--max-file-size", "2K"]);
+    let output = run({
+        let mut c = client(&server);
+        c.args(["-j", "4", "--json"]).arg(&root);
+        c
+    });
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    let doc = parse_json(&output);
+    let want = snapshot(&root);
+    let too_big = |rel: &Path| matches!(&want[rel], Node::File { data, .. } if data.len() as u64 > limit);
+    let big = want.keys().filter(|rel| too_big(rel)).count();
+    assert!(big > 0 && big < 400, "the tree should mix files under and over the limit: {big}");
+    assert_eq!(doc["failed"], big, "{}", show(&output));
+    assert_eq!(doc["sent"], 400 - big, "{}", show(&output));
+    for entry in json_files(&doc, out.path(), &output) {
+        let name = entry["name"].as_str().unwrap();
+        let rel = Path::new(name).strip_prefix("tree").unwrap();
+        if too_big(rel) {
+            let error = entry["error"].as_str().unwrap_or_default();
+            assert!(entry["status"] == "failed" && error.contains("--max-file-size"), "{entry}");
+            assert!(!out.path().join(name).exists(), "{name} is over the limit and was published");
+        } else {
+            assert!(entry["status"] == "sent" && entry["error"].is_null(), "{entry}");
+        }
+    }
+    assert_eq!(assert_arrived(&root, out.path(), true, "with a size limit"), 400 - big);
+    wait_until_clean(&server);
+    assert_alive(&server);
+}
+
+/// Every failed file comes with its reason, even when many tiny files of one batch
+/// fail (here: all exist already) and their messages are longer than their entries
+/// were: the results are written over the batch and must fit the slot (small
+/// segments, `--size 256K` and `1M`, give slots of a few KiB).
+#[test]
+fn every_file_failed_in_a_batch_is_reported_with_its_reason() {
+    for (size, name_len) in [("256K", 40usize), ("1M", 40)] {
+        let src = scratch();
+        let out = scratch();
+        let root = src.path().join("tree");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(out.path().join("tree")).unwrap();
+        for i in 0..1500 {
+            let name = format!("{i:05}-{}", "n".repeat(name_len - 6));
+            fs::write(root.join(&name), b"tiny").unwrap();
+            fs::write(out.path().join("tree").join(&name), b"precious").unwrap();
+        }
+        let server = Server::start(&unique_name("reasons"), out.path(), &["--size", size]);
+        let output = run({
+            let mut c = client(&server);
+            c.args(["-j", "1", "--json"]).arg(&root);
+            c
+        });
+        assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+        let doc = parse_json(&output);
+        assert_eq!(doc["failed"], 1500, "{}", show(&output));
+        let without: Vec<String> = json_files(&doc, out.path(), &output)
+            .iter()
+            .filter(|f| !f["error"].as_str().unwrap_or_default().contains("already exists"))
+            .map(|f| format!("{}: {}", f["name"], f["error"]))
+            .collect();
+        assert!(
+            without.is_empty(),
+            "--size {size}, {name_len}-byte names: {} of 1500 failures lost their reason, e.g.\n{}",
+            without.len(),
+            without.iter().take(3).cloned().collect::<Vec<_>>().join("\n")
+        );
+    }
+}
