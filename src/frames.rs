@@ -244,14 +244,7 @@ impl Frame {
                 payload.extend_from_slice(name.as_bytes());
                 (KIND_BEGIN, *file)
             }
-            Frame::Data { file, bytes } => {
-                let mut header = [0u8; HEADER_LEN];
-                header[0] = KIND_DATA;
-                header[4..8].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
-                header[8..12].copy_from_slice(&file.to_le_bytes());
-                out.write_all(&header)?;
-                return out.write_all(bytes);
-            }
+            Frame::Data { file, bytes } => return write_data(out, *file, bytes),
             Frame::End { file, size, checksum } => {
                 payload.extend_from_slice(&size.to_le_bytes());
                 payload.extend_from_slice(&checksum.to_le_bytes());
@@ -291,6 +284,26 @@ impl Frame {
     /// Reads the next frame. `Ok(None)`: the stream ended cleanly between frames.
     /// Every field is checked; anything unknown or out of bounds is an error.
     pub fn read(input: &mut impl Read) -> Result<Option<Frame>, FrameError> {
+        match Header::read(input)? {
+            None => Ok(None),
+            Some(header) => header.finish(input).map(Some),
+        }
+    }
+}
+
+/// A frame header, checked, before its payload is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    kind: u8,
+    /// The payload's length (at most `MAX_PAYLOAD`).
+    pub len: usize,
+    /// The file it is about (0: none).
+    pub file: u32,
+}
+
+impl Header {
+    /// Reads the next header. `Ok(None)`: the stream ended cleanly between frames.
+    pub fn read(input: &mut impl Read) -> Result<Option<Header>, FrameError> {
         let mut header = [0u8; HEADER_LEN];
         let mut got = 0;
         while got < HEADER_LEN {
@@ -302,7 +315,6 @@ impl Frame {
                 Err(e) => return Err(e.into()),
             }
         }
-        let kind = header[0];
         if header[1..4] != [0, 0, 0] {
             return Err(bad("reserved header bytes are not zero"));
         }
@@ -311,13 +323,38 @@ impl Frame {
         if len > MAX_PAYLOAD {
             return Err(bad(format!("a frame of {len} bytes (at most {MAX_PAYLOAD})")));
         }
-        let mut payload = vec![0u8; len];
+        if header[0] == KIND_DATA && (len == 0 || file == 0) {
+            return Err(bad(format!("an empty DATA frame, or one for file 0 (file {file})")));
+        }
+        Ok(Some(Header { kind: header[0], len, file }))
+    }
+
+    /// A DATA frame: its `len` bytes follow, for the caller to read where it likes.
+    pub fn is_data(&self) -> bool {
+        self.kind == KIND_DATA
+    }
+
+    /// Reads the payload and decodes the whole frame.
+    pub fn finish(self, input: &mut impl Read) -> Result<Frame, FrameError> {
+        let mut payload = vec![0u8; self.len];
         input.read_exact(&mut payload).map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof => bad("the stream ended inside a frame"),
             _ => FrameError::Io(e),
         })?;
-        decode(kind, file, payload).map(Some)
+        decode(self.kind, self.file, payload)
     }
+}
+
+/// Writes a DATA frame of `bytes` (at most `MAX_DATA`, at least 1) for `file`
+/// without copying them.
+pub fn write_data(out: &mut impl Write, file: u32, bytes: &[u8]) -> io::Result<()> {
+    debug_assert!(!bytes.is_empty() && bytes.len() <= MAX_DATA);
+    let mut header = [0u8; HEADER_LEN];
+    header[0] = KIND_DATA;
+    header[4..8].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+    header[8..12].copy_from_slice(&file.to_le_bytes());
+    out.write_all(&header)?;
+    out.write_all(bytes)
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {

@@ -11,7 +11,7 @@ use super::{failed, Delivered, ItemResult, Progress, SendError, SendOptions};
 use crate::batch::{
     self, max_entries, EntryKind, Outcome, BATCH_FILE_MAX, ENTRY_LEN, HEADER_LEN, MAX_ENTRIES,
 };
-use crate::protocol::{ClientCommand, ServerReply};
+use crate::protocol::{ClientCommand, FileMeta, ServerReply};
 use crate::ring::Producer;
 use crate::segment::{Buffer, MAX_SLOTS};
 use crate::sources::{Item, Kind, Source};
@@ -38,16 +38,6 @@ struct Packing<'a> {
     buffer: Buffer<'a>,
     used: usize,
     entries: Vec<Packed>,
-}
-
-/// What `Batcher::add` did with an item.
-pub(super) enum Added {
-    /// Packed (its result comes with its slot), or already reported (it failed on
-    /// this side: a source that cannot be read).
-    Taken,
-    /// Not for a batch after all (it is larger than it was when planned, or not a
-    /// regular file): send it on its own.
-    Alone,
 }
 
 /// One stream in batch mode.
@@ -80,11 +70,42 @@ pub(super) fn batchable(item: &Item) -> bool {
 
 /// An item opened and found small enough for a batch.
 pub(super) struct Prepared {
-    /// The source, for a file.
-    opened: Option<Opened<'static>>,
+    what: Content,
     /// Bytes to read: one more than the file should hold, to see it grew.
     want: usize,
     started: Instant,
+}
+
+/// What a batch entry holds.
+enum Content {
+    Dir {
+        mode: u32,
+    },
+    /// A file to read into the slot.
+    File(Box<Opened<'static>>),
+    /// Bytes already here (a relay's file), with their metadata.
+    Memory(Vec<u8>, FileMeta),
+}
+
+impl Prepared {
+    /// A file whose bytes are already in memory (at most `BATCH_FILE_MAX`).
+    pub(super) fn memory(data: Vec<u8>, meta: FileMeta, started: Instant) -> Prepared {
+        let want = data.len();
+        Prepared { what: Content::Memory(data, meta), want, started }
+    }
+
+    /// A folder with permission bits `mode`.
+    pub(super) fn dir(mode: u32, started: Instant) -> Prepared {
+        Prepared { what: Content::Dir { mode }, want: 0, started }
+    }
+
+    /// The bytes of a file prepared from memory.
+    pub(super) fn into_memory(self) -> Option<Vec<u8>> {
+        match self.what {
+            Content::Memory(data, _) => Some(data),
+            _ => None,
+        }
+    }
 }
 
 /// Opens `item` and says whether it goes into a batch (`Ok(Some)`), on its own
@@ -92,7 +113,7 @@ pub(super) struct Prepared {
 pub(super) fn prepare(item: &Item, options: &SendOptions) -> Result<Option<Prepared>, SendError> {
     let started = Instant::now();
     let opened = match item.kind {
-        Kind::Dir { .. } => return Ok(Some(Prepared { opened: None, want: 0, started })),
+        Kind::Dir { mode } => return Ok(Some(Prepared::dir(mode, started))),
         Kind::File => open_source(item, options)?,
     };
     let want = match (&opened.input, opened.regular.is_some(), opened.exact) {
@@ -101,7 +122,7 @@ pub(super) fn prepare(item: &Item, options: &SendOptions) -> Result<Option<Prepa
         (Input::File(_), true, None) if opened.hint <= BATCH_FILE_MAX => BATCH_FILE_MAX as usize + 1,
         _ => return Ok(None),
     };
-    Ok(Some(Prepared { opened: Some(opened), want, started }))
+    Ok(Some(Prepared { what: Content::File(Box::new(opened)), want, started }))
 }
 
 impl<'a> Batcher<'a> {
@@ -130,22 +151,25 @@ impl<'a> Batcher<'a> {
         })
     }
 
-    /// Packs `item` (item `index` of the list), opened by `prepare`. `Err`: the
-    /// stream failed; the caller ends the batcher with `fail_all`.
+    /// Packs item `index`, prepared by `prepare` (or `Prepared::memory`/`dir`).
+    /// `Ok(None)`: packed (its result comes with its slot), or already reported (it
+    /// failed on this side: a source that cannot be read). `Ok(Some)`: not for a
+    /// batch after all (larger than planned, or than a slot): send it on its own.
+    /// `Err`: the stream failed; the caller ends the batcher with `fail_all`.
     pub(super) fn add(
         &mut self,
         index: usize,
-        item: &Item,
+        name: &str,
         prepared: Prepared,
         progress: &dyn Progress,
         report: Report<'_>,
-    ) -> Result<Added, SendError> {
-        let Prepared { opened, want, started } = prepared;
-        let name = item.name.as_bytes();
-        let need = batch::entry_space(name.len(), want);
+    ) -> Result<Option<Prepared>, SendError> {
+        let need = batch::entry_space(name.len(), prepared.want);
         if HEADER_LEN + need > self.chunk {
-            return Ok(Added::Alone);
+            return Ok(Some(prepared));
         }
+        let Prepared { what, want, started } = prepared;
+        let name = name.as_bytes();
         let full = self.packing.as_ref().is_some_and(|p| {
             p.used + need > self.chunk || p.entries.len() >= self.limit.min(max_entries(self.chunk))
         });
@@ -158,15 +182,19 @@ impl<'a> Batcher<'a> {
         let packing = self.packing.as_mut().expect("a slot to pack into");
         let at = packing.used;
         let data_at = at + ENTRY_LEN + name.len();
-        let kind = match (item.kind, &opened) {
-            (Kind::Dir { mode }, _) => EntryKind::Dir { mode },
-            (Kind::File, Some(opened)) => {
+        let kind = match &what {
+            Content::Dir { mode } => EntryKind::Dir { mode: *mode },
+            Content::Memory(data, meta) => {
+                packing.buffer.write_at(data_at, data);
+                EntryKind::File { size: data.len() as u64, checksum: crate::checksum::of(data), meta: *meta }
+            }
+            Content::File(opened) => {
                 let Input::File(file) = &opened.input else { unreachable!("only files are read here") };
                 let got = match read_into(&packing.buffer, file, data_at, want) {
                     Ok(got) => got,
                     Err(e) => {
                         report(index, Err(e.into()), started);
-                        return Ok(Added::Taken);
+                        return Ok(None);
                     }
                 };
                 let problem = match opened.exact {
@@ -175,17 +203,16 @@ impl<'a> Batcher<'a> {
                         Some("the source file shrank while it was being sent")
                     }
                     // Read to its end (/proc, or empty when planned): larger than a batch takes.
-                    None if got == want => return Ok(Added::Alone),
+                    None if got == want => return Ok(Some(Prepared { what, want, started })),
                     _ => None,
                 };
                 if let Some(problem) = problem {
                     report(index, Err(failed(problem)), started);
-                    return Ok(Added::Taken);
+                    return Ok(None);
                 }
                 let checksum = crate::checksum::of(packing.buffer.bytes_at(data_at, got));
                 EntryKind::File { size: got as u64, checksum, meta: opened.meta }
             }
-            (Kind::File, None) => unreachable!("files are opened above"),
         };
         let bytes = match kind {
             EntryKind::File { size, .. } => size,
@@ -198,7 +225,7 @@ impl<'a> Batcher<'a> {
         if bytes > 0 {
             progress.bytes(bytes);
         }
-        Ok(Added::Taken)
+        Ok(None)
     }
 
     /// Waits for the next slot; if it carries the results of an earlier batch,
@@ -250,7 +277,7 @@ impl<'a> Batcher<'a> {
     }
 
     /// Hands the slot being filled to the server.
-    fn hand_over(&mut self) -> Result<(), SendError> {
+    pub(super) fn hand_over(&mut self) -> Result<(), SendError> {
         let Some(packing) = self.packing.take() else { return Ok(()) };
         if packing.entries.is_empty() {
             // Nothing packed: the slot stays ours and is filled next.

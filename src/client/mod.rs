@@ -317,9 +317,9 @@ impl Sender {
                     }
                 }
             };
-            match active.add(index, &items[index], prepared, progress, report) {
-                Ok(batch::Added::Taken) => {}
-                Ok(batch::Added::Alone) => alone.push(index),
+            match active.add(index, &items[index].name, prepared, progress, report) {
+                Ok(None) => {}
+                Ok(Some(_)) => alone.push(index),
                 Err(e) => {
                     report(index, Err(e.clone()), Instant::now());
                     if let Some(broken) = batcher.take() {

@@ -11,10 +11,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::batch::{Batcher, Prepared, Report};
 use super::send::{open_source, Input};
-use super::{failed, Delivered, ItemResult, Progress, SendError, SendOptions, Sender};
+use super::session::Session;
+use super::{failed, Delivered, ItemResult, Progress, SendError, SendOptions, Sender, StreamSender};
+use crate::batch::BATCH_FILE_MAX;
 use crate::checksum::Checksum;
-use crate::frames::{self, Begin, Frame, FrameError, Outcome, MAX_DATA};
+use crate::frames::{self, Begin, Frame, Outcome, MAX_DATA};
 use crate::protocol::FileMeta;
 use crate::sources::{Item, Kind, Verdict};
 use crate::{sys, ExitStatus};
@@ -386,7 +389,7 @@ fn copy_file(
             return Err(Copy::Read(io::Error::other("the source file grew while it was being sent")));
         }
         hasher.update(&buffer[..n]);
-        Frame::Data { file, bytes: buffer[..n].to_vec() }.write(out).map_err(Copy::Write)?;
+        frames::write_data(out, file, &buffer[..n]).map_err(Copy::Write)?;
         sent += n as u64;
         progress.bytes(n as u64);
     }
@@ -431,61 +434,162 @@ pub fn relay<W: Write>(name: &str, timeout: Duration, input: impl Read, output: 
     if say(&mut output, Frame::Ready).is_err() {
         return ExitStatus::Failure;
     }
-    let mut stream = sender.stream();
-    let mut expected = 1u32;
-    let fatal = |output: &mut BufWriter<W>, message: String| {
+    let output = std::cell::RefCell::new(output);
+    let report = |file: usize, result: ItemResult, _: Instant| {
+        // A write that fails shows again at the next flush, which ends the relay.
+        let _ = (Frame::Result { file: file as u32, outcome: outcome_of(result) })
+            .write(&mut *output.borrow_mut());
+    };
+    let fatal = |message: String| {
         errln!("sharedclient --relay: {message}");
-        let _ = say(output, Frame::Fatal { message });
+        let _ = say(&mut output.borrow_mut(), Frame::Fatal { message });
         ExitStatus::Failure
     };
+    let mut stream = sender.stream();
+    let mut batches = Batches::default();
+    let mut expected = 1u32;
     loop {
         // Answers wait in the buffer while more frames are already here; they go
         // out whenever the relay is about to wait for the client.
-        if input.buffer().is_empty() && output.flush().is_err() {
-            return ExitStatus::Failure;
+        if input.buffer().is_empty() {
+            batches.hand_over();
+            if output.borrow_mut().flush().is_err() {
+                return ExitStatus::Failure;
+            }
         }
         let frame = match Frame::read(&mut input) {
             Ok(Some(frame)) => frame,
-            Ok(None) => return fatal(&mut output, "the client went away before saying BYE".into()),
-            Err(e) => return fatal(&mut output, e.to_string()),
+            Ok(None) => return fatal("the client went away before saying BYE".into()),
+            Err(e) => return fatal(e.to_string()),
         };
         let (file, what) = match frame {
             Frame::Bye => break,
             Frame::Begin { file, what } => (file, what),
-            other => return fatal(&mut output, format!("expected BEGIN or BYE, got {other:?}")),
+            other => return fatal(format!("expected BEGIN or BYE, got {other:?}")),
         };
         if file != expected {
-            return fatal(&mut output, format!("file {file} began where file {expected} was due"));
+            return fatal(format!("file {file} began where file {expected} was due"));
         }
         expected = expected.wrapping_add(1);
-        let result = match &what {
-            Begin::Dir { name, mode } => stream.make_dir(name, *mode),
-            Begin::File { name, size, meta } => {
+        let index = file as usize;
+        let started = Instant::now();
+        match what {
+            // Folders and small files go in batches: no round trip to the server each.
+            Begin::Dir { name, mode } => {
+                if let Some(prepared) =
+                    batches.add(&mut stream, index, &name, Prepared::dir(mode, started), &report)
+                {
+                    drop(prepared);
+                    report(index, stream.make_dir(&name, mode), started);
+                }
+            }
+            Begin::File { name, size: Some(size), meta } if size <= BATCH_FILE_MAX => {
                 let mut reader = FileFrames::new(&mut input, file);
-                let meta = FileMeta { size_is_hint: size.is_none(), ..*meta };
-                let sent = stream.send_reader(name, meta, *size, &mut reader, &());
+                let mut data = Vec::with_capacity(size as usize);
+                let read = (&mut reader).take(size + 1).read_to_end(&mut data);
+                if let Err(message) = reader.finish() {
+                    return fatal(message);
+                }
+                if let Err(e) = read {
+                    report(index, Err(failed(e.to_string())), started);
+                    continue;
+                }
+                let meta = FileMeta { size_is_hint: false, ..meta };
+                let prepared = Prepared::memory(data, meta, started);
+                if let Some(alone) = batches.add(&mut stream, index, &name, prepared, &report) {
+                    batches.finish(&mut stream, &report);
+                    let data = alone.into_memory().unwrap_or_default();
+                    report(index, stream.send_reader(&name, meta, Some(size), &data[..], &()), started);
+                }
+            }
+            Begin::File { name, size, meta } => {
+                batches.finish(&mut stream, &report);
+                let mut reader = FileFrames::new(&mut input, file);
+                let meta = FileMeta { size_is_hint: size.is_none(), ..meta };
+                let sent = stream.send_reader(&name, meta, size, &mut reader, &());
                 // Whatever happened, the rest of this file's frames are read past.
                 if let Err(message) = reader.finish() {
-                    return fatal(&mut output, message);
+                    return fatal(message);
                 }
-                sent
+                report(index, sent, started);
             }
-        };
-        let outcome = match result {
-            Ok(Delivered::Sent { bytes }) => Outcome::Done(bytes),
-            Ok(Delivered::Skipped) => Outcome::Skipped,
-            Err(e) => Outcome::Failed {
-                code: u32::from(e.exit_status() == ExitStatus::Usage) + 1,
-                message: e.to_string(),
-            },
-        };
-        if (Frame::Result { file, outcome }).write(&mut output).is_err() {
-            return ExitStatus::Failure;
         }
     }
-    match output.flush() {
+    batches.finish(&mut stream, &report);
+    let flushed = output.borrow_mut().flush();
+    match flushed {
         Ok(()) => ExitStatus::Success,
         Err(_) => ExitStatus::Failure,
+    }
+}
+
+/// A relay's batch mode on its stream, started at the first folder or small file.
+#[derive(Default)]
+struct Batches<'a> {
+    active: Option<Batcher<'a>>,
+}
+
+impl<'a> Batches<'a> {
+    /// Packs an entry; gives it back (`Some`) when it must go on its own.
+    fn add(
+        &mut self,
+        stream: &mut StreamSender<'a>,
+        index: usize,
+        name: &str,
+        prepared: Prepared,
+        report: Report<'_>,
+    ) -> Option<Prepared> {
+        if self.active.is_none() {
+            let session = match stream.session.take() {
+                Some(session) => Ok(session),
+                None => Session::open(&stream.sender.connection),
+            };
+            match session.and_then(Batcher::start) {
+                Ok(started) => self.active = Some(started),
+                Err(e) => {
+                    report(index, Err(e), Instant::now());
+                    return None;
+                }
+            }
+        }
+        let active = self.active.as_mut().expect("started above");
+        match active.add(index, name, prepared, &(), report) {
+            Ok(None) => None,
+            Ok(Some(alone)) => Some(alone),
+            Err(e) => {
+                report(index, Err(e.clone()), Instant::now());
+                if let Some(broken) = self.active.take() {
+                    broken.fail_all(&e, report);
+                }
+                None
+            }
+        }
+    }
+
+    /// Hands over what is packed (the relay is about to wait for the client).
+    fn hand_over(&mut self) {
+        if let Some(active) = self.active.as_mut() {
+            let _ = active.hand_over();
+        }
+    }
+
+    /// Waits for every result and gives the stream back for files sent alone.
+    fn finish(&mut self, stream: &mut StreamSender<'a>, report: Report<'_>) {
+        if let Some(active) = self.active.take() {
+            stream.session = active.finish(report);
+        }
+    }
+}
+
+/// A result as the frame stream carries it.
+fn outcome_of(result: ItemResult) -> Outcome {
+    match result {
+        Ok(Delivered::Sent { bytes }) => Outcome::Done(bytes),
+        Ok(Delivered::Skipped) => Outcome::Skipped,
+        Err(e) => Outcome::Failed {
+            code: u32::from(e.exit_status() == ExitStatus::Usage) + 1,
+            message: e.to_string(),
+        },
     }
 }
 
@@ -494,13 +598,14 @@ fn say<W: Write>(output: &mut BufWriter<W>, frame: Frame) -> io::Result<()> {
     frame.write(output).and_then(|()| output.flush())
 }
 
-/// One file's DATA frames as a reader: ends (0) at its END if size and checksum
-/// match, fails otherwise (the send is then given up and nothing is published).
+/// One file's DATA frames as a reader (their payload read straight into the
+/// caller's buffer): ends (0) at its END if size and checksum match, fails
+/// otherwise (the send is then given up and nothing is published).
 struct FileFrames<'r, R: Read> {
     input: &'r mut R,
     file: u32,
-    pending: Vec<u8>,
-    at: usize,
+    /// Bytes of the current DATA frame not read yet.
+    data_left: usize,
     read: u64,
     hasher: Checksum,
     state: FrameState,
@@ -509,28 +614,20 @@ struct FileFrames<'r, R: Read> {
 enum FrameState {
     Open,
     Ended,
-    /// The client gave up on the file (ABORT): the reason.
-    Aborted(String),
+    /// The client gave up on the file (ABORT), or its data was damaged: why.
+    Failed(String),
     /// The stream broke: the relay cannot go on.
     Broken(String),
 }
 
 impl<'r, R: Read> FileFrames<'r, R> {
     fn new(input: &'r mut R, file: u32) -> Self {
-        FileFrames {
-            input,
-            file,
-            pending: Vec::new(),
-            at: 0,
-            read: 0,
-            hasher: Checksum::new(),
-            state: FrameState::Open,
-        }
+        FileFrames { input, file, data_left: 0, read: 0, hasher: Checksum::new(), state: FrameState::Open }
     }
 
     /// Reads past what is left of the file; `Err` if the stream itself broke.
     fn finish(mut self) -> Result<(), String> {
-        let mut sink = [0u8; 64 << 10];
+        let mut sink = vec![0u8; 64 << 10];
         while matches!(self.state, FrameState::Open) {
             let _ = self.read(&mut sink);
         }
@@ -540,46 +637,47 @@ impl<'r, R: Read> FileFrames<'r, R> {
         }
     }
 
+    fn broken(&mut self, message: String) -> io::Error {
+        self.state = FrameState::Broken(message.clone());
+        io::Error::other(message)
+    }
+
+    /// Reads the next frame of the file: DATA (its payload is then read by `read`),
+    /// END or ABORT.
     fn next_frame(&mut self) -> io::Result<()> {
-        let frame = match Frame::read(&mut *self.input) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => {
-                self.state = FrameState::Broken("the client went away in the middle of a file".into());
-                return Err(io::Error::other("the client went away in the middle of the file"));
-            }
-            Err(e @ (FrameError::Bad(_) | FrameError::Io(_))) => {
-                self.state = FrameState::Broken(e.to_string());
-                return Err(io::Error::other(e.to_string()));
-            }
+        let header = match frames::Header::read(&mut *self.input) {
+            Ok(Some(header)) => header,
+            Ok(None) => return Err(self.broken("the client went away in the middle of a file".into())),
+            Err(e) => return Err(self.broken(e.to_string())),
+        };
+        if header.is_data() && header.file == self.file {
+            self.data_left = header.len;
+            return Ok(());
+        }
+        let frame = match header.finish(&mut *self.input) {
+            Ok(frame) => frame,
+            Err(e) => return Err(self.broken(e.to_string())),
         };
         match frame {
-            Frame::Data { file, bytes } if file == self.file => {
-                self.hasher.update(&bytes);
-                self.read += bytes.len() as u64;
-                self.pending = bytes;
-                self.at = 0;
-                Ok(())
-            }
             Frame::End { file, size, checksum } if file == self.file => {
                 if size != self.read || checksum != self.hasher.digest() {
-                    self.state = FrameState::Aborted("damaged in transit".into());
-                    return Err(io::Error::other(format!(
-                        "the data was damaged in transit (size {size}/{} or checksum mismatch)",
+                    let why = format!(
+                        "the data was damaged in transit ({} bytes arrived of {size}, or the checksum differs)",
                         self.read
-                    )));
+                    );
+                    self.state = FrameState::Failed(why.clone());
+                    return Err(io::Error::other(why));
                 }
                 self.state = FrameState::Ended;
                 Ok(())
             }
             Frame::Abort { file, reason } if file == self.file => {
-                let error = io::Error::other(format!("the client could not send it: {reason}"));
-                self.state = FrameState::Aborted(reason);
-                Err(error)
+                let why = format!("the client could not send it: {reason}");
+                self.state = FrameState::Failed(why.clone());
+                Err(io::Error::other(why))
             }
             other => {
-                let message = format!("expected DATA, END or ABORT of file {}, got {other:?}", self.file);
-                self.state = FrameState::Broken(message.clone());
-                Err(io::Error::other(message))
+                Err(self.broken(format!("expected DATA, END or ABORT of file {}, got {other:?}", self.file)))
             }
         }
     }
@@ -587,20 +685,29 @@ impl<'r, R: Read> FileFrames<'r, R> {
 
 impl<R: Read> Read for FileFrames<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         loop {
-            if self.at < self.pending.len() {
-                let n = buf.len().min(self.pending.len() - self.at);
-                buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
-                self.at += n;
+            if self.data_left > 0 {
+                let want = buf.len().min(self.data_left);
+                let n = match self.input.read(&mut buf[..want]) {
+                    Ok(0) => return Err(self.broken("the stream ended inside a frame".into())),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(self.broken(e.to_string())),
+                };
+                self.hasher.update(&buf[..n]);
+                self.read += n as u64;
+                self.data_left -= n;
                 return Ok(n);
             }
             match &self.state {
                 FrameState::Open => self.next_frame()?,
                 FrameState::Ended => return Ok(0),
-                FrameState::Aborted(reason) => {
-                    return Err(io::Error::other(format!("the client could not send it: {reason}")))
+                FrameState::Failed(why) | FrameState::Broken(why) => {
+                    return Err(io::Error::other(why.clone()))
                 }
-                FrameState::Broken(message) => return Err(io::Error::other(message.clone())),
             }
         }
     }

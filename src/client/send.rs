@@ -40,8 +40,9 @@ pub(super) enum Input<'r> {
     File(File),
     /// A pipe, FIFO or terminal: read as data comes, never waiting to fill a buffer.
     Pipe(File),
-    /// Anything readable a program hands over (copied through a private buffer).
-    Reader(std::cell::RefCell<Box<dyn Read + 'r>>),
+    /// Anything readable a program hands over (copied through a private buffer,
+    /// kept from one fill to the next).
+    Reader(std::cell::RefCell<(Box<dyn Read + 'r>, Vec<u8>)>),
 }
 
 impl Opened<'_> {
@@ -57,9 +58,9 @@ impl Opened<'_> {
             Input::File(file) => Ok(buffer.fill_from(file).map(|got| (got, (got as u64) < want))?),
             Input::Pipe(file) => fill_from_pipe(session, buffer, file),
             Input::Reader(reader) => {
-                let mut chunk = vec![0u8; buffer.len()];
+                let (reader, chunk) = &mut *reader.borrow_mut();
+                chunk.resize(buffer.len(), 0);
                 let mut filled = 0;
-                let mut reader = reader.borrow_mut();
                 while filled < chunk.len() {
                     match reader.read(&mut chunk[filled..]) {
                         Ok(0) => break,
@@ -372,7 +373,7 @@ fn ensure_unchanged(source: &Opened) -> Result<(), SendError> {
     if let Input::Reader(reader) = &source.input {
         // A reader must end where it said (and may check its own data on the way).
         let mut probe = [0u8; 1];
-        return match reader.borrow_mut().read(&mut probe)? {
+        return match reader.borrow_mut().0.read(&mut probe)? {
             0 => Ok(()),
             _ => Err(failed("the source gave more bytes than it announced")),
         };
@@ -404,7 +405,7 @@ pub(super) fn send_from<'a>(
     let meta = FileMeta { size_is_hint: size.is_none(), ..meta };
     let reader: Box<dyn Read + '_> = Box::new(reader);
     let source = Opened {
-        input: Input::Reader(reader.into()),
+        input: Input::Reader((reader, Vec::new()).into()),
         regular: None,
         exact: size,
         hint: size.unwrap_or(STREAM_SIZE_HINT),
