@@ -212,9 +212,13 @@ impl Sender {
     pub fn send_items(&self, items: &[Item], progress: &dyn Progress) -> Vec<Result<Delivered, SendError>> {
         let results: Vec<Mutex<Option<Result<Delivered, SendError>>>> =
             items.iter().map(|item| Mutex::new(verdict_result(item))).collect();
+        // Streams go on from one phase to the next: a client never holds more than
+        // `jobs` of them, not even for the moment the server takes to free the last
+        // phase's (`--max-streams-per-client`).
+        let streams = Mutex::new(Vec::new());
         for (phase, jobs) in phases(items) {
             let jobs = jobs.unwrap_or(self.options.jobs);
-            self.run_phase(items, &results, phase, jobs, progress);
+            self.run_phase(items, &results, phase, jobs, progress, &streams);
         }
         results
             .into_iter()
@@ -222,13 +226,14 @@ impl Sender {
             .collect()
     }
 
-    fn run_phase(
-        &self,
+    fn run_phase<'c>(
+        &'c self,
         items: &[Item],
         results: &[Mutex<Option<Result<Delivered, SendError>>>],
         phase: Vec<usize>,
         jobs: usize,
         progress: &dyn Progress,
+        streams: &Mutex<Vec<Session<'c>>>,
     ) {
         let workers = jobs.clamp(1, phase.len().max(1));
         let (small, large): (VecDeque<usize>, VecDeque<usize>) =
@@ -248,7 +253,7 @@ impl Sender {
             for worker in 0..workers {
                 let (small, large, report) = (&small, &large, &report);
                 scope.spawn(move || {
-                    let mut session = None;
+                    let mut session = streams.lock().expect("streams lock").pop();
                     if worker < batch_jobs {
                         self.send_batched(items, small, &mut session, large, progress, report);
                         large.batcher_done();
@@ -269,6 +274,7 @@ impl Sender {
                             break;
                         }
                     }
+                    streams.lock().expect("streams lock").extend(session);
                 });
             }
         });
