@@ -190,7 +190,7 @@ impl<'a> Batcher<'a> {
             }
             Content::File(opened) => {
                 let Input::File(file) = &opened.input else { unreachable!("only files are read here") };
-                let got = match read_into(&packing.buffer, file, data_at, want) {
+                let got = match read_into(&packing.buffer, file, data_at, want, opened.exact) {
                     Ok(got) => got,
                     Err(e) => {
                         report(index, Err(e.into()), started);
@@ -338,7 +338,16 @@ impl<'a> Batcher<'a> {
 }
 
 /// Reads up to `want` bytes of `file` into `buffer` at `at`, to its end or `want`.
-fn read_into(buffer: &Buffer<'_>, file: &std::fs::File, at: usize, want: usize) -> std::io::Result<usize> {
+/// A regular file of `exact` bytes ends at the first short read that reaches its
+/// size (Linux reads a regular file short only at its end): no second `read` to
+/// see the end, as `cp` makes. A file read to its end (`None`) stops at 0.
+fn read_into(
+    buffer: &Buffer<'_>,
+    file: &std::fs::File,
+    at: usize,
+    want: usize,
+    exact: Option<u64>,
+) -> std::io::Result<usize> {
     let mut got = 0;
     while got < want {
         let n = buffer.read_at(file, at + got, want - got)?;
@@ -346,6 +355,9 @@ fn read_into(buffer: &Buffer<'_>, file: &std::fs::File, at: usize, want: usize) 
             break;
         }
         got += n;
+        if got < want && exact == Some(got as u64) {
+            break;
+        }
     }
     Ok(got)
 }
