@@ -104,6 +104,7 @@ pub fn main(cli: ClientCli) -> ExitStatus {
         return run_status(&cli.common.name, cli.json);
     }
     if cli.relay {
+        sys::grow_pipe(std::os::fd::AsFd::as_fd(&std::io::stdin()), remote::PIPE_SIZE);
         return remote::relay(&cli.common.name, timeout, std::io::stdin().lock(), std::io::stdout().lock());
     }
     let show_bars = !cli.common.quiet && !cli.json && std::io::stderr().is_terminal();

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +22,9 @@ use crate::frames::{self, Begin, Frame, Outcome, MAX_DATA};
 use crate::protocol::FileMeta;
 use crate::sources::{Item, Kind, Verdict};
 use crate::{sys, ExitStatus};
+
+/// The pipe buffer asked for between the client, the remote shell and the relay.
+pub const PIPE_SIZE: usize = 1 << 20;
 
 /// Where and how to reach the remote server.
 #[derive(Debug, Clone)]
@@ -200,7 +204,10 @@ fn run(
     progress: &dyn Progress,
 ) -> Result<Vec<ItemResult>, SendError> {
     let host = relay.host;
-    let mut to_relay = BufWriter::with_capacity(1 << 20, to_relay);
+    sys::grow_pipe(to_relay.as_fd(), PIPE_SIZE);
+    // DATA payloads (256 KiB) are larger than the buffer: they go to the pipe without
+    // a copy, while headers and small frames are gathered.
+    let mut to_relay = BufWriter::with_capacity(64 << 10, to_relay);
     let mut from_relay = BufReader::new(from_relay);
     let gone = |what: &str| relay.gone(what);
     frames::write_hello(&mut to_relay).and_then(|()| to_relay.flush()).map_err(|_| gone("did not start"))?;
