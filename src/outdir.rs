@@ -49,19 +49,23 @@ pub struct Target {
     pub plain: bool,
 }
 
-/// The last folder a stream wrote into, kept open: files of one folder usually come
-/// one after another, and each would otherwise cost an `openat` and a `close` per
+/// The last few folders a stream wrote into, kept open: files of one folder usually
+/// come close together, and each would otherwise cost an `openat` and a `close` per
 /// path component. Cleared on any failure, so a folder removed and made again is
 /// opened afresh.
 #[derive(Default)]
 pub struct DirCache {
-    last: Option<(String, Arc<OwnedFd>, bool)>,
+    /// (relative folder, descriptor, no default ACL), most recently used last.
+    recent: Vec<(String, Arc<OwnedFd>, bool)>,
 }
 
+/// Folders a `DirCache` keeps open.
+const CACHED_DIRS: usize = 8;
+
 impl DirCache {
-    /// Forgets the kept folder, so the next file opens its folder afresh.
+    /// Forgets the kept folders, so the next file opens its folder afresh.
     pub fn clear(&mut self) {
-        self.last = None;
+        self.recent.clear();
     }
 }
 
@@ -99,10 +103,11 @@ impl OutputDir {
     /// takes the folder from `cache`; `rel` was checked by `protocol::validate_path`.
     pub fn target(&self, rel: &str, cache: &mut DirCache) -> Result<Target, PathError> {
         let (folders, base) = rel.rsplit_once('/').unwrap_or(("", rel));
-        if let Some((cached, dir, plain)) = &cache.last {
-            if cached == folders {
-                return Ok(Target { parent: Arc::clone(dir), base: base.to_owned(), plain: *plain });
-            }
+        if let Some(at) = cache.recent.iter().rposition(|(cached, _, _)| cached == folders) {
+            let hit = cache.recent.remove(at);
+            let target = Target { parent: Arc::clone(&hit.1), base: base.to_owned(), plain: hit.2 };
+            cache.recent.push(hit);
+            return Ok(target);
         }
         let mut dir = self.open_root()?;
         if !folders.is_empty() {
@@ -112,7 +117,10 @@ impl OutputDir {
         }
         let plain = !sys::has_default_acl(dir.as_fd());
         let dir = Arc::new(dir);
-        cache.last = Some((folders.to_owned(), Arc::clone(&dir), plain));
+        if cache.recent.len() == CACHED_DIRS {
+            cache.recent.remove(0);
+        }
+        cache.recent.push((folders.to_owned(), Arc::clone(&dir), plain));
         Ok(Target { parent: dir, base: base.to_owned(), plain })
     }
 
