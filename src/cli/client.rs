@@ -66,7 +66,7 @@ impl Progress for Front {
     }
 
     fn finished(&self, index: usize, item: &Item, result: &Result<Delivered, SendError>, elapsed: Duration) {
-        if item.kind == Kind::File {
+        if item.kind == Kind::File && !self.bar.is_hidden() {
             // Relaxed: a counter for the bar, nothing is published with it.
             let done = self.files_done.fetch_add(1, Ordering::Relaxed) + 1;
             self.bar.set_message(format!("{done}/{} files", self.files_total));

@@ -102,11 +102,11 @@ impl Stream {
 
     fn publish_entry(&mut self, shared: &Shared, entry: &Entry, bytes: &[u8]) -> Result<Outcome, Failure> {
         let (name, kind) = entry.check().map_err(|e| failure(ErrorCode::BadRequest, e.0))?;
-        let shown = escaped(name);
         let base = name.rsplit('/').next().unwrap_or(name);
         if base.starts_with(TEMP_MARK) {
             let message = format!(
-                "{shown}: names starting with {TEMP_MARK} are reserved for the server's temporary files"
+                "{}: names starting with {TEMP_MARK} are reserved for the server's temporary files",
+                escaped(name)
             );
             return Err(failure(ErrorCode::BadRequest, message));
         }

@@ -668,19 +668,22 @@ pub(super) fn publish(
     size: u64,
     checksum: u64,
 ) -> Result<Option<ServerEvent>, Failure> {
-    let shown = escaped(&transfer.name).into_owned();
+    let shown = || escaped(&transfer.name).into_owned();
     let size_ok = if transfer.meta.size_is_hint { true } else { size == transfer.size };
     if !size_ok || transfer.written != size {
         let message = format!(
-            "{shown}: size mismatch: announced {}, finished with {}, received {}",
-            transfer.size, size, transfer.written
+            "{}: size mismatch: announced {}, finished with {}, received {}",
+            shown(),
+            transfer.size,
+            size,
+            transfer.written
         );
         transfer.file.discard();
         return Err(failure(ErrorCode::Checksum, message));
     }
     if transfer.hasher.digest() != checksum {
         transfer.file.discard();
-        let message = format!("{shown}: checksum mismatch: the data was corrupted in transit");
+        let message = format!("{}: checksum mismatch: the data was corrupted in transit", shown());
         return Err(failure(ErrorCode::Checksum, message));
     }
     let mode = transfer.meta.mode.unwrap_or(shared.default_mode);
