@@ -76,27 +76,27 @@ impl Opened<'_> {
 }
 
 pub(super) fn open_source(item: &Item, options: &SendOptions) -> Result<Opened<'static>, SendError> {
-    let (file, shown) = match &item.source {
-        Source::Stdin => {
-            let fd = std::io::stdin().as_fd().try_clone_to_owned()?;
-            (File::from(fd), "standard input".to_owned())
-        }
+    // The source as people name it: only made for a message.
+    let shown = || match &item.source {
+        Source::Stdin => "standard input".to_owned(),
+        Source::Path { path, .. } => crate::escape::escaped_path(path),
+    };
+    let file = match &item.source {
+        Source::Stdin => File::from(std::io::stdin().as_fd().try_clone_to_owned()?),
         Source::Path { path, no_follow } => {
             let flags = if *no_follow { libc::O_NOFOLLOW } else { 0 };
-            let shown = crate::escape::escaped_path(path);
-            let file = std::fs::OpenOptions::new()
+            std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(flags)
                 .open(path)
-                .map_err(|e| SendError::Usage(format!("cannot open {shown}: {e}")))?;
-            (file, shown)
+                .map_err(|e| SendError::Usage(format!("cannot open {}: {e}", shown())))?
         }
     };
     let stat = file.metadata()?;
     let kind = stat.file_type();
     let from_stdin = item.source == Source::Stdin;
     if kind.is_dir() || !(kind.is_file() || kind.is_fifo() || from_stdin) {
-        return Err(SendError::Usage(format!("{shown} is not a regular file or a FIFO")));
+        return Err(SendError::Usage(format!("{} is not a regular file or a FIFO", shown())));
     }
     let mut meta = FileMeta { skip_existing: options.skip_existing, ..FileMeta::default() };
     if !kind.is_file() || from_stdin {
