@@ -194,3 +194,44 @@ fn errors_are_typed_say_their_exit_status_and_keep_their_source() {
     drop(first);
     assert!(!shm_path(&name).exists(), "dropping the handle stops the server");
 }
+
+#[test]
+fn one_stream_sends_files_and_folders_in_order_with_their_metadata() {
+    use sharedxfer::protocol::FileMeta;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let out = tempfile::tempdir().unwrap();
+    let name = unique_name("libstream");
+    let server = Server::builder(&name).size(4 << 20).output_dir(out.path()).start().unwrap();
+    let sender = Sender::connect(&name, TIMEOUT).unwrap();
+    let mut stream = sender.stream();
+    assert_eq!(stream.make_dir("made", 0o750).unwrap(), Delivered::Sent { bytes: 0 });
+    let when = std::time::UNIX_EPOCH + Duration::new(1_500_000_000, 42);
+    let meta = FileMeta { mode: Some(0o640), mtime: Some(when), ..FileMeta::default() };
+    let data = pattern(300_000, 4);
+    for i in 0..3 {
+        let sent =
+            stream.send_reader(&format!("made/f{i}.bin"), meta, Some(data.len() as u64), &data[..], &());
+        assert_eq!(sent.unwrap(), Delivered::Sent { bytes: data.len() as u64 });
+    }
+    // A reader that gives fewer bytes than announced fails, and nothing is published;
+    // the stream goes on with the next file.
+    let short = stream.send_reader("made/short.bin", meta, Some(10), &b"only5"[..], &());
+    assert!(short.is_err(), "{short:?}");
+    let tiny = stream.send_reader("made/tiny.txt", FileMeta::default(), None, &b"tiny"[..], &());
+    assert_eq!(tiny.unwrap(), Delivered::Sent { bytes: 4 });
+    assert!(stream.send_reader("../escape", meta, None, &b"x"[..], &()).is_err());
+    drop(stream);
+    drop(sender);
+    server.shutdown().unwrap();
+    let made = out.path().join("made");
+    assert_eq!(fs::metadata(&made).unwrap().permissions().mode() & 0o777, 0o750);
+    for i in 0..3 {
+        let path = made.join(format!("f{i}.bin"));
+        assert!(fs::read(&path).unwrap() == data);
+        let stat = fs::metadata(&path).unwrap();
+        assert_eq!((stat.mode() & 0o777, stat.mtime(), stat.mtime_nsec()), (0o640, 1_500_000_000, 42));
+    }
+    assert!(!made.join("short.bin").exists());
+    assert_eq!(fs::read(made.join("tiny.txt")).unwrap(), b"tiny");
+    assert!(!out.path().parent().unwrap().join("escape").exists());
+}

@@ -1054,6 +1054,19 @@ fn all_sends_every_stream_in_the_config() {
 }
 
 #[test]
+fn quiet_ids_print_one_summary_but_still_every_failure() {
+    let fx = Fx::with_streams("quietids", &FOUR);
+    let output = fx.run(&["-q", "1-3", "9"]);
+    // An unknown id is the user's to fix: exit 2.
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    let (out, err) = (stdout_of(&output), stderr_of(&output));
+    assert!(!out.contains("stream 1: sent"), "-q still printed a line per id: {}", show(&output));
+    assert!(out.contains("sharedclient: 3 files"), "{}", show(&output));
+    assert!(err.contains("stream 9: failed") && err.contains("unknown stream id 9"), "{}", show(&output));
+    assert_eq!(top_names(fx.out()), ["f1.bin", "f2.bin", "f3.bin"], "{}", show(&output));
+}
+
+#[test]
 fn a_repeated_id_is_sent_once() {
     let fx = Fx::with_streams("repeat", &FOUR);
     let output = fx.run(&["1", "1", "1-2", "2"]);
