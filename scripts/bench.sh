@@ -18,6 +18,8 @@
 # sharedxfer run is checked right after the client exits (each output's size; content
 # with cmp on the first timed run of each case; for a folder sent whole, every run: the
 # tree's names, sizes, modes, mtimes and contents); a failed check fails the benchmark.
+# sharedclient and the tools it is compared with (cp, scp, rsync) run under the same
+# `timeout` wrapper, so both sides pay the same process start.
 # Cases: 1 one big file, 2 16 streams in one client, 3 4 clients x 4 streams,
 # 4 2,000 small files, 5 ping-pong latency, 6 idle CPU, 7 peak memory of a big file,
 # 8 a folder tree (10,000 files, 0 B - 64 KiB, most under 8 KiB, 100 nested folders)
@@ -143,6 +145,8 @@ free_mib=$(df -Pm /dev/shm | awk 'NR == 2 { print $4 }')
 mkdir -p "$T"/{out,cmp}
 : >"$res"
 cl=(timeout "$timeout_s" "$bin/sharedclient" --name "$seg" -q)
+# The comparisons run under the same `timeout` wrapper, so both sides pay its exec.
+guard=(timeout "$timeout_s")
 
 nproc_=$(nproc)
 model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
@@ -373,7 +377,7 @@ c2_side() { # SIDE RUN
   local side=$1 run=$2
   case $side in
     sx) sx_run "case 2 sharedxfer" "$T/src2" "$run" --config "$T/c2.xml" -j 16 $all16 ;;
-    cp) clean_out; timed cp "$T"/src2/*.bin "$T/cmp/" || fail "case 2: cp failed"; check_copy "case 2 cp" "$T/src2" "$T/cmp" ;;
+    cp) clean_out; timed "${guard[@]}" cp "$T"/src2/*.bin "$T/cmp/" || fail "case 2: cp failed"; check_copy "case 2 cp" "$T/src2" "$T/cmp" ;;
   esac
   ((run < 0)) || sample "c2.$side" "$run" "$(div $((16 * per_mib << 20)) "$elapsed_us")"
 }
@@ -405,7 +409,7 @@ c3_side() { # SIDE RUN
       check_copy "case 3 sharedxfer" "$T/src2" "$T/out" $([[ $run == 0 ]] && echo --cmp)
       server_alive "case 3"
       ;;
-    cp) clean_out; timed cp "$T"/src2/*.bin "$T/cmp/" || fail "case 3: cp failed"; check_copy "case 3 cp" "$T/src2" "$T/cmp" ;;
+    cp) clean_out; timed "${guard[@]}" cp "$T"/src2/*.bin "$T/cmp/" || fail "case 3: cp failed"; check_copy "case 3 cp" "$T/src2" "$T/cmp" ;;
   esac
   ((run < 0)) || sample "c3.$side" "$run" "$(div $((16 * per_mib << 20)) "$elapsed_us")"
 }
@@ -425,7 +429,7 @@ c4_side() { # SIDE RUN
   local side=$1 run=$2
   case $side in
     sx) sx_run "case 4 sharedxfer" "$T/src4" "$run" --config "$T/c4.xml" -j "$small_jobs" $all_small ;;
-    cp) clean_out; timed cp -r "$T/src4" "$T/cmp/s" || fail "case 4: cp -r failed"; check_copy "case 4 cp -r" "$T/src4" "$T/cmp/s" ;;
+    cp) clean_out; timed "${guard[@]}" cp -r "$T/src4" "$T/cmp/s" || fail "case 4: cp -r failed"; check_copy "case 4 cp -r" "$T/src4" "$T/cmp/s" ;;
   esac
   ((run < 0)) || sample "c4.$side" "$run" "$(div "$nsmall" "$elapsed_us" 1000000)"
 }
@@ -541,7 +545,7 @@ tree_side() { # CASE SRCDIR COUNT SIDE RUN : sends SRCDIR as a folder, or cp -r'
       server_alive "case $c"
       ;;
     cp)
-      timed cp -r "$src" "$T/cmp/$base" || fail "case $c: cp -r failed"
+      timed "${guard[@]}" cp -r "$src" "$T/cmp/$base" || fail "case $c: cp -r failed"
       check_tree "case $c cp -r" "$src" "$T/cmp/$base"
       ;;
   esac
@@ -627,11 +631,11 @@ ssh_side() { # KIND(big|tree) SIDE RUN
         fail "case 10: sharedclient --remote exited $?" "$T/client.log" "$T/server.log" "$T/sshd/sshd.log"
       dst=$T/out ;;
     scp)
-      timed scp -q -r -P "$ssh_port" "${ssh_opts[@]}" "$src" "$ssh_host:$T/cmp/" >"$T/client.log" 2>&1 ||
+      timed "${guard[@]}" scp -q -r -P "$ssh_port" "${ssh_opts[@]}" "$src" "$ssh_host:$T/cmp/" >"$T/client.log" 2>&1 ||
         fail "case 10: scp failed" "$T/client.log"
       dst=$T/cmp ;;
     rsync)
-      timed rsync -a -e "$ssh_cmd" "$src" "$ssh_host:$T/cmp/" >"$T/client.log" 2>&1 || fail "case 10: rsync failed" "$T/client.log"
+      timed "${guard[@]}" rsync -a -e "$ssh_cmd" "$src" "$ssh_host:$T/cmp/" >"$T/client.log" 2>&1 || fail "case 10: rsync failed" "$T/client.log"
       dst=$T/cmp ;;
   esac
   if [[ $kind == big ]]; then

@@ -214,12 +214,18 @@ impl Sender {
             items.iter().map(|item| Mutex::new(verdict_result(item))).collect();
         // Streams go on from one phase to the next: a client never holds more than
         // `jobs` of them, not even for the moment the server takes to free the last
-        // phase's (`--max-streams-per-client`).
+        // phase's (`--max-streams-per-client`). In the last phase a job that runs out
+        // of items gives its stream back at once: an idle stream keeps its buffers,
+        // which the jobs still sending (this client's or another's) may wait for.
         let streams = Mutex::new(Vec::new());
-        for (phase, jobs) in phases(items) {
+        let phases = phases(items);
+        let count = phases.len();
+        for (number, (phase, jobs)) in phases.into_iter().enumerate() {
             let jobs = jobs.unwrap_or(self.options.jobs);
-            self.run_phase(items, &results, phase, jobs, progress, &streams);
+            let carry = Carry { streams: &streams, keep: number + 1 < count };
+            self.run_phase(items, &results, phase, jobs, progress, carry);
         }
+        streams.lock().expect("streams lock").clear();
         results
             .into_iter()
             .map(|slot| slot.into_inner().expect("result lock").unwrap_or(Err(SendError::Interrupted)))
@@ -233,8 +239,9 @@ impl Sender {
         phase: Vec<usize>,
         jobs: usize,
         progress: &dyn Progress,
-        streams: &Mutex<Vec<Session<'c>>>,
+        carry: Carry<'_, 'c>,
     ) {
+        let Carry { streams, keep } = carry;
         let workers = jobs.clamp(1, phase.len().max(1));
         let (small, large): (VecDeque<usize>, VecDeque<usize>) =
             phase.into_iter().partition(|&i| batch::batchable(&items[i]));
@@ -274,7 +281,9 @@ impl Sender {
                             break;
                         }
                     }
-                    streams.lock().expect("streams lock").extend(session);
+                    if keep {
+                        streams.lock().expect("streams lock").extend(session);
+                    }
                 });
             }
         });
@@ -338,6 +347,13 @@ impl Sender {
             *session = active.finish(report);
         }
     }
+}
+
+/// Streams carried from one phase to the next, and whether this phase's go on.
+#[derive(Clone, Copy)]
+struct Carry<'p, 'c> {
+    streams: &'p Mutex<Vec<Session<'c>>>,
+    keep: bool,
 }
 
 /// Files and folders sent one after another on one stream (see `Sender::stream`).
