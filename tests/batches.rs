@@ -542,3 +542,37 @@ fn every_file_failed_in_a_batch_is_reported_with_its_reason() {
         );
     }
 }
+
+/// A job with nothing to batch waits for large files the batching jobs may find; it
+/// must not hold a stream idle meanwhile (the server drops an idle stream after
+/// `--idle-timeout`, and the large file sent on it later would fail). Here batching
+/// 60,000 empty files takes longer than the 1 s timeout; the large file comes last.
+/// (Which job held the carried stream was a race: this caught the bug only when a
+/// job that does not batch won it; the soak caught its deadlock twin every time.)
+#[test]
+fn a_large_file_after_a_long_batching_phase_arrives() {
+    let src = scratch();
+    let out = scratch();
+    let root = src.path().join("tree");
+    fs::create_dir_all(root.join("sub")).unwrap();
+    for i in 0..60_000 {
+        fs::write(root.join("sub").join(format!("e{i:05}")), b"").unwrap();
+    }
+    write_file(&root, "zz-large.bin", 3 << 20, 5);
+    let server = Server::start(&unique_name("latelarge"), out.path(), &["--idle-timeout", "1"]);
+    let started = std::time::Instant::now();
+    let output = run({
+        let mut c = client(&server);
+        c.args(["-j", "4"]).arg(&root);
+        c
+    });
+    assert!(output.status.success(), "{}", show(&output));
+    assert_eq!(
+        fs::read(out.path().join("tree/zz-large.bin")).unwrap(),
+        fs::read(root.join("zz-large.bin")).unwrap()
+    );
+    assert_eq!(fs::read_dir(out.path().join("tree/sub")).unwrap().count(), 60_000);
+    if started.elapsed() < Duration::from_secs(2) {
+        eprintln!("note: batching took {:?}, within the idle timeout's reach only just", started.elapsed());
+    }
+}

@@ -260,13 +260,19 @@ impl Sender {
             for worker in 0..workers {
                 let (small, large, report) = (&small, &large, &report);
                 scope.spawn(move || {
-                    let mut session = streams.lock().expect("streams lock").pop();
+                    // A stream is taken from the last phase's only when there is
+                    // something to send: one held idle meanwhile would be dropped for
+                    // idleness (and keep its buffers).
+                    let mut session = None;
                     if worker < batch_jobs {
-                        self.send_batched(items, small, &mut session, large, progress, report);
+                        session = self.send_batched(items, small, streams, large, progress, report);
                         large.batcher_done();
                     }
                     while sys::stop_signal().is_none() {
                         let Some(index) = large.next() else { break };
+                        if session.is_none() {
+                            session = streams.lock().expect("streams lock").pop();
+                        }
                         let started = Instant::now();
                         let result = send::send_item(
                             &self.connection,
@@ -289,18 +295,18 @@ impl Sender {
         });
     }
 
-    /// Sends the items of `queue` in batches on one stream (taking `session`, giving
-    /// it back when done); those that turn out not to fit a batch go to `alone`,
-    /// for any job to send on its own.
+    /// Sends the items of `queue` in batches on one stream (one carried from the last
+    /// phase, else a new one; returned when done, still open); those that turn out
+    /// not to fit a batch go to `alone`, for any job to send on its own.
     fn send_batched<'c>(
         &'c self,
         items: &[Item],
         queue: &Mutex<VecDeque<usize>>,
-        session: &mut Option<Session<'c>>,
+        carried: &Mutex<Vec<Session<'c>>>,
         alone: &Alone,
         progress: &dyn Progress,
         report: batch::Report<'_>,
-    ) {
+    ) -> Option<Session<'c>> {
         let mut batcher: Option<batch::Batcher<'c>> = None;
         while sys::stop_signal().is_none() {
             let Some(index) = queue.lock().expect("queue lock").pop_front() else { break };
@@ -319,7 +325,8 @@ impl Sender {
             let active = match batcher.as_mut() {
                 Some(active) => active,
                 None => {
-                    let opened = match session.take() {
+                    let kept = carried.lock().expect("streams lock").pop();
+                    let opened = match kept {
                         Some(open) => Ok(open),
                         None => Session::open(&self.connection),
                     };
@@ -343,9 +350,7 @@ impl Sender {
                 }
             }
         }
-        if let Some(active) = batcher {
-            *session = active.finish(report);
-        }
+        batcher.and_then(|active| active.finish(report))
     }
 }
 
