@@ -120,7 +120,7 @@ pub struct ClientCli {
     /// Print a read-only map of the running server's segment and its live streams.
     #[arg(long = "status", conflicts_with_all = ["ping", "args", "all", "files_from"])]
     pub status: bool,
-    /// Send to the server on another host: runs `RSH [USER@]HOST sharedclient --relay
+    /// Send to the server on another host: runs `CMD [USER@]HOST sharedclient --relay
     /// -n NAME` and streams every file through it (ids resolve against the local options.xml).
     #[arg(long = "remote", value_name = "[USER@]HOST", conflicts_with_all = ["ping", "status", "relay"])]
     pub remote: Option<String>,
