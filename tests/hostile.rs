@@ -1577,21 +1577,7 @@ fn a_bad_entry_in_a_batch_fails_alone_and_the_good_ones_are_published_whole() {
     stream.close();
 
     published.extend(traffic.finish(&tree.out()));
-    // A real client afterwards is served as ever.
-    let after = write_file(&tree.src(), "after-batch.bin", 300_000, 7);
-    let output = run({
-        let mut c = Command::new(CLIENT);
-        c.args(["--name", &server.name]).arg(&after);
-        c
-    });
-    assert!(output.status.success(), "{}", show(&output));
-    assert!(fs::read(tree.out().join("after-batch.bin")).unwrap() == fs::read(&after).unwrap());
-    published.insert("after-batch.bin".to_owned());
-
-    wait_until("hostile streams' lock files removed", || server.stream_locks().len() <= 1);
-    assert!(server.temp_files().is_empty(), "temporary files left: {:?}", server.temp_files());
-    tree.assert_only_published_paths(&published);
-    assert_alive(&server);
+    served_after_batches(&server, &tree, published, "after-batch.bin", 300_000, 7);
 }
 
 /// A batch whose framing is broken, and what its refusal must say.
@@ -1766,19 +1752,32 @@ fn a_malformed_batch_fails_its_stream_publishes_nothing_and_others_are_served() 
     stream.close();
 
     published.extend(traffic.finish(&tree.out()));
-    // A real client afterwards is served as ever.
-    let later = write_file(&tree.src(), "after-malformed.bin", 200_000, 10);
+    served_after_batches(&server, &tree, published, "after-malformed.bin", 200_000, 10);
+}
+
+/// After hostile batches: a real client is served as ever (its file `name` arrives
+/// whole), no hostile stream's lock or temporary file is left, and the output holds
+/// exactly `published` and that file.
+fn served_after_batches(
+    server: &Server,
+    tree: &Tree,
+    mut published: BTreeSet<String>,
+    name: &str,
+    len: usize,
+    seed: u64,
+) {
+    let after = write_file(&tree.src(), name, len, seed);
     let output = run({
         let mut c = Command::new(CLIENT);
-        c.args(["--name", &server.name]).arg(&later);
+        c.args(["--name", &server.name]).arg(&after);
         c
     });
     assert!(output.status.success(), "{}", show(&output));
-    assert!(fs::read(tree.out().join("after-malformed.bin")).unwrap() == fs::read(&later).unwrap());
-    published.insert("after-malformed.bin".to_owned());
+    assert!(fs::read(tree.out().join(name)).unwrap() == fs::read(&after).unwrap());
+    published.insert(name.to_owned());
 
     wait_until("hostile streams' lock files removed", || server.stream_locks().len() <= 1);
     assert!(server.temp_files().is_empty(), "temporary files left: {:?}", server.temp_files());
     tree.assert_only_published_paths(&published);
-    assert_alive(&server);
+    assert_alive(server);
 }

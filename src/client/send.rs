@@ -137,21 +137,33 @@ pub fn send_item<'a>(
         Kind::File => Some(open_source(item, options)?),
         Kind::Dir { .. } => None,
     };
+    on_stream(connection, session, |active| {
+        let id = match item.origin {
+            Origin::Id(id) => id,
+            Origin::Path => 0,
+        };
+        // Relaxed: a display-only field, read by status.
+        active.record.stream_id.store(id, Ordering::Relaxed);
+        match (&opened, item.kind) {
+            (None, Kind::Dir { mode }) => make_dir(active, &item.name, mode),
+            (Some(opened), _) => send_opened(active, opened, &item.name, progress),
+            (None, Kind::File) => unreachable!("files are opened above"),
+        }
+    })
+}
+
+/// Runs `send` on `session`, taking a record from the handout if there is none;
+/// after a failure the record is given back (the next item takes a new one).
+fn on_stream<'a>(
+    connection: &'a Connection,
+    session: &mut Option<Session<'a>>,
+    send: impl FnOnce(&mut Session<'a>) -> Result<Delivered, SendError>,
+) -> Result<Delivered, SendError> {
     let active = match session {
         Some(active) => active,
         None => session.insert(Session::open(connection)?),
     };
-    let id = match item.origin {
-        Origin::Id(id) => id,
-        Origin::Path => 0,
-    };
-    // Relaxed: a display-only field, read by status.
-    active.record.stream_id.store(id, Ordering::Relaxed);
-    let result = match (&opened, item.kind) {
-        (None, Kind::Dir { mode }) => make_dir(active, &item.name, mode),
-        (Some(opened), _) => send_opened(active, opened, &item.name, progress),
-        (None, Kind::File) => unreachable!("files are opened above"),
-    };
+    let result = send(active);
     if let Err(e) = &result {
         active.abort(&e.to_string());
         *session = None;
@@ -411,16 +423,7 @@ pub(super) fn send_from<'a>(
         hint: size.unwrap_or(STREAM_SIZE_HINT),
         meta,
     };
-    let active = match session {
-        Some(active) => active,
-        None => session.insert(Session::open(connection)?),
-    };
-    let result = send_opened(active, &source, name, progress);
-    if let Err(e) = &result {
-        active.abort(&e.to_string());
-        *session = None;
-    }
-    result
+    on_stream(connection, session, |active| send_opened(active, &source, name, progress))
 }
 
 /// Makes folder `name` on `session` (taking a stream if there is none).
@@ -430,14 +433,5 @@ pub(super) fn send_dir<'a>(
     name: &str,
     mode: u32,
 ) -> Result<Delivered, SendError> {
-    let active = match session {
-        Some(active) => active,
-        None => session.insert(Session::open(connection)?),
-    };
-    let result = make_dir(active, name, mode);
-    if let Err(e) = &result {
-        active.abort(&e.to_string());
-        *session = None;
-    }
-    result
+    on_stream(connection, session, |active| make_dir(active, name, mode))
 }
