@@ -549,6 +549,21 @@ impl Buffer<'_> {
         Ok(())
     }
 
+    /// Maps the buffer's pages into this process at once (one `madvise`), so that
+    /// filling it takes no page fault per 4 KiB: a client maps the segment afresh,
+    /// and a slot of small files is touched page by page. Best effort: a kernel
+    /// without `MADV_POPULATE_WRITE` (before 5.14) faults the pages in as before.
+    pub fn prefault(&self) {
+        let page = 4096usize;
+        let start = (self.ptr as usize) & !(page - 1);
+        let end = (self.ptr as usize + self.len).next_multiple_of(page);
+        // SAFETY: madvise only changes how the kernel maps [start, end), which lies
+        // in the segment's mapping (page-aligned, the mapping is page-aligned and a
+        // whole number of pages); MADV_POPULATE_WRITE neither changes nor frees the
+        // bytes, it faults the pages in writable, as a write to each would.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_POPULATE_WRITE) };
+    }
+
     /// The first `len` bytes (at most the buffer length), for hashing.
     pub fn bytes(&self, len: usize) -> &[u8] {
         self.bytes_at(0, len)

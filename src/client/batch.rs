@@ -51,6 +51,9 @@ pub(super) struct Batcher<'a> {
     /// Entries after which the slot is handed over: small at first, so the server
     /// starts at once, doubling up to `MAX_ENTRIES` while the pipeline fills.
     limit: usize,
+    /// Slots not filled yet by this process, by bit: their pages are mapped in
+    /// (`Buffer::prefault`) before the first fill.
+    fresh: u64,
 }
 
 /// Entries in a stream's first batch.
@@ -148,6 +151,7 @@ impl<'a> Batcher<'a> {
             packing: None,
             next_seq: 1,
             limit: FIRST_LIMIT,
+            fresh: u64::MAX,
         })
     }
 
@@ -236,6 +240,11 @@ impl<'a> Batcher<'a> {
             .ring
             .buffer(self.chunk as u64)
             .map_err(|e| failed(format!("the server gave a bad buffer: {e}")))?;
+        let slot = self.ring.next_index();
+        if self.fresh & (1 << slot) != 0 {
+            self.fresh &= !(1 << slot);
+            buffer.prefault();
+        }
         self.packing = Some(Packing { buffer, used: HEADER_LEN, entries: Vec::new() });
         Ok(())
     }
