@@ -396,6 +396,17 @@ pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> 
     }
 }
 
+/// Clears `O_NONBLOCK` on `fd` (a FIFO opened without waiting for its writer).
+pub fn set_blocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we borrow; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// When process `pid` started, in clock ticks after boot (`/proc/<pid>/stat` field
 /// 22); `None` if it is gone or unreadable.
 pub fn process_start_ticks(pid: u32) -> Option<u64> {

@@ -576,3 +576,41 @@ fn a_large_file_after_a_long_batching_phase_arrives() {
         eprintln!("note: batching took {:?}, within the idle timeout's reach only just", started.elapsed());
     }
 }
+
+/// A FIFO among small files whose writer comes 3 s late, with a 1 s idle timeout:
+/// the job that meets the FIFO must not hold its stream (and the files it packed)
+/// idle until the server drops it, nor must the job waiting for it. Everything
+/// arrives, the FIFO's line included.
+#[test]
+fn a_fifo_among_small_files_with_a_late_writer_does_not_cost_the_batches() {
+    let src = scratch();
+    let out = scratch();
+    let root = src.path().join("tree");
+    small_tree(&root, 100, 11);
+    let fifo = root.join("zz-fifo");
+    let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success(), "mkfifo failed");
+    let want = snapshot(&root);
+    let server =
+        Server::start(&unique_name("latefifo"), out.path(), &["--idle-timeout", "1", "--workers", "2"]);
+    let writer_path = fifo.clone();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        fs::write(&writer_path, b"late line\n").unwrap();
+    });
+    let output = run({
+        let mut c = client(&server);
+        c.args(["-j", "2"]).arg(&root);
+        c
+    });
+    writer.join().unwrap();
+    assert!(output.status.success(), "{}", show(&output));
+    assert_eq!(fs::read(out.path().join("tree/zz-fifo")).unwrap(), b"late line\n");
+    let mut got = snapshot(&out.path().join("tree"));
+    got.remove(Path::new("zz-fifo"));
+    let mut want = want;
+    want.retain(|_, node| !matches!(node, Node::Other { .. }));
+    let problems = compare(&want, &got, false);
+    assert!(problems.is_empty(), "{problems:#?}\n{}", show(&output));
+    assert_alive(&server);
+}

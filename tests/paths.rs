@@ -830,6 +830,40 @@ fn a_fifo_fed_by_a_writer_is_read_until_eof() {
     assert_summary(&output, 1, Some(len as u64), 0, 0);
 }
 
+/// A writer that writes a line and closes at once (`echo late > fifo`) must not be
+/// lost: the FIFO is opened once and read from that open (it was opened, closed
+/// with the line unread, and opened again to wait forever for another writer).
+#[test]
+fn a_short_write_to_a_fifo_arrives_and_the_client_ends() {
+    let fx = Fx::new("fifoshort");
+    let fifo = fx.src().join("short");
+    mkfifo(&fifo);
+    let writer_path = fifo.clone();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        // Blocks until the client opens the FIFO, then writes and closes at once.
+        fs::write(&writer_path, b"late\n").unwrap();
+    });
+    let mut command = fx.cmd();
+    command.args(["--timeout", "20", "short", "--as", "x"]);
+    let client = Running::spawn(command);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client.has_exited() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let hung = !client.has_exited();
+    if hung {
+        signal(client.pid(), "KILL");
+        // A writer still waiting for a reader is let go.
+        let _ = fs::read(&fifo);
+    }
+    let output = client.finish();
+    writer.join().unwrap();
+    assert!(!hung, "the client still waited for the FIFO 60 s later\n{}", show(&output));
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert_eq!(fs::read(fx.out().join("x")).unwrap(), b"late\n", "{}", show(&output));
+}
+
 #[test]
 fn sigint_while_waiting_on_a_fifo_without_writer_exits_130() {
     let fx = Fx::new("fifoint");

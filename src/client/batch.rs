@@ -111,21 +111,37 @@ impl Prepared {
     }
 }
 
-/// Opens `item` and says whether it goes into a batch (`Ok(Some)`), on its own
-/// (`Ok(None)`: not a regular file, or too large), or failed here (`Err`).
-pub(super) fn prepare(item: &Item, options: &SendOptions) -> Result<Option<Prepared>, SendError> {
+/// What `prepare` found an item to be.
+pub(super) enum Prepare {
+    /// It goes into a batch.
+    Batch(Prepared),
+    /// It goes on its own: too large for a batch (reopened when its turn comes,
+    /// so that a folder of large files does not hold a descriptor each), or not a
+    /// regular file (a FIFO: kept open, its writer may have written and gone).
+    Alone(Option<std::fs::File>),
+}
+
+/// Opens `item` and says whether it goes into a batch or on its own; `Err`: it
+/// failed here.
+pub(super) fn prepare(item: &Item, options: &SendOptions) -> Result<Prepare, SendError> {
     let started = Instant::now();
     let opened = match item.kind {
-        Kind::Dir { mode } => return Ok(Some(Prepared::dir(mode, started))),
+        Kind::Dir { mode } => return Ok(Prepare::Batch(Prepared::dir(mode, started))),
         Kind::File => open_source(item, options)?,
     };
     let want = match (&opened.input, opened.regular.is_some(), opened.exact) {
         (Input::File(_), true, Some(size)) if size <= BATCH_FILE_MAX => size as usize + 1,
         // Empty, or a /proc file: read to its end, up to what a batch takes.
         (Input::File(_), true, None) if opened.hint <= BATCH_FILE_MAX => BATCH_FILE_MAX as usize + 1,
-        _ => return Ok(None),
+        (Input::File(_), true, _) => return Ok(Prepare::Alone(None)),
+        _ => {
+            let (Input::File(file) | Input::Pipe(file)) = opened.input else {
+                return Ok(Prepare::Alone(None));
+            };
+            return Ok(Prepare::Alone(Some(file)));
+        }
     };
-    Ok(Some(Prepared { what: Content::File(Box::new(opened)), want, started }))
+    Ok(Prepare::Batch(Prepared { what: Content::File(Box::new(opened)), want, started }))
 }
 
 impl<'a> Batcher<'a> {

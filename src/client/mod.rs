@@ -251,7 +251,10 @@ impl Sender {
         let server_workers = self.connection.segment.header().workers.load(Ordering::Relaxed) as usize;
         let batch_jobs = if server_workers == 0 { workers } else { workers.min(server_workers) };
         let small = Mutex::new(small);
-        let large = Alone { queue: Mutex::new((large, batch_jobs.min(workers))), more: Condvar::new() };
+        let large = Alone {
+            queue: Mutex::new((large.into_iter().map(|i| (i, None)).collect(), batch_jobs.min(workers))),
+            more: Condvar::new(),
+        };
         let report = |index: usize, result: ItemResult, started: Instant| {
             progress.finished(index, &items[index], &result, started.elapsed());
             *results[index].lock().expect("result lock") = Some(result);
@@ -269,7 +272,14 @@ impl Sender {
                         large.batcher_done();
                     }
                     while sys::stop_signal().is_none() {
-                        let Some(index) = large.next() else { break };
+                        // While other jobs still batch, a stream held for what they may
+                        // find keeps beating, so the server does not drop it as idle.
+                        let mut beat = || {
+                            if session.as_mut().is_some_and(|open| open.keep_alive().is_err()) {
+                                session = None;
+                            }
+                        };
+                        let Some((index, opened)) = large.next(&mut beat) else { break };
                         if session.is_none() {
                             session = streams.lock().expect("streams lock").pop();
                         }
@@ -278,6 +288,7 @@ impl Sender {
                             &self.connection,
                             &mut session,
                             &items[index],
+                            opened,
                             &self.options,
                             progress,
                         );
@@ -312,9 +323,9 @@ impl Sender {
             let Some(index) = queue.lock().expect("queue lock").pop_front() else { break };
             // Opened first: a stream goes into batch mode only for an item that fits.
             let prepared = match batch::prepare(&items[index], &self.options) {
-                Ok(Some(prepared)) => prepared,
-                Ok(None) => {
-                    alone.push(index);
+                Ok(batch::Prepare::Batch(prepared)) => prepared,
+                Ok(batch::Prepare::Alone(opened)) => {
+                    alone.push(index, opened);
                     continue;
                 }
                 Err(e) => {
@@ -341,7 +352,7 @@ impl Sender {
             };
             match active.add(index, &items[index].name, prepared, progress, report) {
                 Ok(None) => {}
-                Ok(Some(_)) => alone.push(index),
+                Ok(Some(_)) => alone.push(index, None),
                 Err(e) => {
                     report(index, Err(e.clone()), Instant::now());
                     if let Some(broken) = batcher.take() {
@@ -390,17 +401,21 @@ impl StreamSender<'_> {
     }
 }
 
+/// An item for `Alone`, with its source when it is open already (a FIFO).
+type AloneItem = (usize, Option<std::fs::File>);
+
 /// Items sent each on a stream of its own: those planned so, and those the
 /// batching jobs find too large. A job waits for more while any batching job runs.
 struct Alone {
-    /// The items, and how many batching jobs are still running.
-    queue: Mutex<(VecDeque<usize>, usize)>,
+    /// The items (with the source if it is open already), and how many batching
+    /// jobs are still running.
+    queue: Mutex<(VecDeque<AloneItem>, usize)>,
     more: Condvar,
 }
 
 impl Alone {
-    fn push(&self, index: usize) {
-        self.queue.lock().expect("queue lock").0.push_back(index);
+    fn push(&self, index: usize, opened: Option<std::fs::File>) {
+        self.queue.lock().expect("queue lock").0.push_back((index, opened));
         self.more.notify_one();
     }
 
@@ -410,7 +425,8 @@ impl Alone {
     }
 
     /// The next item; `None` once there are none and no batching job can add one.
-    fn next(&self) -> Option<usize> {
+    /// `waiting` runs every 100 ms of waiting.
+    fn next(&self, waiting: &mut dyn FnMut()) -> Option<AloneItem> {
         let mut queue = self.queue.lock().expect("queue lock");
         loop {
             if let Some(index) = queue.0.pop_front() {
@@ -419,7 +435,14 @@ impl Alone {
             if queue.1 == 0 || sys::stop_signal().is_some() {
                 return None;
             }
-            queue = self.more.wait_timeout(queue, Duration::from_millis(100)).expect("queue lock").0;
+            let (held, timeout) =
+                self.more.wait_timeout(queue, Duration::from_millis(100)).expect("queue lock");
+            queue = held;
+            if timeout.timed_out() {
+                drop(queue);
+                waiting();
+                queue = self.queue.lock().expect("queue lock");
+            }
         }
     }
 }

@@ -386,6 +386,14 @@ fn copy_file(
             Some(size) => buffer.len().min((size - sent.min(size)) as usize + 1),
             None => buffer.len(),
         };
+        if let Input::Pipe(pipe) = input {
+            // A FIFO opened without waiting for its writer: wait for data or its end.
+            while !sys::poll_readable(pipe.as_fd(), Duration::from_millis(500)).map_err(Copy::Read)? {
+                if sys::stop_signal().is_some() {
+                    return Err(Copy::Read(io::Error::from(io::ErrorKind::Interrupted)));
+                }
+            }
+        }
         let n = match source.read(&mut buffer[..want]) {
             Ok(0) => break,
             Ok(n) => n,

@@ -84,13 +84,30 @@ pub(super) fn open_source(item: &Item, options: &SendOptions) -> Result<Opened<'
     let file = match &item.source {
         Source::Stdin => File::from(std::io::stdin().as_fd().try_clone_to_owned()?),
         Source::Path { path, no_follow } => {
-            let flags = if *no_follow { libc::O_NOFOLLOW } else { 0 };
+            // O_NONBLOCK: a FIFO opens at once, without waiting for a writer (a job
+            // blocked in open(2) would hold its stream, and what it packed, idle
+            // until the server dropped it); its reads then wait in `poll`, keeping
+            // the stream alive. A regular file ignores the flag.
+            let flags = libc::O_NONBLOCK | if *no_follow { libc::O_NOFOLLOW } else { 0 };
             std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(flags)
                 .open(path)
                 .map_err(|e| SendError::Usage(format!("cannot open {}: {e}", shown())))?
         }
+    };
+    opened_source(item, file, options)
+}
+
+/// `open_source` for `file`, the item's source opened already.
+pub(super) fn opened_source(
+    item: &Item,
+    file: File,
+    options: &SendOptions,
+) -> Result<Opened<'static>, SendError> {
+    let shown = || match &item.source {
+        Source::Stdin => "standard input".to_owned(),
+        Source::Path { path, .. } => crate::escape::escaped_path(path),
     };
     let stat = file.metadata()?;
     let kind = stat.file_type();
@@ -108,6 +125,11 @@ pub(super) fn open_source(item: &Item, options: &SendOptions) -> Result<Opened<'
             true => stat.len().saturating_sub((&file).stream_position().unwrap_or(0)),
             false => STREAM_SIZE_HINT,
         };
+        if kind.is_fifo() && !from_stdin {
+            // Reads wait in `poll` for the first writer (Linux reports no hang-up on a
+            // FIFO that has not had one yet); a read before that would see its end.
+            sys::set_blocking(file.as_fd())?;
+        }
         let input = if kind.is_file() { Input::File(file) } else { Input::Pipe(file) };
         return Ok(Opened { input, regular: None, exact: None, hint, meta });
     }
@@ -122,20 +144,24 @@ pub(super) fn open_source(item: &Item, options: &SendOptions) -> Result<Opened<'
 
 /// Sends one item on `session` (taking a record from the handout if there is
 /// none) and returns only once the server confirmed it. After a success the record
-/// stays open for the next item; after a failure it is given back.
+/// stays open for the next item; after a failure it is given back. `opened`: the
+/// file, when it was opened already (a FIFO must be read from the one open: a
+/// writer that wrote and closed meanwhile would be lost to a second).
 pub fn send_item<'a>(
     connection: &'a Connection,
     session: &mut Option<Session<'a>>,
     item: &Item,
+    opened: Option<File>,
     options: &SendOptions,
     progress: &dyn Progress,
 ) -> Result<Delivered, SendError> {
     if sys::stop_signal().is_some() {
         return Err(SendError::Interrupted);
     }
-    let opened = match item.kind {
-        Kind::File => Some(open_source(item, options)?),
-        Kind::Dir { .. } => None,
+    let opened = match (item.kind, opened) {
+        (Kind::File, Some(file)) => Some(opened_source(item, file, options)?),
+        (Kind::File, None) => Some(open_source(item, options)?),
+        (Kind::Dir { .. }, _) => None,
     };
     on_stream(connection, session, |active| {
         let id = match item.origin {
