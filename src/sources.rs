@@ -134,11 +134,8 @@ pub fn plan(request: &Request<'_>, mut found: impl FnMut(usize)) -> Result<Vec<I
     }
     for arg in request.args {
         match classify(arg)? {
-            Arg::Ids(first, last) => {
-                for id in first..=last {
-                    planner.add_id(id)?;
-                }
-            }
+            Arg::Ids(first, last) if first == last => planner.add_id(first)?,
+            Arg::Ids(first, last) => planner.add_range(first, last)?,
             Arg::Stdin => {
                 stdin_used = true;
                 planner.add_stdin();
@@ -189,6 +186,19 @@ fn classify(arg: &OsStr) -> Result<Arg, String> {
     Ok(Arg::Path(PathBuf::from(arg)))
 }
 
+/// The refused item an id (or a range) not in options.xml stands for.
+fn unknown_id(id: StreamId, message: String) -> Item {
+    Item {
+        origin: Origin::Id(id),
+        source: Source::Stdin,
+        shown: format!("id {id}"),
+        name: String::new(),
+        kind: Kind::File,
+        size_hint: None,
+        verdict: Verdict::Refuse(message),
+    }
+}
+
 struct Planner<'a> {
     request: &'a Request<'a>,
     items: Vec<Item>,
@@ -203,6 +213,25 @@ impl Planner<'_> {
             self.config = Some(Config::load(self.request.config).map_err(|e| e.to_string())?);
         }
         Ok(self.config.as_ref().expect("loaded above"))
+    }
+
+    /// The ids of options.xml from `first` to `last` (a range names the streams
+    /// defined in it, however wide: `1-4000000000` is not four billion unknown
+    /// ids); one refused item if it holds none.
+    fn add_range(&mut self, first: StreamId, last: StreamId) -> Result<(), String> {
+        let config = self.config()?;
+        let ids: Vec<StreamId> = config.streams.range(first..=last).map(|(&id, _)| id).collect();
+        if ids.is_empty() {
+            let known: Vec<String> = config.streams.keys().map(|k| k.to_string()).collect();
+            let message = format!(
+                "{}: no stream id from {first} to {last} (known ids: {})",
+                config.source.display(),
+                known.join(", ")
+            );
+            self.items.push(unknown_id(first, message));
+            return Ok(());
+        }
+        ids.into_iter().try_for_each(|id| self.add_id(id))
     }
 
     fn add_id(&mut self, id: StreamId) -> Result<(), String> {
@@ -229,15 +258,7 @@ impl Planner<'_> {
                     config.source.display(),
                     known.join(", ")
                 );
-                Item {
-                    origin: Origin::Id(id),
-                    source: Source::Stdin,
-                    shown: format!("id {id}"),
-                    name: String::new(),
-                    kind: Kind::File,
-                    size_hint: None,
-                    verdict: Verdict::Refuse(message),
-                }
+                unknown_id(id, message)
             }
         };
         self.items.push(item);

@@ -1075,6 +1075,20 @@ fn an_id_range_sends_both_ends_and_between() {
     }
 }
 
+/// A range names the ids options.xml defines in it: `3-9` with ids 1-4 sends 3 and
+/// 4, and a range as wide as ids go is planned in no time (it once made an item
+/// for each of four billion ids). A range with none of them is the user's to fix.
+#[test]
+fn an_id_range_sends_the_ids_defined_in_it_however_wide() {
+    let fx = Fx::with_streams("widerange", &FOUR);
+    let output = fx.run(&["3-9", "0-4294967295"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert_eq!(top_names(fx.out()), ["f1.bin", "f2.bin", "f3.bin", "f4.bin"], "{}", show(&output));
+    let output = fx.run(&["7-4000000000"]);
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    assert!(stderr_of(&output).contains("no stream id from 7 to 4000000000"), "{}", show(&output));
+}
+
 #[test]
 fn all_sends_every_stream_in_the_config() {
     let fx = Fx::with_streams("all", &FOUR);
