@@ -109,8 +109,9 @@ pub struct Header {
     /// The server's worker threads (0 until the server wrote it): a client runs no
     /// more batch streams than this, as more would only take turns.
     pub workers: AtomicU32,
-    /// Zero.
-    pub reserved: AtomicU32,
+    /// The server's `--max-streams-per-client` (0 until the server wrote it): a
+    /// client runs no more jobs than this, as more would be refused.
+    pub max_streams_per_client: AtomicU32,
 }
 
 /// `Handout::state`: nothing on offer (or the last take was collected).

@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::time::Duration;
 
 use common::*;
 
@@ -127,8 +128,13 @@ fn max_file_size_refuses_big_files_whatever_their_source_and_others_pass() {
     assert!(!out.path().join("piped.bin").exists());
 }
 
+/// The server refuses a client's streams beyond `--max-streams-per-client`; the
+/// real client asks no more than that (`-j 6` against a quota of 2 runs 2 jobs and
+/// sends everything, where it used to fail the files of its extra jobs).
 #[test]
-fn one_client_cannot_hold_more_streams_than_its_quota_and_others_are_served() {
+fn one_client_cannot_hold_more_streams_than_its_quota_and_the_client_keeps_within_it() {
+    use sharedxfer::client::{Connection, Session};
+    use sharedxfer::protocol::{ClientCommand, ServerReply};
     let src = tempfile::tempdir().unwrap();
     let tree = src.path().join("tree");
     fs::create_dir(&tree).unwrap();
@@ -137,6 +143,19 @@ fn one_client_cannot_hold_more_streams_than_its_quota_and_others_are_served() {
     }
     let out = tempfile::tempdir().unwrap();
     let server = Server::start(&unique_name("quota"), out.path(), &["--max-streams-per-client", "2"]);
+    // A process that takes a third stream: its first command is refused.
+    let connection = Connection::open(&server.name, Duration::from_secs(30)).unwrap();
+    let mut held: Vec<Session> = (0..3).map(|_| Session::open(&connection).unwrap()).collect();
+    let third = &mut held[2];
+    third.post(&ClientCommand::Mkdir { name: "over".into(), mode: 0o755 }).unwrap();
+    match third.wait_reply() {
+        Ok(ServerReply::Error { message, .. }) => {
+            assert!(message.contains("--max-streams-per-client"), "{message}")
+        }
+        other => panic!("a third stream over a quota of 2 was not refused: {other:?}"),
+    }
+    assert!(!out.path().join("over").exists());
+    drop(held);
     let work = tempfile::tempdir().unwrap();
     let config = write_config(work.path(), &[]);
     let greedy = run({
@@ -144,29 +163,12 @@ fn one_client_cannot_hold_more_streams_than_its_quota_and_others_are_served() {
         c.args(["-j", "6"]).arg(&tree);
         c
     });
-    assert_eq!(greedy.status.code(), Some(1), "{}", show(&greedy));
-    assert!(stderr_of(&greedy).contains("--max-streams-per-client"), "{}", show(&greedy));
-    // Whatever arrived is whole; a client within the quota gets everything.
-    let second = tempfile::tempdir().unwrap();
-    let copy = second.path().join("again");
-    fs::create_dir(&copy).unwrap();
-    for i in 0..8 {
-        fs::copy(tree.join(format!("f{i}.bin")), copy.join(format!("f{i}.bin"))).unwrap();
-    }
-    let polite = run({
-        let mut c = server.client(&config);
-        c.args(["-j", "2"]).arg(&copy);
-        c
-    });
-    assert!(polite.status.success(), "{}", show(&polite));
+    assert!(greedy.status.success(), "{}", show(&greedy));
     for i in 0..8 {
         let name = format!("f{i}.bin");
         assert!(
-            fs::read(out.path().join("again").join(&name)).unwrap() == fs::read(tree.join(&name)).unwrap()
+            fs::read(out.path().join("tree").join(&name)).unwrap() == fs::read(tree.join(&name)).unwrap()
         );
-        if let Ok(got) = fs::read(out.path().join("tree").join(&name)) {
-            assert!(got == fs::read(tree.join(&name)).unwrap(), "{name} arrived torn");
-        }
     }
 }
 
@@ -188,4 +190,31 @@ fn quiet_hides_published_files_but_never_failures() {
     let line = server.wait_for_line("the refused resend", |l| l.starts_with("failed twice.bin"));
     assert!(line.contains("already exists"), "{line}");
     assert!(server.stdout().iter().all(|l| !l.starts_with("done ")), "{:?}", server.stdout());
+}
+
+/// The client's `--skip-existing` wins over the server's `--overwrite`: files there
+/// already (a small one, sent in a batch, and a large one, sent on its own) are
+/// skipped and left as they are; a new one arrives.
+#[test]
+fn skip_existing_wins_over_the_servers_overwrite() {
+    let src = tempfile::tempdir().unwrap();
+    let small = write_file(src.path(), "small.txt", 100, 1);
+    let large = write_file(src.path(), "large.bin", 300_000, 2);
+    let new = write_file(src.path(), "new.bin", 5_000, 3);
+    let out = tempfile::tempdir().unwrap();
+    fs::write(out.path().join("small.txt"), b"kept").unwrap();
+    fs::write(out.path().join("large.bin"), b"kept too").unwrap();
+    let server = Server::start(&unique_name("skipover"), out.path(), &["--overwrite"]);
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(work.path(), &[]);
+    let output = run({
+        let mut c = server.client(&config);
+        c.arg("--skip-existing").args([&small, &large, &new]);
+        c
+    });
+    assert!(output.status.success(), "{}", show(&output));
+    assert!(stdout_of(&output).contains(", 2 skipped, 0 failed"), "{}", show(&output));
+    assert_eq!(fs::read(out.path().join("small.txt")).unwrap(), b"kept");
+    assert_eq!(fs::read(out.path().join("large.bin")).unwrap(), b"kept too");
+    assert!(fs::read(out.path().join("new.bin")).unwrap() == fs::read(&new).unwrap());
 }

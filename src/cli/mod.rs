@@ -114,7 +114,8 @@ pub struct ClientCli {
     /// Run COUNT ping-pong round trips on one stream and print min/median/p99.
     #[arg(long = "ping", value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
     pub ping: Option<u64>,
-    /// Streams sent at once, whatever the number of files.
+    /// Streams sent at once, whatever the number of files (at most the server's
+    /// --max-streams-per-client).
     #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub jobs: u64,
     /// Print a read-only map of the running server's segment and its live streams.

@@ -221,7 +221,13 @@ impl Sender {
         let phases = phases(items);
         let count = phases.len();
         for (number, (phase, jobs)) in phases.into_iter().enumerate() {
-            let jobs = jobs.unwrap_or(self.options.jobs);
+            // No more jobs than the server lets one client have streams: more would
+            // fail their files, not wait. Relaxed: a setting the server wrote at start.
+            let most = self.connection.segment.header().max_streams_per_client.load(Ordering::Relaxed);
+            let jobs = match jobs.unwrap_or(self.options.jobs) {
+                jobs if most > 0 => jobs.min(most as usize),
+                jobs => jobs,
+            };
             let carry = Carry { streams: &streams, keep: number + 1 < count };
             self.run_phase(items, &results, phase, jobs, progress, carry);
         }

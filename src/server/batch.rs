@@ -120,7 +120,8 @@ impl Stream {
         if let Some(max) = shared.options.max_file_size.filter(|&max| size > max) {
             return Err(super::stream::too_big(name, max));
         }
-        if meta.skip_existing && !shared.options.overwrite && self.sink.exists(name) {
+        // The client's --skip-existing wins over the server's --overwrite.
+        if meta.skip_existing && self.sink.exists(name) {
             return Ok(Outcome::Skipped);
         }
         // A private copy: the bytes hashed are the bytes written, whatever the client

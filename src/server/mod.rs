@@ -506,6 +506,8 @@ fn start(
     let workers = options.workers.clamp(1, MAX_WORKERS);
     // Relaxed: a hint for clients (how many batch streams are worth running).
     segment.header().workers.store(workers as u32, Ordering::Relaxed);
+    let most = options.max_streams_per_client.min(u32::MAX as usize) as u32;
+    segment.header().max_streams_per_client.store(most, Ordering::Relaxed);
     let shared = Shared {
         segment,
         alloc: Mutex::new(TwoEndedAllocator::new(layout.area_start, layout.area_end)),

@@ -302,7 +302,8 @@ impl Stream {
         // Fail a big transfer before it starts; a small one (`early == false`) is
         // refused just as surely by the no-clobber publish.
         let check_now = early_exists_check || meta.skip_existing;
-        if check_now && !shared.options.overwrite && self.sink.exists(&name) {
+        // The client's --skip-existing wins over the server's --overwrite.
+        if check_now && (meta.skip_existing || !shared.options.overwrite) && self.sink.exists(&name) {
             if meta.skip_existing {
                 return Ok(false);
             }
