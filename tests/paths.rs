@@ -661,6 +661,15 @@ fn files_from_stdin_keeps_relative_paths() {
     assert_summary(&output, 3, Some(666), 0, 0);
 }
 
+/// An empty list sends nothing, successfully, and still says so in its final line.
+#[test]
+fn an_empty_files_from_list_still_prints_the_final_line() {
+    let fx = Fx::new("fromempty");
+    let output = fx.run(&["--files-from", "/dev/null"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert_summary(&output, 0, Some(0), 0, 0);
+}
+
 #[test]
 fn files_from_with_nul_separators_takes_newlines_in_names() {
     let fx = Fx::new("from0");

@@ -298,7 +298,8 @@ fn report(board: &Board, front: &Front, elapsed: Duration) -> ExitStatus {
             }
         }
     }
-    let only_ids = board.items.iter().all(|i| matches!(i.origin, Origin::Id(_)));
+    // Nothing to send at all (an empty --files-from) still gets its final line.
+    let only_ids = !board.items.is_empty() && board.items.iter().all(|i| matches!(i.origin, Origin::Id(_)));
     let secs = elapsed.as_secs_f64();
     if front.json {
         let Tally { sent, skipped, failed, bytes, .. } = tally;
