@@ -284,6 +284,53 @@ fn file_frames(file: u32, name: &str, data: &[u8], checksum: u64) -> Vec<Frame> 
     ]
 }
 
+/// Large files go from the pipe straight into the segment: a damaged one (its
+/// END's checksum, or more or fewer bytes than its BEGIN said) is not published,
+/// and a whole one after it is.
+#[test]
+fn the_relay_checks_large_files_read_straight_into_the_segment() {
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("rmtlarge"), out.path(), &[]);
+    let mut relay = Relay::start(&server.name);
+    let data = pattern(700_000, 4);
+    let sum = sharedxfer::checksum::of(&data);
+    let meta = FileMeta { mode: Some(0o640), ..FileMeta::default() };
+    let large = |file: u32, name: &str, size: u64, pieces: &[&[u8]], checksum: u64| {
+        let mut frames =
+            vec![Frame::Begin { file, what: Begin::File { name: name.into(), size: Some(size), meta } }];
+        frames.extend(pieces.iter().map(|p| Frame::Data { file, bytes: p.to_vec() }));
+        frames.push(Frame::End { file, size: pieces.iter().map(|p| p.len() as u64).sum(), checksum });
+        frames
+    };
+    let pieces: Vec<&[u8]> = data.chunks(200_001).collect(); // DATA frames hold at most 256 KiB
+    let cases = [
+        large(1, "bad-sum.bin", 700_000, &pieces, sum ^ 1),
+        large(2, "longer.bin", 699_999, &pieces, sum),
+        large(3, "shorter.bin", 700_001, &pieces, sum),
+        large(4, "good.bin", 700_000, &pieces, sum),
+    ];
+    for frame in cases.into_iter().flatten().chain([Frame::Bye]) {
+        if frame.write(&mut relay.to).is_err() {
+            let (code, err) = relay.exit_code();
+            panic!("the relay exited ({code:?}) before it had every frame: {err}");
+        }
+    }
+    for file in 1..=3 {
+        match relay.next() {
+            Some(Frame::Result { file: f, outcome: Outcome::Failed { .. } }) if f == file => {}
+            other => panic!("expected file {file} to fail, got {other:?}"),
+        }
+    }
+    assert_eq!(relay.next(), Some(Frame::Result { file: 4, outcome: Outcome::Done(700_000) }));
+    assert_eq!(relay.next(), None);
+    assert_eq!(relay.exit_code().0, Some(0));
+    for name in ["bad-sum.bin", "longer.bin", "shorter.bin"] {
+        assert!(!out.path().join(name).exists(), "{name} was published");
+    }
+    assert!(fs::read(out.path().join("good.bin")).unwrap() == data);
+    wait_until("no temporary files", || server.temp_files().is_empty());
+}
+
 #[test]
 fn the_relay_trusts_no_frame() {
     let out = tempfile::tempdir().unwrap();

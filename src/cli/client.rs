@@ -105,7 +105,14 @@ pub fn main(cli: ClientCli) -> ExitStatus {
     }
     if cli.relay {
         sys::grow_pipe(std::os::fd::AsFd::as_fd(&std::io::stdin()), remote::PIPE_SIZE);
-        return remote::relay(&cli.common.name, timeout, std::io::stdin().lock(), std::io::stdout().lock());
+        let input = match std::os::fd::AsFd::as_fd(&std::io::stdin()).try_clone_to_owned() {
+            Ok(fd) => std::fs::File::from(fd),
+            Err(e) => {
+                errln!("sharedclient --relay: cannot use standard input: {e}");
+                return ExitStatus::Failure;
+            }
+        };
+        return remote::relay(&cli.common.name, timeout, input, std::io::stdout().lock());
     }
     let show_bars = !cli.common.quiet && !cli.json && std::io::stderr().is_terminal();
     let counting = if show_bars { ProgressBar::new_spinner() } else { ProgressBar::hidden() };

@@ -400,6 +400,18 @@ impl StreamSender<'_> {
         send::send_from(&self.sender.connection, &mut self.session, name, meta, size, reader, progress)
     }
 
+    /// `send_reader` for a source that fills the segment itself (a relay).
+    pub(crate) fn send_filled(
+        &mut self,
+        name: &str,
+        meta: FileMeta,
+        size: Option<u64>,
+        filler: &mut dyn send::Fill,
+    ) -> Result<Delivered, SendError> {
+        crate::protocol::validate_path(name).map_err(|e| SendError::Usage(format!("{name:?}: {e}")))?;
+        send::send_filled(&self.sender.connection, &mut self.session, name, meta, size, filler, &())
+    }
+
     /// Makes the folder `name` (and its parents) with permission bits `mode`.
     pub fn make_dir(&mut self, name: &str, mode: u32) -> Result<Delivered, SendError> {
         crate::protocol::validate_path(name).map_err(|e| SendError::Usage(format!("{name:?}: {e}")))?;

@@ -13,13 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::batch::{Batcher, Prepared, Report};
-use super::send::{open_source, Input};
+use super::send::{open_source, Fill, Input};
 use super::session::Session;
 use super::{failed, Delivered, ItemResult, Progress, SendError, SendOptions, Sender, StreamSender};
 use crate::batch::BATCH_FILE_MAX;
 use crate::checksum::Checksum;
 use crate::frames::{self, Begin, Frame, Outcome, MAX_DATA};
 use crate::protocol::FileMeta;
+use crate::segment::Buffer;
 use crate::sources::{Item, Kind, Verdict};
 use crate::{sys, ExitStatus};
 
@@ -425,8 +426,8 @@ fn changed(opened: &super::send::Opened<'_>) -> Option<String> {
 /// `sharedclient --relay`: reads the frame stream on `input`, sends every file to
 /// the server of segment `name` on this host, and answers on `output`. Returns the
 /// exit status: 0 when the client said BYE, 1 when it went away or broke the stream.
-pub fn relay<W: Write>(name: &str, timeout: Duration, input: impl Read, output: W) -> ExitStatus {
-    let mut input = BufReader::with_capacity(1 << 20, input);
+pub fn relay<W: Write>(name: &str, timeout: Duration, input: std::fs::File, output: W) -> ExitStatus {
+    let mut input = FrameInput::new(input);
     let mut output = BufWriter::new(output);
     match frames::read_hello(&mut input) {
         Ok(true) => {}
@@ -521,7 +522,7 @@ pub fn relay<W: Write>(name: &str, timeout: Duration, input: impl Read, output: 
                 batches.finish(&mut stream, &report);
                 let mut reader = FileFrames::new(&mut input, file);
                 let meta = FileMeta { size_is_hint: size.is_none(), ..meta };
-                let sent = stream.send_reader(&name, meta, size, &mut reader, &());
+                let sent = stream.send_filled(&name, meta, size, &mut reader);
                 // Whatever happened, the rest of this file's frames are read past.
                 if let Err(message) = reader.finish() {
                     return fatal(message);
@@ -613,9 +614,58 @@ fn say<W: Write>(output: &mut BufWriter<W>, frame: Frame) -> io::Result<()> {
     frame.write(output).and_then(|()| output.flush())
 }
 
+/// The relay's input: the frame stream on its standard input, buffered for the
+/// headers, while DATA payloads of large files go from the pipe straight into the
+/// segment (`read_into`): no copy through the buffer or a private chunk.
+struct FrameInput {
+    file: std::fs::File,
+    buf: Box<[u8]>,
+    pos: usize,
+    end: usize,
+}
+
+impl FrameInput {
+    fn new(file: std::fs::File) -> FrameInput {
+        FrameInput { file, buf: vec![0u8; 1 << 20].into_boxed_slice(), pos: 0, end: 0 }
+    }
+
+    /// The bytes read ahead and not taken yet.
+    fn buffer(&self) -> &[u8] {
+        &self.buf[self.pos..self.end]
+    }
+
+    /// At most `len` bytes into `segment` at `at`: what is buffered first, else one
+    /// `read(2)` from the pipe into the segment itself. 0 at the end of the stream.
+    fn read_into(&mut self, segment: &Buffer<'_>, at: usize, len: usize) -> io::Result<usize> {
+        if self.pos < self.end {
+            let n = len.min(self.end - self.pos);
+            let n = segment.write_at(at, &self.buf[self.pos..self.pos + n]);
+            self.pos += n;
+            return Ok(n);
+        }
+        segment.read_at(&self.file, at, len)
+    }
+}
+
+impl Read for FrameInput {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.end {
+            if out.len() >= self.buf.len() {
+                return self.file.read(out);
+            }
+            self.end = self.file.read(&mut self.buf)?;
+            self.pos = 0;
+        }
+        let n = out.len().min(self.end - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// One file's DATA frames as a reader (their payload read straight into the
-/// caller's buffer): ends (0) at its END if size and checksum match, fails
-/// otherwise (the send is then given up and nothing is published).
+/// caller's buffer, or the segment's): ends (0) at its END if size and checksum
+/// match, fails otherwise (the send is then given up and nothing is published).
 struct FileFrames<'r, R: Read> {
     input: &'r mut R,
     file: u32,
@@ -695,6 +745,49 @@ impl<'r, R: Read> FileFrames<'r, R> {
                 Err(self.broken(format!("expected DATA, END or ABORT of file {}, got {other:?}", self.file)))
             }
         }
+    }
+}
+
+impl FileFrames<'_, FrameInput> {
+    /// Moves to the next DATA payload; false once the file ended (or failed).
+    fn payload_ready(&mut self) -> io::Result<bool> {
+        loop {
+            if self.data_left > 0 {
+                return Ok(true);
+            }
+            match &self.state {
+                FrameState::Open => self.next_frame()?,
+                FrameState::Ended => return Ok(false),
+                FrameState::Failed(why) | FrameState::Broken(why) => {
+                    return Err(io::Error::other(why.clone()))
+                }
+            }
+        }
+    }
+}
+
+impl Fill for FileFrames<'_, FrameInput> {
+    fn fill(&mut self, buffer: &Buffer<'_>, from: usize, len: usize) -> io::Result<usize> {
+        if len == 0 || !self.payload_ready()? {
+            return Ok(0);
+        }
+        let want = len.min(self.data_left);
+        let n = match self.input.read_into(buffer, from, want) {
+            Ok(0) => return Err(self.broken("the stream ended inside a frame".into())),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => return Err(self.broken(e.to_string())),
+        };
+        // The slot is this relay's until handed over: the bytes hashed are the
+        // bytes the server gets (and checks against its own hash).
+        self.hasher.update(buffer.bytes_at(from, n));
+        self.read += n as u64;
+        self.data_left -= n;
+        Ok(n)
+    }
+
+    fn ended(&mut self) -> io::Result<bool> {
+        Ok(!self.payload_ready()?)
     }
 }
 

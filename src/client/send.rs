@@ -43,6 +43,19 @@ pub(super) enum Input<'r> {
     /// Anything readable a program hands over (copied through a private buffer,
     /// kept from one fill to the next).
     Reader(std::cell::RefCell<(Box<dyn Read + 'r>, Vec<u8>)>),
+    /// A source that writes into the segment itself (a relay's frames, read from
+    /// the SSH pipe straight into the slot).
+    Filler(std::cell::RefCell<&'r mut dyn Fill>),
+}
+
+/// A source that fills segment buffers itself, without a private copy.
+pub(crate) trait Fill {
+    /// Puts at most `len` bytes into `buffer` from byte `from` on; returns how many,
+    /// 0 at the source's end.
+    fn fill(&mut self, buffer: &Buffer<'_>, from: usize, len: usize) -> io::Result<usize>;
+
+    /// Whether the source has ended (after the bytes it announced were taken).
+    fn ended(&mut self) -> io::Result<bool>;
 }
 
 impl Opened<'_> {
@@ -70,6 +83,19 @@ impl Opened<'_> {
                     }
                 }
                 Ok((buffer.copy_from(&chunk[..filled]), filled < chunk.len()))
+            }
+            Input::Filler(filler) => {
+                let filler = &mut **filler.borrow_mut();
+                let mut filled = 0;
+                while filled < buffer.len() {
+                    match filler.fill(buffer, filled, buffer.len() - filled) {
+                        Ok(0) => return Ok((filled, true)),
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok((filled, false))
             }
         }
     }
@@ -416,6 +442,12 @@ fn ensure_unchanged(source: &Opened) -> Result<(), SendError> {
             _ => Err(failed("the source gave more bytes than it announced")),
         };
     }
+    if let Input::Filler(filler) = &source.input {
+        return match filler.borrow_mut().ended()? {
+            true => Ok(()),
+            false => Err(failed("the source gave more bytes than it announced")),
+        };
+    }
     let Some(before) = &source.regular else { return Ok(()) };
     let Input::File(file) = &source.input else { return Ok(()) };
     let after = file.metadata()?;
@@ -440,15 +472,34 @@ pub(super) fn send_from<'a>(
     reader: impl Read,
     progress: &dyn Progress,
 ) -> Result<Delivered, SendError> {
-    let meta = FileMeta { size_is_hint: size.is_none(), ..meta };
     let reader: Box<dyn Read + '_> = Box::new(reader);
-    let source = Opened {
-        input: Input::Reader((reader, Vec::new()).into()),
-        regular: None,
-        exact: size,
-        hint: size.unwrap_or(STREAM_SIZE_HINT),
-        meta,
-    };
+    send_input(connection, session, name, meta, size, Input::Reader((reader, Vec::new()).into()), progress)
+}
+
+/// `send_from` for a source that fills the segment itself.
+pub(super) fn send_filled<'a>(
+    connection: &'a Connection,
+    session: &mut Option<Session<'a>>,
+    name: &str,
+    meta: FileMeta,
+    size: Option<u64>,
+    filler: &mut dyn Fill,
+    progress: &dyn Progress,
+) -> Result<Delivered, SendError> {
+    send_input(connection, session, name, meta, size, Input::Filler(filler.into()), progress)
+}
+
+fn send_input<'a>(
+    connection: &'a Connection,
+    session: &mut Option<Session<'a>>,
+    name: &str,
+    meta: FileMeta,
+    size: Option<u64>,
+    input: Input<'_>,
+    progress: &dyn Progress,
+) -> Result<Delivered, SendError> {
+    let meta = FileMeta { size_is_hint: size.is_none(), ..meta };
+    let source = Opened { input, regular: None, exact: size, hint: size.unwrap_or(STREAM_SIZE_HINT), meta };
     on_stream(connection, session, |active| send_opened(active, &source, name, progress))
 }
 
