@@ -279,10 +279,10 @@ impl Planner<'_> {
 
     /// A path named on the command line: links are followed, a folder is walked.
     fn add_path(&mut self, path: PathBuf) {
-        let name = match base_name(&path) {
-            Ok(name) => Ok(name),
+        let name = match path.file_name() {
+            Some(_) => base_name(&path),
             // `.`, `..`, `dir/.`: the folder's real name, as `cp -r . dst/` would not guess.
-            Err(_) => fs::canonicalize(&path)
+            None => fs::canonicalize(&path)
                 .map_err(|e| format!("cannot read {}: {e}", escaped_path(&path)))
                 .and_then(|real| base_name(&real)),
         };
@@ -514,6 +514,16 @@ fn apply_as_name(items: &mut [Item], as_name: Option<&str>) -> Result<(), String
         }
         return Ok(());
     };
+    if let [item] = &mut *items {
+        // A source whose own name is not UTF-8 can still be sent under --as.
+        let unnamed = match (&item.source, &item.verdict) {
+            (Source::Path { path, .. }, Verdict::Refuse(why)) => *why == not_utf8(path),
+            _ => false,
+        };
+        if unnamed && item.kind == Kind::File {
+            item.verdict = Verdict::Send;
+        }
+    }
     match items {
         [item] if item.kind == Kind::File && item.verdict == Verdict::Send => {
             protocol::validate_path(as_name).map_err(|e| format!("--as {}: {e}", escaped(as_name)))?;

@@ -1199,3 +1199,28 @@ fn a_symlink_planted_in_the_output_folder_is_never_followed() {
     assert!(fs::read(fx.out().join("ok.txt")).unwrap() == pattern(40, 6));
     assert!(server_is_clean(&fx));
 }
+
+/// A file whose name is not UTF-8 is refused, naming it (the server only takes
+/// UTF-8 names), unless `--as` gives it one: then it arrives under that name.
+#[test]
+fn a_name_that_is_not_utf8_is_refused_unless_as_renames_it() {
+    use std::os::unix::ffi::OsStrExt;
+    let fx = Fx::new("notutf8");
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+    fs::write(fx.src().join(name), b"latin-1 name").unwrap();
+    let output = run({
+        let mut c = fx.cmd();
+        c.arg(name);
+        c
+    });
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    assert!(stderr_of(&output).contains("caf\\xe9.txt: the name is not valid UTF-8"), "{}", show(&output));
+    let output = run({
+        let mut c = fx.cmd();
+        c.arg(name).args(["--as", "cafe.txt"]);
+        c
+    });
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert_eq!(fs::read(fx.out().join("cafe.txt")).unwrap(), b"latin-1 name");
+    assert_eq!(top_names(fx.out()), ["cafe.txt"]);
+}
