@@ -57,19 +57,7 @@ fn node(path: &Path) -> Node {
 
 /// Everything beneath `root` (not `root` itself), by path relative to it.
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
-    let mut found = BTreeMap::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for item in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir:?}: {e}")) {
-            let path = item.unwrap().path();
-            let n = node(&path);
-            if matches!(n, Node::Dir { .. }) {
-                pending.push(path.clone());
-            }
-            found.insert(path.strip_prefix(root).unwrap().to_path_buf(), n);
-        }
-    }
-    found
+    walk_tree(root, node, |n| matches!(n, Node::Dir { .. }))
 }
 
 /// What a sent entry must look like on arrival: a file keeps its permission bits

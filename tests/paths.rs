@@ -113,19 +113,7 @@ fn entry(path: &Path) -> Entry {
 
 /// Everything under `root` (not `root` itself), by path relative to `root`.
 fn tree(root: &Path) -> BTreeMap<PathBuf, Entry> {
-    let mut found = BTreeMap::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for item in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir:?}: {e}")) {
-            let path = item.unwrap().path();
-            let e = entry(&path);
-            if matches!(e, Entry::Dir { .. }) {
-                pending.push(path.clone());
-            }
-            found.insert(path.strip_prefix(root).unwrap().to_path_buf(), e);
-        }
-    }
-    found
+    walk_tree(root, entry, |e| matches!(e, Entry::Dir { .. }))
 }
 
 /// What a sent entry must look like on arrival: permission bits kept (never

@@ -56,6 +56,28 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// Everything beneath `root` (not `root` itself), by path relative to it, each
+/// entry as `describe` sees it; folders (`is_dir`) are walked into.
+pub fn walk_tree<T>(
+    root: &Path,
+    describe: impl Fn(&Path) -> T,
+    is_dir: impl Fn(&T) -> bool,
+) -> std::collections::BTreeMap<PathBuf, T> {
+    let mut found = std::collections::BTreeMap::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for item in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir:?}: {e}")) {
+            let path = item.unwrap().path();
+            let entry = describe(&path);
+            if is_dir(&entry) {
+                pending.push(path.clone());
+            }
+            found.insert(path.strip_prefix(root).unwrap().to_path_buf(), entry);
+        }
+    }
+    found
+}
+
 pub fn write_file(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, pattern(len, seed)).unwrap();
