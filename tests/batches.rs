@@ -584,7 +584,7 @@ fn a_fifo_among_small_files_with_a_late_writer_does_not_cost_the_batches() {
     let writer_path = fifo.clone();
     let writer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(3));
-        fs::write(&writer_path, b"late line\n").unwrap();
+        assert!(write_fifo(&writer_path, b"late line\n"), "no reader opened the FIFO within 60 s");
     });
     let output = run({
         let mut c = client(&server);

@@ -838,8 +838,8 @@ fn a_short_write_to_a_fifo_arrives_and_the_client_ends() {
     let writer_path = fifo.clone();
     let writer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(500));
-        // Blocks until the client opens the FIFO, then writes and closes at once.
-        fs::write(&writer_path, b"late\n").unwrap();
+        // Waits until the client has the FIFO open, then writes and closes at once.
+        assert!(write_fifo(&writer_path, b"late\n"), "no reader opened the FIFO within 60 s");
     });
     let mut command = fx.cmd();
     command.args(["--timeout", "20", "short", "--as", "x"]);

@@ -510,6 +510,11 @@ pub fn relay<W: Write>(name: &str, timeout: Duration, input: std::fs::File, outp
                     report(index, Err(failed(e.to_string())), started);
                     continue;
                 }
+                if data.len() as u64 != size {
+                    let why = format!("the client announced {size} bytes and sent {}", data.len());
+                    report(index, Err(failed(why)), started);
+                    continue;
+                }
                 let meta = FileMeta { size_is_hint: false, ..meta };
                 let prepared = Prepared::memory(data, meta, started);
                 if let Some(alone) = batches.add(&mut stream, index, &name, prepared, &report) {

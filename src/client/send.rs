@@ -113,13 +113,16 @@ pub(super) fn open_source(item: &Item, options: &SendOptions) -> Result<Opened<'
             // O_NONBLOCK: a FIFO opens at once, without waiting for a writer (a job
             // blocked in open(2) would hold its stream, and what it packed, idle
             // until the server dropped it); its reads then wait in `poll`, keeping
-            // the stream alive. A regular file ignores the flag.
-            let flags = libc::O_NONBLOCK | if *no_follow { libc::O_NOFOLLOW } else { 0 };
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(flags)
-                .open(path)
-                .map_err(|e| SendError::Usage(format!("cannot open {}: {e}", shown())))?
+            // the stream alive. The flag is cleared once the file is open.
+            let flags = if *no_follow { libc::O_NOFOLLOW } else { 0 };
+            let open = |flags| std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path);
+            match open(flags | libc::O_NONBLOCK) {
+                // A file under a write lease (Samba, NFS delegations): wait for it as
+                // a plain open does.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => open(flags),
+                opened => opened,
+            }
+            .map_err(|e| SendError::Usage(format!("cannot open {}: {e}", shown())))?
         }
     };
     opened_source(item, file, options)
@@ -138,6 +141,12 @@ pub(super) fn opened_source(
     let stat = file.metadata()?;
     let kind = stat.file_type();
     let from_stdin = item.source == Source::Stdin;
+    if !from_stdin {
+        // Reads block again (a /proc file such as /proc/kmsg would say EAGAIN); a
+        // FIFO's reads wait in `poll` for its first writer (Linux reports no
+        // hang-up on a FIFO that has not had one), so its end is never seen early.
+        sys::set_blocking(file.as_fd())?;
+    }
     if kind.is_dir() || !(kind.is_file() || kind.is_fifo() || from_stdin) {
         return Err(SendError::Usage(format!("{} is not a regular file or a FIFO", shown())));
     }
@@ -151,11 +160,6 @@ pub(super) fn opened_source(
             true => stat.len().saturating_sub((&file).stream_position().unwrap_or(0)),
             false => STREAM_SIZE_HINT,
         };
-        if kind.is_fifo() && !from_stdin {
-            // Reads wait in `poll` for the first writer (Linux reports no hang-up on a
-            // FIFO that has not had one yet); a read before that would see its end.
-            sys::set_blocking(file.as_fd())?;
-        }
         let input = if kind.is_file() { Input::File(file) } else { Input::Pipe(file) };
         return Ok(Opened { input, regular: None, exact: None, hint, meta });
     }
@@ -302,7 +306,13 @@ fn put(
     wait_for_slot(session, &ring)?;
     let buffer = ring.buffer(capacity).map_err(|e| failed(format!("the server gave a bad buffer: {e}")))?;
     let (got, _) = source.fill(session, &buffer, capacity)?;
-    if got as u64 == capacity && source.exact != Some(capacity) {
+    if source.exact.is_some_and(|size| got as u64 > size) {
+        return Err(failed(match source.input {
+            Input::File(_) => "the source file grew while it was being sent",
+            _ => "the source gave more bytes than it announced",
+        }));
+    }
+    if got as u64 == capacity && source.exact.is_none() {
         let prefix = buffer.bytes(got).to_vec();
         return stream(session, source, name, Some(prefix), progress);
     }

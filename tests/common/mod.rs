@@ -56,6 +56,23 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// Writes `data` into the FIFO at `path` once a reader has it open, and closes it;
+/// gives up (false) after 60 s without a reader, so a test never hangs on a client
+/// that did not open the FIFO.
+pub fn write_fifo(path: &Path, data: &[u8]) -> bool {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // O_NONBLOCK: fails (ENXIO) while no reader has the FIFO open, instead of waiting.
+        match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path) {
+            Ok(mut fifo) => return fifo.write_all(data).is_ok(),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Everything beneath `root` (not `root` itself), by path relative to it, each
 /// entry as `describe` sees it; folders (`is_dir`) are walked into.
 pub fn walk_tree<T>(
