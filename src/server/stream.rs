@@ -220,6 +220,12 @@ impl Stream {
             Ok(command @ (ClientCommand::Abort { .. } | ClientCommand::Close)) => {
                 self.execute(shared, command)
             }
+            Ok(command) if self.over_quota && self.within_quota_now(shared) => {
+                // A stream the client gave back just before may have been released
+                // since this one was handed out: counted again at its first command.
+                self.over_quota = false;
+                self.execute(shared, command)
+            }
             Ok(_) if self.over_quota => {
                 let limit = shared.options.max_streams_per_client;
                 let message = format!(
@@ -231,6 +237,12 @@ impl Stream {
             Err(e) => self.fail(shared, failure(ErrorCode::BadRequest, format!("malformed command: {e}"))),
         }
         true
+    }
+
+    /// Whether the client holds no more streams than its quota now, this one counted.
+    fn within_quota_now(&self, shared: &Shared) -> bool {
+        let clients = shared.clients.lock().expect("client count lock");
+        clients.get(&self.client_pid).is_none_or(|&held| held <= shared.options.max_streams_per_client)
     }
 
     /// A dropped stream listens only for its client giving the record back.
