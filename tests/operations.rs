@@ -218,3 +218,38 @@ fn skip_existing_wins_over_the_servers_overwrite() {
     assert_eq!(fs::read(out.path().join("large.bin")).unwrap(), b"kept too");
     assert!(fs::read(out.path().join("new.bin")).unwrap() == fs::read(&new).unwrap());
 }
+
+/// A client at its quota whose files fail (they exist already) takes a new stream
+/// after each failure: the server must have released the old one first, or the new
+/// one is refused as over the quota and a file that could arrive fails.
+#[test]
+fn failures_at_the_quota_do_not_cost_other_files_their_streams() {
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("d");
+    fs::create_dir(&tree).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    fs::create_dir(out.path().join("d")).unwrap();
+    for i in 0..40 {
+        let name = format!("f{i:02}.bin");
+        let file = write_file(&tree, &name, 200_000, i as u64);
+        if i % 2 == 1 {
+            fs::copy(&file, out.path().join("d").join(&name)).unwrap();
+        }
+    }
+    let server = Server::start(&unique_name("quotafail"), out.path(), &["--max-streams-per-client", "2"]);
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(work.path(), &[]);
+    let output = run({
+        let mut c = server.client(&config);
+        c.args(["-j", "4"]).arg(&tree);
+        c
+    });
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    let err = stderr_of(&output);
+    assert!(!err.contains("--max-streams-per-client"), "{}", show(&output));
+    assert_eq!(err.matches("already exists").count(), 20, "{}", show(&output));
+    for i in (0..40).step_by(2) {
+        let name = format!("f{i:02}.bin");
+        assert!(fs::read(out.path().join("d").join(&name)).unwrap() == fs::read(tree.join(&name)).unwrap());
+    }
+}

@@ -222,6 +222,8 @@ fn on_stream<'a>(
     let result = send(active);
     if let Err(e) = &result {
         active.abort(&e.to_string());
+        // The next item opens a stream at once: the server must not count this one.
+        active.wait_released(Duration::from_secs(1));
         *session = None;
     }
     result

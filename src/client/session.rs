@@ -14,7 +14,7 @@ use super::{failed, SendError};
 use crate::handout::{self, load_guid, Ticket};
 use crate::lock::{self, LockDir};
 use crate::protocol::{self, ClientCommand, ServerReply};
-use crate::segment::{Record, Segment, SERVER_STOPPING};
+use crate::segment::{Record, Segment, RECORD_FREE, SERVER_STOPPING};
 use crate::sys;
 use crate::wait::SPIN;
 
@@ -109,6 +109,8 @@ pub struct Session<'a> {
     /// Capacity of ring slot 0 once the server gave this stream a ring; the ring is
     /// kept between files, so a file that fits goes in one step (`Put`).
     pub(super) kept_slot: Option<u64>,
+    /// The stream's GUID, to tell the record from a later stream's in the same place.
+    guid: uuid::Uuid,
 }
 
 impl<'a> Session<'a> {
@@ -139,6 +141,7 @@ impl<'a> Session<'a> {
             watchdog,
             closed: false,
             kept_slot: None,
+            guid: ticket.guid,
         })
     }
 
@@ -210,6 +213,23 @@ impl<'a> Session<'a> {
         if !self.closed {
             self.closed = true;
             let _ = self.post(&ClientCommand::Close);
+        }
+    }
+
+    /// After `abort`: waits (at most `most`) until the server has released the
+    /// record, so that a stream opened next is not counted against the client's
+    /// quota (`--max-streams-per-client`) together with this one.
+    pub(super) fn wait_released(&mut self, most: Duration) {
+        let deadline = Instant::now() + most;
+        loop {
+            // SYNC POINT (record state): pairs with the Release in the server's
+            // `Stream::release`. A record already reused holds another GUID.
+            let released = self.record.state.load(Ordering::Acquire) == RECORD_FREE
+                || load_guid(&self.record.guid) != self.guid;
+            if released || Instant::now() >= deadline || self.watchdog.check().is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
     }
 
