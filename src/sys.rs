@@ -396,12 +396,12 @@ pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> 
     }
 }
 
-/// Clears `O_NONBLOCK` on `fd` (a FIFO opened without waiting for its writer).
-pub fn set_blocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: F_GETFL/F_SETFL on a descriptor we borrow; no memory is passed.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+/// Clears `O_NONBLOCK` on `fd`, a descriptor this process opened for reading with no
+/// other status flag (`O_APPEND`, `O_ASYNC`, `O_DIRECT`, `O_NOATIME`): one `F_SETFL`
+/// to 0, no `F_GETFL` first (it runs once per file sent).
+pub fn clear_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_SETFL on a descriptor we borrow; no memory is passed.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, 0) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

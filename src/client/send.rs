@@ -145,7 +145,7 @@ pub(super) fn opened_source(
         // Reads block again (a /proc file such as /proc/kmsg would say EAGAIN); a
         // FIFO's reads wait in `poll` for its first writer (Linux reports no
         // hang-up on a FIFO that has not had one), so its end is never seen early.
-        sys::set_blocking(file.as_fd())?;
+        sys::clear_nonblocking(file.as_fd())?;
     }
     if kind.is_dir() || !(kind.is_file() || kind.is_fifo() || from_stdin) {
         return Err(SendError::Usage(format!("{} is not a regular file or a FIFO", shown())));
