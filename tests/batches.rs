@@ -305,7 +305,7 @@ fn a_client_killed_while_its_batches_wait_for_a_stopped_server_leaves_only_whole
     let out = scratch();
     let root = src.path().join("tree");
     small_tree(&root, 3000, 2);
-    let server = Server::start(&unique_name("killbatch"), out.path(), &["--size", "1M"]);
+    let server = Server::start(&unique_name("killbatch"), out.path(), &["--size", "1M", "-v"]);
     let client = start_and_wait_for_progress(&server, &root);
     // The server stops answering: the client fills its rings and waits, with
     // batches handed over and not yet published.
@@ -326,7 +326,7 @@ fn a_client_stopped_and_killed_mid_batch_leaves_only_whole_files() {
     let out = scratch();
     let root = src.path().join("tree");
     small_tree(&root, 3000, 3);
-    let server = Server::start(&unique_name("stopbatch"), out.path(), &["--size", "1M"]);
+    let server = Server::start(&unique_name("stopbatch"), out.path(), &["--size", "1M", "-v"]);
     let client = start_and_wait_for_progress(&server, &root);
     // Stopped mid-batch while the server runs on, then killed.
     freeze(client.pid());
@@ -426,7 +426,7 @@ fn a_server_stopped_mid_batch_leaves_only_whole_files_and_a_new_one_completes_th
     let root = src.path().join("tree");
     small_tree(&root, 3000, 5);
     let name = unique_name("intbatch");
-    let mut server = Server::start(&name, out.path(), &["--size", "1M"]);
+    let mut server = Server::start(&name, out.path(), &["--size", "1M", "-v"]);
     let first = start_and_wait_for_progress(&server, &root);
     // The server notices a stop signal within its heartbeat and serves on until
     // then: the client is held mid-batch meanwhile, so the stop lands mid-transfer.

@@ -466,7 +466,7 @@ fn malformed_commands(root: &Path) -> Vec<BadCommand> {
 #[test]
 fn malformed_commands_fail_only_their_stream_while_real_transfers_complete() {
     let tree = Tree::new();
-    let server = Server::start(&unique_name("badcmd"), &tree.out(), &[]);
+    let server = Server::start(&unique_name("badcmd"), &tree.out(), &["-v"]);
     let rogue = Rogue::connect(&server.name);
     let traffic = start_traffic(&server, &tree.src());
     let mut guids = Vec::new();
@@ -1428,7 +1428,7 @@ fn a_bad_entry_in_a_batch_fails_alone_and_the_good_ones_are_published_whole() {
 
     let tree = Tree::new();
     fs::write(tree.out().join("batch-exists.bin"), b"precious").unwrap();
-    let server = Server::start(&unique_name("badentry"), &tree.out(), &[]);
+    let server = Server::start(&unique_name("badentry"), &tree.out(), &["-v"]);
     let rogue = Rogue::connect(&server.name);
     let traffic = start_traffic(&server, &tree.src());
     let when = |secs: u64, nanos: u32| UNIX_EPOCH + Duration::new(secs, nanos);

@@ -26,7 +26,7 @@ pub struct Common {
     #[arg(short = 'n', long = "name", value_name = "NAME", default_value = DEFAULT_NAME)]
     pub name: String,
     /// Quieter: no progress bar and no line per sent stream id, only the summary
-    /// (client); no line per published file (server). Failures are always printed.
+    /// (client); no line per client that finished (server). Failures are always printed.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
 }
@@ -69,6 +69,9 @@ pub struct ServerCli {
     /// Worker threads writing files (default: one per core).
     #[arg(long = "workers", value_name = "N", value_parser = clap::value_parser!(u64).range(1..=16))]
     pub workers: Option<u64>,
+    /// One line per published file (`done NAME ...`), besides the line per client.
+    #[arg(short = 'v', long = "verbose", conflicts_with = "quiet")]
+    pub verbose: bool,
 }
 
 /// sharedclient: send files, folders, file lists or standard input to a running

@@ -46,10 +46,14 @@ pub fn main(cli: ServerCli) -> ExitStatus {
         max_file_size: cli.max_file_size,
         max_streams_per_client: cli.max_streams_per_client as usize,
     };
-    let quiet = cli.common.quiet;
+    let shown = match (cli.common.quiet, cli.verbose) {
+        (true, _) => Shown::Failures,
+        (false, false) => Shown::Clients,
+        (false, true) => Shown::Files,
+    };
     let started = Server::builder(options.name.clone())
         .options(options)
-        .on_event(move |event| print(event, quiet))
+        .on_event(move |event| print(event, shown))
         .start();
     let result = started.and_then(Server::wait);
     match result {
@@ -64,11 +68,24 @@ pub fn main(cli: ServerCli) -> ExitStatus {
     }
 }
 
-/// One line per event: published files (unless `--quiet`) and failures on stdout,
-/// notices on stderr.
-fn print(event: &ServerEvent, quiet: bool) {
+/// What the server prints besides failures, notices and its ready line.
+#[derive(Clone, Copy, PartialEq)]
+enum Shown {
+    /// `--quiet`: nothing more.
+    Failures,
+    /// The default: a line per client process when its last stream ends (with
+    /// thousands of small files, a line per file costs more than the file).
+    Clients,
+    /// `--verbose`: also a line per published file.
+    Files,
+}
+
+/// One line per event: failures, client summaries and (with `--verbose`) published
+/// files on stdout, notices on stderr.
+fn print(event: &ServerEvent, shown: Shown) {
     match event {
-        ServerEvent::Published { .. } if quiet => {}
+        ServerEvent::Published { .. } if shown != Shown::Files => {}
+        ServerEvent::ClientDone { .. } if shown == Shown::Failures => {}
         ServerEvent::Notice(_) => errln!("{event}"),
         _ => outln!("{event}"),
     }

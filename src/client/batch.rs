@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use super::send::{open_source, wait_for_slot, Input, Opened};
+use super::send::{open_source_reading, wait_for_slot, Input, Opened, Reads};
 use super::session::Session;
 use super::{failed, Delivered, ItemResult, Progress, SendError, SendOptions};
 use crate::batch::{
@@ -127,7 +127,7 @@ pub(super) fn prepare(item: &Item, options: &SendOptions) -> Result<Prepare, Sen
     let started = Instant::now();
     let opened = match item.kind {
         Kind::Dir { mode } => return Ok(Prepare::Batch(Prepared::dir(mode, started))),
-        Kind::File => open_source(item, options)?,
+        Kind::File => open_source_reading(item, options, Reads::MayWouldBlock)?,
     };
     let want = match (&opened.input, opened.regular.is_some(), opened.exact) {
         (Input::File(_), true, Some(size)) if size <= BATCH_FILE_MAX => size as usize + 1,
@@ -365,7 +365,8 @@ impl<'a> Batcher<'a> {
 /// Reads up to `want` bytes of `file` into `buffer` at `at`, to its end or `want`.
 /// A regular file of `exact` bytes ends at the first short read that reaches its
 /// size (Linux reads a regular file short only at its end): no second `read` to
-/// see the end, as `cp` makes. A file read to its end (`None`) stops at 0.
+/// see the end, as `cp` makes. A file read to its end (`None`) stops at 0. A file
+/// still non-blocking that has nothing yet is made blocking and read again.
 fn read_into(
     buffer: &Buffer<'_>,
     file: &std::fs::File,
@@ -375,7 +376,14 @@ fn read_into(
 ) -> std::io::Result<usize> {
     let mut got = 0;
     while got < want {
-        let n = buffer.read_at(file, at + got, want - got)?;
+        let n = match buffer.read_at(file, at + got, want - got) {
+            // Opened with `Reads::MayWouldBlock`: block from now on, as `cat` would.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                sys::clear_nonblocking(std::os::fd::AsFd::as_fd(file))?;
+                continue;
+            }
+            read => read?,
+        };
         if n == 0 {
             break;
         }

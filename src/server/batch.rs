@@ -94,7 +94,7 @@ impl Stream {
                     Ok(name) => name.clone(),
                     Err(_) => "(a batch entry)".to_owned(),
                 };
-                (shared.events)(&ServerEvent::Failed { name, reason: message.clone() });
+                self.event(shared, &ServerEvent::Failed { name, reason: message.clone() });
                 Outcome::Failed(code, message)
             }
         }
@@ -149,7 +149,7 @@ impl Stream {
         match publish(shared, transfer, size, checksum)? {
             None => Ok(Outcome::Skipped),
             Some(event) => {
-                (shared.events)(&event);
+                self.event(shared, &event);
                 Ok(Outcome::Done(size))
             }
         }

@@ -108,6 +108,19 @@ pub enum ServerEvent {
         /// Why, for people.
         reason: String,
     },
+    /// A client process's last stream ended: what all its streams did.
+    ClientDone {
+        /// The client's process id.
+        pid: u32,
+        /// Files (and folders) it published.
+        files: u64,
+        /// Bytes in those files.
+        bytes: u64,
+        /// Files that failed.
+        failed: u64,
+        /// From its first stream to its last stream's end.
+        seconds: f64,
+    },
     /// Something worth knowing that is not about one file (stale files removed...).
     Notice(String),
 }
@@ -127,6 +140,13 @@ impl std::fmt::Display for ServerEvent {
                 write!(f, "done {} {bytes} bytes in {seconds:.3} s ({rate:.1} MB/s)", escaped(name))
             }
             Self::Failed { name, reason } => write!(f, "failed {}: {reason}", escaped(name)),
+            Self::ClientDone { pid, files, bytes, failed, seconds } => {
+                let rate = *bytes as f64 / seconds.max(1e-9) / 1e6;
+                write!(
+                    f,
+                    "client {pid}: {files} published, {failed} failed, {bytes} bytes in {seconds:.3} s ({rate:.1} MB/s)"
+                )
+            }
             Self::Notice(message) => write!(f, "sharedserver: {message}"),
         }
     }
@@ -404,6 +424,32 @@ fn run_server(
     result
 }
 
+/// One client process, while it holds streams.
+struct Client {
+    /// Its live streams.
+    held: usize,
+    /// When its first stream came.
+    since: Instant,
+    /// What its streams already gone did.
+    tally: Tally,
+}
+
+/// Files published and failed, and bytes published.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    files: u64,
+    bytes: u64,
+    failed: u64,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.files += other.files;
+        self.bytes += other.bytes;
+        self.failed += other.failed;
+    }
+}
+
 /// State every thread of the server shares.
 struct Shared {
     segment: Segment,
@@ -413,8 +459,9 @@ struct Shared {
     stopping: AtomicBool,
     /// Set by `Server::shutdown` (or drop): the handout loop ends.
     stop: Arc<AtomicBool>,
-    /// Live streams per client pid, for `--max-streams-per-client`.
-    clients: Mutex<std::collections::HashMap<u32, usize>>,
+    /// Live streams and what they did, per client pid: for
+    /// `--max-streams-per-client`, and the summary when its last stream ends.
+    clients: Mutex<std::collections::HashMap<u32, Client>>,
     /// Live streams per worker, to place new ones on the least loaded.
     loads: Vec<AtomicUsize>,
     /// Where received files go.

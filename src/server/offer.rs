@@ -34,9 +34,13 @@ pub(super) fn handout_loop(
                 let mut stream = Stream::activate(shared, offer, pid);
                 let held = {
                     let mut clients = shared.clients.lock().expect("client count lock");
-                    let held = clients.entry(pid).or_insert(0);
-                    *held += 1;
-                    *held
+                    let client = clients.entry(pid).or_insert_with(|| super::Client {
+                        held: 0,
+                        since: std::time::Instant::now(),
+                        tally: super::Tally::default(),
+                    });
+                    client.held += 1;
+                    client.held
                 };
                 stream.over_quota = held > shared.options.max_streams_per_client;
                 shared.loads[worker].fetch_add(1, Ordering::Relaxed);

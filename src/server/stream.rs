@@ -77,6 +77,8 @@ pub(super) struct Stream {
     /// Its client holds more streams than `--max-streams-per-client`: every
     /// command but giving the stream back is refused.
     pub(super) over_quota: bool,
+    /// What this stream published and failed, for its client's summary.
+    pub(super) tally: Tally,
 }
 
 impl Stream {
@@ -104,6 +106,7 @@ impl Stream {
             pending_done: None,
             over_quota: false,
             failed_transfer: false,
+            tally: Tally::default(),
         }
     }
 
@@ -242,7 +245,9 @@ impl Stream {
     /// Whether the client holds no more streams than its quota now, this one counted.
     fn within_quota_now(&self, shared: &Shared) -> bool {
         let clients = shared.clients.lock().expect("client count lock");
-        clients.get(&self.client_pid).is_none_or(|&held| held <= shared.options.max_streams_per_client)
+        clients
+            .get(&self.client_pid)
+            .is_none_or(|client| client.held <= shared.options.max_streams_per_client)
     }
 
     /// A dropped stream listens only for its client giving the record back.
@@ -474,7 +479,7 @@ impl Stream {
                     ServerEvent::Published { bytes, .. } => *bytes,
                     _ => size,
                 };
-                (shared.events)(&done);
+                self.event(shared, &done);
                 if shared.options.sync == SyncMode::Batch {
                     // Confirmed once the worker has flushed this pass's files.
                     self.pending_done = Some(bytes);
@@ -484,6 +489,19 @@ impl Stream {
             }
             Err(failure) => self.fail(shared, failure),
         }
+    }
+
+    /// Tells the server's owner about a file, and counts it for the client's summary.
+    pub(super) fn event(&mut self, shared: &Shared, event: &ServerEvent) {
+        match event {
+            ServerEvent::Published { bytes, .. } => {
+                self.tally.files += 1;
+                self.tally.bytes += bytes;
+            }
+            ServerEvent::Failed { .. } => self.tally.failed += 1,
+            _ => {}
+        }
+        (shared.events)(event);
     }
 
     pub(super) fn reply(&mut self, shared: &Shared, reply: ServerReply) {
@@ -514,7 +532,10 @@ impl Stream {
         }
         self.revoke_ring(shared);
         shared.segment.header().streams_failed.fetch_add(1, Ordering::Relaxed);
-        (shared.events)(&ServerEvent::Failed { name: self.label.clone(), reason: failure.message.clone() });
+        self.event(
+            shared,
+            &ServerEvent::Failed { name: self.label.clone(), reason: failure.message.clone() },
+        );
         self.reply(shared, ServerReply::Error { code: failure.code, message: failure.message });
         self.last_activity = Instant::now();
     }
@@ -525,7 +546,7 @@ impl Stream {
         if let Some(name) = self.transfer_name() {
             let reason = reason.unwrap_or_else(|| "client closed the stream before finishing".into());
             shared.segment.header().streams_failed.fetch_add(1, Ordering::Relaxed);
-            (shared.events)(&ServerEvent::Failed { name, reason });
+            self.event(shared, &ServerEvent::Failed { name, reason });
         }
         self.drop_transfer(shared);
         self.state = State::Closed;
@@ -617,13 +638,24 @@ impl Stream {
     pub(super) fn release(mut self, shared: &Shared) {
         self.drop_transfer(shared);
         let mut clients = shared.clients.lock().expect("client count lock");
-        if let Some(held) = clients.get_mut(&self.client_pid) {
-            *held -= 1;
-            if *held == 0 {
-                clients.remove(&self.client_pid);
+        let mut last = None;
+        if let Some(client) = clients.get_mut(&self.client_pid) {
+            client.held -= 1;
+            client.tally.add(self.tally);
+            if client.held == 0 {
+                last = clients.remove(&self.client_pid);
             }
         }
         drop(clients);
+        if let Some(Client { since, tally, .. }) = last.filter(|c| c.tally.files + c.tally.failed > 0) {
+            (shared.events)(&ServerEvent::ClientDone {
+                pid: self.client_pid,
+                files: tally.files,
+                bytes: tally.bytes,
+                failed: tally.failed,
+                seconds: since.elapsed().as_secs_f64(),
+            });
+        }
         if let Ok(record) = shared.segment.record(self.offset) {
             // SYNC POINT (record state): pairs with the Acquire in `status::stream_at`.
             record.state.store(segment::RECORD_FREE, Ordering::Release);
