@@ -103,6 +103,18 @@ pub trait SinkSession: Send {
     /// Makes the folder `name` (and its parents), the last with permission bits
     /// `mode`; an existing folder is fine.
     fn make_dir(&mut self, name: &str, mode: u32) -> Result<(), SinkError>;
+
+    /// Publishes an empty file `name`, as `create` then `SinkFile::publish` with no
+    /// bytes would (the default does just that); a sink may do it in one step.
+    fn publish_empty(
+        &mut self,
+        name: &str,
+        mode: u32,
+        mtime: Option<SystemTime>,
+        replace: bool,
+    ) -> Result<(), SinkError> {
+        self.create(name, mode)?.publish(mode, mtime, replace)
+    }
 }
 
 /// A file being received.
@@ -200,6 +212,34 @@ impl SinkSession for FolderSession {
 
     fn make_dir(&mut self, name: &str, mode: u32) -> Result<(), SinkError> {
         self.output.make_dirs(name, mode).map_err(|e| SinkError::new(SinkErrorKind::Io, e.message))
+    }
+
+    /// Made under its name at once (`Incoming::create_empty`), unless it replaces a
+    /// file or must be flushed first (`--sync file`): then as any file.
+    fn publish_empty(
+        &mut self,
+        name: &str,
+        mode: u32,
+        mtime: Option<SystemTime>,
+        replace: bool,
+    ) -> Result<(), SinkError> {
+        if replace || self.sync_each {
+            return self.create(name, mode)?.publish(mode, mtime, replace);
+        }
+        let target = self.output.target(name, &mut self.dirs).map_err(|e| {
+            self.dirs.clear();
+            SinkError::new(SinkErrorKind::Io, e.message)
+        })?;
+        Incoming::create_empty(target, mode, mtime).map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => SinkError::new(
+                SinkErrorKind::Exists,
+                format!("{} already exists: remove it or run the server with --overwrite", self.shown(name)),
+            ),
+            _ => {
+                self.dirs.clear();
+                SinkError::new(SinkErrorKind::Io, format!("cannot create {}: {e}", self.shown(name)))
+            }
+        })
     }
 }
 

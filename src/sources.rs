@@ -238,14 +238,14 @@ impl Planner<'_> {
         if !self.ids.insert(id) {
             return Ok(());
         }
+        let sizes = self.request.sizes;
         let config = self.config()?;
         let item = match config.stream_file(id) {
             Some(path) => {
                 let name = base_name(path);
-                let path = path.to_path_buf();
-                let mut item = file_item(Origin::Id(id), &path, name, false);
-                if self.request.sizes {
-                    if let Ok(meta) = fs::metadata(&path) {
+                let mut item = file_item(Origin::Id(id), path.to_path_buf(), name, false);
+                if sizes {
+                    if let Ok(meta) = fs::metadata(path) {
                         item.size_hint = meta.is_file().then_some(meta.len());
                     }
                 }
@@ -309,7 +309,7 @@ impl Planner<'_> {
             self.items.push(refused(path, message));
             return;
         }
-        let mut item = file_item(Origin::Path, path, name, no_follow);
+        let mut item = file_item(Origin::Path, path.to_path_buf(), name, no_follow);
         item.size_hint = meta.is_file().then_some(meta.len());
         self.items.push(item);
     }
@@ -347,7 +347,7 @@ impl Planner<'_> {
             };
             if kind.is_some_and(|kind| kind.is_file()) && !self.request.sizes {
                 // A regular file: opened (never through a link) and sized when sent.
-                self.items.push(file_item(Origin::Path, &path, child, true));
+                self.items.push(file_item(Origin::Path, path, child, true));
                 continue;
             }
             self.add_entry(&path, child, ancestors);
@@ -477,15 +477,15 @@ fn base_name(path: &Path) -> Result<String, String> {
     }
 }
 
-fn file_item(origin: Origin, path: &Path, name: Result<String, String>, no_follow: bool) -> Item {
+fn file_item(origin: Origin, path: PathBuf, name: Result<String, String>, no_follow: bool) -> Item {
     let (name, verdict) = match name {
         Ok(name) => (name, Verdict::Send),
         Err(message) => (String::new(), Verdict::Refuse(message)),
     };
     Item {
         origin,
-        source: Source::Path { path: path.to_path_buf(), no_follow },
-        shown: path.display().to_string(),
+        shown: path.to_string_lossy().into_owned(),
+        source: Source::Path { path, no_follow },
         name,
         kind: Kind::File,
         size_hint: None,
@@ -588,7 +588,10 @@ fn check_files_are_not_folders(items: &[Item]) -> Result<(), String> {
         .filter(|i| i.verdict == Verdict::Send && i.kind == Kind::File)
         .map(|i| (i.name.as_str(), i))
         .collect();
-    for item in items.iter().filter(|i| i.verdict == Verdict::Send) {
+    if files.is_empty() {
+        return Ok(());
+    }
+    for item in items.iter().filter(|i| i.verdict == Verdict::Send && i.name.contains('/')) {
         for (end, _) in item.name.match_indices('/') {
             if let Some(file) = files.get(&item.name[..end]) {
                 return Err(format!(
@@ -606,28 +609,34 @@ fn check_files_are_not_folders(items: &[Item]) -> Result<(), String> {
 
 /// The same source twice is sent once; two sources for one output path refuse the run.
 fn dedupe(items: Vec<Item>) -> Result<Vec<Item>, String> {
-    let mut by_name: HashMap<String, usize> = HashMap::new();
-    let mut kept: Vec<Item> = Vec::with_capacity(items.len());
-    for item in items {
+    // First, by index: names borrowed from `items`, no copies.
+    let mut first: HashMap<&str, usize> = HashMap::with_capacity(items.len());
+    let mut dropped = vec![false; items.len()];
+    for (index, item) in items.iter().enumerate() {
         if item.verdict != Verdict::Send {
-            kept.push(item);
             continue;
         }
-        if let Some(&index) = by_name.get(&item.name) {
-            let other = &kept[index];
-            if same_source(other, &item) {
-                continue;
+        match first.entry(item.name.as_str()) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(index);
             }
-            return Err(format!(
-                "{} and {} would both arrive as {}: send them in separate runs, or use --as for a single file",
-                other.human(),
-                item.human(),
-                escaped(&item.name)
-            ));
+            std::collections::hash_map::Entry::Occupied(seen) => {
+                let other = &items[*seen.get()];
+                if !same_source(other, item) {
+                    return Err(format!(
+                        "{} and {} would both arrive as {}: send them in separate runs, or use --as for a single file",
+                        other.human(),
+                        item.human(),
+                        escaped(&item.name)
+                    ));
+                }
+                dropped[index] = true;
+            }
         }
-        by_name.insert(item.name.clone(), kept.len());
-        kept.push(item);
     }
+    drop(first);
+    let kept: Vec<Item> =
+        items.into_iter().zip(dropped).filter_map(|(item, dropped)| (!dropped).then_some(item)).collect();
     check_files_are_not_folders(&kept)?;
     Ok(kept)
 }
@@ -657,7 +666,7 @@ mod tests {
     }
 
     fn item(shown: &str, name: &str) -> Item {
-        let mut item = file_item(Origin::Path, Path::new(shown), Ok(name.to_owned()), false);
+        let mut item = file_item(Origin::Path, PathBuf::from(shown), Ok(name.to_owned()), false);
         item.shown = shown.to_owned();
         item
     }

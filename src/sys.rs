@@ -269,10 +269,16 @@ pub fn tmpfile_in(dir: BorrowedFd<'_>, mode: u32) -> io::Result<File> {
 
 /// Creates the new file `name` in `dir` (never an existing one, never through a link).
 pub fn create_new_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<File> {
+    create_new_at_mode(dir, name, 0o600)
+}
+
+/// `create_new_at`, made with permission bits `mode` (less the umask or as the
+/// folder's default ACL says).
+pub fn create_new_at_mode(dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<File> {
     let name = c_name(name)?;
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     // SAFETY: as in `open_dir_at`.
-    owned_fd(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, 0o600 as libc::c_uint) })
+    owned_fd(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode as libc::c_uint) })
         .map(File::from)
 }
 

@@ -1212,3 +1212,46 @@ fn a_name_that_is_not_utf8_is_refused_unless_as_renames_it() {
     assert_eq!(fs::read(fx.out().join("cafe.txt")).unwrap(), b"latin-1 name");
     assert_eq!(top_names(fx.out()), ["cafe.txt"]);
 }
+
+/// Empty files are made under their name at once (an empty file has no
+/// half-written state): with their mode (even bits the umask would take) and mtime,
+/// never over a file already there; the server's `--overwrite` replaces one.
+#[test]
+fn empty_files_arrive_with_their_mode_and_time_and_never_clobber_a_file() {
+    let fx = Fx::new("empties");
+    let root = mkdirs(&fx.src().join("e")).to_path_buf();
+    let wanted = [("a", 0o640, 1_000_000_000u64), ("b", 0o755, 1_200_000_000), ("c", 0o664, 1_400_000_000)];
+    for (name, mode, secs) in wanted {
+        let path = put(&root, name, 0, 0);
+        set_mtime(&path, secs);
+        set_mode(&path, mode);
+    }
+    mkdirs(&fx.out().join("e"));
+    fs::write(fx.out().join("e/b"), b"keep me").unwrap();
+    let output = fx.run(&["e"]);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert_summary(&output, 2, Some(0), 0, 1);
+    assert!(show(&output).contains("already exists"), "{}", show(&output));
+    assert_eq!(fs::read(fx.out().join("e/b")).unwrap(), b"keep me", "an existing file was clobbered");
+    let check = |name: &str, mode: u32, secs: u64| {
+        let meta = fs::metadata(fx.out().join("e").join(name)).unwrap();
+        assert_eq!(meta.len(), 0, "{name}");
+        assert_eq!(meta.permissions().mode() & 0o7777, mode, "{name}: mode");
+        assert_eq!(meta.mtime() as u64, secs, "{name}: mtime");
+    };
+    for (name, mode, secs) in [wanted[0], wanted[2]] {
+        check(name, mode, secs);
+    }
+
+    let replacing = Server::start(&unique_name("emptiesow"), fx.out(), &["--overwrite"]);
+    let output = run({
+        let mut c = replacing.client(&fx.config);
+        c.current_dir(fx.src()).arg("e");
+        c
+    });
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    for (name, mode, secs) in wanted {
+        check(name, mode, secs);
+    }
+    assert!(server_is_clean(&fx), "temporary files left: {:?}", fx.server.temp_files());
+}

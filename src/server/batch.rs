@@ -124,10 +124,13 @@ impl Stream {
         if meta.skip_existing && self.sink.exists(name) {
             return Ok(Outcome::Skipped);
         }
+        let mode = meta.mode.unwrap_or(shared.default_mode);
+        if size == 0 && entry.data.is_empty() {
+            return self.publish_empty(shared, name, checksum, mode, meta);
+        }
         // A private copy: the bytes hashed are the bytes written, whatever the client
         // does to the slot meanwhile.
         let data = bytes[entry.data.clone()].to_vec();
-        let mode = meta.mode.unwrap_or(shared.default_mode);
         let mut file = self.sink.create(name, mode).map_err(sink_failure)?;
         let mut hasher = Checksum::new();
         if !data.is_empty() {
@@ -151,6 +154,35 @@ impl Stream {
             Some(event) => {
                 self.event(shared, &event);
                 Ok(Outcome::Done(size))
+            }
+        }
+    }
+
+    /// An empty file: checked as any other, then published in one step by the sink.
+    fn publish_empty(
+        &mut self,
+        shared: &Shared,
+        name: &str,
+        checksum: u64,
+        mode: u32,
+        meta: FileMeta,
+    ) -> Result<Outcome, Failure> {
+        let started = Instant::now();
+        if Checksum::new().digest() != checksum {
+            let message = format!("{}: checksum mismatch: the data was corrupted in transit", escaped(name));
+            return Err(failure(ErrorCode::Checksum, message));
+        }
+        match self.sink.publish_empty(name, mode, meta.mtime, shared.options.overwrite) {
+            Err(e) if e.kind == SinkErrorKind::Exists && meta.skip_existing => Ok(Outcome::Skipped),
+            Err(e) => Err(sink_failure(e)),
+            Ok(()) => {
+                let event = ServerEvent::Published {
+                    name: name.to_owned(),
+                    bytes: 0,
+                    seconds: started.elapsed().as_secs_f64(),
+                };
+                self.event(shared, &event);
+                Ok(Outcome::Done(0))
             }
         }
     }
