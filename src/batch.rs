@@ -27,7 +27,8 @@
 //! Both sides check everything they read: the server refuses a batch whose framing
 //! is wrong as a whole (nothing of it is published), and fails an entry whose name,
 //! size, metadata or checksum is wrong alone; the client refuses results that do not
-//! answer the batch it sent. Fields are decoded from a private copy, once.
+//! answer the batch it sent. Every field of the table is read once (from the slot, or a
+//! private copy), so a peer changing it meanwhile cannot make a check and a use differ.
 
 use std::fmt;
 

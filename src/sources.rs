@@ -124,7 +124,7 @@ pub struct Request<'a> {
 
 /// Builds the list of items, or says why the whole run is refused (exit 2).
 pub fn plan(request: &Request<'_>, mut found: impl FnMut(usize)) -> Result<Vec<Item>, String> {
-    let mut planner = Planner { request, items: Vec::new(), config: None, ids: BTreeSet::new() };
+    let mut planner = Planner { request, items: Vec::new(), config: None, ids: BTreeSet::new(), roots: 0 };
     let mut stdin_used = false;
     if request.all {
         let ids: Vec<StreamId> = planner.config()?.streams.keys().copied().collect();
@@ -153,7 +153,10 @@ pub fn plan(request: &Request<'_>, mut found: impl FnMut(usize)) -> Result<Vec<I
     let mut items = planner.items;
     apply_as_name(&mut items, request.as_name)?;
     check_names(&mut items);
-    dedupe(items)
+    match planner.roots {
+        0 | 1 => Ok(items),
+        _ => dedupe(items),
+    }
 }
 
 enum Arg {
@@ -205,6 +208,9 @@ struct Planner<'a> {
     config: Option<Config>,
     /// Ids already planned: a repeated id is sent once.
     ids: BTreeSet<StreamId>,
+    /// Sources named (ids, paths, list entries): with one, no two items can share a
+    /// name (a walk names each entry once), and `dedupe` has nothing to do.
+    roots: usize,
 }
 
 impl Planner<'_> {
@@ -238,6 +244,7 @@ impl Planner<'_> {
         if !self.ids.insert(id) {
             return Ok(());
         }
+        self.roots += 1;
         let sizes = self.request.sizes;
         let config = self.config()?;
         let item = match config.stream_file(id) {
@@ -266,6 +273,7 @@ impl Planner<'_> {
     }
 
     fn add_stdin(&mut self) {
+        self.roots += 1;
         self.items.push(Item {
             origin: Origin::Path,
             source: Source::Stdin,
@@ -279,6 +287,7 @@ impl Planner<'_> {
 
     /// A path named on the command line: links are followed, a folder is walked.
     fn add_path(&mut self, path: PathBuf) {
+        self.roots += 1;
         let name = match path.file_name() {
             Some(_) => base_name(&path),
             // `.`, `..`, `dir/.`: the folder's real name, as `cp -r . dst/` would not guess.
@@ -339,10 +348,17 @@ impl Planner<'_> {
             }
         };
         entries.sort_by(|a, b| a.0.cmp(&b.0));
+        self.items.reserve(entries.len());
         for (entry, kind) in entries {
             let path = dir.join(&entry);
             let child = match entry.to_str() {
-                Some(text) => Ok(format!("{name}/{text}")),
+                Some(text) => {
+                    let mut child = String::with_capacity(name.len() + 1 + text.len());
+                    child.push_str(name);
+                    child.push('/');
+                    child.push_str(text);
+                    Ok(child)
+                }
                 None => Err(not_utf8(&path)),
             };
             if kind.is_some_and(|kind| kind.is_file()) && !self.request.sizes {
@@ -447,6 +463,7 @@ impl Planner<'_> {
     }
 
     fn add_list_entry(&mut self, path: &Path, name: Result<String, String>) {
+        self.roots += 1;
         match fs::metadata(path) {
             Err(e) => self.items.push(refused(path, format!("cannot read {}: {e}", escaped_path(path)))),
             Ok(meta) if meta.is_dir() => match name {

@@ -128,14 +128,16 @@ impl Stream {
         if size == 0 && entry.data.is_empty() {
             return self.publish_empty(shared, name, checksum, mode, meta);
         }
-        // A private copy: the bytes hashed are the bytes written, whatever the client
-        // does to the slot meanwhile.
-        let data = bytes[entry.data.clone()].to_vec();
+        // Hashed and written straight from the slot, as a large file's chunks are: no
+        // private copy (a third pass over every byte). A client that writes into a
+        // slot it handed over can only spoil its own file, as it could by sending
+        // other bytes.
+        let data = &bytes[entry.data.clone()];
         let mut file = self.sink.create(name, mode).map_err(sink_failure)?;
         let mut hasher = Checksum::new();
         if !data.is_empty() {
-            hasher.update(&data);
-            if let Err(e) = file.write(&data) {
+            hasher.update(data);
+            if let Err(e) = file.write(data) {
                 file.discard();
                 return Err(sink_failure(e));
             }
