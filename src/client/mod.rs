@@ -325,8 +325,12 @@ impl Sender {
         report: batch::Report<'_>,
     ) -> Option<Session<'c>> {
         let mut batcher: Option<batch::Batcher<'c>> = None;
+        let mut run = VecDeque::new();
         while sys::stop_signal().is_none() {
-            let Some(index) = queue.lock().expect("queue lock").pop_front() else { break };
+            if run.is_empty() {
+                take_run(items, &mut queue.lock().expect("queue lock"), &mut run);
+            }
+            let Some(index) = run.pop_front() else { break };
             // Opened first: a stream goes into batch mode only for an item that fits.
             let prepared = match batch::prepare(&items[index], &self.options) {
                 Ok(batch::Prepare::Batch(prepared)) => prepared,
@@ -368,6 +372,28 @@ impl Sender {
             }
         }
         batcher.and_then(|active| active.finish(report))
+    }
+}
+
+/// Items a batch job takes from the shared queue at once, at most.
+const RUN_MAX: usize = 64;
+
+/// Moves the queue's next items into `run`: up to `RUN_MAX` of one folder. Jobs then
+/// fill their batches from different folders, so the server's workers mostly
+/// publish into different folders instead of queueing for one folder's lock; and
+/// the queue's lock is taken once per run, not per file.
+fn take_run(items: &[Item], queue: &mut VecDeque<usize>, run: &mut VecDeque<usize>) {
+    let folder = |index: usize| items[index].name.rsplit_once('/').map_or("", |(folder, _)| folder);
+    let Some(first) = queue.pop_front() else { return };
+    run.push_back(first);
+    while run.len() < RUN_MAX {
+        match queue.front() {
+            Some(&next) if folder(next) == folder(first) => {
+                run.push_back(next);
+                queue.pop_front();
+            }
+            _ => break,
+        }
     }
 }
 
