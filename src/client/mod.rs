@@ -511,3 +511,41 @@ pub(super) fn phases(items: &[Item]) -> Vec<(Vec<usize>, Option<usize>)> {
     dirs.sort_by_key(|&i| items[i].name.matches('/').count());
     [(dirs, Some(1)), (files, None)].into_iter().filter(|(phase, _)| !phase.is_empty()).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::{Origin, Source};
+
+    fn file(name: &str) -> Item {
+        Item {
+            origin: Origin::Path,
+            source: Source::Stdin,
+            shown: name.to_owned(),
+            name: name.to_owned(),
+            kind: Kind::File,
+            size_hint: None,
+            verdict: Verdict::Send,
+        }
+    }
+
+    #[test]
+    fn a_run_is_one_folders_files_and_at_most_run_max() {
+        let mut items: Vec<Item> =
+            ["t/a/1", "t/a/2", "t/b/1", "top", "other"].iter().map(|n| file(n)).collect();
+        items.extend((0..RUN_MAX + 5).map(|i| file(&format!("t/c/{i}"))));
+        let mut queue: VecDeque<usize> = (0..items.len()).collect();
+        let mut runs = Vec::new();
+        loop {
+            let mut run = VecDeque::new();
+            take_run(&items, &mut queue, &mut run);
+            if run.is_empty() {
+                break;
+            }
+            runs.push(run.into_iter().collect::<Vec<_>>());
+        }
+        let c: Vec<usize> = (5..items.len()).collect();
+        let want = vec![vec![0, 1], vec![2], vec![3, 4], c[..RUN_MAX].to_vec(), c[RUN_MAX..].to_vec()];
+        assert_eq!(runs, want);
+    }
+}
