@@ -4,7 +4,9 @@
 //! outside it. A file is written unnamed (`O_TMPFILE`) in its own folder and given
 //! its name only when whole (`linkat`, which never replaces a file), so a killed
 //! server leaves no temporary file; where `O_TMPFILE` is missing, or to replace a
-//! file (`--overwrite`), a temporary name in the same folder is renamed instead.
+//! file (`--overwrite`), a temporary name in the same folder is renamed instead. An
+//! empty file, whole from the start, is made under its name (`O_EXCL`) and then
+//! given its mode and mtime (`Incoming::create_empty`).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -228,7 +230,8 @@ impl Incoming {
     /// over an existing file: AlreadyExists), then given `mode` and `mtime`. An empty
     /// file has no half-written state, so it needs no unnamed file and no link: one
     /// directory operation instead of two. Until its `fchmod` and `futimens` it may
-    /// show fewer permission bits and the time of making; if they fail it is removed.
+    /// show fewer permission bits and the time of making (and keeps them if the
+    /// server is killed in between); if they fail it is removed.
     pub fn create_empty(target: Target, mode: u32, mtime: Option<SystemTime>) -> io::Result<()> {
         let (asked, made) = match target.plain {
             true => (mode, Some(mode & !sys::umask())),
@@ -237,7 +240,12 @@ impl Incoming {
         let file = sys::create_new_at_mode(target.parent.as_fd(), &target.base, asked)?;
         let incoming = Incoming { file, target, temp: Temp::Unnamed(String::new()), mode: made };
         incoming.finish_metadata(mode, mtime).inspect_err(|_| {
-            let _ = sys::unlink_at(incoming.target.parent.as_fd(), &incoming.target.base);
+            // Only if the name is still ours (in a folder others write to, it may
+            // have been replaced meanwhile).
+            let (dir, base) = (incoming.target.parent.as_fd(), &incoming.target.base);
+            if sys::names_file_at(dir, base, &incoming.file) {
+                let _ = sys::unlink_at(dir, base);
+            }
         })
     }
 

@@ -130,7 +130,7 @@ pub trait SinkFile: Send {
 }
 
 /// The default sink: files beneath an output folder, never through a link planted
-/// there, unnamed until whole (see [`crate::outdir`]).
+/// there, unnamed until whole (an empty file is whole at once; see [`crate::outdir`]).
 #[derive(Debug, Clone)]
 pub struct FolderSink {
     output: OutputDir,

@@ -344,6 +344,22 @@ pub fn exists_at(dir: BorrowedFd<'_>, name: &str) -> bool {
     }
 }
 
+/// Whether `name` in `dir` (not followed if a link) is the file `file` is open on.
+pub fn names_file_at(dir: BorrowedFd<'_>, name: &str, file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = file.metadata() else { return false };
+    let Ok(name) = c_name(name) else { return false };
+    // SAFETY: a zeroed stat is a valid out-parameter; `name` is NUL-terminated.
+    let st = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) != 0 {
+            return false;
+        }
+        st
+    };
+    (st.st_dev, st.st_ino) == (meta.dev(), meta.ino())
+}
+
 /// The process's umask, read once (by setting and restoring it: the first call
 /// must come before threads start) and kept.
 pub fn umask() -> u32 {

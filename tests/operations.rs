@@ -197,7 +197,7 @@ fn quiet_hides_published_files_but_never_failures() {
 
 /// Sends a folder of 40 small files, one of which the server already has, from a
 /// server started with `extra`; returns its stdout once the client's line came.
-fn folder_with_one_refused(extra: &[&str]) -> Vec<String> {
+fn folder_with_one_refused(extra: &[&str], client_args: &[&str]) -> Vec<String> {
     let src = tempfile::tempdir().unwrap();
     let tree = src.path().join("tree");
     fs::create_dir(&tree).unwrap();
@@ -212,10 +212,11 @@ fn folder_with_one_refused(extra: &[&str]) -> Vec<String> {
     let config = write_config(work.path(), &[]);
     let output = run({
         let mut c = server.client(&config);
-        c.args(["-j", "2"]).arg(&tree);
+        c.args(["-j", "2"]).args(client_args).arg(&tree);
         c
     });
-    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    let want = if client_args.contains(&"--skip-existing") { 0 } else { 1 };
+    assert_eq!(output.status.code(), Some(want), "{}", show(&output));
     server.wait_for_line("the client's line", |l| l.starts_with("client "));
     std::thread::sleep(Duration::from_millis(300));
     server.stdout()
@@ -223,21 +224,27 @@ fn folder_with_one_refused(extra: &[&str]) -> Vec<String> {
 
 #[test]
 fn the_server_prints_a_line_per_client_and_a_line_per_file_only_when_verbose() {
-    let lines = folder_with_one_refused(&[]);
+    let lines = folder_with_one_refused(&[], &[]);
     let clients: Vec<&String> = lines.iter().filter(|l| l.starts_with("client ")).collect();
     assert_eq!(clients.len(), 1, "{lines:?}");
     // 39 files of 100..=139 bytes but f07 (107 bytes).
     let bytes: usize = (0..40).filter(|&i| i != 7).map(|i| 100 + i).sum();
-    let wanted = format!(": 39 published, 1 failed, {bytes} bytes in ");
+    let wanted = format!(": 39 published, 0 skipped, 1 failed, {bytes} bytes in ");
     assert!(clients[0].contains(&wanted), "{:?} lacks {wanted:?}", clients[0]);
     assert!(lines.iter().all(|l| !l.starts_with("done ")), "{lines:?}");
     assert_eq!(lines.iter().filter(|l| l.starts_with("failed tree/f07")).count(), 1, "{lines:?}");
 
-    let lines = folder_with_one_refused(&["-v"]);
+    let lines = folder_with_one_refused(&["-v"], &[]);
     let done: Vec<&String> = lines.iter().filter(|l| l.starts_with("done tree/f")).collect();
     assert_eq!(done.len(), 39, "{lines:?}");
     assert!(done.iter().all(|l| !l.starts_with("done tree/f07 ")), "{lines:?}");
     assert_eq!(lines.iter().filter(|l| l.starts_with("client ")).count(), 1, "{lines:?}");
+
+    // The file already there, skipped by the client's choice: counted as skipped.
+    let lines = folder_with_one_refused(&[], &["--skip-existing"]);
+    let clients: Vec<&String> = lines.iter().filter(|l| l.starts_with("client ")).collect();
+    let wanted = format!(": 39 published, 1 skipped, 0 failed, {bytes} bytes in ");
+    assert!(clients.len() == 1 && clients[0].contains(&wanted), "{lines:?} lacks {wanted:?}");
 }
 
 /// The client's `--skip-existing` wins over the server's `--overwrite`: files there

@@ -375,11 +375,15 @@ fn read_into(
     exact: Option<u64>,
 ) -> std::io::Result<usize> {
     let mut got = 0;
+    let mut blocking = false;
     while got < want {
         let n = match buffer.read_at(file, at + got, want - got) {
             // Opened with `Reads::MayWouldBlock`: block from now on, as `cat` would.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            // Once only: a file that says EAGAIN to a blocking read (a FUSE daemon, a
+            // driver's attribute) fails as it did before, rather than spin.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !blocking => {
                 sys::clear_nonblocking(std::os::fd::AsFd::as_fd(file))?;
+                blocking = true;
                 continue;
             }
             read => read?,

@@ -70,8 +70,17 @@ impl Stream {
             entries.iter().map(|entry| self.batch_entry(shared, entry, bytes)).collect();
         if shared.options.sync == SyncMode::Batch && outcomes.iter().any(|o| matches!(o, Outcome::Done(_))) {
             if let Err(e) = shared.sink.flush() {
-                for outcome in outcomes.iter_mut().filter(|o| matches!(o, Outcome::Done(_))) {
-                    *outcome = Outcome::Failed(ErrorCode::Io, format!("published, but not flushed: {e}"));
+                for (outcome, entry) in outcomes.iter_mut().zip(&entries) {
+                    let Outcome::Done(bytes) = *outcome else { continue };
+                    let reason = format!("published, but not flushed: {e}");
+                    // Counted once, as a failure, and said (a published file has no
+                    // line of its own by default).
+                    if matches!(entry.kind, Ok(EntryKind::File { .. })) {
+                        self.tally.unpublish(bytes);
+                    }
+                    let name = entry.name.clone().unwrap_or_else(|_| "(a batch entry)".to_owned());
+                    self.event(shared, &ServerEvent::Failed { name, reason: reason.clone() });
+                    *outcome = Outcome::Failed(ErrorCode::Io, reason);
                 }
             }
         }
@@ -86,6 +95,9 @@ impl Stream {
             Ok(outcome) => {
                 // Relaxed: counters for status only.
                 header.streams_done.fetch_add(1, Ordering::Relaxed);
+                if outcome == Outcome::Skipped {
+                    self.tally.skipped += 1;
+                }
                 outcome
             }
             Err(Failure { code, message }) => {

@@ -79,9 +79,11 @@ pub struct ServerOptions {
     pub max_streams_per_client: usize,
 }
 
-/// What a server tells its owner: ready, each file published or failed, and notices.
-/// `Display` gives the line `sharedserver` prints for it (names escaped).
+/// What a server tells its owner: ready, each file published or failed, each client
+/// done, and notices. `Display` gives the line `sharedserver` prints for it (names
+/// escaped). More kinds may come: match with a `_` arm.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum ServerEvent {
     /// Clients can connect.
     Ready {
@@ -112,11 +114,14 @@ pub enum ServerEvent {
     ClientDone {
         /// The client's process id.
         pid: u32,
-        /// Files (and folders) it published.
+        /// Files it published (folders are not counted).
         files: u64,
         /// Bytes in those files.
         bytes: u64,
-        /// Files that failed.
+        /// Files skipped because they existed (the client's `--skip-existing`).
+        skipped: u64,
+        /// Failures: files, and streams that failed as a whole (a malformed batch,
+        /// an idle timeout, a refusal over the quota).
         failed: u64,
         /// From its first stream to its last stream's end.
         seconds: f64,
@@ -140,11 +145,11 @@ impl std::fmt::Display for ServerEvent {
                 write!(f, "done {} {bytes} bytes in {seconds:.3} s ({rate:.1} MB/s)", escaped(name))
             }
             Self::Failed { name, reason } => write!(f, "failed {}: {reason}", escaped(name)),
-            Self::ClientDone { pid, files, bytes, failed, seconds } => {
+            Self::ClientDone { pid, files, bytes, skipped, failed, seconds } => {
                 let rate = *bytes as f64 / seconds.max(1e-9) / 1e6;
                 write!(
                     f,
-                    "client {pid}: {files} published, {failed} failed, {bytes} bytes in {seconds:.3} s ({rate:.1} MB/s)"
+                    "client {pid}: {files} published, {skipped} skipped, {failed} failed, {bytes} bytes in {seconds:.3} s ({rate:.1} MB/s)"
                 )
             }
             Self::Notice(message) => write!(f, "sharedserver: {message}"),
@@ -434,11 +439,13 @@ struct Client {
     tally: Tally,
 }
 
-/// Files published and failed, and bytes published.
+/// Files published, skipped and failed (stream failures count as failures), and
+/// bytes published.
 #[derive(Debug, Default, Clone, Copy)]
 struct Tally {
     files: u64,
     bytes: u64,
+    skipped: u64,
     failed: u64,
 }
 
@@ -446,7 +453,14 @@ impl Tally {
     fn add(&mut self, other: Tally) {
         self.files += other.files;
         self.bytes += other.bytes;
+        self.skipped += other.skipped;
         self.failed += other.failed;
+    }
+
+    /// A file counted as published turned out to fail (its flush did).
+    fn unpublish(&mut self, bytes: u64) {
+        self.files = self.files.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes);
     }
 }
 

@@ -395,6 +395,7 @@ impl Stream {
 
     /// The file exists and the client asked to skip it: the stream stays ready.
     pub(super) fn skip(&mut self, shared: &Shared) {
+        self.tally.skipped += 1;
         self.remove_transfer();
         self.record(shared).phase.store(PHASE_IDLE, Ordering::Relaxed);
         self.last_activity = Instant::now();
@@ -647,11 +648,13 @@ impl Stream {
             }
         }
         drop(clients);
-        if let Some(Client { since, tally, .. }) = last.filter(|c| c.tally.files + c.tally.failed > 0) {
+        let worth_a_line = |c: &Client| c.tally.files + c.tally.skipped + c.tally.failed > 0;
+        if let Some(Client { since, tally, .. }) = last.filter(worth_a_line) {
             (shared.events)(&ServerEvent::ClientDone {
                 pid: self.client_pid,
                 files: tally.files,
                 bytes: tally.bytes,
+                skipped: tally.skipped,
                 failed: tally.failed,
                 seconds: since.elapsed().as_secs_f64(),
             });

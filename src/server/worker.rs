@@ -89,6 +89,8 @@ impl Worker {
                 Ok(()) => stream.reply(&self.shared, ServerReply::Done { bytes }),
                 Err(e) => {
                     let message = format!("published, but not flushed: {e}");
+                    // Counted once, as a failure.
+                    stream.tally.unpublish(bytes);
                     stream.fail(&self.shared, failure(ErrorCode::Io, message));
                 }
             }
