@@ -15,34 +15,75 @@ fn status(server: &Server, json: bool) -> String {
     stdout_of(&output)
 }
 
+/// A FIFO the test holds open for writing, blocking: opened once a reader has it.
+fn fifo_writer(path: &std::path::Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let mut writer = None;
+    // O_NONBLOCK: fails (ENXIO) while no reader has the FIFO open, instead of waiting.
+    wait_until("the client to open the FIFO", || {
+        writer = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path).ok();
+        writer.is_some()
+    });
+    let writer = writer.unwrap();
+    // SAFETY: fcntl on a descriptor this function owns; clears O_NONBLOCK so writes wait.
+    assert_eq!(unsafe { libc::fcntl(writer.as_raw_fd(), libc::F_SETFL, 0) }, 0);
+    writer
+}
+
+fn live_stream(json: &serde_json::Value) -> Option<serde_json::Value> {
+    json["streams"].as_array().unwrap().iter().find(|s| s["file"] == "watched.bin").cloned()
+}
+
+/// The stream is held live without racing the clock: its source is a FIFO the test
+/// keeps open, and the server is stopped so the client's chunks stay in the ring.
 #[test]
 fn status_shows_a_live_stream_and_the_segment_map() {
+    use std::io::Write;
     let src = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let big = write_file(src.path(), "watched.bin", 32 << 20, 3);
-    let config = write_config(src.path(), &[&big]);
+    let fifo = src.path().join("watched.bin");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let server = Server::start(&unique_name("status"), out.path(), &["--size", "4M"]);
-    let mut client = server.client(&config).arg("1").stdout(std::process::Stdio::null()).spawn().unwrap();
-    wait_until("the transfer to start", || !server.temp_files().is_empty());
-    signal(client.id(), "STOP");
-
-    let json: serde_json::Value = serde_json::from_str(&status(&server, true)).unwrap();
-    let streams = json["streams"].as_array().unwrap();
-    let live = streams.iter().find(|s| s["file"] == "watched.bin").expect("the live stream is listed");
-    assert_eq!(live["stream_id"], 1);
+    let mut command = std::process::Command::new(CLIENT);
+    command.args(["--name", &server.name]).arg(&fifo);
+    let mut client = command.stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut writer = fifo_writer(&fifo);
+    let data = pattern(16 << 20, 3);
+    writer.write_all(&data[..1 << 20]).unwrap();
+    wait_until("the stream to be received", || {
+        let json: serde_json::Value = serde_json::from_str(&status(&server, true)).unwrap();
+        live_stream(&json).is_some_and(|s| s["bytes_done"].as_u64().unwrap() > 0)
+    });
+    signal(server.pid(), "STOP");
+    // The rest waits in the pipe and the ring until the server goes on.
+    let feeder = std::thread::spawn(move || {
+        writer.write_all(&data[1 << 20..]).unwrap();
+    });
+    let mut json = serde_json::Value::Null;
+    wait_until("the client to fill a buffer", || {
+        json = serde_json::from_str(&status(&server, true)).unwrap();
+        live_stream(&json).is_some_and(|s| !s["buffers"].as_array().unwrap().is_empty())
+    });
+    let live = live_stream(&json).unwrap();
+    assert_eq!(live["stream_id"], 0, "a path, not an options.xml id");
     assert_eq!(live["client_pid"], client.id());
-    assert_eq!(live["file_size"], 32u64 << 20);
-    assert!(!live["buffers"].as_array().unwrap().is_empty());
+    assert_eq!(live["size_is_hint"], true, "a FIFO's size is unknown: {live}");
     let map = json["map"].as_str().unwrap();
     assert!(map.starts_with("[R") && map.ends_with("B]"), "records low, buffers high: {map}");
     assert!(json["free_bytes"].as_u64().unwrap() < json["size"].as_u64().unwrap());
 
     let text = status(&server, false);
-    assert!(text.contains("watched.bin") && text.contains("receiving"), "{text}");
+    assert!(text.contains("watched.bin") && text.contains("receiving") && text.contains('?'), "{text}");
 
-    signal(client.id(), "CONT");
+    signal(server.pid(), "CONT");
+    feeder.join().unwrap(); // the writer is closed: the client reads to EOF
     let status_code = wait_with_deadline(&mut client, "client");
     assert!(status_code.success());
+    assert!(
+        std::fs::read(out.path().join("watched.bin")).unwrap() == pattern(16 << 20, 3),
+        "content differs"
+    );
     wait_until("the stream's record to be freed", || {
         let json: serde_json::Value = serde_json::from_str(&status(&server, true)).unwrap();
         json["streams_done"] == 1 && json["buffer_bytes"] == 0 && json["records"] == 1 && json["holes"] == 1
