@@ -55,6 +55,13 @@ pub const BATCH_FILE_MAX: u64 = 64 << 10;
 pub const KIND_FILE: u32 = 1;
 /// `kind` of an entry that is a folder.
 pub const KIND_DIR: u32 = 2;
+/// `kind` of an entry that asks for a new top-level folder to be made under a
+/// hidden name (its files then made there directly, with no temporary name each)
+/// and published whole by a later `KIND_COMMIT`; result `Done(1)`: staged,
+/// `Done(0)`: not (the name exists, or the sink cannot): made or kept as a folder.
+pub const KIND_STAGE: u32 = 3;
+/// `kind` of an entry that publishes a staged folder under its name.
+pub const KIND_COMMIT: u32 = 4;
 
 const STATUS_DONE: u32 = 0;
 const STATUS_SKIPPED: u32 = 1;
@@ -133,6 +140,13 @@ pub enum EntryKind {
         /// Permission bits, within `MODE_BITS`.
         mode: u32,
     },
+    /// A new top-level folder, staged under a hidden name (see `KIND_STAGE`).
+    Stage {
+        /// Permission bits, within `MODE_BITS`.
+        mode: u32,
+    },
+    /// Publish the staged folder of this name (see `KIND_COMMIT`).
+    Commit,
 }
 
 /// The fixed part of an entry, for the client to write before its name and data.
@@ -145,6 +159,10 @@ pub fn entry_header(kind: &EntryKind, name_len: usize) -> [u8; ENTRY_LEN] {
         EntryKind::Dir { mode } => {
             (KIND_DIR, 0, 0, FileMeta { mode: Some(mode & MODE_BITS), ..FileMeta::default() }.encode())
         }
+        EntryKind::Stage { mode } => {
+            (KIND_STAGE, 0, 0, FileMeta { mode: Some(mode & MODE_BITS), ..FileMeta::default() }.encode())
+        }
+        EntryKind::Commit => (KIND_COMMIT, 0, 0, FileMeta::default().encode()),
     };
     out[..4].copy_from_slice(&code.to_le_bytes());
     out[4..8].copy_from_slice(&(name_len as u32).to_le_bytes());
@@ -229,8 +247,10 @@ pub fn decode_batch(bytes: &[u8]) -> Result<(u64, Vec<Entry>), FramingError> {
         }
         let data_len = match kind_code {
             KIND_FILE => size,
-            KIND_DIR if size == 0 => 0,
-            KIND_DIR => return Err(framing(format!("entry {index}: a folder with {size} bytes of data"))),
+            KIND_DIR | KIND_STAGE | KIND_COMMIT if size == 0 => 0,
+            KIND_DIR | KIND_STAGE | KIND_COMMIT => {
+                return Err(framing(format!("entry {index}: a folder with {size} bytes of data")))
+            }
             other => return Err(framing(format!("entry {index}: unknown kind {other}"))),
         };
         let name_at = at + ENTRY_LEN;
@@ -248,9 +268,15 @@ pub fn decode_batch(bytes: &[u8]) -> Result<(u64, Vec<Entry>), FramingError> {
                 Err(ProtocolError("a batched file's size must be exact".into()))
             }
             KIND_FILE => Ok(EntryKind::File { size, checksum, meta }),
+            KIND_COMMIT if checksum == 0 && meta == FileMeta::default() => Ok(EntryKind::Commit),
+            KIND_COMMIT => Err(ProtocolError("a commit entry carries nothing but a name".into())),
+            KIND_STAGE if checksum != 0 => Err(ProtocolError("a folder entry carries only a mode".into())),
             _ => match meta {
                 FileMeta { mode: Some(mode), mtime: None, size_is_hint: false, skip_existing: false } => {
-                    Ok(EntryKind::Dir { mode })
+                    match kind_code {
+                        KIND_STAGE => Ok(EntryKind::Stage { mode }),
+                        _ => Ok(EntryKind::Dir { mode }),
+                    }
                 }
                 _ => Err(ProtocolError("a folder entry carries only a mode".into())),
             },

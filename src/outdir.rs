@@ -194,6 +194,9 @@ enum Temp {
     Unnamed(String),
     /// A temporary name in the same folder.
     Named(String),
+    /// Its final name from the start, in a folder nobody else sees yet (a staged
+    /// folder: see `crate::batch::KIND_STAGE`).
+    Direct,
 }
 
 /// A file being received beneath the output folder.
@@ -249,6 +252,18 @@ impl Incoming {
         })
     }
 
+    /// Creates `target` under its own name (never over an existing file), with
+    /// `mode` where certain: for a folder no one else sees yet (a staged folder),
+    /// where a half-written file cannot be seen.
+    pub fn create_direct(target: Target, mode: u32) -> io::Result<Incoming> {
+        let (asked, made) = match target.plain {
+            true => (mode, Some(mode & !sys::umask())),
+            false => (0o600, None),
+        };
+        let file = sys::create_new_at_mode(target.parent.as_fd(), &target.base, asked)?;
+        Ok(Incoming { file, target, temp: Temp::Direct, mode: made })
+    }
+
     /// The folder the file goes into (to flush it after publishing).
     pub fn folder(&self) -> Arc<OwnedFd> {
         Arc::clone(&self.target.parent)
@@ -276,6 +291,7 @@ impl Incoming {
                 })
             }
             Temp::Named(temp) => sys::rename_at(dir, temp, base, replace),
+            Temp::Direct => Ok(()),
         });
         if result.is_err() {
             self.discard();
@@ -295,8 +311,15 @@ impl Incoming {
 
     /// Drops an unpublished file (an unnamed one simply vanishes with its descriptor).
     pub fn discard(self) {
-        if let Temp::Named(temp) = &self.temp {
-            let _ = sys::unlink_at(self.target.parent.as_fd(), temp);
+        let dir = self.target.parent.as_fd();
+        match &self.temp {
+            Temp::Named(temp) => {
+                let _ = sys::unlink_at(dir, temp);
+            }
+            Temp::Direct if sys::names_file_at(dir, &self.target.base, &self.file) => {
+                let _ = sys::unlink_at(dir, &self.target.base);
+            }
+            _ => {}
         }
     }
 }

@@ -90,6 +90,14 @@ pub trait Sink: Send + Sync + 'static {
     fn flush(&self) -> Result<(), SinkError> {
         Ok(())
     }
+
+    /// The client of the staged folder `hidden` went away before committing it:
+    /// publish it as `root` as far as it got (every file in it is whole), or, if
+    /// `root` exists meanwhile, remove it and say why (the message does not name
+    /// `root`). The default does nothing (nothing is ever staged).
+    fn abandon_staged(&self, _hidden: &str, _root: &str) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// One stream's way into a sink. Names are relative paths the server already
@@ -103,6 +111,27 @@ pub trait SinkSession: Send {
     /// Makes the folder `name` (and its parents), the last with permission bits
     /// `mode`; an existing folder is fine.
     fn make_dir(&mut self, name: &str, mode: u32) -> Result<(), SinkError>;
+
+    /// Makes the new folder `root` under the hidden name `hidden` instead, with
+    /// `mode`, to be given its name whole by `commit`: `Ok(true)`. `Ok(false)`: not
+    /// staged (`root` exists, or this sink does not stage: the default); the caller
+    /// then goes on as for any folder. Files beneath a staged folder are made with
+    /// `create_private`.
+    fn stage(&mut self, _root: &str, _hidden: &str, _mode: u32) -> Result<bool, SinkError> {
+        Ok(false)
+    }
+
+    /// Gives the staged folder `hidden` its name `root`, never over anything that
+    /// has the name meanwhile (then it is removed, and the error says so).
+    fn commit(&mut self, _hidden: &str, root: &str) -> Result<(), SinkError> {
+        Err(SinkError::new(SinkErrorKind::Refused, format!("{}: nothing was staged", escaped(root))))
+    }
+
+    /// Starts a file inside a staged folder, where no one sees it until the commit:
+    /// a sink may make it under its name at once. The default is `create`.
+    fn create_private(&mut self, name: &str, mode: u32) -> Result<Box<dyn SinkFile>, SinkError> {
+        self.create(name, mode)
+    }
 
     /// Publishes an empty file `name`, as `create` then `SinkFile::publish` with no
     /// bytes would (the default does just that); a sink may do it in one step.
@@ -162,8 +191,25 @@ impl Sink for FolderSink {
         Box::new(FolderSession {
             output: self.output.clone(),
             temp_name: format!("{}{}.part", self.temp_prefix, Uuid::from_u128(stream).simple()),
+            staging: self.sync == SyncMode::None,
             dirs: DirCache::default(),
             sync_each: self.sync == SyncMode::File,
+        })
+    }
+
+    fn abandon_staged(&self, hidden: &str, root: &str) -> Result<(), SinkError> {
+        let published = self
+            .output
+            .target(root, &mut DirCache::default())
+            .map_err(|e| io::Error::new(e.kind, e.message))
+            .and_then(|target| crate::sys::rename_dir_at(target.parent.as_fd(), hidden, root));
+        published.map_err(|e| {
+            // Never through a link: `remove_dir_all` does not follow them.
+            let _ = std::fs::remove_dir_all(self.output.path().join(hidden));
+            SinkError::new(
+                SinkErrorKind::Exists,
+                format!("its client went away before the folder was whole, and it could not be published ({e}): dropped"),
+            )
         })
     }
 
@@ -181,6 +227,9 @@ impl Sink for FolderSink {
 struct FolderSession {
     output: OutputDir,
     temp_name: String,
+    /// New folders may be staged (not with `--sync`, which would need the commit
+    /// flushed too).
+    staging: bool,
     /// The folder of the last file, kept open for the next one.
     dirs: DirCache,
     /// `--sync file`: flush each file and its folder before it is confirmed.
@@ -212,6 +261,48 @@ impl SinkSession for FolderSession {
 
     fn make_dir(&mut self, name: &str, mode: u32) -> Result<(), SinkError> {
         self.output.make_dirs(name, mode).map_err(|e| SinkError::new(SinkErrorKind::Io, e.message))
+    }
+
+    fn stage(&mut self, root: &str, hidden: &str, mode: u32) -> Result<bool, SinkError> {
+        if !self.staging || self.exists(root) {
+            return Ok(false);
+        }
+        self.make_dir(hidden, mode)?;
+        Ok(true)
+    }
+
+    fn commit(&mut self, hidden: &str, root: &str) -> Result<(), SinkError> {
+        let renamed = self
+            .output
+            .target(root, &mut self.dirs)
+            .map_err(|e| io::Error::new(e.kind, e.message))
+            .and_then(|target| crate::sys::rename_dir_at(target.parent.as_fd(), hidden, root));
+        self.dirs.clear();
+        renamed.map_err(|e| {
+            let _ = std::fs::remove_dir_all(self.output.path().join(hidden));
+            match e.kind() {
+                io::ErrorKind::AlreadyExists => SinkError::new(
+                    SinkErrorKind::Exists,
+                    format!(
+                        "{} appeared while the folder was being sent: nothing of it was published (send it again)",
+                        self.shown(root)
+                    ),
+                ),
+                _ => SinkError::new(SinkErrorKind::Io, format!("cannot publish {}: {e}", self.shown(root))),
+            }
+        })
+    }
+
+    fn create_private(&mut self, name: &str, mode: u32) -> Result<Box<dyn SinkFile>, SinkError> {
+        let target = self.output.target(name, &mut self.dirs).map_err(|e| {
+            self.dirs.clear();
+            SinkError::new(SinkErrorKind::Io, e.message)
+        })?;
+        let incoming = Incoming::create_direct(target, mode).map_err(|e| {
+            self.dirs.clear();
+            SinkError::new(SinkErrorKind::Io, format!("cannot create {}: {e}", self.shown(name)))
+        })?;
+        Ok(Box::new(FolderFile { incoming, path: self.output.path().join(name), sync: false }))
     }
 
     /// Made under its name at once (`Incoming::create_empty`), unless it replaces a

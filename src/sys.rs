@@ -327,6 +327,39 @@ pub fn rename_at(dir: BorrowedFd<'_>, from: &str, to: &str, replace: bool) -> io
     }
 }
 
+/// Renames the folder `from` to `to` in `dir`, never over anything that has the
+/// name (`AlreadyExists` then). Without `RENAME_NOREPLACE` (a hard link, the
+/// fallback of `rename_at`, cannot name a folder) the name is claimed with an
+/// empty folder first, which `rename` may replace: it never replaces a folder that
+/// is not empty, nor a file.
+pub fn rename_dir_at(dir: BorrowedFd<'_>, from: &str, to: &str) -> io::Result<()> {
+    let (from_c, to_c) = (c_name(from)?, c_name(to)?);
+    let fd = dir.as_raw_fd();
+    // SAFETY: both names are NUL-terminated and outlive the call; `dir` is open.
+    let rc = unsafe { libc::renameat2(fd, from_c.as_ptr(), fd, to_c.as_ptr(), libc::RENAME_NOREPLACE) };
+    match check(rc) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            mkdir_at(dir, to, 0o700)?;
+            // SAFETY: as above.
+            check(unsafe { libc::renameat(fd, from_c.as_ptr(), fd, to_c.as_ptr()) }).map_err(|e| {
+                // Something was put into the claimed folder meanwhile: it stays.
+                // SAFETY: as above; AT_REMOVEDIR removes only an empty folder.
+                let _ = check(unsafe { libc::unlinkat(fd, to_c.as_ptr(), libc::AT_REMOVEDIR) });
+                match e.raw_os_error() {
+                    Some(libc::ENOTEMPTY) | Some(libc::EEXIST) => {
+                        io::Error::from(io::ErrorKind::AlreadyExists)
+                    }
+                    _ => e,
+                }
+            })
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+            Err(io::Error::from(io::ErrorKind::AlreadyExists))
+        }
+        other => other,
+    }
+}
+
 /// Removes the file `name` in `dir`.
 pub fn unlink_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     let name = c_name(name)?;

@@ -277,13 +277,15 @@ fn start_and_wait_for_progress(server: &Server, root: &Path) -> Running {
     client
 }
 
-/// After a kill: the dead client's streams are released, only whole files are
-/// left (fewer than all), and another client completes the tree with
-/// `--skip-existing`, skipping exactly those.
+/// After a kill: the dead client's streams are released, what the server had
+/// published of its (staged) folder is there, only whole files (some, fewer than
+/// all), and another client completes the tree with `--skip-existing`, skipping
+/// exactly those.
 fn finish_after_kill(server: &Server, root: &Path, out: &Path, total: usize) {
     wait_until_clean(server);
     let before = assert_arrived(root, out, true, "after the kill");
     assert!(before < total, "the client was killed after it had sent everything");
+    assert!(before > 0, "the files the server had published before the kill are gone");
     assert_alive(server);
     let output = run({
         let mut c = client(server);
@@ -600,5 +602,34 @@ fn a_fifo_among_small_files_with_a_late_writer_does_not_cost_the_batches() {
     want.retain(|_, node| !matches!(node, Node::Other { .. }));
     let problems = compare(&want, &got, false);
     assert!(problems.is_empty(), "{problems:#?}\n{}", show(&output));
+    assert_alive(&server);
+}
+
+/// A folder sent whole is staged: nothing shows under its name until the client
+/// commits it, whole, after its last file was confirmed. If the name appears
+/// meanwhile, nothing is published over it and every file is reported failed,
+/// saying why; the client exits 1 and the server leaves no staged folder.
+#[test]
+fn a_tree_whose_name_appears_mid_transfer_is_not_published_over_it() {
+    let src = scratch();
+    let out = scratch();
+    let root = src.path().join("tree");
+    small_tree(&root, 6000, 11);
+    let server = Server::start(&unique_name("appear"), out.path(), &["--size", "1M", "-v"]);
+    let client = start_and_wait_for_progress(&server, &root);
+    freeze(client.pid());
+    assert!(!out.path().join("tree").exists(), "the folder showed before it was whole");
+    fs::create_dir(out.path().join("tree")).unwrap();
+    fs::write(out.path().join("tree/intruder"), b"mine").unwrap();
+    thaw(client.pid());
+    let output = client.finish();
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    let text = show(&output);
+    assert!(text.contains("appeared while the folder was being sent"), "{text}");
+    assert!(!text.contains(".sharedxfer-"), "a hidden name in a message: {text}");
+    let inside: Vec<_> =
+        fs::read_dir(out.path().join("tree")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(inside, vec![std::ffi::OsString::from("intruder")]);
+    wait_until_clean(&server);
     assert_alive(&server);
 }

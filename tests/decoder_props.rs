@@ -339,9 +339,10 @@ proptest! {
                             prop_assert_eq!(size as usize, entry.data.len());
                             prop_assert!(!meta.size_is_hint && meta.mode.is_none_or(|m| m <= 0o777));
                         }
-                        batch::EntryKind::Dir { mode } => {
+                        batch::EntryKind::Dir { mode } | batch::EntryKind::Stage { mode } => {
                             prop_assert!(mode <= 0o777 && entry.data.is_empty());
                         }
+                        batch::EntryKind::Commit => prop_assert!(entry.data.is_empty()),
                     }
                 }
             }

@@ -1580,6 +1580,106 @@ fn a_bad_entry_in_a_batch_fails_alone_and_the_good_ones_are_published_whole() {
     served_after_batches(&server, &tree, published, "after-batch.bin", 300_000, 7);
 }
 
+/// A staged folder (`KIND_STAGE`) shows nothing under its name until its commit,
+/// then appears whole; a commit never goes over a name that appeared meanwhile
+/// (the staged folder is dropped and the intruder kept); a commit of a name not
+/// staged, or a stage of a nested or already staged name, fails alone; a stage of a
+/// name that exists makes nothing hidden.
+#[test]
+fn a_staged_folder_appears_whole_at_its_commit_and_never_over_a_name_that_appeared() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let tree = Tree::new();
+    fs::create_dir(tree.out().join("exists")).unwrap();
+    let server = Server::start(&unique_name("stage"), &tree.out(), &[]);
+    let rogue = Rogue::connect(&server.name);
+    let mut stream = rogue.take();
+    let (slots, _) = stream.start_batches();
+    let t = UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    let (one, two) = (pattern(5000, 1), pattern(0, 2));
+    let stage = |name: &str| RawEntry::with_kind(name.as_bytes(), &EntryKind::Stage { mode: 0o750 }, b"");
+    let commit = |name: &str| RawEntry::with_kind(name.as_bytes(), &EntryKind::Commit, b"");
+    let first = [
+        stage("pub"),
+        RawEntry::dir("pub/sub", 0o700),
+        RawEntry::file("pub/sub/one.bin", &one, file_meta(0o640, t)),
+        RawEntry::file("pub/two.bin", &two, file_meta(0o600, t)),
+        stage("clash"),
+        RawEntry::file("clash/x.bin", &one, file_meta(0o600, t)),
+        stage("exists"),
+        stage("pub"),
+        stage("a/b"),
+        commit("never-staged"),
+    ];
+    let outcomes = stream.run_batch(0, &batch_of(1, &first), 1, first.len());
+    assert_eq!(
+        &outcomes[..7],
+        &[
+            Outcome::Done(1),
+            Outcome::Done(0),
+            Outcome::Done(5000),
+            Outcome::Done(0),
+            Outcome::Done(1),
+            Outcome::Done(5000),
+            Outcome::Done(0),
+        ]
+    );
+    for (outcome, what) in
+        outcomes[7..].iter().zip(["already staged", "only a top-level folder", "nothing of this client"])
+    {
+        assert!(
+            matches!(outcome, Outcome::Failed(ErrorCode::BadRequest, m) if m.contains(what)),
+            "{outcome:?}"
+        );
+    }
+    // Nothing under the staged names yet, and no hidden name leaks into the reports.
+    assert!(!tree.out().join("pub").exists() && !tree.out().join("clash").exists());
+    assert_eq!(server.temp_files().len(), 2, "{:?}", server.temp_files());
+    fs::create_dir(tree.out().join("clash")).unwrap();
+    fs::write(tree.out().join("clash/mine"), b"intruder").unwrap();
+
+    let outcomes = stream.run_batch(1 % slots, &batch_of(2, &[commit("pub"), commit("clash")]), 2, 2);
+    assert_eq!(outcomes[0], Outcome::Done(0));
+    match &outcomes[1] {
+        Outcome::Failed(ErrorCode::Exists, m) => {
+            assert!(m.contains("clash") && m.contains("appeared") && !m.contains(".sharedxfer-"), "{m}")
+        }
+        other => panic!("a commit over a name that appeared: {other:?}"),
+    }
+    assert!(fs::read(tree.out().join("pub/sub/one.bin")).unwrap() == one);
+    assert_eq!(fs::read(tree.out().join("pub/two.bin")).unwrap(), two);
+    let mode = |p: &str| fs::metadata(tree.out().join(p)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!((mode("pub"), mode("pub/sub/one.bin"), mode("pub/two.bin")), (0o750, 0o640, 0o600));
+    assert_eq!(fs::metadata(tree.out().join("pub/sub/one.bin")).unwrap().modified().unwrap(), t);
+    assert_eq!(fs::read(tree.out().join("clash/mine")).unwrap(), b"intruder");
+    assert!(!tree.out().join("clash/x.bin").exists());
+    assert!(server.temp_files().is_empty(), "{:?}", server.temp_files());
+
+    // A client gone with folders still staged: each is published as far as it got
+    // (every file in it whole), as without staging, unless its name was taken
+    // meanwhile (then dropped, the intruder kept).
+    let gone = [
+        stage("gone"),
+        RawEntry::dir("gone/d", 0o700),
+        RawEntry::file("gone/d/f.bin", &one, file_meta(0o600, t)),
+        stage("taken"),
+        RawEntry::file("taken/x.bin", &one, file_meta(0o600, t)),
+    ];
+    let outcomes = stream.run_batch(2 % slots, &batch_of(3, &gone), 3, gone.len());
+    let whole =
+        [Outcome::Done(1), Outcome::Done(0), Outcome::Done(5000), Outcome::Done(1), Outcome::Done(5000)];
+    assert_eq!(outcomes, whole);
+    assert_eq!(server.temp_files().len(), 2);
+    assert!(!tree.out().join("gone").exists());
+    fs::create_dir(tree.out().join("taken")).unwrap();
+    fs::write(tree.out().join("taken/mine"), b"intruder").unwrap();
+    stream.close();
+    wait_until("the staged folders of a client gone dealt with", || server.temp_files().is_empty());
+    assert!(fs::read(tree.out().join("gone/d/f.bin")).unwrap() == one);
+    assert_eq!(fs::read(tree.out().join("taken/mine")).unwrap(), b"intruder");
+    assert!(!tree.out().join("taken/x.bin").exists());
+}
+
 /// A batch whose framing is broken, and what its refusal must say.
 struct Malformed {
     what: &'static str,

@@ -890,6 +890,48 @@ fn sigint_while_waiting_on_a_fifo_without_writer_exits_130() {
     assert!(server_is_clean(&fx), "temporary files left");
 }
 
+/// Ctrl-C while a folder's FIFO has no writer: the folder's other files, which the
+/// server has (staged), are published all the same (when the client's last stream
+/// ends), reported sent; the FIFO is not.
+#[test]
+fn sigint_mid_folder_publishes_what_the_server_has() {
+    let fx = Fx::new("folderint");
+    let root = mkdirs(&fx.src().join("t")).to_path_buf();
+    put(&root, "a.bin", 5000, 1);
+    put(&root, "sub/b.bin", 0, 2);
+    mkfifo(&root.join("zz nobody writes"));
+    let mut command = fx.cmd();
+    command.args(["--json", "t"]);
+    let client = Running::spawn(command);
+    wait_until("the server to have the folder's files", || {
+        let staged = files_under(fx.out());
+        ["a.bin", "b.bin"].iter().all(|f| staged.iter().any(|p| p.ends_with(f)))
+    });
+    wait_until("the client to block", || {
+        assert!(!client.has_exited(), "the client exited before it was signalled");
+        let states = thread_states(client.pid());
+        !states.is_empty() && states.iter().all(|s| matches!(s, 'S' | 'D'))
+    });
+    signal(client.pid(), "INT");
+    let output = client.finish();
+    assert_eq!(output.status.code(), Some(130), "{}", show(&output));
+    wait_until("the folder to be published", || fx.out().join("t/sub/b.bin").exists());
+    assert!(fs::read(fx.out().join("t/a.bin")).unwrap() == pattern(5000, 1), "{}", show(&output));
+    assert_eq!(fs::read(fx.out().join("t/sub/b.bin")).unwrap(), b"", "{}", show(&output));
+    assert!(!fx.out().join("t/zz nobody writes").exists(), "a file was published for an interrupted FIFO");
+    let doc: serde_json::Value = serde_json::from_str(&stdout_of(&output)).unwrap();
+    let sent: Vec<&str> = doc["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["status"] == "sent")
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert!(sent.contains(&"t/a.bin") && sent.contains(&"t/sub/b.bin"), "{}", show(&output));
+    let inside: Vec<_> = fs::read_dir(fx.out()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(inside, vec![std::ffi::OsString::from("t")], "nothing staged is left");
+}
+
 #[test]
 fn proc_version_arrives_whole_despite_its_zero_size() {
     let fx = Fx::new("procver");

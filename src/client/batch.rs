@@ -25,6 +25,8 @@ struct Packed {
     index: usize,
     bytes: u64,
     started: Instant,
+    /// A `KIND_STAGE` entry: `Done(1)` (staged) or `Done(0)` both succeed.
+    stage: bool,
 }
 
 /// A batch handed over, by slot.
@@ -84,6 +86,12 @@ enum Content {
     Dir {
         mode: u32,
     },
+    /// A new top-level folder to stage (`crate::batch::KIND_STAGE`).
+    Stage {
+        mode: u32,
+    },
+    /// Publish a staged folder (`crate::batch::KIND_COMMIT`).
+    Commit,
     /// A file to read into the slot.
     File(Box<Opened<'static>>),
     /// Bytes already here (a relay's file), with their metadata.
@@ -100,6 +108,18 @@ impl Prepared {
     /// A folder with permission bits `mode`.
     pub(super) fn dir(mode: u32, started: Instant) -> Prepared {
         Prepared { what: Content::Dir { mode }, want: 0, started }
+    }
+
+    /// A new top-level folder, made under a hidden name until `commit` (the result's
+    /// `Delivered::Sent { bytes: 1 }` says it was staged, `0` that it was made as a
+    /// plain folder).
+    pub(super) fn stage(mode: u32, started: Instant) -> Prepared {
+        Prepared { what: Content::Stage { mode }, want: 0, started }
+    }
+
+    /// Publishes the staged folder sent as this entry's name.
+    pub(super) fn commit(started: Instant) -> Prepared {
+        Prepared { what: Content::Commit, want: 0, started }
     }
 
     /// The bytes of a file prepared from memory.
@@ -204,6 +224,8 @@ impl<'a> Batcher<'a> {
         let data_at = at + ENTRY_LEN + name.len();
         let kind = match &what {
             Content::Dir { mode } => EntryKind::Dir { mode: *mode },
+            Content::Stage { mode } => EntryKind::Stage { mode: *mode },
+            Content::Commit => EntryKind::Commit,
             Content::Memory(data, meta) => {
                 packing.buffer.write_at(data_at, data);
                 EntryKind::File { size: data.len() as u64, checksum: crate::checksum::of(data), meta: *meta }
@@ -234,14 +256,15 @@ impl<'a> Batcher<'a> {
                 EntryKind::File { size: got as u64, checksum, meta: opened.meta }
             }
         };
-        let bytes = match kind {
-            EntryKind::File { size, .. } => size,
-            EntryKind::Dir { .. } => 0,
+        let (bytes, stage) = match kind {
+            EntryKind::File { size, .. } => (size, false),
+            EntryKind::Stage { .. } => (0, true),
+            EntryKind::Dir { .. } | EntryKind::Commit => (0, false),
         };
         packing.buffer.write_at(at, &batch::entry_header(&kind, name.len()));
         packing.buffer.write_at(at + ENTRY_LEN, name);
         packing.used = batch::align(data_at + bytes as usize);
-        packing.entries.push(Packed { index, bytes, started });
+        packing.entries.push(Packed { index, bytes, started, stage });
         if bytes > 0 {
             progress.bytes(bytes);
         }
@@ -288,6 +311,7 @@ impl<'a> Batcher<'a> {
         for (packed, outcome) in sent.entries.into_iter().zip(outcomes) {
             let result = match outcome {
                 Outcome::Done(bytes) if bytes == packed.bytes => Ok(Delivered::Sent { bytes }),
+                Outcome::Done(staged @ (0 | 1)) if packed.stage => Ok(Delivered::Sent { bytes: staged }),
                 Outcome::Done(bytes) => {
                     Err(failed(format!("server stored {bytes} bytes, expected {}", packed.bytes)))
                 }

@@ -32,6 +32,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::escape::escaped;
 use crate::protocol::FileMeta;
 use crate::segment::SegmentError;
 use crate::sources::{self, Item, Kind, Request, Verdict};
@@ -138,7 +139,11 @@ pub trait Progress: Sync {
         let _ = bytes;
     }
 
-    /// Item `index` of the list ended: sent, skipped or failed, after `elapsed`.
+    /// Item `index` of the list ended: sent, skipped or failed, after `elapsed`. An
+    /// item sent beneath a folder sent whole (staged: published at once when its
+    /// last file is in) is reported when the server has it; if the folder then
+    /// cannot be published (its name appeared meanwhile), the item is reported once
+    /// more, failed, and that is its result.
     fn finished(&self, index: usize, item: &Item, result: &Result<Delivered, SendError>, elapsed: Duration) {
         let _ = (index, item, result, elapsed);
     }
@@ -218,19 +223,40 @@ impl Sender {
         // of items gives its stream back at once: an idle stream keeps its buffers,
         // which the jobs still sending (this client's or another's) may wait for.
         let streams = Mutex::new(Vec::new());
+        let staging = Staging::default();
+        // Once a folder is staged, one stream (the folders' one) is held aside for
+        // its commit, beating, never used to send: the server publishes a client's
+        // staged folders when its last stream ends, and a job's stream may end early
+        // (a failed or interrupted transfer).
+        let anchor = Mutex::new(None);
+        let may_stage = items.iter().any(Staging::candidate);
         let phases = phases(items);
         let count = phases.len();
         for (number, (phase, jobs)) in phases.into_iter().enumerate() {
             // No more jobs than the server lets one client have streams: more would
             // fail their files, not wait. Relaxed: a setting the server wrote at start.
-            let most = self.connection.segment.header().max_streams_per_client.load(Ordering::Relaxed);
-            let jobs = match jobs.unwrap_or(self.options.jobs) {
-                jobs if most > 0 => jobs.min(most as usize),
-                jobs => jobs,
+            let most =
+                self.connection.segment.header().max_streams_per_client.load(Ordering::Relaxed) as usize;
+            let jobs = jobs.unwrap_or(self.options.jobs);
+            let anchored = usize::from(anchor.lock().expect("anchor lock").is_some());
+            let jobs = if most > 0 { jobs.min(most - anchored) } else { jobs };
+            // After the last phase no stream is kept, but the one for a commit if none
+            // is held aside (a server that lets a client have only one stream).
+            let keep = match number + 1 < count {
+                true => usize::MAX,
+                false => usize::from(may_stage && anchored == 0),
             };
-            let carry = Carry { streams: &streams, keep: number + 1 < count };
+            let carry = Carry { streams: &streams, keep, anchor: &anchor, staging: &staging };
             self.run_phase(items, &results, phase, jobs, progress, carry);
+            let staged = !staging.staged.lock().expect("staging lock").is_empty();
+            let mut anchor = anchor.lock().expect("anchor lock");
+            if staged && anchor.is_none() && most != 1 {
+                *anchor = streams.lock().expect("streams lock").pop();
+            }
         }
+        let kept =
+            anchor.into_inner().expect("anchor lock").or_else(|| streams.lock().expect("streams lock").pop());
+        self.commit_staged(&staging, kept, items, &results, progress);
         streams.lock().expect("streams lock").clear();
         results
             .into_iter()
@@ -247,7 +273,7 @@ impl Sender {
         progress: &dyn Progress,
         carry: Carry<'_, 'c>,
     ) {
-        let Carry { streams, keep } = carry;
+        let Carry { streams, keep, anchor, staging } = carry;
         let workers = jobs.clamp(1, phase.len().max(1));
         let (small, large): (VecDeque<usize>, VecDeque<usize>) =
             phase.into_iter().partition(|&i| batch::batchable(&items[i]));
@@ -262,13 +288,19 @@ impl Sender {
             more: Condvar::new(),
         };
         let report = |index: usize, result: ItemResult, started: Instant| {
+            // What is beneath a staged folder is published only by its commit.
+            let result = staging.note(index, &items[index], result, started);
             progress.finished(index, &items[index], &result, started.elapsed());
             *results[index].lock().expect("result lock") = Some(result);
         };
+        // Each job holds one end; the last to finish ends the wait below.
+        let (running, all_done) = std::sync::mpsc::channel::<()>();
         std::thread::scope(|scope| {
             for worker in 0..workers {
                 let (small, large, report) = (&small, &large, &report);
+                let running = running.clone();
                 scope.spawn(move || {
+                    let _running = running;
                     // A stream is taken from the last phase's only when there is
                     // something to send: one held idle meanwhile would be dropped for
                     // idleness (and keep its buffers).
@@ -304,12 +336,114 @@ impl Sender {
                             break;
                         }
                     }
-                    if keep {
-                        streams.lock().expect("streams lock").extend(session);
+                    let mut kept = streams.lock().expect("streams lock");
+                    if kept.len() < keep {
+                        kept.extend(session);
                     }
                 });
             }
+            drop(running);
+            // A stream kept for what comes next (the next phase, the commit) beats
+            // while the other jobs finish (a FIFO's writer may keep one for long),
+            // so the server does not drop it as idle.
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                all_done.recv_timeout(Duration::from_millis(100))
+            {
+                streams.lock().expect("streams lock").retain_mut(|open| open.keep_alive().is_ok());
+                let mut anchor = anchor.lock().expect("anchor lock");
+                if anchor.as_mut().is_some_and(|open| open.keep_alive().is_err()) {
+                    *anchor = None;
+                }
+            }
         });
+    }
+
+    /// Commits every staged folder on the stream kept for it; what was sent beneath
+    /// a folder whose commit failed is reported again, failed with the commit's
+    /// error.
+    fn commit_staged<'c>(
+        &'c self,
+        staging: &Staging,
+        kept: Option<Session<'c>>,
+        items: &[Item],
+        results: &[Mutex<Option<ItemResult>>],
+        progress: &dyn Progress,
+    ) {
+        let mut roots: Vec<String> = staging.staged.lock().expect("staging lock").drain().collect();
+        let held = std::mem::take(&mut *staging.held.lock().expect("staging lock"));
+        if roots.is_empty() {
+            return;
+        }
+        roots.sort();
+        let commits: Vec<Mutex<Option<ItemResult>>> = roots.iter().map(|_| Mutex::new(None)).collect();
+        let record = |at: usize, result: ItemResult, _started: Instant| {
+            *commits[at].lock().expect("commit lock") = Some(result);
+        };
+        if sys::stop_signal().is_some() {
+            // Interrupted: no commit (the stream refuses it now). The server publishes
+            // what it has of each staged folder when this client's last stream ends,
+            // as it would have had each file without staging (unless the name was
+            // taken meanwhile: then it says so in its log), so what it confirmed
+            // stays reported sent.
+            return;
+        }
+        let Some(session) = kept else {
+            // Every stream ended early (each failed): the server took the last one's
+            // end as this client's, and published what it had staged as far as it
+            // got, unless the name was taken meanwhile. No commit can say which.
+            for (at, root) in roots.iter().enumerate() {
+                let message = format!(
+                    "the streams of this client ended before its folder {} was committed: the server published it as far as it got, unless the name was taken meanwhile (check it, or send again with --skip-existing)",
+                    escaped(root)
+                );
+                record(at, Err(SendError::Failed(message)), Instant::now());
+            }
+            return self.report_failed_commits(&roots, &commits, held, items, results, progress);
+        };
+        match batch::Batcher::start(session) {
+            Ok(mut batcher) => {
+                let mut broken = None;
+                for (at, root) in roots.iter().enumerate() {
+                    let commit = batch::Prepared::commit(Instant::now());
+                    if let Err(e) = batcher.add(at, root, commit, progress, &record) {
+                        broken = Some(e);
+                        break;
+                    }
+                }
+                match broken {
+                    Some(e) => batcher.fail_all(&e, &record),
+                    None => drop(batcher.finish(&record)),
+                }
+            }
+            Err(e) => (0..roots.len()).for_each(|at| record(at, Err(e.clone()), Instant::now())),
+        }
+        self.report_failed_commits(&roots, &commits, held, items, results, progress);
+    }
+
+    /// Reports again, failed, each held item beneath a folder whose commit failed.
+    fn report_failed_commits(
+        &self,
+        roots: &[String],
+        commits: &[Mutex<Option<ItemResult>>],
+        held: Vec<(usize, Instant)>,
+        items: &[Item],
+        results: &[Mutex<Option<ItemResult>>],
+        progress: &dyn Progress,
+    ) {
+        for (index, started) in held {
+            let item = &items[index];
+            let root = item.name.split('/').next().unwrap_or_default();
+            let commit = roots
+                .binary_search_by(|r| r.as_str().cmp(root))
+                .ok()
+                .and_then(|at| commits[at].lock().expect("commit lock").clone())
+                .unwrap_or(Err(SendError::Interrupted));
+            if let Err(e) = commit {
+                let result = Err(e);
+                progress.finished(index, item, &result, started.elapsed());
+                *results[index].lock().expect("result lock") = Some(result);
+            }
+        }
     }
 
     /// Sends the items of `queue` in batches on one stream (one carried from the last
@@ -333,7 +467,12 @@ impl Sender {
             let Some(index) = run.pop_front() else { break };
             // Opened first: a stream goes into batch mode only for an item that fits.
             let prepared = match batch::prepare(&items[index], &self.options) {
-                Ok(batch::Prepare::Batch(prepared)) => prepared,
+                Ok(batch::Prepare::Batch(prepared)) => match items[index].kind {
+                    Kind::Dir { mode } if Staging::candidate(&items[index]) => {
+                        batch::Prepared::stage(mode, Instant::now())
+                    }
+                    _ => prepared,
+                },
                 Ok(batch::Prepare::Alone(opened)) => {
                     alone.push(index, opened);
                     continue;
@@ -375,6 +514,49 @@ impl Sender {
     }
 }
 
+/// Top-level folders sent whole are staged: the server makes each under a hidden
+/// name, its files there under their own names (no temporary name and link each:
+/// one directory operation a file instead of two), and gives it its name, whole,
+/// when the client commits it after the last of its files was confirmed. So a tree
+/// appears at once, complete, and a client that dies leaves nothing of it. What
+/// lies beneath a staged folder (and the folder) is reported when the server has
+/// it; if the commit fails (the name appeared meanwhile), it is reported again,
+/// failed, and that is its result.
+#[derive(Default)]
+struct Staging {
+    /// The top-level folders the server staged.
+    staged: Mutex<std::collections::HashSet<String>>,
+    /// Items sent beneath (or as) a staged folder, and when they were taken up: to
+    /// be reported again, failed, if its commit fails.
+    held: Mutex<Vec<(usize, Instant)>>,
+}
+
+impl Staging {
+    /// A folder sent whole at the top of the output (a walk's root).
+    fn candidate(item: &Item) -> bool {
+        matches!(item.kind, Kind::Dir { .. }) && item.verdict == Verdict::Send && !item.name.contains('/')
+    }
+
+    /// Notes a staged folder (its result says `bytes: 1`), and every item sent
+    /// beneath one, in case its commit fails; gives the result to report now.
+    fn note(&self, index: usize, item: &Item, result: ItemResult, started: Instant) -> ItemResult {
+        let mut staged = self.staged.lock().expect("staging lock");
+        let result = match result {
+            Ok(Delivered::Sent { bytes: 1 }) if Staging::candidate(item) => {
+                staged.insert(item.name.clone());
+                Ok(Delivered::Sent { bytes: 0 })
+            }
+            other => other,
+        };
+        let root = item.name.split('/').next().unwrap_or_default();
+        if result.is_ok() && !staged.is_empty() && staged.contains(root) {
+            drop(staged);
+            self.held.lock().expect("staging lock").push((index, started));
+        }
+        result
+    }
+}
+
 /// Items a batch job takes from the shared queue at once, at most.
 const RUN_MAX: usize = 64;
 
@@ -401,7 +583,12 @@ fn take_run(items: &[Item], queue: &mut VecDeque<usize>, run: &mut VecDeque<usiz
 #[derive(Clone, Copy)]
 struct Carry<'p, 'c> {
     streams: &'p Mutex<Vec<Session<'c>>>,
-    keep: bool,
+    /// Streams kept at the phase's end, at most (the others are given back).
+    keep: usize,
+    /// The stream held for the commit of staged folders, beating meanwhile.
+    anchor: &'p Mutex<Option<Session<'c>>>,
+    /// Staged folders, and the results held for them.
+    staging: &'p Staging,
 }
 
 /// Files and folders sent one after another on one stream (see `Sender::stream`).

@@ -3,7 +3,7 @@
 //! its own, and the results go back in the same slot. A batch whose framing is
 //! wrong fails the stream and publishes nothing.
 
-use super::stream::{failure, publish, sink_failure, Failure, State, Stream, Transfer};
+use super::stream::{failure, publish, sink_failure, Failure, Staged, State, Stream, Transfer};
 use super::*;
 use crate::batch::{self, Entry, EntryKind, Outcome, BATCH_CHUNK};
 
@@ -122,30 +122,57 @@ impl Stream {
             );
             return Err(failure(ErrorCode::BadRequest, message));
         }
+        let staged = self.staged(shared, name);
+        self.publish_checked(shared, name, kind, staged.as_ref(), entry, bytes).map_err(|failure| {
+            match &staged {
+                Some(s) => s.unhide(failure, name),
+                None => failure,
+            }
+        })
+    }
+
+    /// `publish_entry` for a checked entry; beneath a staged folder (`staged`), made
+    /// under the folder's hidden name, with no temporary name.
+    fn publish_checked(
+        &mut self,
+        shared: &Shared,
+        name: &str,
+        kind: EntryKind,
+        staged: Option<&Staged>,
+        entry: &Entry,
+        bytes: &[u8],
+    ) -> Result<Outcome, Failure> {
+        let real = staged.map_or(name, |s| s.real.as_str());
         let (size, checksum, meta) = match kind {
             EntryKind::Dir { mode } => {
-                self.sink.make_dir(name, mode | 0o700).map_err(sink_failure)?;
+                self.sink.make_dir(real, mode | 0o700).map_err(sink_failure)?;
                 return Ok(Outcome::Done(0));
             }
+            EntryKind::Stage { mode } => return self.stage(shared, name, mode),
+            EntryKind::Commit => return self.commit(shared, name),
             EntryKind::File { size, checksum, meta } => (size, checksum, meta),
         };
         if let Some(max) = shared.options.max_file_size.filter(|&max| size > max) {
             return Err(super::stream::too_big(name, max));
         }
         // The client's --skip-existing wins over the server's --overwrite.
-        if meta.skip_existing && self.sink.exists(name) {
+        if meta.skip_existing && self.sink.exists(real) {
             return Ok(Outcome::Skipped);
         }
         let mode = meta.mode.unwrap_or(shared.default_mode);
         if size == 0 && entry.data.is_empty() {
-            return self.publish_empty(shared, name, checksum, mode, meta);
+            return self.publish_empty(shared, (name, real), checksum, mode, meta);
         }
         // Hashed and written straight from the slot, as a large file's chunks are: no
         // private copy (a third pass over every byte). A client that writes into a
         // slot it handed over can only spoil its own file, as it could by sending
         // other bytes.
         let data = &bytes[entry.data.clone()];
-        let mut file = self.sink.create(name, mode).map_err(sink_failure)?;
+        let mut file = match staged {
+            Some(_) => self.sink.create_private(real, mode),
+            None => self.sink.create(real, mode),
+        }
+        .map_err(sink_failure)?;
         let mut hasher = Checksum::new();
         if !data.is_empty() {
             hasher.update(data);
@@ -172,11 +199,12 @@ impl Stream {
         }
     }
 
-    /// An empty file: checked as any other, then published in one step by the sink.
+    /// An empty file: checked as any other, then published in one step by the sink
+    /// under `real` (`name` is the client's, for reports).
     fn publish_empty(
         &mut self,
         shared: &Shared,
-        name: &str,
+        (name, real): (&str, &str),
         checksum: u64,
         mode: u32,
         meta: FileMeta,
@@ -186,7 +214,7 @@ impl Stream {
             let message = format!("{}: checksum mismatch: the data was corrupted in transit", escaped(name));
             return Err(failure(ErrorCode::Checksum, message));
         }
-        match self.sink.publish_empty(name, mode, meta.mtime, shared.options.overwrite) {
+        match self.sink.publish_empty(real, mode, meta.mtime, shared.options.overwrite) {
             Err(e) if e.kind == SinkErrorKind::Exists && meta.skip_existing => Ok(Outcome::Skipped),
             Err(e) => Err(sink_failure(e)),
             Ok(()) => {
@@ -199,5 +227,40 @@ impl Stream {
                 Ok(Outcome::Done(0))
             }
         }
+    }
+
+    /// `KIND_STAGE`: the new top-level folder `root` is made under a hidden name
+    /// (`Done(1)`), or, if it exists or the sink does not stage, as a folder
+    /// (`Done(0)`).
+    fn stage(&mut self, shared: &Shared, root: &str, mode: u32) -> Result<Outcome, Failure> {
+        if root.contains('/') {
+            let message = format!("{}: only a top-level folder can be staged", escaped(root));
+            return Err(failure(ErrorCode::BadRequest, message));
+        }
+        let key = (self.client_pid, root.to_owned());
+        if shared.stages.lock().expect("stages lock").contains_key(&key) {
+            let message = format!("{}: already staged", escaped(root));
+            return Err(failure(ErrorCode::BadRequest, message));
+        }
+        let hidden = format!("{}{}.stage", temp_prefix(&shared.options.name), Uuid::new_v4().simple());
+        if !self.sink.stage(root, &hidden, mode | 0o700).map_err(sink_failure)? {
+            self.sink.make_dir(root, mode | 0o700).map_err(sink_failure)?;
+            return Ok(Outcome::Done(0));
+        }
+        shared.stages.lock().expect("stages lock").insert(key, hidden);
+        shared.stages_changed();
+        Ok(Outcome::Done(1))
+    }
+
+    /// `KIND_COMMIT`: the staged folder `root` gets its name, whole.
+    fn commit(&mut self, shared: &Shared, root: &str) -> Result<Outcome, Failure> {
+        let hidden = shared.stages.lock().expect("stages lock").remove(&(self.client_pid, root.to_owned()));
+        shared.stages_changed();
+        let Some(hidden) = hidden else {
+            let message = format!("{}: nothing of this client's is staged under that name", escaped(root));
+            return Err(failure(ErrorCode::BadRequest, message));
+        };
+        self.sink.commit(&hidden, root).map_err(sink_failure)?;
+        Ok(Outcome::Done(0))
     }
 }

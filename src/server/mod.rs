@@ -476,6 +476,12 @@ struct Shared {
     /// Live streams and what they did, per client pid: for
     /// `--max-streams-per-client`, and the summary when its last stream ends.
     clients: Mutex<std::collections::HashMap<u32, Client>>,
+    /// Folders staged by a client (pid, top folder) under a hidden name, until the
+    /// client commits them or its last stream ends.
+    stages: Mutex<std::collections::HashMap<(u32, String), String>>,
+    /// Bumped whenever `stages` changes (streams keep a copy; see `Stream::staged`);
+    /// starts at 1, so a stream's empty copy (generation 0) is taken afresh once.
+    stages_generation: std::sync::atomic::AtomicU64,
     /// Live streams per worker, to place new ones on the least loaded.
     loads: Vec<AtomicUsize>,
     /// Where received files go.
@@ -581,6 +587,8 @@ fn start(
         stopping: AtomicBool::new(false),
         stop,
         clients: Mutex::new(std::collections::HashMap::new()),
+        stages: Mutex::new(std::collections::HashMap::new()),
+        stages_generation: std::sync::atomic::AtomicU64::new(1),
     };
     shared.publish_stats(&shared.alloc.lock().expect("allocator lock"));
     Ok(Arc::new(shared))
@@ -599,7 +607,7 @@ fn temp_prefix(name: &str) -> String {
 /// temporary files of a server named `a-b` for its own.
 fn is_temp_name(file_name: &str, prefix: &str) -> bool {
     let Some(rest) = file_name.strip_prefix(prefix) else { return false };
-    let Some(guid) = rest.strip_suffix(".part") else { return false };
+    let Some(guid) = rest.strip_suffix(".part").or_else(|| rest.strip_suffix(".stage")) else { return false };
     guid.len() == 32 && guid.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
@@ -610,7 +618,12 @@ fn remove_stale_temp_files(dir: &Path, name: &str) {
         let file_name = entry.file_name();
         let file_name = file_name.to_string_lossy();
         if is_temp_name(&file_name, &prefix) {
-            let _ = fs::remove_file(entry.path());
+            match file_name.ends_with(".stage") {
+                // A staged folder whose client never committed it (`remove_dir_all`
+                // never follows a link).
+                true => drop(fs::remove_dir_all(entry.path())),
+                false => drop(fs::remove_file(entry.path())),
+            }
         }
     }
 }

@@ -74,6 +74,13 @@ pub(super) struct Offer {
 }
 
 impl Shared {
+    /// Streams' copies of `stages` are stale: call after every change.
+    pub(super) fn stages_changed(&self) {
+        // Release: pairs with the Acquire in `Stream::staged`, which then takes the
+        // lock to copy (the lock orders the map itself).
+        self.stages_generation.fetch_add(1, Ordering::Release);
+    }
+
     /// Allocates and offers a fresh record; `None` while the records area is full.
     pub(super) fn make_offer(&self, handout_lock: &NamedLock) -> Result<Option<Offer>, ServerError> {
         let offset = {

@@ -39,6 +39,26 @@ pub(super) enum State {
     Closed,
 }
 
+/// A name beneath a folder this stream's client has staged (see
+/// `crate::batch::KIND_STAGE`).
+pub(super) struct Staged {
+    /// The name with the top folder replaced by its hidden name.
+    pub(super) real: String,
+    /// The length of the hidden name at the start of `real`.
+    hidden_len: usize,
+    /// The length of the top folder's name at the start of the client's name.
+    root_len: usize,
+}
+
+impl Staged {
+    /// `failure` of the client's `name` with the hidden name put back as the
+    /// user's folder.
+    pub(super) fn unhide(&self, mut failure: Failure, name: &str) -> Failure {
+        failure.message = failure.message.replace(&self.real[..self.hidden_len], &name[..self.root_len]);
+        failure
+    }
+}
+
 /// Why a stream ended badly, and whether to tell the client.
 pub(super) struct Failure {
     pub(super) code: ErrorCode,
@@ -79,6 +99,9 @@ pub(super) struct Stream {
     pub(super) over_quota: bool,
     /// What this stream published and failed, for its client's summary.
     pub(super) tally: Tally,
+    /// This client's staged folders (top folder -> hidden name) as of a
+    /// generation of `Shared::stages`.
+    pub(super) stage_view: (u64, std::collections::HashMap<String, String>),
 }
 
 impl Stream {
@@ -107,6 +130,7 @@ impl Stream {
             over_quota: false,
             failed_transfer: false,
             tally: Tally::default(),
+            stage_view: (0, std::collections::HashMap::new()),
         }
     }
 
@@ -319,8 +343,10 @@ impl Stream {
         // Fail a big transfer before it starts; a small one (`early == false`) is
         // refused just as surely by the no-clobber publish.
         let check_now = early_exists_check || meta.skip_existing;
+        let staged = self.staged(shared, &name);
+        let real = staged.as_ref().map_or(name.as_str(), |s| s.real.as_str());
         // The client's --skip-existing wins over the server's --overwrite.
-        if check_now && (meta.skip_existing || !shared.options.overwrite) && self.sink.exists(&name) {
+        if check_now && (meta.skip_existing || !shared.options.overwrite) && self.sink.exists(real) {
             if meta.skip_existing {
                 return Ok(false);
             }
@@ -328,7 +354,11 @@ impl Stream {
                 format!("{} already exists: remove it or run the server with --overwrite", escaped(&name));
             return Err(failure(ErrorCode::Exists, message));
         }
-        let file = self.sink.create(&name, meta.mode.unwrap_or(shared.default_mode)).map_err(sink_failure)?;
+        let file =
+            self.sink.create(real, meta.mode.unwrap_or(shared.default_mode)).map_err(|e| match &staged {
+                Some(s) => s.unhide(sink_failure(e), &name),
+                None => sink_failure(e),
+            })?;
         let record = self.record(shared);
         record.file_size.store(size, Ordering::Relaxed);
         record.size_is_hint.store(u32::from(meta.size_is_hint), Ordering::Relaxed);
@@ -387,9 +417,17 @@ impl Stream {
     /// Creates a folder (and its parents) beneath the output folder.
     pub(super) fn mkdir(&mut self, shared: &Shared, name: String, mode: u32) {
         self.label.clone_from(&name);
-        match self.sink.make_dir(&name, mode | 0o700) {
+        let staged = self.staged(shared, &name);
+        let real = staged.as_ref().map_or(name.as_str(), |s| s.real.as_str());
+        match self.sink.make_dir(real, mode | 0o700) {
             Ok(()) => self.reply(shared, ServerReply::Done { bytes: 0 }),
-            Err(e) => self.fail(shared, sink_failure(e)),
+            Err(e) => {
+                let failure = match &staged {
+                    Some(s) => s.unhide(sink_failure(e), &name),
+                    None => sink_failure(e),
+                };
+                self.fail(shared, failure)
+            }
         }
     }
 
@@ -490,6 +528,28 @@ impl Stream {
             }
             Err(failure) => self.fail(shared, failure),
         }
+    }
+
+    /// Where `name` is made: beneath its top folder's hidden name if this client
+    /// staged that folder.
+    pub(super) fn staged(&mut self, shared: &Shared, name: &str) -> Option<Staged> {
+        let (root, rest) = name.split_once('/')?;
+        // A private copy of this client's stages, taken afresh when they change:
+        // no lock and no allocation per file to look one up.
+        // Acquire: pairs with the Release of `Shared::stages_changed`.
+        let generation = shared.stages_generation.load(Ordering::Acquire);
+        if self.stage_view.0 != generation {
+            let stages = shared.stages.lock().expect("stages lock");
+            let mine = stages.iter().filter(|((pid, _), _)| *pid == self.client_pid);
+            self.stage_view =
+                (generation, mine.map(|((_, root), hidden)| (root.clone(), hidden.clone())).collect());
+        }
+        let hidden = self.stage_view.1.get(root)?;
+        let mut real = String::with_capacity(hidden.len() + 1 + rest.len());
+        real.push_str(hidden);
+        real.push('/');
+        real.push_str(rest);
+        Some(Staged { real, hidden_len: hidden.len(), root_len: root.len() })
     }
 
     /// Tells the server's owner about a file, and counts it for the client's summary.
@@ -648,6 +708,25 @@ impl Stream {
             }
         }
         drop(clients);
+        if last.is_some() {
+            // A client gone without committing (killed): what it staged is published
+            // as far as it got, as it would have been without staging. Every file in
+            // it is whole: one in progress went with its stream (`drop_transfer`).
+            let mut stages = shared.stages.lock().expect("stages lock");
+            let gone: Vec<(u32, String)> =
+                stages.keys().filter(|(pid, _)| *pid == self.client_pid).cloned().collect();
+            let staged: Vec<(String, String)> = gone
+                .into_iter()
+                .filter_map(|key| stages.remove(&key).map(|hidden| (hidden, key.1)))
+                .collect();
+            drop(stages);
+            shared.stages_changed();
+            for (hidden, root) in staged {
+                if let Err(e) = shared.sink.abandon_staged(&hidden, &root) {
+                    (shared.events)(&ServerEvent::Failed { name: root, reason: e.message });
+                }
+            }
+        }
         let worth_a_line = |c: &Client| c.tally.files + c.tally.skipped + c.tally.failed > 0;
         if let Some(Client { since, tally, .. }) = last.filter(worth_a_line) {
             (shared.events)(&ServerEvent::ClientDone {

@@ -229,6 +229,10 @@ impl Server {
             for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
                 let path = entry.path();
                 match entry.file_type() {
+                    // A staged folder (`.sharedxfer-<name>-<guid>.stage`) not committed.
+                    Ok(kind) if kind.is_dir() && path.to_string_lossy().ends_with(".stage") => {
+                        found.push(path)
+                    }
                     Ok(kind) if kind.is_dir() => folders.push(path),
                     _ if path.to_string_lossy().ends_with(".part") => found.push(path),
                     _ => {}
