@@ -289,7 +289,7 @@ impl Sender {
         };
         let report = |index: usize, result: ItemResult, started: Instant| {
             // What is beneath a staged folder is published only by its commit.
-            let result = staging.note(index, &items[index], result, started);
+            let result = staging.note(&items[index], result);
             progress.finished(index, &items[index], &result, started.elapsed());
             *results[index].lock().expect("result lock") = Some(result);
         };
@@ -370,12 +370,12 @@ impl Sender {
         progress: &dyn Progress,
     ) {
         let mut roots: Vec<String> = staging.staged.lock().expect("staging lock").drain().collect();
-        let held = std::mem::take(&mut *staging.held.lock().expect("staging lock"));
         if roots.is_empty() {
             return;
         }
         roots.sort();
         let commits: Vec<Mutex<Option<ItemResult>>> = roots.iter().map(|_| Mutex::new(None)).collect();
+        let started = Instant::now();
         let record = |at: usize, result: ItemResult, _started: Instant| {
             *commits[at].lock().expect("commit lock") = Some(result);
         };
@@ -398,7 +398,7 @@ impl Sender {
                 );
                 record(at, Err(SendError::Failed(message)), Instant::now());
             }
-            return self.report_failed_commits(&roots, &commits, held, items, results, progress);
+            return report_failed_commits(&roots, &commits, started, items, results, progress);
         };
         match batch::Batcher::start(session) {
             Ok(mut batcher) => {
@@ -417,33 +417,7 @@ impl Sender {
             }
             Err(e) => (0..roots.len()).for_each(|at| record(at, Err(e.clone()), Instant::now())),
         }
-        self.report_failed_commits(&roots, &commits, held, items, results, progress);
-    }
-
-    /// Reports again, failed, each held item beneath a folder whose commit failed.
-    fn report_failed_commits(
-        &self,
-        roots: &[String],
-        commits: &[Mutex<Option<ItemResult>>],
-        held: Vec<(usize, Instant)>,
-        items: &[Item],
-        results: &[Mutex<Option<ItemResult>>],
-        progress: &dyn Progress,
-    ) {
-        for (index, started) in held {
-            let item = &items[index];
-            let root = item.name.split('/').next().unwrap_or_default();
-            let commit = roots
-                .binary_search_by(|r| r.as_str().cmp(root))
-                .ok()
-                .and_then(|at| commits[at].lock().expect("commit lock").clone())
-                .unwrap_or(Err(SendError::Interrupted));
-            if let Err(e) = commit {
-                let result = Err(e);
-                progress.finished(index, item, &result, started.elapsed());
-                *results[index].lock().expect("result lock") = Some(result);
-            }
-        }
+        report_failed_commits(&roots, &commits, started, items, results, progress);
     }
 
     /// Sends the items of `queue` in batches on one stream (one carried from the last
@@ -514,21 +488,52 @@ impl Sender {
     }
 }
 
+/// Reports again, failed, each item sent beneath (or as) a staged folder whose
+/// commit failed (`roots` and `commits` side by side).
+fn report_failed_commits(
+    roots: &[String],
+    commits: &[Mutex<Option<ItemResult>>],
+    since: Instant,
+    items: &[Item],
+    results: &[Mutex<Option<ItemResult>>],
+    progress: &dyn Progress,
+) {
+    let failed: Vec<(&str, SendError)> = roots
+        .iter()
+        .zip(commits)
+        .filter_map(|(root, commit)| match commit.lock().expect("commit lock").clone() {
+            Some(Ok(_)) => None,
+            Some(Err(e)) => Some((root.as_str(), e)),
+            None => Some((root.as_str(), SendError::Interrupted)),
+        })
+        .collect();
+    if failed.is_empty() {
+        return;
+    }
+    for (index, item) in items.iter().enumerate() {
+        let root = item.name.split('/').next().unwrap_or_default();
+        let Some((_, error)) = failed.iter().find(|(failed, _)| *failed == root) else { continue };
+        let mut slot = results[index].lock().expect("result lock");
+        if matches!(*slot, Some(Ok(Delivered::Sent { .. }))) {
+            let result = Err(error.clone());
+            progress.finished(index, item, &result, since.elapsed());
+            *slot = Some(result);
+        }
+    }
+}
+
 /// Top-level folders sent whole are staged: the server makes each under a hidden
 /// name, its files there under their own names (no temporary name and link each:
 /// one directory operation a file instead of two), and gives it its name, whole,
 /// when the client commits it after the last of its files was confirmed. So a tree
-/// appears at once, complete, and a client that dies leaves nothing of it. What
-/// lies beneath a staged folder (and the folder) is reported when the server has
-/// it; if the commit fails (the name appeared meanwhile), it is reported again,
-/// failed, and that is its result.
+/// appears at once, complete (a client that dies gets what the server had
+/// published, as far as it got). What lies beneath a staged folder (and the
+/// folder) is reported when the server has it; if the commit fails (the name
+/// appeared meanwhile), it is reported again, failed, and that is its result.
 #[derive(Default)]
 struct Staging {
     /// The top-level folders the server staged.
     staged: Mutex<std::collections::HashSet<String>>,
-    /// Items sent beneath (or as) a staged folder, and when they were taken up: to
-    /// be reported again, failed, if its commit fails.
-    held: Mutex<Vec<(usize, Instant)>>,
 }
 
 impl Staging {
@@ -537,23 +542,16 @@ impl Staging {
         matches!(item.kind, Kind::Dir { .. }) && item.verdict == Verdict::Send && !item.name.contains('/')
     }
 
-    /// Notes a staged folder (its result says `bytes: 1`), and every item sent
-    /// beneath one, in case its commit fails; gives the result to report now.
-    fn note(&self, index: usize, item: &Item, result: ItemResult, started: Instant) -> ItemResult {
-        let mut staged = self.staged.lock().expect("staging lock");
-        let result = match result {
+    /// Notes a staged folder (its result says `bytes: 1`); gives the result to
+    /// report now.
+    fn note(&self, item: &Item, result: ItemResult) -> ItemResult {
+        match result {
             Ok(Delivered::Sent { bytes: 1 }) if Staging::candidate(item) => {
-                staged.insert(item.name.clone());
+                self.staged.lock().expect("staging lock").insert(item.name.clone());
                 Ok(Delivered::Sent { bytes: 0 })
             }
             other => other,
-        };
-        let root = item.name.split('/').next().unwrap_or_default();
-        if result.is_ok() && !staged.is_empty() && staged.contains(root) {
-            drop(staged);
-            self.held.lock().expect("staging lock").push((index, started));
         }
-        result
     }
 }
 
