@@ -57,10 +57,12 @@ pub const KIND_FILE: u32 = 1;
 pub const KIND_DIR: u32 = 2;
 /// `kind` of an entry that asks for a new top-level folder to be made under a
 /// hidden name (its files then made there directly, with no temporary name each)
-/// and published whole by a later `KIND_COMMIT`; result `Done(1)`: staged,
-/// `Done(0)`: not (the name exists, or the sink cannot): made or kept as a folder.
+/// and published whole by a later `KIND_COMMIT`; result `Done(token)`: staged, the
+/// commit to carry that token (never 0); `Done(0)`: not (the name exists, or the
+/// sink cannot): made or kept as a folder.
 pub const KIND_STAGE: u32 = 3;
-/// `kind` of an entry that publishes a staged folder under its name.
+/// `kind` of an entry that publishes a staged folder under its name; its
+/// checksum field carries the token the stage answered.
 pub const KIND_COMMIT: u32 = 4;
 
 const STATUS_DONE: u32 = 0;
@@ -146,7 +148,10 @@ pub enum EntryKind {
         mode: u32,
     },
     /// Publish the staged folder of this name (see `KIND_COMMIT`).
-    Commit,
+    Commit {
+        /// What its stage answered.
+        token: u64,
+    },
 }
 
 /// The fixed part of an entry, for the client to write before its name and data.
@@ -162,7 +167,7 @@ pub fn entry_header(kind: &EntryKind, name_len: usize) -> [u8; ENTRY_LEN] {
         EntryKind::Stage { mode } => {
             (KIND_STAGE, 0, 0, FileMeta { mode: Some(mode & MODE_BITS), ..FileMeta::default() }.encode())
         }
-        EntryKind::Commit => (KIND_COMMIT, 0, 0, FileMeta::default().encode()),
+        EntryKind::Commit { token } => (KIND_COMMIT, 0, *token, FileMeta::default().encode()),
     };
     out[..4].copy_from_slice(&code.to_le_bytes());
     out[4..8].copy_from_slice(&(name_len as u32).to_le_bytes());
@@ -268,8 +273,8 @@ pub fn decode_batch(bytes: &[u8]) -> Result<(u64, Vec<Entry>), FramingError> {
                 Err(ProtocolError("a batched file's size must be exact".into()))
             }
             KIND_FILE => Ok(EntryKind::File { size, checksum, meta }),
-            KIND_COMMIT if checksum == 0 && meta == FileMeta::default() => Ok(EntryKind::Commit),
-            KIND_COMMIT => Err(ProtocolError("a commit entry carries nothing but a name".into())),
+            KIND_COMMIT if meta == FileMeta::default() => Ok(EntryKind::Commit { token: checksum }),
+            KIND_COMMIT => Err(ProtocolError("a commit entry carries nothing but a name and a token".into())),
             KIND_STAGE if checksum != 0 => Err(ProtocolError("a folder entry carries only a mode".into())),
             _ => match meta {
                 FileMeta { mode: Some(mode), mtime: None, size_is_hint: false, skip_existing: false } => {

@@ -204,8 +204,7 @@ impl Sink for FolderSink {
             .map_err(|e| io::Error::new(e.kind, e.message))
             .and_then(|target| crate::sys::rename_dir_at(target.parent.as_fd(), hidden, root));
         published.map_err(|e| {
-            // Never through a link: `remove_dir_all` does not follow them.
-            let _ = std::fs::remove_dir_all(self.output.path().join(hidden));
+            remove_in_background(self.output.path().join(hidden));
             SinkError::new(
                 SinkErrorKind::Exists,
                 format!("its client went away before the folder was whole, and it could not be published ({e}): dropped"),
@@ -222,6 +221,16 @@ impl Sink for FolderSink {
             .and_then(|dir| crate::sys::syncfs(&dir))
             .map_err(|e| SinkError::new(SinkErrorKind::Io, format!("cannot flush {shown}: {e}")))
     }
+}
+
+/// Removes a staged folder that cannot be published, and all in it, on a thread
+/// of its own (a large tree would hold up the worker's other streams). Never
+/// through a link: `remove_dir_all` does not follow them. A server that exits
+/// first leaves the rest to the next one on the name (stale staged folders).
+fn remove_in_background(path: PathBuf) {
+    let _ = std::thread::Builder::new().name("remove-staged".into()).spawn(move || {
+        let _ = std::fs::remove_dir_all(path);
+    });
 }
 
 struct FolderSession {
@@ -279,7 +288,7 @@ impl SinkSession for FolderSession {
             .and_then(|target| crate::sys::rename_dir_at(target.parent.as_fd(), hidden, root));
         self.dirs.clear();
         renamed.map_err(|e| {
-            let _ = std::fs::remove_dir_all(self.output.path().join(hidden));
+            remove_in_background(self.output.path().join(hidden));
             match e.kind() {
                 io::ErrorKind::AlreadyExists => SinkError::new(
                     SinkErrorKind::Exists,

@@ -567,8 +567,7 @@ fn check_names(items: &mut [Item]) {
     for item in items.iter_mut().filter(|i| i.verdict == Verdict::Send) {
         if let Err(e) = protocol::validate_path(&item.name) {
             item.verdict = Verdict::Refuse(format!("{}: {e}", item.human()));
-        } else if item.name.rsplit('/').next().is_some_and(|base| base.starts_with(protocol::RESERVED_PREFIX))
-        {
+        } else if item.name.split('/').any(|part| part.starts_with(protocol::RESERVED_PREFIX)) {
             let message = format!(
                 "{}: names starting with {} are reserved for the server's temporary files",
                 item.human(),

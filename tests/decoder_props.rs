@@ -342,7 +342,7 @@ proptest! {
                         batch::EntryKind::Dir { mode } | batch::EntryKind::Stage { mode } => {
                             prop_assert!(mode <= 0o777 && entry.data.is_empty());
                         }
-                        batch::EntryKind::Commit => prop_assert!(entry.data.is_empty()),
+                        batch::EntryKind::Commit { .. } => prop_assert!(entry.data.is_empty()),
                     }
                 }
             }

@@ -1130,7 +1130,8 @@ fn reserved_temporary_names_are_refused_whatever_a_client_sends() {
     let tree = Tree::new();
     let server = Server::start(&unique_name("reserved"), &tree.out(), &[]);
     let rogue = Rogue::connect(&server.name);
-    for name in [".sharedxfer-x-escape.part", "sub/.sharedxfer-escape"] {
+    // At any depth: nothing may be made inside a staged folder by its hidden name.
+    for name in [".sharedxfer-x-escape.part", "sub/.sharedxfer-escape", "sub/.sharedxfer-x-0.stage/f"] {
         let mut s = rogue.take();
         s.post(&ClientCommand::Open { name: name.into(), size: 10, meta: FileMeta::default() });
         assert_failed(&server, s, name, ErrorCode::BadRequest, "reserved for the server");
@@ -1598,7 +1599,8 @@ fn a_staged_folder_appears_whole_at_its_commit_and_never_over_a_name_that_appear
     let t = UNIX_EPOCH + Duration::from_secs(1_500_000_000);
     let (one, two) = (pattern(5000, 1), pattern(0, 2));
     let stage = |name: &str| RawEntry::with_kind(name.as_bytes(), &EntryKind::Stage { mode: 0o750 }, b"");
-    let commit = |name: &str| RawEntry::with_kind(name.as_bytes(), &EntryKind::Commit, b"");
+    let commit =
+        |name: &str, token: u64| RawEntry::with_kind(name.as_bytes(), &EntryKind::Commit { token }, b"");
     let first = [
         stage("pub"),
         RawEntry::dir("pub/sub", 0o700),
@@ -1609,24 +1611,26 @@ fn a_staged_folder_appears_whole_at_its_commit_and_never_over_a_name_that_appear
         stage("exists"),
         stage("pub"),
         stage("a/b"),
-        commit("never-staged"),
+        commit("never-staged", 1),
+        RawEntry::file("pub/.sharedxfer-x.stage/y", &one, file_meta(0o600, t)),
     ];
     let outcomes = stream.run_batch(0, &batch_of(1, &first), 1, first.len());
+    let token = |outcome: &Outcome| match outcome {
+        Outcome::Done(token) if *token > 1 => *token,
+        other => panic!("a stage answers a token: {other:?}"),
+    };
+    let (pub_token, clash_token) = (token(&outcomes[0]), token(&outcomes[4]));
+    assert_ne!(pub_token, clash_token);
     assert_eq!(
-        &outcomes[..7],
-        &[
-            Outcome::Done(1),
-            Outcome::Done(0),
-            Outcome::Done(5000),
-            Outcome::Done(0),
-            Outcome::Done(1),
-            Outcome::Done(5000),
-            Outcome::Done(0),
-        ]
+        [&outcomes[1..4], &outcomes[5..7]].concat(),
+        [Outcome::Done(0), Outcome::Done(5000), Outcome::Done(0), Outcome::Done(5000), Outcome::Done(0)]
     );
-    for (outcome, what) in
-        outcomes[7..].iter().zip(["already staged", "only a top-level folder", "nothing of this client"])
-    {
+    for (outcome, what) in outcomes[7..].iter().zip([
+        "already staged",
+        "only a top-level folder",
+        "nothing of this client",
+        "reserved for the server",
+    ]) {
         assert!(
             matches!(outcome, Outcome::Failed(ErrorCode::BadRequest, m) if m.contains(what)),
             "{outcome:?}"
@@ -1638,7 +1642,14 @@ fn a_staged_folder_appears_whole_at_its_commit_and_never_over_a_name_that_appear
     fs::create_dir(tree.out().join("clash")).unwrap();
     fs::write(tree.out().join("clash/mine"), b"intruder").unwrap();
 
-    let outcomes = stream.run_batch(1 % slots, &batch_of(2, &[commit("pub"), commit("clash")]), 2, 2);
+    // A commit without its stage's token (another process claiming this pid) is
+    // refused and publishes nothing.
+    let outcomes = stream.run_batch(1 % slots, &batch_of(2, &[commit("pub", pub_token ^ 1)]), 2, 1);
+    assert!(matches!(&outcomes[0], Outcome::Failed(ErrorCode::BadRequest, _)), "{outcomes:?}");
+    assert!(!tree.out().join("pub").exists());
+
+    let both = [commit("pub", pub_token), commit("clash", clash_token)];
+    let outcomes = stream.run_batch(2 % slots, &batch_of(3, &both), 3, 2);
     assert_eq!(outcomes[0], Outcome::Done(0));
     match &outcomes[1] {
         Outcome::Failed(ErrorCode::Exists, m) => {
@@ -1653,7 +1664,15 @@ fn a_staged_folder_appears_whole_at_its_commit_and_never_over_a_name_that_appear
     assert_eq!(fs::metadata(tree.out().join("pub/sub/one.bin")).unwrap().modified().unwrap(), t);
     assert_eq!(fs::read(tree.out().join("clash/mine")).unwrap(), b"intruder");
     assert!(!tree.out().join("clash/x.bin").exists());
-    assert!(server.temp_files().is_empty(), "{:?}", server.temp_files());
+    wait_until("the clashing staged folder removed", || server.temp_files().is_empty());
+
+    // After its commit, a name beneath the folder is made as any other (here,
+    // never over the file that is there).
+    let late = [RawEntry::file("pub/two.bin", &one, file_meta(0o600, t)), RawEntry::dir("pub/late", 0o700)];
+    let outcomes = stream.run_batch(3 % slots, &batch_of(4, &late), 4, 2);
+    assert!(matches!(&outcomes[0], Outcome::Failed(ErrorCode::Exists, _)), "{outcomes:?}");
+    assert_eq!(outcomes[1], Outcome::Done(0));
+    assert!(tree.out().join("pub/late").is_dir() && server.temp_files().is_empty());
 
     // A client gone with folders still staged: each is published as far as it got
     // (every file in it whole), as without staging, unless its name was taken
@@ -1665,10 +1684,12 @@ fn a_staged_folder_appears_whole_at_its_commit_and_never_over_a_name_that_appear
         stage("taken"),
         RawEntry::file("taken/x.bin", &one, file_meta(0o600, t)),
     ];
-    let outcomes = stream.run_batch(2 % slots, &batch_of(3, &gone), 3, gone.len());
-    let whole =
-        [Outcome::Done(1), Outcome::Done(0), Outcome::Done(5000), Outcome::Done(1), Outcome::Done(5000)];
-    assert_eq!(outcomes, whole);
+    let outcomes = stream.run_batch(4 % slots, &batch_of(5, &gone), 5, gone.len());
+    assert!(
+        matches!(outcomes[0], Outcome::Done(t) if t > 1) && matches!(outcomes[3], Outcome::Done(t) if t > 1)
+    );
+    let whole = [Outcome::Done(0), Outcome::Done(5000), Outcome::Done(5000)];
+    assert_eq!([outcomes[1].clone(), outcomes[2].clone(), outcomes[4].clone()], whole);
     assert_eq!(server.temp_files().len(), 2);
     assert!(!tree.out().join("gone").exists());
     fs::create_dir(tree.out().join("taken")).unwrap();

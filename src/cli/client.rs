@@ -41,8 +41,10 @@ struct Board {
 }
 
 impl Board {
-    fn record(&self, index: usize, outcome: Outcome) {
-        self.outcomes.lock().expect("outcome lock")[index] = Some(outcome);
+    /// Records item `index`'s outcome; whether it had none yet (an item under a
+    /// staged folder whose commit failed is reported a second time).
+    fn record(&self, index: usize, outcome: Outcome) -> bool {
+        self.outcomes.lock().expect("outcome lock")[index].replace(outcome).is_none()
     }
 }
 
@@ -66,11 +68,6 @@ impl Progress for Front {
     }
 
     fn finished(&self, index: usize, item: &Item, result: &Result<Delivered, SendError>, elapsed: Duration) {
-        if item.kind == Kind::File && !self.bar.is_hidden() {
-            // Relaxed: a counter for the bar, nothing is published with it.
-            let done = self.files_done.fetch_add(1, Ordering::Relaxed) + 1;
-            self.bar.set_message(format!("{done}/{} files", self.files_total));
-        }
         if let (true, Ok(delivered)) = (self.verbose, result) {
             let line = match (delivered, item.kind) {
                 (Delivered::Sent { .. }, Kind::Dir { .. }) => format!("made {}/", escaped(&item.name)),
@@ -89,7 +86,12 @@ impl Progress for Front {
             Ok(delivered) => Outcome::Done(*delivered, elapsed),
             Err(e) => Outcome::Failed(e.clone()),
         };
-        self.board.record(index, outcome);
+        let first = self.board.record(index, outcome);
+        if first && item.kind == Kind::File && !self.bar.is_hidden() {
+            // Relaxed: a counter for the bar, nothing is published with it.
+            let done = self.files_done.fetch_add(1, Ordering::Relaxed) + 1;
+            self.bar.set_message(format!("{done}/{} files", self.files_total));
+        }
     }
 }
 

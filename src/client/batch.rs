@@ -25,7 +25,7 @@ struct Packed {
     index: usize,
     bytes: u64,
     started: Instant,
-    /// A `KIND_STAGE` entry: `Done(1)` (staged) or `Done(0)` both succeed.
+    /// A `KIND_STAGE` entry: `Done(token)` (staged) or `Done(0)` both succeed.
     stage: bool,
 }
 
@@ -90,8 +90,10 @@ enum Content {
     Stage {
         mode: u32,
     },
-    /// Publish a staged folder (`crate::batch::KIND_COMMIT`).
-    Commit,
+    /// Publish a staged folder (`crate::batch::KIND_COMMIT`) with its stage's token.
+    Commit {
+        token: u64,
+    },
     /// A file to read into the slot.
     File(Box<Opened<'static>>),
     /// Bytes already here (a relay's file), with their metadata.
@@ -111,15 +113,15 @@ impl Prepared {
     }
 
     /// A new top-level folder, made under a hidden name until `commit` (the result's
-    /// `Delivered::Sent { bytes: 1 }` says it was staged, `0` that it was made as a
-    /// plain folder).
+    /// `Delivered::Sent { bytes: token }` says it was staged, with the token its
+    /// commit must carry; `0` that it was made as a plain folder).
     pub(super) fn stage(mode: u32, started: Instant) -> Prepared {
         Prepared { what: Content::Stage { mode }, want: 0, started }
     }
 
     /// Publishes the staged folder sent as this entry's name.
-    pub(super) fn commit(started: Instant) -> Prepared {
-        Prepared { what: Content::Commit, want: 0, started }
+    pub(super) fn commit(token: u64, started: Instant) -> Prepared {
+        Prepared { what: Content::Commit { token }, want: 0, started }
     }
 
     /// The bytes of a file prepared from memory.
@@ -225,7 +227,7 @@ impl<'a> Batcher<'a> {
         let kind = match &what {
             Content::Dir { mode } => EntryKind::Dir { mode: *mode },
             Content::Stage { mode } => EntryKind::Stage { mode: *mode },
-            Content::Commit => EntryKind::Commit,
+            Content::Commit { token } => EntryKind::Commit { token: *token },
             Content::Memory(data, meta) => {
                 packing.buffer.write_at(data_at, data);
                 EntryKind::File { size: data.len() as u64, checksum: crate::checksum::of(data), meta: *meta }
@@ -259,7 +261,7 @@ impl<'a> Batcher<'a> {
         let (bytes, stage) = match kind {
             EntryKind::File { size, .. } => (size, false),
             EntryKind::Stage { .. } => (0, true),
-            EntryKind::Dir { .. } | EntryKind::Commit => (0, false),
+            EntryKind::Dir { .. } | EntryKind::Commit { .. } => (0, false),
         };
         packing.buffer.write_at(at, &batch::entry_header(&kind, name.len()));
         packing.buffer.write_at(at + ENTRY_LEN, name);
@@ -311,7 +313,7 @@ impl<'a> Batcher<'a> {
         for (packed, outcome) in sent.entries.into_iter().zip(outcomes) {
             let result = match outcome {
                 Outcome::Done(bytes) if bytes == packed.bytes => Ok(Delivered::Sent { bytes }),
-                Outcome::Done(staged @ (0 | 1)) if packed.stage => Ok(Delivered::Sent { bytes: staged }),
+                Outcome::Done(token) if packed.stage => Ok(Delivered::Sent { bytes: token }),
                 Outcome::Done(bytes) => {
                     Err(failed(format!("server stored {bytes} bytes, expected {}", packed.bytes)))
                 }

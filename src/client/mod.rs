@@ -223,35 +223,34 @@ impl Sender {
         // of items gives its stream back at once: an idle stream keeps its buffers,
         // which the jobs still sending (this client's or another's) may wait for.
         let streams = Mutex::new(Vec::new());
-        let staging = Staging::default();
-        // Once a folder is staged, one stream (the folders' one) is held aside for
-        // its commit, beating, never used to send: the server publishes a client's
-        // staged folders when its last stream ends, and a job's stream may end early
-        // (a failed or interrupted transfer).
+        // No more jobs than the server lets one client have streams: more would fail
+        // their files, not wait. Relaxed: a setting the server wrote at start.
+        let most = self.connection.segment.header().max_streams_per_client.load(Ordering::Relaxed) as usize;
+        // Folders are staged only if a stream can be held aside for their commit,
+        // beating, never used to send: the server publishes a client's staged
+        // folders when its last stream ends, and a job's stream may end early (a
+        // failed or interrupted transfer). Opened fresh (no buffers held idle).
+        let staging = Staging { enabled: most != 1, ..Staging::default() };
         let anchor = Mutex::new(None);
-        let may_stage = items.iter().any(Staging::candidate);
         let phases = phases(items);
         let count = phases.len();
         for (number, (phase, jobs)) in phases.into_iter().enumerate() {
-            // No more jobs than the server lets one client have streams: more would
-            // fail their files, not wait. Relaxed: a setting the server wrote at start.
-            let most =
-                self.connection.segment.header().max_streams_per_client.load(Ordering::Relaxed) as usize;
             let jobs = jobs.unwrap_or(self.options.jobs);
             let anchored = usize::from(anchor.lock().expect("anchor lock").is_some());
             let jobs = if most > 0 { jobs.min(most - anchored) } else { jobs };
-            // After the last phase no stream is kept, but the one for a commit if none
-            // is held aside (a server that lets a client have only one stream).
+            // After the last phase no stream is kept, but one for a commit if none is
+            // held aside (its opening failed).
             let keep = match number + 1 < count {
                 true => usize::MAX,
-                false => usize::from(may_stage && anchored == 0),
+                false => {
+                    usize::from(anchored == 0 && (staging.any() || items.iter().any(|i| staging.wants(i))))
+                }
             };
             let carry = Carry { streams: &streams, keep, anchor: &anchor, staging: &staging };
             self.run_phase(items, &results, phase, jobs, progress, carry);
-            let staged = !staging.staged.lock().expect("staging lock").is_empty();
             let mut anchor = anchor.lock().expect("anchor lock");
-            if staged && anchor.is_none() && most != 1 {
-                *anchor = streams.lock().expect("streams lock").pop();
+            if staging.any() && anchor.is_none() && number + 1 < count {
+                *anchor = Session::open(&self.connection).ok();
             }
         }
         let kept =
@@ -306,7 +305,7 @@ impl Sender {
                     // idleness (and keep its buffers).
                     let mut session = None;
                     if worker < batch_jobs {
-                        session = self.send_batched(items, small, streams, large, progress, report);
+                        session = self.send_batched(items, small, carry, large, progress, report);
                         large.batcher_done();
                     }
                     while sys::stop_signal().is_none() {
@@ -369,11 +368,12 @@ impl Sender {
         results: &[Mutex<Option<ItemResult>>],
         progress: &dyn Progress,
     ) {
-        let mut roots: Vec<String> = staging.staged.lock().expect("staging lock").drain().collect();
-        if roots.is_empty() {
+        let mut staged: Vec<(String, u64)> = staging.staged.lock().expect("staging lock").drain().collect();
+        if staged.is_empty() {
             return;
         }
-        roots.sort();
+        staged.sort();
+        let roots: Vec<String> = staged.iter().map(|(root, _)| root.clone()).collect();
         let commits: Vec<Mutex<Option<ItemResult>>> = roots.iter().map(|_| Mutex::new(None)).collect();
         let started = Instant::now();
         let record = |at: usize, result: ItemResult, _started: Instant| {
@@ -384,7 +384,14 @@ impl Sender {
             // what it has of each staged folder when this client's last stream ends,
             // as it would have had each file without staging (unless the name was
             // taken meanwhile: then it says so in its log), so what it confirmed
-            // stays reported sent.
+            // stays reported sent; the folder itself is reported interrupted.
+            for (index, item) in items.iter().enumerate() {
+                if staging.wants(item) && roots.binary_search(&item.name).is_ok() {
+                    let result = Err(SendError::Interrupted);
+                    progress.finished(index, item, &result, started.elapsed());
+                    *results[index].lock().expect("result lock") = Some(result);
+                }
+            }
             return;
         }
         let Some(session) = kept else {
@@ -403,8 +410,8 @@ impl Sender {
         match batch::Batcher::start(session) {
             Ok(mut batcher) => {
                 let mut broken = None;
-                for (at, root) in roots.iter().enumerate() {
-                    let commit = batch::Prepared::commit(Instant::now());
+                for (at, (root, token)) in staged.iter().enumerate() {
+                    let commit = batch::Prepared::commit(*token, Instant::now());
                     if let Err(e) = batcher.add(at, root, commit, progress, &record) {
                         broken = Some(e);
                         break;
@@ -427,11 +434,12 @@ impl Sender {
         &'c self,
         items: &[Item],
         queue: &Mutex<VecDeque<usize>>,
-        carried: &Mutex<Vec<Session<'c>>>,
+        carry: Carry<'_, 'c>,
         alone: &Alone,
         progress: &dyn Progress,
         report: batch::Report<'_>,
     ) -> Option<Session<'c>> {
+        let staging = carry.staging;
         let mut batcher: Option<batch::Batcher<'c>> = None;
         let mut run = VecDeque::new();
         while sys::stop_signal().is_none() {
@@ -442,7 +450,7 @@ impl Sender {
             // Opened first: a stream goes into batch mode only for an item that fits.
             let prepared = match batch::prepare(&items[index], &self.options) {
                 Ok(batch::Prepare::Batch(prepared)) => match items[index].kind {
-                    Kind::Dir { mode } if Staging::candidate(&items[index]) => {
+                    Kind::Dir { mode } if staging.wants(&items[index]) => {
                         batch::Prepared::stage(mode, Instant::now())
                     }
                     _ => prepared,
@@ -459,7 +467,7 @@ impl Sender {
             let active = match batcher.as_mut() {
                 Some(active) => active,
                 None => {
-                    let kept = carried.lock().expect("streams lock").pop();
+                    let kept = carry.streams.lock().expect("streams lock").pop();
                     let opened = match kept {
                         Some(open) => Ok(open),
                         None => Session::open(&self.connection),
@@ -532,22 +540,32 @@ fn report_failed_commits(
 /// appeared meanwhile), it is reported again, failed, and that is its result.
 #[derive(Default)]
 struct Staging {
-    /// The top-level folders the server staged.
-    staged: Mutex<std::collections::HashSet<String>>,
+    /// Whether folders are staged at all.
+    enabled: bool,
+    /// The top-level folders the server staged, and the token each commit carries.
+    staged: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Staging {
-    /// A folder sent whole at the top of the output (a walk's root).
-    fn candidate(item: &Item) -> bool {
-        matches!(item.kind, Kind::Dir { .. }) && item.verdict == Verdict::Send && !item.name.contains('/')
+    /// A folder sent whole at the top of the output (a walk's root), to be staged.
+    fn wants(&self, item: &Item) -> bool {
+        self.enabled
+            && matches!(item.kind, Kind::Dir { .. })
+            && item.verdict == Verdict::Send
+            && !item.name.contains('/')
     }
 
-    /// Notes a staged folder (its result says `bytes: 1`); gives the result to
-    /// report now.
+    /// Whether any folder was staged.
+    fn any(&self) -> bool {
+        !self.staged.lock().expect("staging lock").is_empty()
+    }
+
+    /// Notes a staged folder (its result says `bytes: token`, not 0); gives the
+    /// result to report now.
     fn note(&self, item: &Item, result: ItemResult) -> ItemResult {
         match result {
-            Ok(Delivered::Sent { bytes: 1 }) if Staging::candidate(item) => {
-                self.staged.lock().expect("staging lock").insert(item.name.clone());
+            Ok(Delivered::Sent { bytes: token }) if token != 0 && self.wants(item) => {
+                self.staged.lock().expect("staging lock").insert(item.name.clone(), token);
                 Ok(Delivered::Sent { bytes: 0 })
             }
             other => other,

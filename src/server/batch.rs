@@ -114,20 +114,19 @@ impl Stream {
 
     fn publish_entry(&mut self, shared: &Shared, entry: &Entry, bytes: &[u8]) -> Result<Outcome, Failure> {
         let (name, kind) = entry.check().map_err(|e| failure(ErrorCode::BadRequest, e.0))?;
-        let base = name.rsplit('/').next().unwrap_or(name);
-        if base.starts_with(TEMP_MARK) {
+        if is_reserved(name) {
             let message = format!(
                 "{}: names starting with {TEMP_MARK} are reserved for the server's temporary files",
                 escaped(name)
             );
             return Err(failure(ErrorCode::BadRequest, message));
         }
-        let staged = self.staged(shared, name);
-        self.publish_checked(shared, name, kind, staged.as_ref(), entry, bytes).map_err(|failure| {
-            match &staged {
-                Some(s) => s.unhide(failure, name),
-                None => failure,
-            }
+        let found = self.staged(name);
+        let live = found.as_ref().map(Staged::live);
+        let staged = found.as_ref().filter(|_| live.as_ref().is_some_and(|live| **live));
+        self.publish_checked(shared, name, kind, staged, entry, bytes).map_err(|failure| match staged {
+            Some(s) => s.unhide(failure, name),
+            None => failure,
         })
     }
 
@@ -149,7 +148,7 @@ impl Stream {
                 return Ok(Outcome::Done(0));
             }
             EntryKind::Stage { mode } => return self.stage(shared, name, mode),
-            EntryKind::Commit => return self.commit(shared, name),
+            EntryKind::Commit { token } => return self.commit(name, token),
             EntryKind::File { size, checksum, meta } => (size, checksum, meta),
         };
         if let Some(max) = shared.options.max_file_size.filter(|&max| size > max) {
@@ -230,37 +229,51 @@ impl Stream {
     }
 
     /// `KIND_STAGE`: the new top-level folder `root` is made under a hidden name
-    /// (`Done(1)`), or, if it exists or the sink does not stage, as a folder
-    /// (`Done(0)`).
+    /// (`Done(token)`, the token its commit must carry, never 0), or, if it exists
+    /// or the sink does not stage, as a folder (`Done(0)`).
     fn stage(&mut self, shared: &Shared, root: &str, mode: u32) -> Result<Outcome, Failure> {
         if root.contains('/') {
             let message = format!("{}: only a top-level folder can be staged", escaped(root));
             return Err(failure(ErrorCode::BadRequest, message));
         }
-        let key = (self.client_pid, root.to_owned());
-        if shared.stages.lock().expect("stages lock").contains_key(&key) {
+        let mut stages = self.stages.lock().expect("stages lock");
+        if stages.contains_key(root) {
             let message = format!("{}: already staged", escaped(root));
             return Err(failure(ErrorCode::BadRequest, message));
         }
         let hidden = format!("{}{}.stage", temp_prefix(&shared.options.name), Uuid::new_v4().simple());
-        if !self.sink.stage(root, &hidden, mode | 0o700).map_err(sink_failure)? {
+        let staged = self.sink.stage(root, &hidden, mode | 0o700).map_err(|e| {
+            let mut failure = sink_failure(e);
+            failure.message = failure.message.replace(&hidden, &escaped(root));
+            failure
+        })?;
+        if !staged {
+            drop(stages);
             self.sink.make_dir(root, mode | 0o700).map_err(sink_failure)?;
             return Ok(Outcome::Done(0));
         }
-        shared.stages.lock().expect("stages lock").insert(key, hidden);
-        shared.stages_changed();
-        Ok(Outcome::Done(1))
+        let token = Uuid::new_v4().as_u64_pair().0.max(1);
+        stages.insert(root.to_owned(), Arc::new(Stage { hidden, token, live: std::sync::RwLock::new(true) }));
+        Ok(Outcome::Done(token))
     }
 
-    /// `KIND_COMMIT`: the staged folder `root` gets its name, whole.
-    fn commit(&mut self, shared: &Shared, root: &str) -> Result<Outcome, Failure> {
-        let hidden = shared.stages.lock().expect("stages lock").remove(&(self.client_pid, root.to_owned()));
-        shared.stages_changed();
-        let Some(hidden) = hidden else {
+    /// `KIND_COMMIT`: the staged folder `root` gets its name, whole, once no file
+    /// is being made in it; only with the token its stage answered.
+    fn commit(&mut self, root: &str, token: u64) -> Result<Outcome, Failure> {
+        let stage = {
+            let mut stages = self.stages.lock().expect("stages lock");
+            match stages.get(root) {
+                Some(stage) if stage.token == token => stages.remove(root),
+                _ => None,
+            }
+        };
+        let Some(stage) = stage else {
             let message = format!("{}: nothing of this client's is staged under that name", escaped(root));
             return Err(failure(ErrorCode::BadRequest, message));
         };
-        self.sink.commit(&hidden, root).map_err(sink_failure)?;
+        let mut live = stage.live.write().expect("stage lock");
+        *live = false;
+        self.sink.commit(&stage.hidden, root).map_err(sink_failure)?;
         Ok(Outcome::Done(0))
     }
 }

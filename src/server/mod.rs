@@ -430,9 +430,28 @@ fn run_server(
 }
 
 /// One client process, while it holds streams.
+/// A client process's staged folders by top folder name, until it commits them or
+/// its last stream ends.
+type ClientStages = Arc<Mutex<std::collections::HashMap<String, Arc<Stage>>>>;
+
+/// A top-level folder a client staged (see `crate::batch::KIND_STAGE`).
+struct Stage {
+    /// Its hidden name in OUTPUT_DIR.
+    hidden: String,
+    /// What the client's commit must carry: another process that claims the
+    /// client's pid cannot commit (publish) it.
+    token: u64,
+    /// `true` until it is committed or given up. Read-held while a file is made
+    /// beneath it under its own name, write-held to publish it: a staged folder
+    /// never gets its name with a file half-written in it.
+    live: std::sync::RwLock<bool>,
+}
+
 struct Client {
     /// Its live streams.
     held: usize,
+    /// The folders it staged (its streams share this).
+    stages: ClientStages,
     /// When its first stream came.
     since: Instant,
     /// What its streams already gone did.
@@ -476,12 +495,6 @@ struct Shared {
     /// Live streams and what they did, per client pid: for
     /// `--max-streams-per-client`, and the summary when its last stream ends.
     clients: Mutex<std::collections::HashMap<u32, Client>>,
-    /// Folders staged by a client (pid, top folder) under a hidden name, until the
-    /// client commits them or its last stream ends.
-    stages: Mutex<std::collections::HashMap<(u32, String), String>>,
-    /// Bumped whenever `stages` changes (streams keep a copy; see `Stream::staged`);
-    /// starts at 1, so a stream's empty copy (generation 0) is taken afresh once.
-    stages_generation: std::sync::atomic::AtomicU64,
     /// Live streams per worker, to place new ones on the least loaded.
     loads: Vec<AtomicUsize>,
     /// Where received files go.
@@ -587,8 +600,6 @@ fn start(
         stopping: AtomicBool::new(false),
         stop,
         clients: Mutex::new(std::collections::HashMap::new()),
-        stages: Mutex::new(std::collections::HashMap::new()),
-        stages_generation: std::sync::atomic::AtomicU64::new(1),
     };
     shared.publish_stats(&shared.alloc.lock().expect("allocator lock"));
     Ok(Arc::new(shared))
@@ -597,6 +608,12 @@ fn start(
 /// Every temporary file starts with this; clients may not use it for their names,
 /// so cleaning up temporary files can never delete a published file.
 const TEMP_MARK: &str = protocol::RESERVED_PREFIX;
+
+/// Whether any part of a client's path starts with `TEMP_MARK` (temporary files
+/// and staged folders: a client may not name them, nor anything beneath them).
+fn is_reserved(name: &str) -> bool {
+    name.split('/').any(|part| part.starts_with(TEMP_MARK))
+}
 
 /// The temporary-file prefix of one segment name: `.sharedxfer-<name>-<guid>.part`.
 fn temp_prefix(name: &str) -> String {

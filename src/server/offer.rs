@@ -36,10 +36,12 @@ pub(super) fn handout_loop(
                     let mut clients = shared.clients.lock().expect("client count lock");
                     let client = clients.entry(pid).or_insert_with(|| super::Client {
                         held: 0,
+                        stages: super::ClientStages::default(),
                         since: std::time::Instant::now(),
                         tally: super::Tally::default(),
                     });
                     client.held += 1;
+                    stream.stages = Arc::clone(&client.stages);
                     client.held
                 };
                 stream.over_quota = held > shared.options.max_streams_per_client;
@@ -74,13 +76,6 @@ pub(super) struct Offer {
 }
 
 impl Shared {
-    /// Streams' copies of `stages` are stale: call after every change.
-    pub(super) fn stages_changed(&self) {
-        // Release: pairs with the Acquire in `Stream::staged`, which then takes the
-        // lock to copy (the lock orders the map itself).
-        self.stages_generation.fetch_add(1, Ordering::Release);
-    }
-
     /// Allocates and offers a fresh record; `None` while the records area is full.
     pub(super) fn make_offer(&self, handout_lock: &NamedLock) -> Result<Option<Offer>, ServerError> {
         let offset = {

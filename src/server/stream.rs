@@ -44,17 +44,23 @@ pub(super) enum State {
 pub(super) struct Staged {
     /// The name with the top folder replaced by its hidden name.
     pub(super) real: String,
-    /// The length of the hidden name at the start of `real`.
-    hidden_len: usize,
+    /// The stage: hold it (`live`) while making anything beneath it.
+    stage: Arc<Stage>,
     /// The length of the top folder's name at the start of the client's name.
     root_len: usize,
 }
 
 impl Staged {
+    /// Holds the stage for a file or folder made beneath it now; `false` inside: it
+    /// was published meanwhile, make the client's name as it is.
+    pub(super) fn live(&self) -> std::sync::RwLockReadGuard<'_, bool> {
+        self.stage.live.read().expect("stage lock")
+    }
+
     /// `failure` of the client's `name` with the hidden name put back as the
     /// user's folder.
     pub(super) fn unhide(&self, mut failure: Failure, name: &str) -> Failure {
-        failure.message = failure.message.replace(&self.real[..self.hidden_len], &name[..self.root_len]);
+        failure.message = failure.message.replace(&self.stage.hidden, &escaped(&name[..self.root_len]));
         failure
     }
 }
@@ -99,9 +105,8 @@ pub(super) struct Stream {
     pub(super) over_quota: bool,
     /// What this stream published and failed, for its client's summary.
     pub(super) tally: Tally,
-    /// This client's staged folders (top folder -> hidden name) as of a
-    /// generation of `Shared::stages`.
-    pub(super) stage_view: (u64, std::collections::HashMap<String, String>),
+    /// This client's staged folders (shared by its streams).
+    pub(super) stages: ClientStages,
 }
 
 impl Stream {
@@ -130,7 +135,7 @@ impl Stream {
             over_quota: false,
             failed_transfer: false,
             tally: Tally::default(),
-            stage_view: (0, std::collections::HashMap::new()),
+            stages: ClientStages::default(),
         }
     }
 
@@ -331,8 +336,7 @@ impl Stream {
         early_exists_check: bool,
     ) -> Result<bool, Failure> {
         self.label.clone_from(&name);
-        let base = name.rsplit('/').next().unwrap_or(&name);
-        if base.starts_with(TEMP_MARK) {
+        if is_reserved(&name) {
             let message =
                 format!("names starting with {TEMP_MARK} are reserved for the server's temporary files");
             return Err(failure(ErrorCode::BadRequest, message));
@@ -343,8 +347,10 @@ impl Stream {
         // Fail a big transfer before it starts; a small one (`early == false`) is
         // refused just as surely by the no-clobber publish.
         let check_now = early_exists_check || meta.skip_existing;
-        let staged = self.staged(shared, &name);
-        let real = staged.as_ref().map_or(name.as_str(), |s| s.real.as_str());
+        let found = self.staged(&name);
+        let live = found.as_ref().map(Staged::live);
+        let staged = found.as_ref().filter(|_| live.as_ref().is_some_and(|live| **live));
+        let real = staged.map_or(name.as_str(), |s| s.real.as_str());
         // The client's --skip-existing wins over the server's --overwrite.
         if check_now && (meta.skip_existing || !shared.options.overwrite) && self.sink.exists(real) {
             if meta.skip_existing {
@@ -354,11 +360,14 @@ impl Stream {
                 format!("{} already exists: remove it or run the server with --overwrite", escaped(&name));
             return Err(failure(ErrorCode::Exists, message));
         }
+        // Made unnamed (or under a temporary name) in its folder: published into it
+        // whole even if the stage is published first.
         let file =
-            self.sink.create(real, meta.mode.unwrap_or(shared.default_mode)).map_err(|e| match &staged {
+            self.sink.create(real, meta.mode.unwrap_or(shared.default_mode)).map_err(|e| match staged {
                 Some(s) => s.unhide(sink_failure(e), &name),
                 None => sink_failure(e),
             })?;
+        drop(live);
         let record = self.record(shared);
         record.file_size.store(size, Ordering::Relaxed);
         record.size_is_hint.store(u32::from(meta.size_is_hint), Ordering::Relaxed);
@@ -417,12 +426,21 @@ impl Stream {
     /// Creates a folder (and its parents) beneath the output folder.
     pub(super) fn mkdir(&mut self, shared: &Shared, name: String, mode: u32) {
         self.label.clone_from(&name);
-        let staged = self.staged(shared, &name);
-        let real = staged.as_ref().map_or(name.as_str(), |s| s.real.as_str());
-        match self.sink.make_dir(real, mode | 0o700) {
+        if is_reserved(&name) {
+            let message =
+                format!("names starting with {TEMP_MARK} are reserved for the server's temporary files");
+            return self.fail(shared, failure(ErrorCode::BadRequest, message));
+        }
+        let found = self.staged(&name);
+        let live = found.as_ref().map(Staged::live);
+        let staged = found.as_ref().filter(|_| live.as_ref().is_some_and(|live| **live));
+        let real = staged.map_or(name.as_str(), |s| s.real.as_str());
+        let made = self.sink.make_dir(real, mode | 0o700);
+        drop(live);
+        match made {
             Ok(()) => self.reply(shared, ServerReply::Done { bytes: 0 }),
             Err(e) => {
-                let failure = match &staged {
+                let failure = match staged {
                     Some(s) => s.unhide(sink_failure(e), &name),
                     None => sink_failure(e),
                 };
@@ -531,25 +549,25 @@ impl Stream {
     }
 
     /// Where `name` is made: beneath its top folder's hidden name if this client
-    /// staged that folder.
-    pub(super) fn staged(&mut self, shared: &Shared, name: &str) -> Option<Staged> {
+    /// staged that folder (hold `Staged::live` meanwhile).
+    pub(super) fn staged(&self, name: &str) -> Option<Staged> {
         let (root, rest) = name.split_once('/')?;
-        // A private copy of this client's stages, taken afresh when they change:
-        // no lock and no allocation per file to look one up.
-        // Acquire: pairs with the Release of `Shared::stages_changed`.
-        let generation = shared.stages_generation.load(Ordering::Acquire);
-        if self.stage_view.0 != generation {
-            let stages = shared.stages.lock().expect("stages lock");
-            let mine = stages.iter().filter(|((pid, _), _)| *pid == self.client_pid);
-            self.stage_view =
-                (generation, mine.map(|((_, root), hidden)| (root.clone(), hidden.clone())).collect());
-        }
-        let hidden = self.stage_view.1.get(root)?;
-        let mut real = String::with_capacity(hidden.len() + 1 + rest.len());
-        real.push_str(hidden);
+        let stage = Arc::clone(self.stages.lock().expect("stages lock").get(root)?);
+        let mut real = String::with_capacity(stage.hidden.len() + 1 + rest.len());
+        real.push_str(&stage.hidden);
         real.push('/');
         real.push_str(rest);
-        Some(Staged { real, hidden_len: hidden.len(), root_len: root.len() })
+        Some(Staged { real, stage, root_len: root.len() })
+    }
+
+    /// `message` with the hidden name of each folder this client staged put back
+    /// as the user's folder.
+    fn unhide_message(&self, message: String) -> String {
+        let stages = self.stages.lock().expect("stages lock");
+        stages.iter().fold(message, |message, (root, stage)| match message.contains(&stage.hidden) {
+            true => message.replace(&stage.hidden, &escaped(root)),
+            false => message,
+        })
     }
 
     /// Tells the server's owner about a file, and counts it for the client's summary.
@@ -585,7 +603,8 @@ impl Stream {
     /// foreign bytes into that stream's file. The slots are revoked (the client sees
     /// them leave EMPTY and reads the error), and the buffers go when the client
     /// answers with Abort or Close, or exits.
-    pub(super) fn fail(&mut self, shared: &Shared, failure: Failure) {
+    pub(super) fn fail(&mut self, shared: &Shared, mut failure: Failure) {
+        failure.message = self.unhide_message(failure.message);
         self.failed_transfer = self.has_transfer();
         self.remove_transfer();
         if matches!(self.state, State::Batching | State::BatchWaitingForSpace) {
@@ -712,17 +731,12 @@ impl Stream {
             // A client gone without committing (killed): what it staged is published
             // as far as it got, as it would have been without staging. Every file in
             // it is whole: one in progress went with its stream (`drop_transfer`).
-            let mut stages = shared.stages.lock().expect("stages lock");
-            let gone: Vec<(u32, String)> =
-                stages.keys().filter(|(pid, _)| *pid == self.client_pid).cloned().collect();
-            let staged: Vec<(String, String)> = gone
-                .into_iter()
-                .filter_map(|key| stages.remove(&key).map(|hidden| (hidden, key.1)))
-                .collect();
-            drop(stages);
-            shared.stages_changed();
-            for (hidden, root) in staged {
-                if let Err(e) = shared.sink.abandon_staged(&hidden, &root) {
+            let staged: Vec<(String, Arc<Stage>)> =
+                self.stages.lock().expect("stages lock").drain().collect();
+            for (root, stage) in staged {
+                let mut live = stage.live.write().expect("stage lock");
+                *live = false;
+                if let Err(e) = shared.sink.abandon_staged(&stage.hidden, &root) {
                     (shared.events)(&ServerEvent::Failed { name: root, reason: e.message });
                 }
             }
