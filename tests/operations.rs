@@ -308,3 +308,53 @@ fn failures_at_the_quota_do_not_cost_other_files_their_streams() {
         assert!(fs::read(out.path().join("d").join(&name)).unwrap() == fs::read(tree.join(&name)).unwrap());
     }
 }
+
+/// A new folder with files the server refuses (`--max-file-size`), each of which
+/// ends its stream, under a stream quota of 1 (nothing staged: no stream can be
+/// held aside for a commit) and of 2 (staged, one stream held aside): every other
+/// file is published and reported sent, each refused one fails alone, and nothing
+/// staged is left.
+#[test]
+fn a_folder_with_refused_files_under_a_stream_quota_publishes_all_the_rest() {
+    for quota in ["1", "2"] {
+        let src = tempfile::tempdir().unwrap();
+        let tree = src.path().join("tree");
+        fs::create_dir_all(tree.join("sub")).unwrap();
+        for i in 0..10 {
+            write_file(&tree, &format!("small{i}.txt"), 1000 + i, i as u64);
+        }
+        for i in 0..3 {
+            write_file(&tree.join("sub"), &format!("big{i}.bin"), 200_000, 50 + i as u64);
+            write_file(&tree.join("sub"), &format!("fits{i}.bin"), 90_000, 60 + i as u64);
+        }
+        let out = tempfile::tempdir().unwrap();
+        let server = Server::start(
+            &unique_name("quotastage"),
+            out.path(),
+            &["--max-streams-per-client", quota, "--max-file-size", "100K"],
+        );
+        let work = tempfile::tempdir().unwrap();
+        let config = write_config(work.path(), &[]);
+        let output = run({
+            let mut c = server.client(&config);
+            c.args(["-j", "4", "--json"]).arg(&tree);
+            c
+        });
+        assert_eq!(output.status.code(), Some(1), "quota {quota}: {}", show(&output));
+        let doc: serde_json::Value = serde_json::from_str(&stdout_of(&output)).unwrap();
+        assert_eq!((doc["sent"].as_u64(), doc["failed"].as_u64()), (Some(13), Some(3)), "{}", show(&output));
+        assert_eq!(
+            stderr_of(&output).matches("larger than this server takes").count(),
+            3,
+            "{}",
+            show(&output)
+        );
+        for name in (0..10).map(|i| format!("small{i}.txt")).chain((0..3).map(|i| format!("sub/fits{i}.bin")))
+        {
+            let got = fs::read(out.path().join("tree").join(&name));
+            assert!(got.ok() == fs::read(tree.join(&name)).ok(), "quota {quota}: {name}\n{}", show(&output));
+        }
+        assert!(!out.path().join("tree/sub/big0.bin").exists());
+        wait_until("nothing staged left", || server.temp_files().is_empty());
+    }
+}
