@@ -229,7 +229,7 @@ impl Sender {
         // Folders are staged only if a stream can be held aside for their commit,
         // beating, never used to send: the server publishes a client's staged
         // folders when its last stream ends, and a job's stream may end early (a
-        // failed or interrupted transfer). Opened fresh (no buffers held idle).
+        // failed or interrupted transfer).
         let staging = Staging { enabled: most != 1, ..Staging::default() };
         let anchor = Mutex::new(None);
         let phases = phases(items);
@@ -250,7 +250,12 @@ impl Sender {
             self.run_phase(items, &results, phase, jobs, progress, carry);
             let mut anchor = anchor.lock().expect("anchor lock");
             if staging.any() && anchor.is_none() && number + 1 < count {
-                *anchor = Session::open(&self.connection).ok();
+                // The folders' stream (a fresh one would be placed on the least
+                // loaded server worker, as if busy, and crowd the senders onto the
+                // other). It keeps its batch ring meanwhile (at most an eighth of
+                // the buffer area).
+                let carried = streams.lock().expect("streams lock").pop();
+                *anchor = carried.or_else(|| Session::open(&self.connection).ok());
             }
         }
         let kept =
