@@ -550,11 +550,11 @@ impl Buffer<'_> {
     }
 
     /// Maps the buffer's pages into this process at once (one `madvise`), so that
-    /// filling it takes no page fault per 4 KiB: a client maps the segment afresh,
+    /// filling it takes no page fault per page: a client maps the segment afresh,
     /// and a slot of small files is touched page by page. Best effort: a kernel
     /// without `MADV_POPULATE_WRITE` (before 5.14) faults the pages in as before.
     pub fn prefault(&self) {
-        let page = 4096usize;
+        let page = crate::sys::page_size();
         let start = (self.ptr as usize) & !(page - 1);
         let end = (self.ptr as usize + self.len).next_multiple_of(page);
         // SAFETY: madvise only changes how the kernel maps [start, end), which lies

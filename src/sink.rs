@@ -223,6 +223,11 @@ impl Sink for FolderSink {
     }
 }
 
+/// Why a file is not published over one that has its name (`shown`, escaped).
+pub(crate) fn already_exists(shown: &str) -> String {
+    format!("{shown} already exists: remove it or run the server with --overwrite")
+}
+
 /// Removes a staged folder that cannot be published, and all in it, on a thread
 /// of its own (a large tree would hold up the worker's other streams). Never
 /// through a link: `remove_dir_all` does not follow them. A server that exits
@@ -331,10 +336,9 @@ impl SinkSession for FolderSession {
             SinkError::new(SinkErrorKind::Io, e.message)
         })?;
         Incoming::create_empty(target, mode, mtime).map_err(|e| match e.kind() {
-            io::ErrorKind::AlreadyExists => SinkError::new(
-                SinkErrorKind::Exists,
-                format!("{} already exists: remove it or run the server with --overwrite", self.shown(name)),
-            ),
+            io::ErrorKind::AlreadyExists => {
+                SinkError::new(SinkErrorKind::Exists, already_exists(&self.shown(name)))
+            }
             _ => {
                 self.dirs.clear();
                 SinkError::new(SinkErrorKind::Io, format!("cannot create {}: {e}", self.shown(name)))
@@ -380,10 +384,7 @@ impl SinkFile for FolderFile {
         }
         let folder = self.sync.then(|| self.incoming.folder());
         self.incoming.publish(mode, mtime, replace).map_err(|e| match e.kind() {
-            io::ErrorKind::AlreadyExists => SinkError::new(
-                SinkErrorKind::Exists,
-                format!("{shown} already exists: remove it or run the server with --overwrite"),
-            ),
+            io::ErrorKind::AlreadyExists => SinkError::new(SinkErrorKind::Exists, already_exists(&shown)),
             _ => SinkError::new(SinkErrorKind::Io, format!("cannot publish {shown}: {e}")),
         })?;
         // The new name is durable only once its folder is.

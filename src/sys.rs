@@ -184,8 +184,10 @@ pub fn raise_nofile_limit() {
     // SAFETY: getrlimit/setrlimit with a valid out-parameter on the stack.
     unsafe {
         let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+            && limit.rlim_cur < limit.rlim_max.min(65_536)
+        {
+            limit.rlim_cur = limit.rlim_max.min(65_536);
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
@@ -391,6 +393,30 @@ pub fn names_file_at(dir: BorrowedFd<'_>, name: &str, file: &File) -> bool {
         st
     };
     (st.st_dev, st.st_ino) == (meta.dev(), meta.ino())
+}
+
+/// The memory page size (4 KiB on most machines; 16 or 64 KiB on some arm64).
+pub fn page_size() -> usize {
+    // SAFETY: sysconf reads a constant of the system; it cannot fail for this name.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).ok().filter(|&size| size.is_power_of_two()).unwrap_or(4096)
+}
+
+/// Raises the soft limit on open files towards the hard one, to at most 65,536
+/// (best effort; children inherit it): a client
+/// keeps a descriptor open for each FIFO met while batching until its turn, and
+/// 1,024 is soon reached.
+pub fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own; setrlimit only reads it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+            && limit.rlim_cur < limit.rlim_max.min(65_536)
+        {
+            limit.rlim_cur = limit.rlim_max.min(65_536);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// The process's umask, read once (by setting and restoring it: the first call

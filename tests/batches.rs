@@ -633,3 +633,40 @@ fn a_tree_whose_name_appears_mid_transfer_is_not_published_over_it() {
     wait_until_clean(&server);
     assert_alive(&server);
 }
+
+/// 300 FIFOs among small files, under a soft limit of 256 open files: the client
+/// keeps each FIFO it meets while batching open until its turn, so it raises the
+/// limit (towards the hard one) rather than fail with "too many open files".
+#[test]
+fn many_fifos_under_a_low_open_files_limit_all_arrive() {
+    let src = scratch();
+    let out = scratch();
+    let root = src.path().join("pipes");
+    small_tree(&root, 50, 12);
+    let fifos: Vec<PathBuf> = (0..300).map(|i| root.join(format!("fifo{i:03}"))).collect();
+    let status = Command::new("mkfifo").args(&fifos).status().unwrap();
+    assert!(status.success(), "mkfifo failed");
+    let server = Server::start(&unique_name("manyfifo"), out.path(), &[]);
+    let writers = fifos.clone();
+    let writer = std::thread::spawn(move || {
+        for (i, fifo) in writers.iter().enumerate() {
+            assert!(write_fifo(fifo, format!("line {i}\n").as_bytes()), "no reader opened {fifo:?}");
+        }
+    });
+    let client = client(&server);
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("ulimit -Sn 256 && exec \"$0\" \"$@\"")
+        .arg(client.get_program())
+        .args(client.get_args());
+    command.args(["-j", "4"]).arg(&root);
+    let output = run(command);
+    writer.join().unwrap();
+    assert!(output.status.success(), "{}", show(&output));
+    for (i, fifo) in fifos.iter().enumerate() {
+        let got = fs::read(out.path().join("pipes").join(fifo.file_name().unwrap())).unwrap();
+        assert_eq!(got, format!("line {i}\n").as_bytes());
+    }
+    assert_alive(&server);
+}

@@ -356,8 +356,7 @@ impl Stream {
             if meta.skip_existing {
                 return Ok(false);
             }
-            let message =
-                format!("{} already exists: remove it or run the server with --overwrite", escaped(&name));
+            let message = crate::sink::already_exists(&escaped(&name));
             return Err(failure(ErrorCode::Exists, message));
         }
         // Made unnamed (or under a temporary name) in its folder: published into it
