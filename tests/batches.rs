@@ -622,6 +622,7 @@ fn a_tree_whose_name_appears_mid_transfer_is_not_published_over_it() {
     fs::create_dir(out.path().join("tree")).unwrap();
     fs::write(out.path().join("tree/intruder"), b"mine").unwrap();
     thaw(client.pid());
+    let pid = client.pid();
     let output = client.finish();
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
     let text = show(&output);
@@ -631,6 +632,14 @@ fn a_tree_whose_name_appears_mid_transfer_is_not_published_over_it() {
         fs::read_dir(out.path().join("tree")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(inside, vec![std::ffi::OsString::from("intruder")]);
     wait_until_clean(&server);
+    // The server's line for the client counts none of the dropped files published.
+    let mut line = None;
+    wait_until("the server's line for the client", || {
+        line = server.stdout().into_iter().find(|l| l.starts_with(&format!("client {pid}:")));
+        line.is_some()
+    });
+    let line = line.unwrap();
+    assert!(line.contains(" 0 published") && line.contains(" 6001 failed"), "{line}");
     assert_alive(&server);
 }
 

@@ -404,7 +404,7 @@ impl FailureLines {
         }
         for (reason, count) in &self.repeats {
             if *count > Self::SHOWN_PER_REASON {
-                errln!("failed: {} more files: {reason}", count - Self::SHOWN_PER_REASON);
+                errln!("failed: {} more: {reason}", count - Self::SHOWN_PER_REASON);
             }
         }
     }

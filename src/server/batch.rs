@@ -253,7 +253,9 @@ impl Stream {
             return Ok(Outcome::Done(0));
         }
         let token = Uuid::new_v4().as_u64_pair().0.max(1);
-        stages.insert(root.to_owned(), Arc::new(Stage { hidden, token, live: std::sync::RwLock::new(true) }));
+        let stage =
+            Stage { hidden, token, live: std::sync::RwLock::new(true), files: 0.into(), bytes: 0.into() };
+        stages.insert(root.to_owned(), Arc::new(stage));
         Ok(Outcome::Done(token))
     }
 
@@ -273,7 +275,10 @@ impl Stream {
         };
         let mut live = stage.live.write().expect("stage lock");
         *live = false;
-        self.sink.commit(&stage.hidden, root).map_err(sink_failure)?;
+        self.sink.commit(&stage.hidden, root).map_err(|e| {
+            self.tally.drop_staged(&stage);
+            sink_failure(e)
+        })?;
         Ok(Outcome::Done(0))
     }
 }

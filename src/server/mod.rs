@@ -445,6 +445,9 @@ struct Stage {
     /// beneath it under its own name, write-held to publish it: a staged folder
     /// never gets its name with a file half-written in it.
     live: std::sync::RwLock<bool>,
+    /// Files (and their bytes) published beneath it so far, for the client's line.
+    files: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
 }
 
 struct Client {
@@ -466,6 +469,10 @@ struct Tally {
     bytes: u64,
     skipped: u64,
     failed: u64,
+    /// Of `files` and `bytes`: made in a staged folder that was then dropped (its
+    /// name was taken before its commit), so failed after all.
+    dropped: u64,
+    dropped_bytes: u64,
 }
 
 impl Tally {
@@ -474,6 +481,27 @@ impl Tally {
         self.bytes += other.bytes;
         self.skipped += other.skipped;
         self.failed += other.failed;
+        self.dropped += other.dropped;
+        self.dropped_bytes += other.dropped_bytes;
+    }
+
+    /// The files of a staged folder that was dropped.
+    fn drop_staged(&mut self, stage: &Stage) {
+        // Relaxed: counters; the stage lock (write-held by the caller) orders them.
+        self.dropped += stage.files.load(Ordering::Relaxed);
+        self.dropped_bytes += stage.bytes.load(Ordering::Relaxed);
+    }
+
+    /// What the client's line says: dropped files as failed, not published.
+    fn settled(self) -> Tally {
+        Tally {
+            files: self.files.saturating_sub(self.dropped),
+            bytes: self.bytes.saturating_sub(self.dropped_bytes),
+            failed: self.failed + self.dropped,
+            dropped: 0,
+            dropped_bytes: 0,
+            ..self
+        }
     }
 
     /// A file counted as published turned out to fail (its flush did).

@@ -559,6 +559,12 @@ impl Stream {
         Some(Staged { real, stage, root_len: root.len() })
     }
 
+    /// The stage `name` lies beneath, if any.
+    fn stage_of(&self, name: &str) -> Option<Arc<Stage>> {
+        let (root, _) = name.split_once('/')?;
+        self.stages.lock().expect("stages lock").get(root).cloned()
+    }
+
     /// `message` with the hidden name of each folder this client staged put back
     /// as the user's folder.
     fn unhide_message(&self, message: String) -> String {
@@ -572,9 +578,14 @@ impl Stream {
     /// Tells the server's owner about a file, and counts it for the client's summary.
     pub(super) fn event(&mut self, shared: &Shared, event: &ServerEvent) {
         match event {
-            ServerEvent::Published { bytes, .. } => {
+            ServerEvent::Published { name, bytes, .. } => {
                 self.tally.files += 1;
                 self.tally.bytes += bytes;
+                if let Some(stage) = self.stage_of(name) {
+                    // Relaxed: counters, read under the stage's write lock.
+                    stage.files.fetch_add(1, Ordering::Relaxed);
+                    stage.bytes.fetch_add(*bytes, Ordering::Relaxed);
+                }
             }
             ServerEvent::Failed { .. } => self.tally.failed += 1,
             _ => {}
@@ -736,12 +747,17 @@ impl Stream {
                 let mut live = stage.live.write().expect("stage lock");
                 *live = false;
                 if let Err(e) = shared.sink.abandon_staged(&stage.hidden, &root) {
+                    if let Some(client) = last.as_mut() {
+                        client.tally.drop_staged(&stage);
+                        client.tally.failed += 1;
+                    }
                     (shared.events)(&ServerEvent::Failed { name: root, reason: e.message });
                 }
             }
         }
         let worth_a_line = |c: &Client| c.tally.files + c.tally.skipped + c.tally.failed > 0;
         if let Some(Client { since, tally, .. }) = last.filter(worth_a_line) {
+            let tally = tally.settled();
             (shared.events)(&ServerEvent::ClientDone {
                 pid: self.client_pid,
                 files: tally.files,
