@@ -511,7 +511,7 @@ fn report_failed_commits(
     results: &[Mutex<Option<ItemResult>>],
     progress: &dyn Progress,
 ) {
-    let failed: Vec<(&str, SendError)> = roots
+    let failed: std::collections::HashMap<&str, SendError> = roots
         .iter()
         .zip(commits)
         .filter_map(|(root, commit)| match commit.lock().expect("commit lock").clone() {
@@ -525,7 +525,7 @@ fn report_failed_commits(
     }
     for (index, item) in items.iter().enumerate() {
         let root = item.name.split('/').next().unwrap_or_default();
-        let Some((_, error)) = failed.iter().find(|(failed, _)| *failed == root) else { continue };
+        let Some(error) = failed.get(root) else { continue };
         let mut slot = results[index].lock().expect("result lock");
         if matches!(*slot, Some(Ok(Delivered::Sent { .. }))) {
             let result = Err(error.clone());
