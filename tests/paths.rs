@@ -890,12 +890,12 @@ fn sigint_while_waiting_on_a_fifo_without_writer_exits_130() {
     assert!(server_is_clean(&fx), "temporary files left");
 }
 
-/// Ctrl-C while a folder's FIFO has no writer: the folder's other files, which the
-/// server has (staged), are published all the same (when the client's last stream
-/// ends), reported sent; the FIFO is not.
-#[test]
-fn sigint_mid_folder_publishes_what_the_server_has() {
-    let fx = Fx::new("folderint");
+/// Ctrl-C while a folder's FIFO has no writer: the client still commits what the
+/// server has of the (staged) folder, so its other files are published and
+/// reported sent, the FIFO not; if the folder's name was taken meanwhile, nothing
+/// is published over it and its files are reported failed, saying so.
+fn sigint_mid_folder(tag: &str, taken: bool) {
+    let fx = Fx::new(tag);
     let root = mkdirs(&fx.src().join("t")).to_path_buf();
     put(&root, "a.bin", 5000, 1);
     put(&root, "sub/b.bin", 0, 2);
@@ -912,24 +912,42 @@ fn sigint_mid_folder_publishes_what_the_server_has() {
         let states = thread_states(client.pid());
         !states.is_empty() && states.iter().all(|s| matches!(s, 'S' | 'D'))
     });
+    if taken {
+        fs::write(fx.out().join("t"), b"intruder").unwrap();
+    }
     signal(client.pid(), "INT");
     let output = client.finish();
     assert_eq!(output.status.code(), Some(130), "{}", show(&output));
-    wait_until("the folder to be published", || fx.out().join("t/sub/b.bin").exists());
+    let doc: serde_json::Value = serde_json::from_str(&stdout_of(&output)).unwrap();
+    let status = |name: &str| {
+        let files = doc["files"].as_array().unwrap();
+        let file = files.iter().find(|f| f["name"] == name).unwrap_or_else(|| panic!("{name}: {doc}"));
+        (file["status"].as_str().unwrap().to_owned(), file["error"].as_str().unwrap_or_default().to_owned())
+    };
+    if taken {
+        assert_eq!(fs::read(fx.out().join("t")).unwrap(), b"intruder");
+        let (status, error) = status("t/a.bin");
+        assert!(status == "failed" && error.contains("appeared"), "{status} {error}\n{}", show(&output));
+        wait_until("nothing staged left", || fs::read_dir(fx.out()).unwrap().count() == 1);
+        return;
+    }
+    // Published by the client's commit, before it exited.
     assert!(fs::read(fx.out().join("t/a.bin")).unwrap() == pattern(5000, 1), "{}", show(&output));
     assert_eq!(fs::read(fx.out().join("t/sub/b.bin")).unwrap(), b"", "{}", show(&output));
     assert!(!fx.out().join("t/zz nobody writes").exists(), "a file was published for an interrupted FIFO");
-    let doc: serde_json::Value = serde_json::from_str(&stdout_of(&output)).unwrap();
-    let sent: Vec<&str> = doc["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["status"] == "sent")
-        .filter_map(|f| f["name"].as_str())
-        .collect();
-    assert!(sent.contains(&"t/a.bin") && sent.contains(&"t/sub/b.bin"), "{}", show(&output));
+    assert_eq!((status("t/a.bin").0, status("t/sub/b.bin").0), ("sent".to_owned(), "sent".to_owned()));
     let inside: Vec<_> = fs::read_dir(fx.out()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(inside, vec![std::ffi::OsString::from("t")], "nothing staged is left");
+}
+
+#[test]
+fn sigint_mid_folder_publishes_what_the_server_has() {
+    sigint_mid_folder("folderint", false);
+}
+
+#[test]
+fn sigint_mid_folder_whose_name_was_taken_publishes_nothing_and_says_so() {
+    sigint_mid_folder("folderinttaken", true);
 }
 
 #[test]

@@ -359,7 +359,7 @@ impl<'a> Batcher<'a> {
     }
 
     fn drain(&mut self, report: Report<'_>) -> Result<(), SendError> {
-        if sys::stop_signal().is_some() {
+        if sys::stop_signal().is_some() && !self.session.watchdog.outlast_stop {
             // Ctrl-C: what is packed is not handed over; what is in flight is heard.
             for packed in self.packing.take().map(|p| p.entries).unwrap_or_default() {
                 report(packed.index, Err(SendError::Interrupted), packed.started);

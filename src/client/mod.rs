@@ -256,6 +256,8 @@ impl Sender {
                 // the buffer area).
                 let carried = streams.lock().expect("streams lock").pop();
                 *anchor = carried.or_else(|| Session::open(&self.connection).ok());
+                // It beats on after Ctrl-C, for the commit.
+                anchor.iter_mut().for_each(Session::outlast_stop);
             }
         }
         let kept =
@@ -384,35 +386,32 @@ impl Sender {
         let record = |at: usize, result: ItemResult, _started: Instant| {
             *commits[at].lock().expect("commit lock") = Some(result);
         };
-        if sys::stop_signal().is_some() {
-            // Interrupted: no commit (the stream refuses it now). The server publishes
-            // what it has of each staged folder when this client's last stream ends,
-            // as it would have had each file without staging (unless the name was
-            // taken meanwhile: then it says so in its log), so what it confirmed
-            // stays reported sent; the folder itself is reported interrupted.
-            for (index, item) in items.iter().enumerate() {
-                if staging.wants(item) && roots.binary_search(&item.name).is_ok() {
-                    let result = Err(SendError::Interrupted);
-                    progress.finished(index, item, &result, started.elapsed());
-                    *results[index].lock().expect("result lock") = Some(result);
-                }
-            }
-            return;
-        }
-        let Some(session) = kept else {
-            // Every stream ended early (each failed): the server took the last one's
-            // end as this client's, and published what it had staged as far as it
-            // got, unless the name was taken meanwhile. No commit can say which.
-            for (at, root) in roots.iter().enumerate() {
-                let message = format!(
-                    "the streams of this client ended before its folder {} was committed: the server published it as far as it got, unless the name was taken meanwhile (check it, or send again with --skip-existing)",
+        // Why a commit could not be sent: what the server did instead depends on
+        // whether it is still there.
+        let unsent = |root: &str, why: &dyn std::fmt::Display| {
+            let message = match sys::process_alive(self.connection.server_pid) {
+                true => format!(
+                    "the commit of folder {} could not be sent ({why}): the server publishes what it has of a folder when its client's streams end, unless its name was taken meanwhile (check it, or send again with --skip-existing)",
                     escaped(root)
-                );
-                record(at, Err(SendError::Failed(message)), Instant::now());
+                ),
+                false => format!(
+                    "folder {} was not published: the server exited before its commit ({why}); a new server on this segment removes what was staged",
+                    escaped(root)
+                ),
+            };
+            Err(SendError::Failed(message))
+        };
+        let Some(mut session) = kept else {
+            // Every stream ended early (each failed): no commit can be sent.
+            for (at, root) in roots.iter().enumerate() {
+                record(at, unsent(root, &"no stream was left"), started);
             }
             return report_failed_commits(&roots, &commits, started, items, results, progress);
         };
-        match batch::Batcher::start(session) {
+        // Sent after Ctrl-C too (one round trip), so that what is reported is what the
+        // server published.
+        session.outlast_stop();
+        let answered = match batch::Batcher::start(session) {
             Ok(mut batcher) => {
                 let mut broken = None;
                 for (at, (root, token)) in staged.iter().enumerate() {
@@ -423,11 +422,27 @@ impl Sender {
                     }
                 }
                 match broken {
-                    Some(e) => batcher.fail_all(&e, &record),
-                    None => drop(batcher.finish(&record)),
+                    Some(e) => {
+                        batcher.fail_all(&e, &record);
+                        false
+                    }
+                    None => batcher.finish(&record).is_some(),
                 }
             }
-            Err(e) => (0..roots.len()).for_each(|at| record(at, Err(e.clone()), Instant::now())),
+            Err(e) => {
+                (0..roots.len()).for_each(|at| record(at, Err(e.clone()), started));
+                false
+            }
+        };
+        if !answered {
+            // The stream failed: a commit's error is the stream's, not the server's
+            // answer about the folder.
+            for (at, root) in roots.iter().enumerate() {
+                let mut commit = commits[at].lock().expect("commit lock");
+                if let Some(Err(e)) = commit.as_ref() {
+                    *commit = Some(unsent(root, e));
+                }
+            }
         }
         report_failed_commits(&roots, &commits, started, items, results, progress);
     }

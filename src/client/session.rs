@@ -61,16 +61,18 @@ pub(super) struct Watchdog<'a> {
     pub(super) connection: &'a Connection,
     pub(super) last_beat: u64,
     pub(super) beat_seen: Instant,
+    /// SIGINT/SIGTERM do not end this stream's waits (see `Session::outlast_stop`).
+    pub(super) outlast_stop: bool,
 }
 
 impl<'a> Watchdog<'a> {
     fn new(connection: &'a Connection) -> Self {
         let last_beat = connection.segment.header().heartbeat.load(Ordering::Relaxed);
-        Watchdog { connection, last_beat, beat_seen: Instant::now() }
+        Watchdog { connection, last_beat, beat_seen: Instant::now(), outlast_stop: false }
     }
 
     pub(super) fn check(&mut self) -> Result<(), SendError> {
-        if sys::stop_signal().is_some() {
+        if !self.outlast_stop && sys::stop_signal().is_some() {
             return Err(SendError::Interrupted);
         }
         let header = self.connection.segment.header();
@@ -206,6 +208,13 @@ impl<'a> Session<'a> {
         // Relaxed: a liveness hint the server compares, like its own heartbeat.
         self.record.client_beat.fetch_add(1, Ordering::Relaxed);
         self.watchdog.check()
+    }
+
+    /// Keeps this stream going after SIGINT/SIGTERM: the stream held for the commit
+    /// of staged folders, which is sent even then (one round trip), so what the
+    /// client reports is what the server published.
+    pub(super) fn outlast_stop(&mut self) {
+        self.watchdog.outlast_stop = true;
     }
 
     /// Tells the server we are done with the record (best effort).
