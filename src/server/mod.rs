@@ -594,7 +594,13 @@ fn start(
         events(&ServerEvent::Notice(format!("removed {stale_locks} stale lock file(s)")));
     }
     if folder {
-        remove_stale_temp_files(&options.output_dir, &options.name);
+        let (files, folders) = remove_stale_temp_files(&options.output_dir, &options.name);
+        if files + folders > 0 {
+            events(&ServerEvent::Notice(format!(
+                "removed {files} temporary file(s) and {folders} staged folder(s) left in {} by a server that was killed (a staged folder may hold a half-written file, so it is never published: send it again)",
+                escaped(&options.output_dir.to_string_lossy())
+            )));
+        }
     }
     let segment = Segment::create(&options.name, options.size).map_err(ServerError::Segment)?;
     if let Some(gid) = options.group {
@@ -656,9 +662,12 @@ fn is_temp_name(file_name: &str, prefix: &str) -> bool {
     guid.len() == 32 && guid.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn remove_stale_temp_files(dir: &Path, name: &str) {
+/// Removes this segment's temporary files and staged folders from OUTPUT_DIR;
+/// returns how many of each.
+fn remove_stale_temp_files(dir: &Path, name: &str) -> (usize, usize) {
     let prefix = temp_prefix(name);
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let (mut files, mut folders) = (0, 0);
+    let Ok(entries) = fs::read_dir(dir) else { return (0, 0) };
     for entry in entries.flatten() {
         let file_name = entry.file_name();
         let file_name = file_name.to_string_lossy();
@@ -666,11 +675,12 @@ fn remove_stale_temp_files(dir: &Path, name: &str) {
             match file_name.ends_with(".stage") {
                 // A staged folder whose client never committed it (`remove_dir_all`
                 // never follows a link).
-                true => drop(fs::remove_dir_all(entry.path())),
-                false => drop(fs::remove_file(entry.path())),
+                true => folders += usize::from(fs::remove_dir_all(entry.path()).is_ok()),
+                false => files += usize::from(fs::remove_file(entry.path()).is_ok()),
             }
         }
     }
+    (files, folders)
 }
 
 fn serve(shared: Arc<Shared>, ready: mpsc::Sender<()>, output: String) -> Result<(), ServerError> {
