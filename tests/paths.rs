@@ -529,6 +529,19 @@ fn links_inside_folders_are_skipped_and_reported_and_a_named_link_is_followed() 
     // Whether skipped links count in `{K} skipped` is left open; files and bytes are not.
     let s = summary(&output);
     assert_eq!((s.files, s.bytes, s.failed), (2, 3100, 0), "{}", show(&output));
+    // With --json, each skipped link says why.
+    let output = fx.run(&["--json", "--skip-existing", "tree"]);
+    let doc: serde_json::Value = serde_json::from_str(&stdout_of(&output)).unwrap();
+    let skipped: Vec<&serde_json::Value> = doc["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["source"].as_str().unwrap().contains("link_"))
+        .collect();
+    assert_eq!(skipped.len(), 2, "{doc}");
+    for file in skipped {
+        assert!(file["status"] == "skipped" && file["error"].as_str().unwrap().contains("-L"), "{file}");
+    }
 }
 
 #[test]

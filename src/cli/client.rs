@@ -298,8 +298,13 @@ fn report(board: &Board, front: &Front, elapsed: Duration) -> ExitStatus {
             failures.push((!names_source).then(|| item.human()), error);
         }
         if front.json {
+            // A source skipped when planned (a link inside a folder) says why too.
+            let reason = match (&error, &item.verdict) {
+                (None, Verdict::Skip(why)) => Some(why),
+                (error, _) => error.as_ref(),
+            };
             files.push(serde_json::json!({
-                "source": item.shown, "name": item.name, "bytes": sent_bytes, "status": state, "error": error,
+                "source": item.shown, "name": item.name, "bytes": sent_bytes, "status": state, "error": reason,
             }));
         } else if let Origin::Id(id) = item.origin {
             let done = matches!(outcome, Some(Outcome::Done(..) | Outcome::Skipped));
