@@ -623,7 +623,7 @@ struct Carry<'p, 'c> {
     keep: usize,
     /// The stream held for the commit of staged folders, beating meanwhile.
     anchor: &'p Mutex<Option<Session<'c>>>,
-    /// Staged folders, and the results held for them.
+    /// The folders staged so far.
     staging: &'p Staging,
 }
 
