@@ -178,8 +178,10 @@ pub fn current_uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
-/// Raises the soft open-files limit to the hard limit: the server holds one lock
-/// descriptor and one output file per active stream.
+/// Raises the soft open-files limit towards the hard one, to at most 65,536 (best
+/// effort; children inherit it): the server holds one lock descriptor and one
+/// output file per active stream; a client keeps a descriptor open for each FIFO
+/// met while batching until its turn.
 pub fn raise_nofile_limit() {
     // SAFETY: getrlimit/setrlimit with a valid out-parameter on the stack.
     unsafe {
@@ -400,23 +402,6 @@ pub fn page_size() -> usize {
     // SAFETY: sysconf reads a constant of the system; it cannot fail for this name.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(size).ok().filter(|&size| size.is_power_of_two()).unwrap_or(4096)
-}
-
-/// Raises the soft limit on open files towards the hard one, to at most 65,536
-/// (best effort; children inherit it): a client
-/// keeps a descriptor open for each FIFO met while batching until its turn, and
-/// 1,024 is soon reached.
-pub fn raise_open_files_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into the struct we own; setrlimit only reads it.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
-            && limit.rlim_cur < limit.rlim_max.min(65_536)
-        {
-            limit.rlim_cur = limit.rlim_max.min(65_536);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }
 
 /// The process's umask, read once (by setting and restoring it: the first call

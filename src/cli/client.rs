@@ -98,7 +98,7 @@ impl Progress for Front {
 /// Runs `sharedclient`; returns its exit status.
 pub fn main(cli: ClientCli) -> ExitStatus {
     sys::install_stop_handlers();
-    sys::raise_open_files_limit();
+    sys::raise_nofile_limit();
     let timeout = Duration::from_secs(cli.timeout);
     if let Some(count) = cli.ping {
         return run_ping(&cli.common.name, timeout, count);

@@ -218,8 +218,9 @@ impl Sender {
         let results: Vec<Mutex<Option<Result<Delivered, SendError>>>> =
             items.iter().map(|item| Mutex::new(verdict_result(item))).collect();
         // Streams go on from one phase to the next: a client never holds more than
-        // `jobs` of them, not even for the moment the server takes to free the last
-        // phase's (`--max-streams-per-client`). In the last phase a job that runs out
+        // `jobs` of them (plus the one held aside for a commit, within
+        // `--max-streams-per-client`), not even for the moment the server takes to
+        // free the last phase's. In the last phase a job that runs out
         // of items gives its stream back at once: an idle stream keeps its buffers,
         // which the jobs still sending (this client's or another's) may wait for.
         let streams = Mutex::new(Vec::new());
@@ -238,30 +239,31 @@ impl Sender {
             let jobs = jobs.unwrap_or(self.options.jobs);
             let anchored = usize::from(anchor.lock().expect("anchor lock").is_some());
             let jobs = if most > 0 { jobs.min(most - anchored) } else { jobs };
-            // After the last phase no stream is kept, but one for a commit if none is
-            // held aside (its opening failed).
+            // After the last phase no stream is kept, but the folders' own for their
+            // commit when they are the only phase (else it is held aside).
             let keep = match number + 1 < count {
                 true => usize::MAX,
-                false => {
-                    usize::from(anchored == 0 && (staging.any() || items.iter().any(|i| staging.wants(i))))
-                }
+                false => usize::from(count == 1 && items.iter().any(|i| staging.wants(i))),
             };
             let carry = Carry { streams: &streams, keep, anchor: &anchor, staging: &staging };
             self.run_phase(items, &results, phase, jobs, progress, carry);
-            let mut anchor = anchor.lock().expect("anchor lock");
-            if staging.any() && anchor.is_none() && number + 1 < count {
+            if number == 0 && number + 1 < count && staging.any() {
                 // The folders' stream (a fresh one would be placed on the least
                 // loaded server worker, as if busy, and crowd the senders onto the
                 // other). It keeps its batch ring meanwhile (at most an eighth of
-                // the buffer area).
-                let carried = streams.lock().expect("streams lock").pop();
-                *anchor = carried.or_else(|| Session::open(&self.connection).ok());
-                // It beats on after Ctrl-C, for the commit.
+                // the buffer area), and beats on after Ctrl-C, for the commit. If it
+                // failed, the client may have had no stream for a moment, and the
+                // server may have published the folders as they were: no other
+                // stream can commit them (see `commit_staged`).
+                let mut anchor = anchor.lock().expect("anchor lock");
+                *anchor = streams.lock().expect("streams lock").pop();
                 anchor.iter_mut().for_each(Session::outlast_stop);
             }
         }
-        let kept =
-            anchor.into_inner().expect("anchor lock").or_else(|| streams.lock().expect("streams lock").pop());
+        let kept = match count {
+            1 => streams.lock().expect("streams lock").pop(),
+            _ => anchor.into_inner().expect("anchor lock"),
+        };
         self.commit_staged(&staging, kept, items, &results, progress);
         streams.lock().expect("streams lock").clear();
         results
@@ -389,6 +391,15 @@ impl Sender {
         // Why a commit could not be sent: what the server did instead depends on
         // whether it is still there.
         let unsent = |root: &str, why: &dyn std::fmt::Display| {
+            // Acquire: pairs with the server's Release when it starts to stop.
+            let state = self.connection.segment.header().server_state.load(Ordering::Acquire);
+            if state == crate::segment::SERVER_STOPPING {
+                let message = format!(
+                    "the server stopped before the commit of folder {} ({why}): it published what it had of it, unless its name was taken meanwhile (check it, or send again with --skip-existing to a running server)",
+                    escaped(root)
+                );
+                return Err(SendError::Failed(message));
+            }
             let message = match sys::process_alive(self.connection.server_pid) {
                 true => format!(
                     "the commit of folder {} could not be sent ({why}): the server publishes what it has of a folder when its client's streams end, unless its name was taken meanwhile (check it, or send again with --skip-existing)",
@@ -416,9 +427,14 @@ impl Sender {
                 let mut broken = None;
                 for (at, (root, token)) in staged.iter().enumerate() {
                     let commit = batch::Prepared::commit(*token, Instant::now());
-                    if let Err(e) = batcher.add(at, root, commit, progress, &record) {
-                        broken = Some(e);
-                        break;
+                    match batcher.add(at, root, commit, progress, &record) {
+                        Ok(None) => {}
+                        // Not for a batch (a name longer than a slot holds).
+                        Ok(Some(_)) => record(at, unsent(root, &"it does not fit a batch"), started),
+                        Err(e) => {
+                            broken = Some(e);
+                            break;
+                        }
                     }
                 }
                 match broken {
@@ -436,11 +452,13 @@ impl Sender {
         };
         if !answered {
             // The stream failed: a commit's error is the stream's, not the server's
-            // answer about the folder.
+            // answer about the folder; one never packed was not sent either.
             for (at, root) in roots.iter().enumerate() {
                 let mut commit = commits[at].lock().expect("commit lock");
-                if let Some(Err(e)) = commit.as_ref() {
-                    *commit = Some(unsent(root, e));
+                match commit.as_ref() {
+                    Some(Err(e)) => *commit = Some(unsent(root, e)),
+                    None => *commit = Some(unsent(root, &"the stream failed first")),
+                    Some(Ok(_)) => {}
                 }
             }
         }

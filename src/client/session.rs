@@ -212,7 +212,9 @@ impl<'a> Session<'a> {
 
     /// Keeps this stream going after SIGINT/SIGTERM: the stream held for the commit
     /// of staged folders, which is sent even then (one round trip), so what the
-    /// client reports is what the server published.
+    /// client reports is what the server published. A server that does not answer
+    /// is still noticed (gone, stopping, silent for `--timeout`); `sharedclient`
+    /// itself exits about a second after the signal whatever is in flight.
     pub(super) fn outlast_stop(&mut self) {
         self.watchdog.outlast_stop = true;
     }

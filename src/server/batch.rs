@@ -262,20 +262,24 @@ impl Stream {
     /// `KIND_COMMIT`: the staged folder `root` gets its name, whole, once no file
     /// is being made in it; only with the token its stage answered.
     fn commit(&mut self, root: &str, token: u64) -> Result<Outcome, Failure> {
-        let stage = {
-            let mut stages = self.stages.lock().expect("stages lock");
-            match stages.get(root) {
-                Some(stage) if stage.token == token => stages.remove(root),
-                _ => None,
-            }
-        };
+        let stage = self.stages.lock().expect("stages lock").get(root).filter(|s| s.token == token).cloned();
         let Some(stage) = stage else {
             let message = format!("{}: nothing of this client's is staged under that name", escaped(root));
             return Err(failure(ErrorCode::BadRequest, message));
         };
+        // Once no file is being made beneath it; it stays in the map until renamed,
+        // so a name beneath it that comes meanwhile waits for the lock, then is made
+        // as any other (never as a folder of that name made before the rename).
         let mut live = stage.live.write().expect("stage lock");
+        if !*live {
+            let message = format!("{}: already committed", escaped(root));
+            return Err(failure(ErrorCode::BadRequest, message));
+        }
         *live = false;
-        self.sink.commit(&stage.hidden, root).map_err(|e| {
+        let committed = self.sink.commit(&stage.hidden, root);
+        self.stages.lock().expect("stages lock").remove(root);
+        drop(live);
+        committed.map_err(|e| {
             self.tally.drop_staged(&stage);
             sink_failure(e)
         })?;

@@ -306,7 +306,7 @@ impl ServerBuilder {
     /// Creates the segment and starts serving on a thread of its own; returns once
     /// clients can connect. Ignores SIGXFSZ for the whole process (a write past
     /// RLIMIT_FSIZE then fails one file instead of killing the server) and raises
-    /// the open-files limit to its hard limit.
+    /// the open-files limit towards its hard limit (at most 65,536).
     pub fn start(self) -> Result<Server, ServerError> {
         let ServerBuilder { options, sink, events } = self;
         lock::validate_segment_name(&options.name).map_err(ServerError::Start)?;

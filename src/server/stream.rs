@@ -738,14 +738,17 @@ impl Stream {
         }
         drop(clients);
         if last.is_some() {
-            // A client gone without committing (killed): what it staged is published
-            // as far as it got, as it would have been without staging. Every file in
-            // it is whole: one in progress went with its stream (`drop_transfer`).
+            // A client gone without committing (killed, or its streams dropped), or the
+            // server stopping: what it staged is published as far as it got, as each
+            // file would have been without staging. Every file in it is whole: one in
+            // progress went with its stream (`drop_transfer`).
             let staged: Vec<(String, Arc<Stage>)> =
                 self.stages.lock().expect("stages lock").drain().collect();
             for (root, stage) in staged {
                 let mut live = stage.live.write().expect("stage lock");
-                *live = false;
+                if !std::mem::replace(&mut *live, false) {
+                    continue; // committed already
+                }
                 if let Err(e) = shared.sink.abandon_staged(&stage.hidden, &root) {
                     if let Some(client) = last.as_mut() {
                         client.tally.drop_staged(&stage);
