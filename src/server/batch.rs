@@ -68,6 +68,7 @@ impl Stream {
             batch::decode_batch(bytes).map_err(|e| failure(ErrorCode::BadRequest, e.to_string()))?;
         let mut outcomes: Vec<Outcome> =
             entries.iter().map(|entry| self.batch_entry(shared, entry, bytes)).collect();
+        self.flush_stage_counts();
         if shared.options.sync == SyncMode::Batch && outcomes.iter().any(|o| matches!(o, Outcome::Done(_))) {
             if let Err(e) = shared.sink.flush() {
                 for (outcome, entry) in outcomes.iter_mut().zip(&entries) {
@@ -124,10 +125,20 @@ impl Stream {
         let found = self.staged(name);
         let live = found.as_ref().map(Staged::live);
         let staged = found.as_ref().filter(|_| live.as_ref().is_some_and(|live| **live));
-        self.publish_checked(shared, name, kind, staged, entry, bytes).map_err(|failure| match staged {
-            Some(s) => s.unhide(failure, name),
-            None => failure,
-        })
+        let is_file = matches!(kind, EntryKind::File { .. });
+        match self.publish_checked(shared, name, kind, staged, entry, bytes) {
+            Ok(Outcome::Done(written)) if is_file => {
+                if let Some(s) = staged {
+                    self.count_staged(s.stage(), written);
+                }
+                Ok(Outcome::Done(written))
+            }
+            Ok(outcome) => Ok(outcome),
+            Err(failure) => Err(match staged {
+                Some(s) => s.unhide(failure, name),
+                None => failure,
+            }),
+        }
     }
 
     /// `publish_entry` for a checked entry; beneath a staged folder (`staged`), made
@@ -262,6 +273,7 @@ impl Stream {
     /// `KIND_COMMIT`: the staged folder `root` gets its name, whole, once no file
     /// is being made in it; only with the token its stage answered.
     fn commit(&mut self, root: &str, token: u64) -> Result<Outcome, Failure> {
+        self.flush_stage_counts();
         let stage = self.stages.lock().expect("stages lock").get(root).filter(|s| s.token == token).cloned();
         let Some(stage) = stage else {
             let message = format!("{}: nothing of this client's is staged under that name", escaped(root));

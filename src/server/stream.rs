@@ -57,6 +57,11 @@ impl Staged {
         self.stage.live.read().expect("stage lock")
     }
 
+    /// The stage the name lies beneath.
+    pub(super) fn stage(&self) -> &Arc<Stage> {
+        &self.stage
+    }
+
     /// `failure` of the client's `name` with the hidden name put back as the
     /// user's folder.
     pub(super) fn unhide(&self, mut failure: Failure, name: &str) -> Failure {
@@ -107,6 +112,9 @@ pub(super) struct Stream {
     pub(super) tally: Tally,
     /// This client's staged folders (shared by its streams).
     pub(super) stages: ClientStages,
+    /// Files (and bytes) published beneath a stage not yet added to its counters:
+    /// added once a batch, not once a file (both workers would fight over them).
+    stage_counts: Option<(Arc<Stage>, u64, u64)>,
 }
 
 impl Stream {
@@ -136,6 +144,7 @@ impl Stream {
             failed_transfer: false,
             tally: Tally::default(),
             stages: ClientStages::default(),
+            stage_counts: None,
         }
     }
 
@@ -535,6 +544,12 @@ impl Stream {
                     ServerEvent::Published { bytes, .. } => *bytes,
                     _ => size,
                 };
+                if let ServerEvent::Published { name, .. } = &done {
+                    if let Some(stage) = self.stage_of(name) {
+                        self.count_staged(&stage, bytes);
+                        self.flush_stage_counts();
+                    }
+                }
                 self.event(shared, &done);
                 if shared.options.sync == SyncMode::Batch {
                     // Confirmed once the worker has flushed this pass's files.
@@ -559,6 +574,30 @@ impl Stream {
         Some(Staged { real, stage, root_len: root.len() })
     }
 
+    /// Counts a file of `bytes` published beneath `stage` (see `stage_counts`).
+    pub(super) fn count_staged(&mut self, stage: &Arc<Stage>, bytes: u64) {
+        match &mut self.stage_counts {
+            Some((counted, files, total)) if Arc::ptr_eq(counted, stage) => {
+                *files += 1;
+                *total += bytes;
+            }
+            _ => {
+                self.flush_stage_counts();
+                self.stage_counts = Some((Arc::clone(stage), 1, bytes));
+            }
+        }
+    }
+
+    /// Adds the files counted beneath a stage to its counters.
+    pub(super) fn flush_stage_counts(&mut self) {
+        if let Some((stage, files, bytes)) = self.stage_counts.take() {
+            // Relaxed: counters, read under the stage's write lock after the commit's
+            // own stream flushed (the others flushed at the end of each batch).
+            stage.files.fetch_add(files, Ordering::Relaxed);
+            stage.bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
     /// The stage `name` lies beneath, if any.
     fn stage_of(&self, name: &str) -> Option<Arc<Stage>> {
         let (root, _) = name.split_once('/')?;
@@ -578,14 +617,9 @@ impl Stream {
     /// Tells the server's owner about a file, and counts it for the client's summary.
     pub(super) fn event(&mut self, shared: &Shared, event: &ServerEvent) {
         match event {
-            ServerEvent::Published { name, bytes, .. } => {
+            ServerEvent::Published { bytes, .. } => {
                 self.tally.files += 1;
                 self.tally.bytes += bytes;
-                if let Some(stage) = self.stage_of(name) {
-                    // Relaxed: counters, read under the stage's write lock.
-                    stage.files.fetch_add(1, Ordering::Relaxed);
-                    stage.bytes.fetch_add(*bytes, Ordering::Relaxed);
-                }
             }
             ServerEvent::Failed { .. } => self.tally.failed += 1,
             _ => {}
@@ -737,6 +771,7 @@ impl Stream {
             }
         }
         drop(clients);
+        self.flush_stage_counts();
         if last.is_some() {
             // A client gone without committing (killed, or its streams dropped), or the
             // server stopping: what it staged is published as far as it got, as each
