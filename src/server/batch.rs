@@ -247,7 +247,7 @@ impl Stream {
             let message = format!("{}: only a top-level folder can be staged", escaped(root));
             return Err(failure(ErrorCode::BadRequest, message));
         }
-        let mut stages = self.stages.lock().expect("stages lock");
+        let mut stages = self.stages.lock();
         if stages.contains_key(root) {
             let message = format!("{}: already staged", escaped(root));
             return Err(failure(ErrorCode::BadRequest, message));
@@ -267,6 +267,7 @@ impl Stream {
         let stage =
             Stage { hidden, token, live: std::sync::RwLock::new(true), files: 0.into(), bytes: 0.into() };
         stages.insert(root.to_owned(), Arc::new(stage));
+        self.stages.changed();
         Ok(Outcome::Done(token))
     }
 
@@ -274,7 +275,7 @@ impl Stream {
     /// is being made in it; only with the token its stage answered.
     fn commit(&mut self, root: &str, token: u64) -> Result<Outcome, Failure> {
         self.flush_stage_counts();
-        let stage = self.stages.lock().expect("stages lock").get(root).filter(|s| s.token == token).cloned();
+        let stage = self.stages.lock().get(root).filter(|s| s.token == token).cloned();
         let Some(stage) = stage else {
             let message = format!("{}: nothing of this client's is staged under that name", escaped(root));
             return Err(failure(ErrorCode::BadRequest, message));
@@ -289,7 +290,10 @@ impl Stream {
         }
         *live = false;
         let committed = self.sink.commit(&stage.hidden, root);
-        self.stages.lock().expect("stages lock").remove(root);
+        let mut stages = self.stages.lock();
+        stages.remove(root);
+        self.stages.changed();
+        drop(stages);
         drop(live);
         committed.map_err(|e| {
             self.tally.drop_staged(&stage);

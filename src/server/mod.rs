@@ -432,7 +432,28 @@ fn run_server(
 /// One client process, while it holds streams.
 /// A client process's staged folders by top folder name, until it commits them or
 /// its last stream ends.
-type ClientStages = Arc<Mutex<std::collections::HashMap<String, Arc<Stage>>>>;
+type ClientStages = Arc<StageMap>;
+
+/// The staged folders of one client process, shared by its streams.
+#[derive(Default)]
+struct StageMap {
+    map: Mutex<std::collections::HashMap<String, Arc<Stage>>>,
+    /// Bumped (Release) after every change of `map`: a stream keeps the stage of
+    /// its last top folder while this stays the same (no lock per file).
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl StageMap {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<Stage>>> {
+        self.map.lock().expect("stages lock")
+    }
+
+    /// Call after every change of the map, the lock still held.
+    fn changed(&self) {
+        // Release: pairs with the Acquire in `Stream::staged`.
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+}
 
 /// A top-level folder a client staged (see `crate::batch::KIND_STAGE`).
 struct Stage {

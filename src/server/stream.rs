@@ -115,6 +115,9 @@ pub(super) struct Stream {
     /// Files (and bytes) published beneath a stage not yet added to its counters:
     /// added once a batch, not once a file (both workers would fight over them).
     stage_counts: Option<(Arc<Stage>, u64, u64)>,
+    /// The stage (or none) of the last top folder looked up, as of a generation of
+    /// the client's stage map.
+    stage_cache: Option<(u64, String, Option<Arc<Stage>>)>,
 }
 
 impl Stream {
@@ -145,6 +148,7 @@ impl Stream {
             tally: Tally::default(),
             stages: ClientStages::default(),
             stage_counts: None,
+            stage_cache: None,
         }
     }
 
@@ -564,9 +568,16 @@ impl Stream {
 
     /// Where `name` is made: beneath its top folder's hidden name if this client
     /// staged that folder (hold `Staged::live` meanwhile).
-    pub(super) fn staged(&self, name: &str) -> Option<Staged> {
+    pub(super) fn staged(&mut self, name: &str) -> Option<Staged> {
         let (root, rest) = name.split_once('/')?;
-        let stage = Arc::clone(self.stages.lock().expect("stages lock").get(root)?);
+        // Acquire: pairs with the Release of `StageMap::changed`.
+        let generation = self.stages.generation.load(Ordering::Acquire);
+        let fresh = matches!(&self.stage_cache, Some((g, r, _)) if *g == generation && r == root);
+        if !fresh {
+            let stage = self.stages.lock().get(root).cloned();
+            self.stage_cache = Some((generation, root.to_owned(), stage));
+        }
+        let stage = Arc::clone(self.stage_cache.as_ref()?.2.as_ref()?);
         let mut real = String::with_capacity(stage.hidden.len() + 1 + rest.len());
         real.push_str(&stage.hidden);
         real.push('/');
@@ -601,13 +612,13 @@ impl Stream {
     /// The stage `name` lies beneath, if any.
     fn stage_of(&self, name: &str) -> Option<Arc<Stage>> {
         let (root, _) = name.split_once('/')?;
-        self.stages.lock().expect("stages lock").get(root).cloned()
+        self.stages.lock().get(root).cloned()
     }
 
     /// `message` with the hidden name of each folder this client staged put back
     /// as the user's folder.
     fn unhide_message(&self, message: String) -> String {
-        let stages = self.stages.lock().expect("stages lock");
+        let stages = self.stages.lock();
         stages.iter().fold(message, |message, (root, stage)| match message.contains(&stage.hidden) {
             true => message.replace(&stage.hidden, &escaped(root)),
             false => message,
@@ -777,8 +788,10 @@ impl Stream {
             // server stopping: what it staged is published as far as it got, as each
             // file would have been without staging. Every file in it is whole: one in
             // progress went with its stream (`drop_transfer`).
-            let staged: Vec<(String, Arc<Stage>)> =
-                self.stages.lock().expect("stages lock").drain().collect();
+            let mut stages = self.stages.lock();
+            let staged: Vec<(String, Arc<Stage>)> = stages.drain().collect();
+            self.stages.changed();
+            drop(stages);
             for (root, stage) in staged {
                 let mut live = stage.live.write().expect("stage lock");
                 if !std::mem::replace(&mut *live, false) {
