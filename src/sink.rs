@@ -198,13 +198,7 @@ impl Sink for FolderSink {
     }
 
     fn abandon_staged(&self, hidden: &str, root: &str) -> Result<(), SinkError> {
-        let published = self
-            .output
-            .target(root, &mut DirCache::default())
-            .map_err(|e| io::Error::new(e.kind, e.message))
-            .and_then(|target| crate::sys::rename_dir_at(target.parent.as_fd(), hidden, root));
-        published.map_err(|e| {
-            remove_in_background(self.output.path().join(hidden));
+        publish_staged(&self.output, hidden, root).map_err(|e| {
             SinkError::new(
                 SinkErrorKind::Exists,
                 format!("its client went away before the folder was whole, and it could not be published ({e}): dropped"),
@@ -226,6 +220,20 @@ impl Sink for FolderSink {
 /// Why a file is not published over one that has its name (`shown`, escaped).
 pub(crate) fn already_exists(shown: &str) -> String {
     format!("{shown} already exists: remove it or run the server with --overwrite")
+}
+
+/// Gives the staged folder `hidden` its name `root` (a top-level name) in
+/// `output`, never over anything that has it; one that cannot be published is
+/// removed.
+fn publish_staged(output: &OutputDir, hidden: &str, root: &str) -> io::Result<()> {
+    let renamed = output
+        .target(root, &mut DirCache::default())
+        .map_err(|e| io::Error::new(e.kind, e.message))
+        .and_then(|target| crate::sys::rename_dir_at(target.parent.as_fd(), hidden, root));
+    if renamed.is_err() {
+        remove_in_background(output.path().join(hidden));
+    }
+    renamed
 }
 
 /// Removes a staged folder that cannot be published, and all in it, on a thread
@@ -286,14 +294,10 @@ impl SinkSession for FolderSession {
     }
 
     fn commit(&mut self, hidden: &str, root: &str) -> Result<(), SinkError> {
-        let renamed = self
-            .output
-            .target(root, &mut self.dirs)
-            .map_err(|e| io::Error::new(e.kind, e.message))
-            .and_then(|target| crate::sys::rename_dir_at(target.parent.as_fd(), hidden, root));
+        let renamed = publish_staged(&self.output, hidden, root);
+        // The kept folders beneath the hidden name are renamed with it.
         self.dirs.clear();
         renamed.map_err(|e| {
-            remove_in_background(self.output.path().join(hidden));
             match e.kind() {
                 io::ErrorKind::AlreadyExists => SinkError::new(
                     SinkErrorKind::Exists,

@@ -3,7 +3,9 @@
 //! its own, and the results go back in the same slot. A batch whose framing is
 //! wrong fails the stream and publishes nothing.
 
-use super::stream::{failure, publish, sink_failure, Failure, Staged, State, Stream, Transfer};
+use super::stream::{
+    failure, publish, refuse_reserved, sink_failure, Failure, Staged, State, Stream, Transfer,
+};
 use super::*;
 use crate::batch::{self, Entry, EntryKind, Outcome, BATCH_CHUNK};
 
@@ -115,13 +117,7 @@ impl Stream {
 
     fn publish_entry(&mut self, shared: &Shared, entry: &Entry, bytes: &[u8]) -> Result<Outcome, Failure> {
         let (name, kind) = entry.check().map_err(|e| failure(ErrorCode::BadRequest, e.0))?;
-        if is_reserved(name) {
-            let message = format!(
-                "{}: names starting with {TEMP_MARK} are reserved for the server's temporary files",
-                escaped(name)
-            );
-            return Err(failure(ErrorCode::BadRequest, message));
-        }
+        refuse_reserved(name)?;
         let found = self.staged(name);
         let live = found.as_ref().map(Staged::live);
         let staged = found.as_ref().filter(|_| live.as_ref().is_some_and(|live| **live));

@@ -664,12 +664,6 @@ fn start(
 /// so cleaning up temporary files can never delete a published file.
 const TEMP_MARK: &str = protocol::RESERVED_PREFIX;
 
-/// Whether any part of a client's path starts with `TEMP_MARK` (temporary files
-/// and staged folders: a client may not name them, nor anything beneath them).
-fn is_reserved(name: &str) -> bool {
-    name.split('/').any(|part| part.starts_with(TEMP_MARK))
-}
-
 /// The temporary-file prefix of one segment name: `.sharedxfer-<name>-<guid>.part`.
 fn temp_prefix(name: &str) -> String {
     format!("{TEMP_MARK}{name}-")

@@ -349,11 +349,7 @@ impl Stream {
         early_exists_check: bool,
     ) -> Result<bool, Failure> {
         self.label.clone_from(&name);
-        if is_reserved(&name) {
-            let message =
-                format!("names starting with {TEMP_MARK} are reserved for the server's temporary files");
-            return Err(failure(ErrorCode::BadRequest, message));
-        }
+        refuse_reserved(&name)?;
         if let Some(max) = shared.options.max_file_size.filter(|&max| !meta.size_is_hint && size > max) {
             return Err(too_big(&name, max));
         }
@@ -438,10 +434,8 @@ impl Stream {
     /// Creates a folder (and its parents) beneath the output folder.
     pub(super) fn mkdir(&mut self, shared: &Shared, name: String, mode: u32) {
         self.label.clone_from(&name);
-        if is_reserved(&name) {
-            let message =
-                format!("names starting with {TEMP_MARK} are reserved for the server's temporary files");
-            return self.fail(shared, failure(ErrorCode::BadRequest, message));
+        if let Err(refused) = refuse_reserved(&name) {
+            return self.fail(shared, refused);
         }
         let found = self.staged(&name);
         let live = found.as_ref().map(Staged::live);
@@ -845,6 +839,19 @@ pub(super) fn allocate_ring(shared: &Shared, chunk: u64, wanted: usize) -> Vec<(
         ring.push((offset, chunk));
     }
     ring
+}
+
+/// Refuses a client's path any part of which starts with `TEMP_MARK` (temporary
+/// files and staged folders: a client may not name them, nor anything beneath).
+pub(super) fn refuse_reserved(name: &str) -> Result<(), Failure> {
+    if !name.split('/').any(|part| part.starts_with(TEMP_MARK)) {
+        return Ok(());
+    }
+    let message = format!(
+        "{}: names starting with {TEMP_MARK} are reserved for the server's temporary files",
+        escaped(name)
+    );
+    Err(failure(ErrorCode::BadRequest, message))
 }
 
 /// A file past `--max-file-size`, named.
