@@ -4,7 +4,8 @@
 //! wrong fails the stream and publishes nothing.
 
 use super::stream::{
-    failure, publish, refuse_reserved, sink_failure, Failure, Staged, State, Stream, Transfer,
+    checksum_mismatch, failure, publish, refuse_reserved, sink_failure, Failure, Staged, State, Stream,
+    Transfer,
 };
 use super::*;
 use crate::batch::{self, Entry, EntryKind, Outcome, BATCH_CHUNK};
@@ -169,19 +170,20 @@ impl Stream {
         if size == 0 && entry.data.is_empty() {
             return self.publish_empty(shared, (name, real), checksum, mode, meta);
         }
-        // Hashed and written straight from the slot, as a large file's chunks are: no
-        // private copy (a third pass over every byte). A client that writes into a
-        // slot it handed over can only spoil its own file, as it could by sending
-        // other bytes.
+        // Checked whole, then written straight from the slot, as a large file's
+        // chunks are: no private copy (a third pass over every byte), and nothing made
+        // for bytes that do not match. A client that writes into a slot it handed over
+        // can only spoil its own file, as it could by sending other bytes.
         let data = &bytes[entry.data.clone()];
+        if crate::checksum::of(data) != checksum {
+            return Err(checksum_mismatch(name));
+        }
         let mut file = match staged {
             Some(_) => self.sink.create_private(real, mode),
             None => self.sink.create(real, mode),
         }
         .map_err(sink_failure)?;
-        let mut hasher = Checksum::new();
         if !data.is_empty() {
-            hasher.update(data);
             if let Err(e) = file.write(data) {
                 file.discard();
                 return Err(sink_failure(e));
@@ -193,7 +195,7 @@ impl Stream {
             meta,
             size,
             written: size,
-            hasher,
+            hasher: None,
             started: Instant::now(),
         };
         match publish(shared, transfer, size, checksum)? {
@@ -216,9 +218,8 @@ impl Stream {
         meta: FileMeta,
     ) -> Result<Outcome, Failure> {
         let started = Instant::now();
-        if Checksum::new().digest() != checksum {
-            let message = format!("{}: checksum mismatch: the data was corrupted in transit", escaped(name));
-            return Err(failure(ErrorCode::Checksum, message));
+        if crate::checksum::of(&[]) != checksum {
+            return Err(checksum_mismatch(name));
         }
         match self.sink.publish_empty(real, mode, meta.mtime, shared.options.overwrite) {
             Err(e) if e.kind == SinkErrorKind::Exists && meta.skip_existing => Ok(Outcome::Skipped),

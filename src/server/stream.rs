@@ -13,7 +13,9 @@ pub(super) struct Transfer {
     /// The announced size: exact, or only a hint (`meta.size_is_hint`).
     pub(super) size: u64,
     pub(super) written: u64,
-    pub(super) hasher: Checksum,
+    /// The running checksum; `None`: the bytes were checked whole before they were
+    /// written (a batch entry).
+    pub(super) hasher: Option<Checksum>,
     pub(super) started: Instant,
 }
 
@@ -229,7 +231,9 @@ impl Stream {
                 .segment
                 .buffer(offset, len)
                 .map_err(|e| failure(ErrorCode::BadRequest, e.to_string()))?;
-            transfer.hasher.update(buffer.bytes(len as usize));
+            if let Some(hasher) = transfer.hasher.as_mut() {
+                hasher.update(buffer.bytes(len as usize));
+            }
             transfer.file.write(buffer.bytes(len as usize)).map_err(sink_failure)?;
             transfer.written += len;
             // Relaxed: progress for status only.
@@ -391,7 +395,7 @@ impl Stream {
             meta,
             size,
             written: 0,
-            hasher: Checksum::new(),
+            hasher: Some(Checksum::new()),
             started: Instant::now(),
         }));
         Ok(true)
@@ -876,6 +880,12 @@ pub(super) fn sink_failure(e: SinkError) -> Failure {
 /// Verifies size and checksum, then has the sink give the file its mode, time and
 /// final name (never over an existing file unless `--overwrite`). `Ok(None)`: the
 /// name was taken and the client asked to skip such files.
+/// A file whose bytes do not match the client's checksum.
+pub(super) fn checksum_mismatch(name: &str) -> Failure {
+    let message = format!("{}: checksum mismatch: the data was corrupted in transit", escaped(name));
+    failure(ErrorCode::Checksum, message)
+}
+
 pub(super) fn publish(
     shared: &Shared,
     transfer: Transfer,
@@ -895,10 +905,9 @@ pub(super) fn publish(
         transfer.file.discard();
         return Err(failure(ErrorCode::Checksum, message));
     }
-    if transfer.hasher.digest() != checksum {
+    if transfer.hasher.as_ref().is_some_and(|hasher| hasher.digest() != checksum) {
         transfer.file.discard();
-        let message = format!("{}: checksum mismatch: the data was corrupted in transit", shown());
-        return Err(failure(ErrorCode::Checksum, message));
+        return Err(checksum_mismatch(&transfer.name));
     }
     let mode = transfer.meta.mode.unwrap_or(shared.default_mode);
     match transfer.file.publish(mode, transfer.meta.mtime, shared.options.overwrite) {
