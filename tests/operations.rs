@@ -274,6 +274,39 @@ fn skip_existing_wins_over_the_servers_overwrite() {
     assert!(fs::read(out.path().join("new.bin")).unwrap() == fs::read(&new).unwrap());
 }
 
+/// `--skip-existing` holds to the end under `--overwrite`: a file that appears under
+/// the name while the source is still being read (a FIFO, written in two parts) is
+/// skipped when the server would publish over it, not replaced.
+#[test]
+fn skip_existing_skips_a_file_that_appears_while_it_is_sent() {
+    use std::io::Write;
+    let src = tempfile::tempdir().unwrap();
+    let fifo = src.path().join("late.bin");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo failed");
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("skiplate"), out.path(), &["--overwrite"]);
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(work.path(), &[]);
+    let client = {
+        let mut c = server.client(&config);
+        c.arg("--skip-existing").arg(&fifo);
+        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let mut writer = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    writer.write_all(&pattern(1 << 20, 5)).unwrap();
+    // The server checked the name when the file was opened; it appears only now.
+    std::thread::sleep(Duration::from_millis(300));
+    fs::write(out.path().join("late.bin"), b"kept").unwrap();
+    writer.write_all(&pattern(1 << 20, 6)).unwrap();
+    drop(writer);
+    let output = client.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", show(&output));
+    assert!(stdout_of(&output).contains(", 1 skipped, 0 failed"), "{}", show(&output));
+    assert_eq!(fs::read(out.path().join("late.bin")).unwrap(), b"kept", "{}", show(&output));
+}
+
 /// A client at its quota whose files fail (they exist already) takes a new stream
 /// after each failure: the server must have released the old one first, or the new
 /// one is refused as over the quota and a file that could arrive fails.

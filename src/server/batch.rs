@@ -4,8 +4,8 @@
 //! wrong fails the stream and publishes nothing.
 
 use super::stream::{
-    checksum_mismatch, failure, publish, refuse_reserved, sink_failure, Failure, Staged, State, Stream,
-    Transfer,
+    checksum_mismatch, failure, overwrites, publish, refuse_reserved, sink_failure, Failure, Staged, State,
+    Stream, Transfer,
 };
 use super::*;
 use crate::batch::{self, Entry, EntryKind, Outcome, BATCH_CHUNK};
@@ -221,7 +221,7 @@ impl Stream {
         if crate::checksum::of(&[]) != checksum {
             return Err(checksum_mismatch(name));
         }
-        match self.sink.publish_empty(real, mode, meta.mtime, shared.options.overwrite) {
+        match self.sink.publish_empty(real, mode, meta.mtime, overwrites(shared, &meta)) {
             Err(e) if e.kind == SinkErrorKind::Exists && meta.skip_existing => Ok(Outcome::Skipped),
             Err(e) => Err(sink_failure(e)),
             Ok(()) => {

@@ -880,6 +880,13 @@ pub(super) fn sink_failure(e: SinkError) -> Failure {
 /// Verifies size and checksum, then has the sink give the file its mode, time and
 /// final name (never over an existing file unless `--overwrite`). `Ok(None)`: the
 /// name was taken and the client asked to skip such files.
+/// Whether a file replaces one already under its name: the server's `--overwrite`,
+/// unless the client asked to skip existing files (checked again when it is
+/// published, so one that appeared meanwhile is skipped, not replaced).
+pub(super) fn overwrites(shared: &Shared, meta: &FileMeta) -> bool {
+    shared.options.overwrite && !meta.skip_existing
+}
+
 /// A file whose bytes do not match the client's checksum.
 pub(super) fn checksum_mismatch(name: &str) -> Failure {
     let message = format!("{}: checksum mismatch: the data was corrupted in transit", escaped(name));
@@ -910,7 +917,7 @@ pub(super) fn publish(
         return Err(checksum_mismatch(&transfer.name));
     }
     let mode = transfer.meta.mode.unwrap_or(shared.default_mode);
-    match transfer.file.publish(mode, transfer.meta.mtime, shared.options.overwrite) {
+    match transfer.file.publish(mode, transfer.meta.mtime, overwrites(shared, &transfer.meta)) {
         Err(e) if e.kind == SinkErrorKind::Exists && transfer.meta.skip_existing => Ok(None),
         Err(e) => Err(sink_failure(e)),
         Ok(()) => Ok(Some(ServerEvent::Published {
