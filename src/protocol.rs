@@ -31,6 +31,8 @@ pub const C2S_PUT: u32 = 0x106;
 pub const C2S_MKDIR: u32 = 0x107;
 /// `ClientCommand::Batch`: no arguments.
 pub const C2S_BATCH: u32 = 0x108;
+/// `ClientCommand::Release`: no arguments.
+pub const C2S_RELEASE: u32 = 0x109;
 
 /// `ServerReply::Opened`: args slots, chunk.
 pub const S2C_OPENED: u32 = 0x201;
@@ -218,6 +220,10 @@ pub enum ClientCommand {
     /// Enter batch mode (see `crate::batch`): the server answers `Opened` with a
     /// ring, and every slot handed over from then on holds a batch of small files.
     Batch,
+    /// Between files: the client will not touch the stream's ring again, so the
+    /// server frees it (answering `Done`); the next file gets a new one. A stream
+    /// held while its job waits gives its buffers back to streams waiting for space.
+    Release,
 }
 
 /// Why the server failed a stream, carried in `Error` replies.
@@ -419,6 +425,7 @@ impl ClientCommand {
             }
             Self::Mkdir { name, mode } => (C2S_MKDIR, [u64::from(*mode), 0, 0, 0], name.as_bytes().to_vec()),
             Self::Batch => (C2S_BATCH, [0; 4], Vec::new()),
+            Self::Release => (C2S_RELEASE, [0; 4], Vec::new()),
         }
     }
 
@@ -450,6 +457,7 @@ impl ClientCommand {
                 Ok(Self::Mkdir { name: name.to_owned(), mode })
             }
             C2S_BATCH => Ok(Self::Batch),
+            C2S_RELEASE => Ok(Self::Release),
             code => Err(bad(format!("unknown client command code {code:#x}"))),
         }
     }
@@ -580,6 +588,7 @@ mod tests {
             ClientCommand::Ping { seq: 3, sent_nanos: 99 },
             ClientCommand::Close,
             ClientCommand::Batch,
+            ClientCommand::Release,
             ClientCommand::Put {
                 name: "small.txt".into(),
                 size: 4096,

@@ -682,3 +682,67 @@ fn many_fifos_under_a_low_open_files_limit_all_arrive() {
     }
     assert_alive(&server);
 }
+
+// ---------------------------------------------------------------------------------
+// Many streams on the smallest segment.
+// ---------------------------------------------------------------------------------
+
+/// Files of 256 KiB (sent on their own) and of 8 KiB: on the smallest segment a
+/// batch slot holds 8 KiB, so these fit a slot but not a batch entry.
+fn mixed_tree(root: &Path, seed: u64) {
+    for dir in ["large", "s0", "s1", "s2", "s3"] {
+        fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    for i in 0..12 {
+        write_file(&root.join("large"), &format!("l{i:02}.bin"), 256 << 10, seed * 1000 + i);
+    }
+    for i in 0..200 {
+        write_file(&root.join(format!("s{}", i % 4)), &format!("s{i:03}.bin"), 8192, seed * 1000 + 100 + i);
+    }
+}
+
+/// More streams than the segment has room for, from one client and from several:
+/// streams waiting for space once held records and buffers that jobs waiting for
+/// one another kept idle, and the server stalled for every client (for good); and
+/// a file put into a stream's slot still in batch mode was read as a malformed
+/// batch. Every run must end, whole.
+#[test]
+fn more_streams_than_the_smallest_segment_holds_never_stall_it() {
+    let src = scratch();
+    let out = scratch();
+    let server = Server::start(&unique_name("crowd"), out.path(), &["--size", "256K"]);
+    let root = src.path().join("mix");
+    mixed_tree(&root, 1);
+    for round in 0..3 {
+        let output = run({
+            let mut c = client(&server);
+            c.args(["-q", "-j", "64"]).arg(&root);
+            c
+        });
+        assert_eq!(output.status.code(), Some(0), "round {round}: {}", show(&output));
+        assert_arrived(&root, out.path(), false, &format!("round {round}"));
+        fs::remove_dir_all(out.path().join("mix")).unwrap();
+    }
+    let roots: Vec<PathBuf> = (0..4).map(|i| src.path().join(format!("mix{i}"))).collect();
+    for (i, root) in roots.iter().enumerate() {
+        mixed_tree(root, 10 + i as u64);
+    }
+    let clients: Vec<Running> = roots
+        .iter()
+        .map(|root| {
+            let mut c = client(&server);
+            c.args(["-q", "-j", "16"]).arg(root);
+            Running::spawn(c)
+        })
+        .collect();
+    for (root, running) in roots.iter().zip(clients) {
+        let output = running.finish();
+        assert_eq!(output.status.code(), Some(0), "{}: {}", root.display(), show(&output));
+        let name = root.file_name().unwrap();
+        let want = snapshot(root);
+        let problems = compare(&want, &snapshot(&out.path().join(name)), false);
+        assert!(problems.is_empty(), "{}:\n{}", root.display(), problems.join("\n"));
+    }
+    assert_alive(&server);
+    wait_until_clean(&server);
+}

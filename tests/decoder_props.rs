@@ -70,7 +70,7 @@ fn padded(bytes: &[u8]) -> Box<[u8; TEXT_CAPACITY]> {
 
 fn code() -> impl Strategy<Value = u32> {
     prop_oneof![
-        4 => 0x0ffu32..=0x109,
+        4 => 0x0ffu32..=0x10a,
         3 => 0x1ffu32..=0x206,
         1 => any::<u32>(),
     ]
@@ -125,7 +125,7 @@ fn check_client_decode(raw: &RawCommand) -> Result<(), TestCaseError> {
         C2S_PUT => text.is_some_and(name_allowed) && meta_allowed(c),
         C2S_MKDIR => text.is_some_and(name_allowed) && a <= 0o777,
         C2S_ABORT => text.is_some(),
-        C2S_FINISH | C2S_PING | C2S_CLOSE | C2S_BATCH => true,
+        C2S_FINISH | C2S_PING | C2S_CLOSE | C2S_BATCH | C2S_RELEASE => true,
         _ => false,
     };
     match ClientCommand::decode(raw) {
@@ -175,6 +175,7 @@ fn check_client_decode(raw: &RawCommand) -> Result<(), TestCaseError> {
                 }
                 ClientCommand::Close => prop_assert_eq!(raw.code, C2S_CLOSE),
                 ClientCommand::Batch => prop_assert_eq!(raw.code, C2S_BATCH),
+                ClientCommand::Release => prop_assert_eq!(raw.code, C2S_RELEASE),
             }
             // What was accepted encodes back to the same code and fits a mailbox.
             let (code, _, bytes) = command.encode();
@@ -251,6 +252,7 @@ fn client_command() -> impl Strategy<Value = ClientCommand> {
         (any::<u64>(), any::<u64>()).prop_map(|(seq, sent_nanos)| ClientCommand::Ping { seq, sent_nanos }),
         Just(ClientCommand::Close),
         Just(ClientCommand::Batch),
+        Just(ClientCommand::Release),
     ]
 }
 

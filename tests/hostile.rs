@@ -406,7 +406,7 @@ fn bad_open(what: &str, name: &[u8], expect: &str) -> BadCommand {
 
 fn malformed_commands(root: &Path) -> Vec<BadCommand> {
     let mut cases = Vec::new();
-    for code in [0, 1, 0x100, 0x109, 0x1ff, 0x301, 0xdead_beef, u32::MAX] {
+    for code in [0, 1, 0x100, 0x10a, 0x1ff, 0x301, 0xdead_beef, u32::MAX] {
         cases.push(bad(
             &format!("unknown code {code:#x}"),
             code,
@@ -1901,4 +1901,41 @@ fn served_after_batches(
     assert!(server.temp_files().is_empty(), "temporary files left: {:?}", server.temp_files());
     tree.assert_only_published_paths(&published);
     assert_alive(server);
+}
+
+/// `Release` between files frees the stream's ring (the buffers go back to the
+/// allocator, the slots are taken away) and the stream goes on: its next file gets
+/// a new ring. In the middle of a file it is refused, and only that stream fails.
+#[test]
+fn release_frees_the_ring_between_files_and_is_refused_mid_file() {
+    let tree = Tree::new();
+    let server = Server::start(&unique_name("release"), &tree.out(), &[]);
+    let rogue = Rogue::connect(&server.name);
+    let mut s = rogue.take();
+    let (slots, _) = s.start_batches();
+    let status = || {
+        let mut c = Command::new(CLIENT);
+        c.args(["--name", &server.name, "--status"]);
+        let output = run(c);
+        assert!(output.status.success(), "{}", show(&output));
+        stdout_of(&output)
+    };
+    assert!(!status().contains("(0 B in buffers)"), "the batch ring is in the buffer area:\n{}", status());
+    s.post(&ClientCommand::Release);
+    assert_eq!(s.reply(), ServerReply::Done { bytes: 0 }, "{}", s.label());
+    let after = status();
+    assert!(after.contains("(0 B in buffers)"), "the released ring's buffers went back:\n{after}");
+    assert!(s.ring_revoked(slots), "the released slots are no longer the client's");
+    assert_eq!(s.record.nslots.load(Ordering::Relaxed), 0);
+    // The stream goes on: a file gets a new ring and arrives.
+    let data = pattern(5000, 3);
+    assert_eq!(s.open("after-release.bin", data.len() as u64).0, 1);
+    s.write_buffer(0, &data);
+    s.send_chunk(0, &data, data.len() as u64);
+    s.post(&ClientCommand::Release);
+    let (code, message) = s.expect_error();
+    assert_eq!(code, ErrorCode::BadRequest, "{message}");
+    assert!(message.contains("not valid in this state"), "{message}");
+    assert!(!tree.out().join("after-release.bin").exists(), "a file cut short by a refused command arrived");
+    assert!(!has_exited(server.pid()));
 }

@@ -178,8 +178,12 @@ impl<'a> Batcher<'a> {
         if slots == 0 || slots > MAX_SLOTS || chunk < least || chunk > 1 << 30 {
             return Err(failed(format!("the server offered a batch ring of {slots} slots of {chunk} bytes")));
         }
-        // The ring stays with the stream: a small file after the batches goes in one step.
-        session.kept_slot = Some(chunk);
+        // No one-step put into slot 0 after the batches: the server reads a slot
+        // handed over in batch mode as a batch until the next command, and a put's
+        // bytes go into the slot before its command (they failed as a malformed
+        // batch, and the put then found its slot empty). The next file opens the
+        // ring again (`Open` ends batch mode).
+        session.kept_slot = None;
         let ring = Producer::new(&session.connection.segment, session.record, slots);
         Ok(Batcher {
             session,

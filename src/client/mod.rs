@@ -250,14 +250,19 @@ impl Sender {
             if number == 0 && number + 1 < count && staging.any() {
                 // The folders' stream (a fresh one would be placed on the least
                 // loaded server worker, as if busy, and crowd the senders onto the
-                // other). It keeps its batch ring meanwhile (at most an eighth of
-                // the buffer area), and beats on after Ctrl-C, for the commit. If it
+                // other). It gives its batch ring back meanwhile, and beats on
+                // after Ctrl-C, for the commit. If it
                 // failed, the client may have had no stream for a moment, and the
                 // server may have published the folders as they were: no other
                 // stream can commit them (see `commit_staged`).
                 let mut anchor = anchor.lock().expect("anchor lock");
                 *anchor = streams.lock().expect("streams lock").pop();
                 anchor.iter_mut().for_each(Session::outlast_stop);
+                // Its ring goes back meanwhile: the files may need the space, and the
+                // commit takes a new one.
+                if anchor.as_mut().is_some_and(|open| open.release_ring().is_err()) {
+                    *anchor = None;
+                }
             }
         }
         let kept = match count {
@@ -318,11 +323,15 @@ impl Sender {
                         large.batcher_done();
                     }
                     while sys::stop_signal().is_none() {
-                        // While other jobs still batch, a stream held for what they may
-                        // find keeps beating, so the server does not drop it as idle.
+                        // While other jobs still batch, a job waits for what they may
+                        // find without a stream: one held idle keeps its record and
+                        // ring, which a batching job (this client's or another's) may
+                        // be waiting for, on a small segment for good. The next item
+                        // takes a new stream.
                         let mut beat = || {
-                            if session.as_mut().is_some_and(|open| open.keep_alive().is_err()) {
-                                session = None;
+                            if let Some(mut idle) = session.take() {
+                                idle.close();
+                                idle.wait_released(Duration::from_secs(1));
                             }
                         };
                         let Some((index, opened)) = large.next(&mut beat) else { break };

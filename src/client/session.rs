@@ -210,6 +210,19 @@ impl<'a> Session<'a> {
         self.watchdog.check()
     }
 
+    /// Gives the stream's ring back to the server while the stream is held idle (the
+    /// stream kept for a commit): buffers held by a stream that waits for the others
+    /// are what they may be waiting for, on a small segment for good. The next file
+    /// gets a new ring.
+    pub(super) fn release_ring(&mut self) -> Result<(), SendError> {
+        self.kept_slot = None;
+        self.post(&ClientCommand::Release)?;
+        match self.wait_reply()? {
+            ServerReply::Done { .. } => Ok(()),
+            other => Err(reply_error(other)),
+        }
+    }
+
     /// Keeps this stream going after SIGINT/SIGTERM: the stream held for the commit
     /// of staged folders, which is sent even then (one round trip), so what the
     /// client reports is what the server published. A server that does not answer

@@ -77,10 +77,24 @@ pub(super) struct Offer {
 
 impl Shared {
     /// Allocates and offers a fresh record; `None` while the records area is full.
+    /// Records never take the room of one ring (and the gap `allocate_ring` keeps):
+    /// streams waiting for space each hold a record, and on a small segment enough
+    /// of them would leave no room for any ring, so none would ever start. Past
+    /// that, a new stream waits for its record in the handout.
     pub(super) fn make_offer(&self, handout_lock: &NamedLock) -> Result<Option<Offer>, ServerError> {
         let offset = {
             let mut alloc = self.alloc.lock().expect("allocator lock");
             let Some(offset) = alloc.alloc_low(RECORD_SIZE, RECORD_ALIGN) else { return Ok(None) };
+            let layout = self.segment.layout();
+            let one_ring = crate::ring::chunk_size(u64::MAX, layout.area_end - layout.area_start);
+            let stats = alloc.stats();
+            if stats.low_blocks > 1
+                && stats.low_mark + one_ring + RECORD_SIZE + RECORD_ALIGN > layout.area_end
+            {
+                // Our own fresh allocation: freeing it cannot fail.
+                let _ = alloc.free(offset);
+                return Ok(None);
+            }
             offset
         };
         let guid = Uuid::new_v4();

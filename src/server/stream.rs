@@ -325,6 +325,10 @@ impl Stream {
                 self.put(shared, name, size, checksum, meta)
             }
             (ClientCommand::Mkdir { name, mode }, State::Idle) => self.mkdir(shared, name, mode),
+            (ClientCommand::Release, State::Idle) => {
+                self.free_ring(shared);
+                self.reply(shared, ServerReply::Done { bytes: 0 })
+            }
             (ClientCommand::Finish { size, checksum }, State::Receiving(_) | State::WaitingForSpace(_)) => {
                 self.finish(shared, size, checksum)
             }
@@ -831,11 +835,18 @@ impl Stream {
 /// space in plain view (`--status`) instead of waiting for a handout.
 pub(super) fn allocate_ring(shared: &Shared, chunk: u64, wanted: usize) -> Vec<(u64, u64)> {
     let mut alloc = shared.alloc.lock().expect("allocator lock");
+    let gap = |alloc: &crate::alloc::TwoEndedAllocator| {
+        let stats = alloc.stats();
+        stats.high_mark.saturating_sub(stats.low_mark)
+    };
     let mut ring = Vec::with_capacity(wanted);
     while ring.len() < wanted {
+        let before = gap(&alloc);
         let Some(offset) = alloc.alloc_high(chunk, BUFFER_ALIGN) else { break };
-        let stats = alloc.stats();
-        if stats.high_mark.saturating_sub(stats.low_mark) < RECORD_SIZE + RECORD_ALIGN {
+        // A buffer placed in a hole among the others leaves the gap as it was: only
+        // one that takes from the gap may not take the last record's worth.
+        let after = gap(&alloc);
+        if after < before && after < RECORD_SIZE + RECORD_ALIGN {
             // Our own fresh allocation: freeing it cannot fail.
             let _ = alloc.free(offset);
             break;
@@ -877,9 +888,6 @@ pub(super) fn sink_failure(e: SinkError) -> Failure {
     failure(code, e.message)
 }
 
-/// Verifies size and checksum, then has the sink give the file its mode, time and
-/// final name (never over an existing file unless `--overwrite`). `Ok(None)`: the
-/// name was taken and the client asked to skip such files.
 /// Whether a file replaces one already under its name: the server's `--overwrite`,
 /// unless the client asked to skip existing files (checked again when it is
 /// published, so one that appeared meanwhile is skipped, not replaced).
@@ -893,6 +901,9 @@ pub(super) fn checksum_mismatch(name: &str) -> Failure {
     failure(ErrorCode::Checksum, message)
 }
 
+/// Verifies size and checksum, then has the sink give the file its mode, time and
+/// final name (never over an existing file unless `--overwrite`). `Ok(None)`: the
+/// name was taken and the client asked to skip such files.
 pub(super) fn publish(
     shared: &Shared,
     transfer: Transfer,
