@@ -544,6 +544,13 @@ fn apply_as_name(items: &mut [Item], as_name: Option<&str>) -> Result<(), String
     match items {
         [item] if item.kind == Kind::File && item.verdict == Verdict::Send => {
             protocol::validate_path(as_name).map_err(|e| format!("--as {}: {e}", escaped(as_name)))?;
+            if as_name.split('/').any(|part| part.starts_with(protocol::RESERVED_PREFIX)) {
+                return Err(format!(
+                    "--as {}: names starting with {} are reserved for the server's temporary files",
+                    escaped(as_name),
+                    protocol::RESERVED_PREFIX
+                ));
+            }
             item.name = as_name.to_owned();
             Ok(())
         }
@@ -710,5 +717,9 @@ mod tests {
         assert_eq!(one[0].name, "new/name.txt");
         let mut stdin = vec![Item { source: Source::Stdin, ..item("-", "") }];
         assert!(apply_as_name(&mut stdin, None).unwrap_err().contains("--as"));
+        // A reserved name is blamed on --as, not on the source.
+        let mut one = vec![item("a", "a")];
+        let refused = apply_as_name(&mut one, Some("d/.sharedxfer-x")).unwrap_err();
+        assert!(refused.starts_with("--as d/.sharedxfer-x: names starting with"), "{refused}");
     }
 }

@@ -1184,6 +1184,22 @@ fn quiet_ids_print_one_summary_but_still_every_failure() {
     assert_eq!(top_names(fx.out()), ["f1.bin", "f2.bin", "f3.bin"], "{}", show(&output));
 }
 
+/// With -v an id's file is named once, on its `stream N:` line; a path's gets the
+/// verbose `sent` line (it has no other).
+#[test]
+fn verbose_names_each_file_once() {
+    let fx = Fx::with_streams("verboseids", &FOUR);
+    fs::write(fx.src().join("loose.txt"), b"loose").unwrap();
+    let loose = fx.src().join("loose.txt");
+    let output = fx.run(&["-v", "1", loose.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    let out = stdout_of(&output);
+    let name = FOUR[0].0;
+    assert_eq!(out.matches(name).count(), 1, "{name} named more than once: {}", show(&output));
+    assert!(out.contains(&format!("stream 1: sent {name}")), "{}", show(&output));
+    assert!(out.contains("sent loose.txt (5 bytes)"), "{}", show(&output));
+}
+
 #[test]
 fn a_repeated_id_is_sent_once() {
     let fx = Fx::with_streams("repeat", &FOUR);

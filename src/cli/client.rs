@@ -68,7 +68,9 @@ impl Progress for Front {
     }
 
     fn finished(&self, index: usize, item: &Item, result: &Result<Delivered, SendError>, elapsed: Duration) {
-        if let (true, Ok(delivered)) = (self.verbose, result) {
+        // An id gets its own line at the end (`stream N: sent ...`), unless --json or -q.
+        let own_line = matches!(item.origin, Origin::Id(_)) && !self.json && !self.quiet;
+        if let (true, false, Ok(delivered)) = (self.verbose, own_line, result) {
             let line = match (delivered, item.kind) {
                 (Delivered::Sent { .. }, Kind::Dir { .. }) => format!("made {}/", escaped(&item.name)),
                 (Delivered::Sent { bytes }, Kind::File) => {
