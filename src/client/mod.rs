@@ -250,16 +250,14 @@ impl Sender {
             if number == 0 && number + 1 < count && staging.any() {
                 // The folders' stream (a fresh one would be placed on the least
                 // loaded server worker, as if busy, and crowd the senders onto the
-                // other). It gives its batch ring back meanwhile, and beats on
-                // after Ctrl-C, for the commit. If it
-                // failed, the client may have had no stream for a moment, and the
-                // server may have published the folders as they were: no other
-                // stream can commit them (see `commit_staged`).
+                // other). It beats on after Ctrl-C, for the commit, and gives its
+                // ring back meanwhile: the files may need the space, and the commit
+                // takes a new one. If it failed, the client may have had no stream
+                // for a moment, and the server may have published the folders as
+                // they were: no other stream can commit them (see `commit_staged`).
                 let mut anchor = anchor.lock().expect("anchor lock");
                 *anchor = streams.lock().expect("streams lock").pop();
                 anchor.iter_mut().for_each(Session::outlast_stop);
-                // Its ring goes back meanwhile: the files may need the space, and the
-                // commit takes a new one.
                 if anchor.as_mut().is_some_and(|open| open.release_ring().is_err()) {
                     *anchor = None;
                 }
