@@ -105,6 +105,10 @@ pub trait Sink: Send + Sync + 'static {
 pub trait SinkSession: Send {
     /// Whether a file of that name exists (checked before a large transfer starts).
     fn exists(&mut self, name: &str) -> bool;
+    /// `name` as messages show it (the default: escaped, as the client named it).
+    fn shown(&self, name: &str) -> String {
+        escaped(name).into_owned()
+    }
     /// Starts a file that will be published as `name`, most likely with permission
     /// bits `mode` (`SinkFile::publish` names them for certain).
     fn create(&mut self, name: &str, mode: u32) -> Result<Box<dyn SinkFile>, SinkError>;
@@ -258,13 +262,12 @@ struct FolderSession {
     sync_each: bool,
 }
 
-impl FolderSession {
+impl SinkSession for FolderSession {
+    /// Where it is on the server's side: the output folder's path joined.
     fn shown(&self, name: &str) -> String {
         escaped(&self.output.path().join(name).to_string_lossy()).into_owned()
     }
-}
 
-impl SinkSession for FolderSession {
     fn exists(&mut self, name: &str) -> bool {
         self.output.target(name, &mut self.dirs).is_ok_and(|target| target.exists())
     }

@@ -336,6 +336,9 @@ fn failures_at_the_quota_do_not_cost_other_files_their_streams() {
     let err = stderr_of(&output);
     assert!(!err.contains("--max-streams-per-client"), "{}", show(&output));
     assert_eq!(err.matches("already exists").count(), 20, "{}", show(&output));
+    // Named where they are on the server's side, as a batched file's are.
+    let taken = format!("{} already exists", out.path().join("d").join("f01.bin").display());
+    assert!(err.contains(&taken), "no {taken:?}: {}", show(&output));
     for i in (0..40).step_by(2) {
         let name = format!("f{i:02}.bin");
         assert!(fs::read(out.path().join("d").join(&name)).unwrap() == fs::read(tree.join(&name)).unwrap());

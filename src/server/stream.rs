@@ -373,7 +373,7 @@ impl Stream {
             if meta.skip_existing {
                 return Ok(false);
             }
-            let message = crate::sink::already_exists(&escaped(&name));
+            let message = crate::sink::already_exists(&self.sink.shown(&name));
             return Err(failure(ErrorCode::Exists, message));
         }
         // Made unnamed (or under a temporary name) in its folder: published into it
