@@ -22,9 +22,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use crate::wait::Event;
 
 /// "SHXFER" + layout version in the last two bytes, little endian.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"SHXFER\x03\x00");
-/// The header's `version`: a segment with any other is refused at open.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SHXFER\x04\x00");
+/// The header's `version`: a segment with any other is refused at open. It counts
+/// the protocol too (4: the `release` command), so a client never sends a command
+/// its server does not know.
+pub const LAYOUT_VERSION: u32 = 4;
 /// Where the `Header` lies: the segment's first bytes.
 pub const HEADER_OFFSET: u64 = 0;
 /// Where the `Handout` lies; the `Header` must fit below it (checked at compile time).

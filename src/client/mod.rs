@@ -325,11 +325,12 @@ impl Sender {
                         // find without a stream: one held idle keeps its record and
                         // ring, which a batching job (this client's or another's) may
                         // be waiting for, on a small segment for good. The next item
-                        // takes a new stream.
+                        // takes a new stream, once the server has freed this one (a
+                        // client at its stream quota would be refused one before).
                         let mut beat = || {
                             if let Some(mut idle) = session.take() {
                                 idle.close();
-                                idle.wait_released(Duration::from_secs(1));
+                                idle.wait_released(self.connection.timeout);
                             }
                         };
                         let Some((index, opened)) = large.next(&mut beat) else { break };
