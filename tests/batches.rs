@@ -746,3 +746,28 @@ fn more_streams_than_the_smallest_segment_holds_never_stall_it() {
     assert_alive(&server);
     wait_until_clean(&server);
 }
+
+/// On the smallest segment a batch slot holds 8 KiB: an 8 KiB file fits the slot but
+/// not a batch entry, so it goes on its own, on the stream that just made the
+/// folder in batch mode. It once went as a one-step put into slot 0 while the
+/// server still read that stream's slots as batches: `malformed batch: bad magic`,
+/// then `received 0`, every time with one job.
+#[test]
+fn a_file_that_fits_a_slot_but_not_a_batch_arrives_after_the_batches() {
+    let src = scratch();
+    let out = scratch();
+    let root = src.path().join("slotsized");
+    fs::create_dir(&root).unwrap();
+    for i in 0..20 {
+        write_file(&root, &format!("s{i:02}.bin"), 8192, 700 + i);
+    }
+    let server = Server::start(&unique_name("slotsized"), out.path(), &["--size", "256K"]);
+    let output = run({
+        let mut c = client(&server);
+        c.args(["-j", "1"]).arg(&root);
+        c
+    });
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert_eq!(assert_arrived(&root, out.path(), false, "after the transfer"), 20);
+    assert_alive(&server);
+}
