@@ -771,3 +771,42 @@ fn a_file_that_fits_a_slot_but_not_a_batch_arrives_after_the_batches() {
     assert_eq!(assert_arrived(&root, out.path(), false, "after the transfer"), 20);
     assert_alive(&server);
 }
+
+/// More clients sending folders at once than the smallest segment has records:
+/// each holds a stream for its folder's commit, and once those streams held every
+/// record, no client could get one to send its files (found in a review: 9 of 60
+/// clients finished). A job that waits for a record borrows its own client's
+/// commit stream.
+#[test]
+fn more_folder_clients_than_records_all_finish() {
+    let src = scratch();
+    let out = scratch();
+    let server = Server::start(&unique_name("folders"), out.path(), &["--size", "256K"]);
+    let roots: Vec<PathBuf> = (0..60)
+        .map(|c| {
+            let root = src.path().join(format!("tree{c:02}"));
+            fs::create_dir_all(root.join("sub")).unwrap();
+            for f in 0..100 {
+                write_file(&root.join("sub"), &format!("f{f}.bin"), 3000, c * 1000 + f);
+            }
+            root
+        })
+        .collect();
+    let clients: Vec<Running> = roots
+        .iter()
+        .map(|root| {
+            let mut c = client(&server);
+            c.args(["-q", "-j", "2"]).arg(root);
+            Running::spawn(c)
+        })
+        .collect();
+    for (root, running) in roots.iter().zip(clients) {
+        let output = running.finish();
+        assert_eq!(output.status.code(), Some(0), "{}: {}", root.display(), show(&output));
+        let name = root.file_name().unwrap();
+        let problems = compare(&snapshot(root), &snapshot(&out.path().join(name)), false);
+        assert!(problems.is_empty(), "{}:\n{}", root.display(), problems.join("\n"));
+    }
+    assert_alive(&server);
+    wait_until_clean(&server);
+}

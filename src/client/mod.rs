@@ -245,7 +245,8 @@ impl Sender {
                 true => usize::MAX,
                 false => usize::from(count == 1 && items.iter().any(|i| staging.wants(i))),
             };
-            let carry = Carry { streams: &streams, keep, anchor: &anchor, staging: &staging };
+            let lends = anchored == 1;
+            let carry = Carry { streams: &streams, keep, anchor: &anchor, lends, staging: &staging };
             self.run_phase(items, &results, phase, jobs, progress, carry);
             if number == 0 && number + 1 < count && staging.any() {
                 // The folders' stream (a fresh one would be placed on the least
@@ -284,7 +285,7 @@ impl Sender {
         progress: &dyn Progress,
         carry: Carry<'_, 'c>,
     ) {
-        let Carry { streams, keep, anchor, staging } = carry;
+        let Carry { streams, keep, anchor, staging, .. } = carry;
         let workers = jobs.clamp(1, phase.len().max(1));
         let (small, large): (VecDeque<usize>, VecDeque<usize>) =
             phase.into_iter().partition(|&i| batch::batchable(&items[i]));
@@ -316,8 +317,10 @@ impl Sender {
                     // something to send: one held idle meanwhile would be dropped for
                     // idleness (and keep its buffers).
                     let mut session = None;
+                    // Whether `session` is the client's commit stream, borrowed.
+                    let mut borrowed = false;
                     if worker < batch_jobs {
-                        session = self.send_batched(items, small, carry, large, progress, report);
+                        (session, borrowed) = self.send_batched(items, small, carry, large, progress, report);
                         large.batcher_done();
                     }
                     while sys::stop_signal().is_none() {
@@ -327,15 +330,27 @@ impl Sender {
                         // be waiting for, on a small segment for good. The next item
                         // takes a new stream, once the server has freed this one (a
                         // client at its stream quota would be refused one before).
-                        let mut beat = || {
-                            if let Some(mut idle) = session.take() {
+                        let mut beat = || match session.take() {
+                            Some(held) if borrowed => {
+                                give_back(anchor, held);
+                                borrowed = false;
+                            }
+                            Some(mut idle) => {
                                 idle.close();
                                 idle.wait_released(self.connection.timeout);
                             }
+                            None => {}
                         };
                         let Some((index, opened)) = large.next(&mut beat) else { break };
                         if session.is_none() {
                             session = streams.lock().expect("streams lock").pop();
+                        }
+                        if session.is_none() {
+                            // An error here is the next item's to report (it opens a
+                            // stream itself).
+                            if let Ok((open, lent)) = self.stream_for_job(carry) {
+                                (session, borrowed) = (Some(open), lent);
+                            }
                         }
                         let started = Instant::now();
                         let result = send::send_item(
@@ -347,14 +362,21 @@ impl Sender {
                             progress,
                         );
                         let interrupted = matches!(result, Err(SendError::Interrupted));
+                        // A failed item gives its stream up, a borrowed one too.
+                        borrowed &= session.is_some();
                         report(index, result, started);
                         if interrupted {
                             break;
                         }
                     }
-                    let mut kept = streams.lock().expect("streams lock");
-                    if kept.len() < keep {
-                        kept.extend(session);
+                    match session {
+                        Some(held) if borrowed => give_back(anchor, held),
+                        session => {
+                            let mut kept = streams.lock().expect("streams lock");
+                            if kept.len() < keep {
+                                kept.extend(session);
+                            }
+                        }
                     }
                 });
             }
@@ -484,9 +506,10 @@ impl Sender {
         alone: &Alone,
         progress: &dyn Progress,
         report: batch::Report<'_>,
-    ) -> Option<Session<'c>> {
+    ) -> (Option<Session<'c>>, bool) {
         let staging = carry.staging;
         let mut batcher: Option<batch::Batcher<'c>> = None;
+        let mut borrowed = false;
         let mut run = VecDeque::new();
         while sys::stop_signal().is_none() {
             if run.is_empty() {
@@ -516,7 +539,10 @@ impl Sender {
                     let kept = carry.streams.lock().expect("streams lock").pop();
                     let opened = match kept {
                         Some(open) => Ok(open),
-                        None => Session::open(&self.connection),
+                        None => self.stream_for_job(carry).map(|(open, lent)| {
+                            borrowed = lent;
+                            open
+                        }),
                     };
                     match opened.and_then(batch::Batcher::start) {
                         Ok(started) => batcher.insert(started),
@@ -538,7 +564,43 @@ impl Sender {
                 }
             }
         }
-        batcher.and_then(|active| active.finish(report))
+        let session = batcher.and_then(|active| active.finish(report));
+        let borrowed = borrowed && session.is_some();
+        (session, borrowed)
+    }
+
+    /// A stream for a job: a new one, or, when none is handed out for a while, the
+    /// client's commit stream (`true`: borrowed, for `give_back`). Every record of a
+    /// small segment can be held by clients' commit streams, each client waiting
+    /// for a record to send its files; any file can go on the commit stream. A
+    /// phase without one waits for the handout as long as it takes.
+    fn stream_for_job<'c>(&'c self, carry: Carry<'_, 'c>) -> Result<(Session<'c>, bool), SendError> {
+        let Carry { anchor, lends, .. } = carry;
+        if !lends {
+            return Session::open(&self.connection).map(|open| (open, false));
+        }
+        loop {
+            if let Some(open) = Session::open_until(&self.connection, Instant::now() + BORROW_AFTER)? {
+                return Ok((open, false));
+            }
+            if let Some(lent) = anchor.lock().expect("anchor lock").take() {
+                return Ok((lent, true));
+            }
+        }
+    }
+}
+
+/// How long a job waits for a stream of its own before it borrows the commit stream.
+const BORROW_AFTER: Duration = Duration::from_millis(200);
+
+/// Puts a borrowed commit stream back, without its ring; one that fails to give its
+/// ring back is given up, as a failed commit stream is.
+fn give_back<'c>(anchor: &Mutex<Option<Session<'c>>>, mut session: Session<'c>) {
+    if session.release_ring().is_ok() {
+        let mut held = anchor.lock().expect("anchor lock");
+        if held.is_none() {
+            *held = Some(session);
+        }
     }
 }
 
@@ -649,6 +711,8 @@ struct Carry<'p, 'c> {
     keep: usize,
     /// The stream held for the commit of staged folders, beating meanwhile.
     anchor: &'p Mutex<Option<Session<'c>>>,
+    /// Whether the phase has a commit stream to lend (see `Sender::stream_for_job`).
+    lends: bool,
     /// The folders staged so far.
     staging: &'p Staging,
 }

@@ -118,12 +118,23 @@ pub struct Session<'a> {
 impl<'a> Session<'a> {
     /// Takes a GUID from the handout and opens the record and lock it names.
     pub fn open(connection: &'a Connection) -> Result<Session<'a>, SendError> {
-        let mut watchdog = Watchdog::new(connection);
         // No deadline of its own: the watchdog ends the wait if the server is gone.
         let deadline = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        Self::open_until(connection, deadline)?.ok_or_else(|| failed("no stream was handed out"))
+    }
+
+    /// As `open`, but `Ok(None)` if nothing was handed out by `deadline`.
+    pub(super) fn open_until(
+        connection: &'a Connection,
+        deadline: Instant,
+    ) -> Result<Option<Session<'a>>, SendError> {
+        let mut watchdog = Watchdog::new(connection);
         let (segment, lock, busy_limit) = (&connection.segment, &connection.handout_lock, connection.timeout);
-        let ticket: Ticket = handout::take_within(segment, lock, deadline, busy_limit, || watchdog.check())?
-            .ok_or_else(|| failed("no stream was handed out"))?;
+        let Some(ticket) = handout::take_within(segment, lock, deadline, busy_limit, || watchdog.check())?
+        else {
+            return Ok(None);
+        };
+        let ticket: Ticket = ticket;
         let record = connection
             .segment
             .record(ticket.record_offset)
@@ -134,7 +145,7 @@ impl<'a> Session<'a> {
         let lock = connection.locks.stream_lock(ticket.guid)?;
         // SYNC POINT (mailbox published): pairs with the Release in `protocol::post`.
         let s2c_seen = record.s2c.seq.load(Ordering::Acquire);
-        Ok(Session {
+        Ok(Some(Session {
             connection,
             record,
             lock,
@@ -144,7 +155,7 @@ impl<'a> Session<'a> {
             closed: false,
             kept_slot: None,
             guid: ticket.guid,
-        })
+        }))
     }
 
     /// Posts a command under the record's lock and rings the server.
