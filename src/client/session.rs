@@ -130,11 +130,9 @@ impl<'a> Session<'a> {
     ) -> Result<Option<Session<'a>>, SendError> {
         let mut watchdog = Watchdog::new(connection);
         let (segment, lock, busy_limit) = (&connection.segment, &connection.handout_lock, connection.timeout);
-        let Some(ticket) = handout::take_within(segment, lock, deadline, busy_limit, || watchdog.check())?
-        else {
-            return Ok(None);
-        };
-        let ticket: Ticket = ticket;
+        let taken: Option<Ticket> =
+            handout::take_within(segment, lock, deadline, busy_limit, || watchdog.check())?;
+        let Some(ticket) = taken else { return Ok(None) };
         let record = connection
             .segment
             .record(ticket.record_offset)
