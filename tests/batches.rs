@@ -251,13 +251,7 @@ fn a_tree_many_times_the_segment_arrives_whole_in_batches() {
     assert_eq!(arrived, 3003);
     wait_until_clean(&server);
     // Every buffer went back: the buffer area is one free hole again.
-    wait_until("the segment back to one hole", || {
-        let mut status = Command::new(CLIENT);
-        status.args(["--name", &server.name, "--status"]);
-        let output = run(status);
-        assert!(output.status.success(), "{}", show(&output));
-        stdout_of(&output).contains("in 1 hole(s)")
-    });
+    wait_until("the segment back to one hole", || server.status(false).contains("in 1 hole(s)"));
     assert_alive(&server);
 }
 
@@ -701,6 +695,26 @@ fn mixed_tree(root: &Path, seed: u64) {
     }
 }
 
+/// One client per root, all at once, each with `-j JOBS`: every one exits 0 and its
+/// tree arrives whole in `out`.
+fn send_at_once(server: &Server, roots: &[PathBuf], jobs: &str, out: &Path) {
+    let clients: Vec<Running> = roots
+        .iter()
+        .map(|root| {
+            let mut c = client(server);
+            c.args(["-q", "-j", jobs]).arg(root);
+            Running::spawn(c)
+        })
+        .collect();
+    for (root, running) in roots.iter().zip(clients) {
+        let output = running.finish();
+        assert_eq!(output.status.code(), Some(0), "{}: {}", root.display(), show(&output));
+        let name = root.file_name().unwrap();
+        let problems = compare(&snapshot(root), &snapshot(&out.join(name)), false);
+        assert!(problems.is_empty(), "{}:\n{}", root.display(), problems.join("\n"));
+    }
+}
+
 /// More streams than the segment has room for, from one client and from several:
 /// streams waiting for space once held records and buffers that jobs waiting for
 /// one another kept idle, and the server stalled for every client (for good); and
@@ -727,22 +741,7 @@ fn more_streams_than_the_smallest_segment_holds_never_stall_it() {
     for (i, root) in roots.iter().enumerate() {
         mixed_tree(root, 10 + i as u64);
     }
-    let clients: Vec<Running> = roots
-        .iter()
-        .map(|root| {
-            let mut c = client(&server);
-            c.args(["-q", "-j", "16"]).arg(root);
-            Running::spawn(c)
-        })
-        .collect();
-    for (root, running) in roots.iter().zip(clients) {
-        let output = running.finish();
-        assert_eq!(output.status.code(), Some(0), "{}: {}", root.display(), show(&output));
-        let name = root.file_name().unwrap();
-        let want = snapshot(root);
-        let problems = compare(&want, &snapshot(&out.path().join(name)), false);
-        assert!(problems.is_empty(), "{}:\n{}", root.display(), problems.join("\n"));
-    }
+    send_at_once(&server, &roots, "16", out.path());
     assert_alive(&server);
     wait_until_clean(&server);
 }
@@ -792,21 +791,7 @@ fn more_folder_clients_than_records_all_finish() {
             root
         })
         .collect();
-    let clients: Vec<Running> = roots
-        .iter()
-        .map(|root| {
-            let mut c = client(&server);
-            c.args(["-q", "-j", "2"]).arg(root);
-            Running::spawn(c)
-        })
-        .collect();
-    for (root, running) in roots.iter().zip(clients) {
-        let output = running.finish();
-        assert_eq!(output.status.code(), Some(0), "{}: {}", root.display(), show(&output));
-        let name = root.file_name().unwrap();
-        let problems = compare(&snapshot(root), &snapshot(&out.path().join(name)), false);
-        assert!(problems.is_empty(), "{}:\n{}", root.display(), problems.join("\n"));
-    }
+    send_at_once(&server, &roots, "2", out.path());
     assert_alive(&server);
     wait_until_clean(&server);
 }

@@ -855,14 +855,7 @@ fn rewritten_slot_offsets_and_garbage_in_server_fields_are_ignored() {
     rogue.wait_beats(8);
     // The read-only status view copes with the garbage too.
     for json in [false, true] {
-        let mut status = Command::new(CLIENT);
-        status.args(["--name", &server.name, "--status"]);
-        if json {
-            status.arg("--json");
-        }
-        let output = run(status);
-        assert!(output.status.success(), "{}", show(&output));
-        let text = stdout_of(&output);
+        let text = server.status(json);
         if json {
             let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
             let streams = parsed["streams"].as_array().unwrap_or_else(|| panic!("no streams: {text}"));
@@ -1913,17 +1906,11 @@ fn release_frees_the_ring_between_files_and_is_refused_mid_file() {
     let rogue = Rogue::connect(&server.name);
     let mut s = rogue.take();
     let (slots, _) = s.start_batches();
-    let status = || {
-        let mut c = Command::new(CLIENT);
-        c.args(["--name", &server.name, "--status"]);
-        let output = run(c);
-        assert!(output.status.success(), "{}", show(&output));
-        stdout_of(&output)
-    };
-    assert!(!status().contains("(0 B in buffers)"), "the batch ring is in the buffer area:\n{}", status());
+    let before = server.status(false);
+    assert!(!before.contains("(0 B in buffers)"), "the batch ring is in the buffer area:\n{before}");
     s.post(&ClientCommand::Release);
     assert_eq!(s.reply(), ServerReply::Done { bytes: 0 }, "{}", s.label());
-    let after = status();
+    let after = server.status(false);
     assert!(after.contains("(0 B in buffers)"), "the released ring's buffers went back:\n{after}");
     assert!(s.ring_revoked(slots), "the released slots are no longer the client's");
     assert_eq!(s.record.nslots.load(Ordering::Relaxed), 0);

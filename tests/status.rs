@@ -4,17 +4,6 @@ mod common;
 
 use common::*;
 
-fn status(server: &Server, json: bool) -> String {
-    let mut command = std::process::Command::new(CLIENT);
-    command.args(["--name", &server.name, "--status"]);
-    if json {
-        command.arg("--json");
-    }
-    let output = run(command);
-    assert!(output.status.success(), "{}", show(&output));
-    stdout_of(&output)
-}
-
 /// A FIFO the test holds open for writing, blocking: opened once a reader has it.
 fn fifo_writer(path: &std::path::Path) -> std::fs::File {
     use std::os::unix::fs::OpenOptionsExt;
@@ -52,7 +41,7 @@ fn status_shows_a_live_stream_and_the_segment_map() {
     let data = pattern(16 << 20, 3);
     writer.write_all(&data[..1 << 20]).unwrap();
     wait_until("the stream to be received", || {
-        let json: serde_json::Value = serde_json::from_str(&status(&server, true)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&server.status(true)).unwrap();
         live_stream(&json).is_some_and(|s| s["bytes_done"].as_u64().unwrap() > 0)
     });
     signal(server.pid(), "STOP");
@@ -62,7 +51,7 @@ fn status_shows_a_live_stream_and_the_segment_map() {
     });
     let mut json = serde_json::Value::Null;
     wait_until("the client to fill a buffer", || {
-        json = serde_json::from_str(&status(&server, true)).unwrap();
+        json = serde_json::from_str(&server.status(true)).unwrap();
         live_stream(&json).is_some_and(|s| !s["buffers"].as_array().unwrap().is_empty())
     });
     let live = live_stream(&json).unwrap();
@@ -73,7 +62,7 @@ fn status_shows_a_live_stream_and_the_segment_map() {
     assert!(map.starts_with("[R") && map.ends_with("B]"), "records low, buffers high: {map}");
     assert!(json["free_bytes"].as_u64().unwrap() < json["size"].as_u64().unwrap());
 
-    let text = status(&server, false);
+    let text = server.status(false);
     assert!(text.contains("watched.bin") && text.contains("receiving") && text.contains('?'), "{text}");
 
     signal(server.pid(), "CONT");
@@ -85,7 +74,7 @@ fn status_shows_a_live_stream_and_the_segment_map() {
         "content differs"
     );
     wait_until("the stream's record to be freed", || {
-        let json: serde_json::Value = serde_json::from_str(&status(&server, true)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&server.status(true)).unwrap();
         json["streams_done"] == 1 && json["buffer_bytes"] == 0 && json["records"] == 1 && json["holes"] == 1
     });
 }
@@ -104,20 +93,20 @@ fn status_tells_a_stopped_server_and_a_killed_one_from_a_running_one() {
     let out = tempfile::tempdir().unwrap();
     let name = unique_name("statlive");
     let mut server = Server::start(&name, out.path(), &[]);
-    let text = status(&server, false);
+    let text = server.status(false);
     assert!(text.contains(&format!("server pid {} (running)", server.pid())), "{text}");
     assert!(text.contains(" s ago"), "the heartbeat's age is shown: {text}");
 
     signal(server.pid(), "STOP");
-    let text = status(&server, false);
+    let text = server.status(false);
     signal(server.pid(), "CONT");
     assert!(text.contains("(stopped (SIGSTOP))"), "{text}");
 
     // SIGKILL leaves the segment behind, its header still saying "running".
     signal(server.pid(), "KILL");
     wait_with_deadline(&mut server.child, "the killed server");
-    let text = status(&server, false);
-    let json: serde_json::Value = serde_json::from_str(&status(&server, true)).unwrap();
+    let text = server.status(false);
+    let json: serde_json::Value = serde_json::from_str(&server.status(true)).unwrap();
     let _ = std::fs::remove_file(shm_path(&name));
     let _ = std::fs::remove_dir_all(lock_dir(&name));
     assert!(text.contains(&format!("server pid {} (gone", server.pid())), "{text}");

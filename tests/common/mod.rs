@@ -206,6 +206,19 @@ impl Server {
         self.wait_for_line_within(what, DEADLINE, matches)
     }
 
+    /// What `sharedclient --status` (with `--json`: `json`) prints for this server;
+    /// it must exit 0.
+    pub fn status(&self, json: bool) -> String {
+        let mut command = Command::new(CLIENT);
+        command.args(["--name", &self.name, "--status"]);
+        if json {
+            command.arg("--json");
+        }
+        let output = run(command);
+        assert!(output.status.success(), "{}", show(&output));
+        stdout_of(&output)
+    }
+
     /// Sends `signal_name` and waits for the exit.
     pub fn stop(&mut self, signal_name: &str) -> ExitStatus {
         signal(self.pid(), signal_name);
