@@ -40,6 +40,23 @@ pub fn escaped_path(path: &Path) -> String {
     out
 }
 
+/// `bytes` in base64 (RFC 4648, with padding): how JSON output carries a name
+/// that is not UTF-8, exactly.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for group in bytes.chunks(3) {
+        let word = group.iter().enumerate().fold(0u32, |word, (at, &b)| word | u32::from(b) << (16 - 8 * at));
+        for at in 0..4 {
+            match at <= group.len() {
+                true => out.push(char::from(ALPHABET[(word >> (18 - 6 * at)) as usize & 63])),
+                false => out.push('='),
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +74,15 @@ mod tests {
     fn a_backslash_never_makes_two_names_look_alike() {
         assert_eq!(escaped("lit\\nx"), "lit\\\\nx");
         assert_ne!(escaped("lit\\nx"), escaped("lit\nx"));
+    }
+
+    #[test]
+    fn base64_matches_the_rfc_vectors() {
+        let vectors = [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg==")];
+        for (plain, encoded) in vectors.into_iter().chain([("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")]) {
+            assert_eq!(base64(plain.as_bytes()), encoded, "{plain}");
+        }
+        assert_eq!(base64(b"caf\xe9\xff"), "Y2Fm6f8=");
     }
 
     #[test]

@@ -1302,6 +1302,35 @@ fn a_name_that_is_not_utf8_is_refused_unless_as_renames_it() {
     assert_eq!(top_names(fx.out()), ["cafe.txt"]);
 }
 
+/// `--json` carries a source path that is not UTF-8 exactly (`source_bytes`, base64),
+/// besides the lossy `source`; a UTF-8 one has no `source_bytes`.
+#[test]
+fn json_gives_a_source_that_is_not_utf8_exactly() {
+    use std::os::unix::ffi::OsStrExt;
+    let fx = Fx::new("jsonbytes");
+    let root = mkdirs(&fx.src().join("mixed")).to_path_buf();
+    fs::write(root.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")), b"latin-1").unwrap();
+    put(&root, "plain.txt", 10, 1);
+    let output = run({
+        let mut c = fx.cmd();
+        c.args(["--json", "mixed"]);
+        c
+    });
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    let doc = parse_json(&output);
+    let files = doc["files"].as_array().unwrap_or_else(|| panic!("no files array\n{}", show(&output)));
+    let bad: Vec<_> = files.iter().filter(|f| f["status"] == "failed").collect();
+    assert_eq!(bad.len(), 1, "{}", show(&output));
+    // The client runs in the source folder: the path is as named there.
+    let want = sharedxfer::escape::base64(b"mixed/caf\xe9.txt");
+    assert_eq!(bad[0]["source_bytes"], want.as_str(), "{}", show(&output));
+    assert_eq!(bad[0]["source"], "mixed/caf\u{fffd}.txt", "{}", show(&output));
+    let plain = json_file(&doc, "mixed/plain.txt", &output);
+    assert_eq!(plain["status"], "sent", "{}", show(&output));
+    assert!(plain.get("source_bytes").is_none(), "{}", show(&output));
+    assert_eq!(fs::read(fx.out().join("mixed/plain.txt")).unwrap(), pattern(10, 1));
+}
+
 /// Empty files are made under their name at once (an empty file has no
 /// half-written state): with their mode (even bits the umask would take) and mtime,
 /// never over a file already there; the server's `--overwrite` replaces one.

@@ -4,6 +4,7 @@
 //! whatever the sending is blocked on.
 
 use std::io::IsTerminal;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use crate::config::StreamId;
 use crate::escape::escaped;
 use crate::lock::{self, LockDir};
 use crate::segment::Segment;
-use crate::sources::{self, Item, Kind, Origin, Request, Verdict};
+use crate::sources::{self, Item, Kind, Origin, Request, Source, Verdict};
 use crate::{sys, ExitStatus};
 
 /// How long `--status` waits for a server still setting its segment up.
@@ -305,9 +306,17 @@ fn report(board: &Board, front: &Front, elapsed: Duration) -> ExitStatus {
                 (None, Verdict::Skip(why)) => Some(why),
                 (error, _) => error.as_ref(),
             };
-            files.push(serde_json::json!({
+            let mut entry = serde_json::json!({
                 "source": item.shown, "name": item.name, "bytes": sent_bytes, "status": state, "error": reason,
-            }));
+            });
+            // JSON strings are Unicode: a source path that is not UTF-8 (lossy in
+            // `source`) is given exactly too.
+            if let Source::Path { path, .. } = &item.source {
+                if path.to_str().is_none() {
+                    entry["source_bytes"] = crate::escape::base64(path.as_os_str().as_bytes()).into();
+                }
+            }
+            files.push(entry);
         } else if let Origin::Id(id) = item.origin {
             let done = matches!(outcome, Some(Outcome::Done(..) | Outcome::Skipped));
             if !(front.quiet && done) {
