@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,17 +57,27 @@ pub struct Target {
 /// opened afresh.
 #[derive(Default)]
 pub struct DirCache {
-    /// (relative folder, descriptor, no default ACL), most recently used last.
-    recent: Vec<(String, Arc<OwnedFd>, bool)>,
+    /// (relative folder, descriptor, no default ACL once asked), most recently used
+    /// last.
+    recent: Vec<(String, Arc<OwnedFd>, Option<bool>)>,
 }
 
 /// Folders a `DirCache` keeps open.
-const CACHED_DIRS: usize = 8;
+const CACHED_DIRS: usize = 16;
 
 impl DirCache {
     /// Forgets the kept folders, so the next file opens its folder afresh.
     pub fn clear(&mut self) {
         self.recent.clear();
+    }
+
+    /// Keeps `dir`, the folder `folders`, as the most recently used.
+    fn keep(&mut self, folders: String, dir: Arc<OwnedFd>) {
+        self.recent.retain(|(cached, _, _)| *cached != folders);
+        if self.recent.len() == CACHED_DIRS {
+            self.recent.remove(0);
+        }
+        self.recent.push((folders, dir, None));
     }
 }
 
@@ -105,67 +115,104 @@ impl OutputDir {
     /// takes the folder from `cache`; `rel` was checked by `protocol::validate_path`.
     pub fn target(&self, rel: &str, cache: &mut DirCache) -> Result<Target, PathError> {
         let (folders, base) = rel.rsplit_once('/').unwrap_or(("", rel));
-        if let Some(at) = cache.recent.iter().rposition(|(cached, _, _)| cached == folders) {
-            let hit = cache.recent.remove(at);
-            let target = Target { parent: Arc::clone(&hit.1), base: base.to_owned(), plain: hit.2 };
-            cache.recent.push(hit);
-            return Ok(target);
-        }
-        let mut dir = self.open_root()?;
-        if !folders.is_empty() {
-            for (index, component) in folders.split('/').enumerate() {
-                dir = self.step(dir, rel, component, index, None)?;
+        let at = match cache.recent.iter().rposition(|(cached, _, _)| cached == folders) {
+            Some(at) => at,
+            None => {
+                self.open_folders(rel, folders, None, cache)?;
+                cache.recent.len() - 1
             }
-        }
-        let plain = !sys::has_default_acl(dir.as_fd());
-        let dir = Arc::new(dir);
-        if cache.recent.len() == CACHED_DIRS {
-            cache.recent.remove(0);
-        }
-        cache.recent.push((folders.to_owned(), Arc::clone(&dir), plain));
-        Ok(Target { parent: dir, base: base.to_owned(), plain })
+        };
+        let mut hit = cache.recent.remove(at);
+        let plain = *hit.2.get_or_insert_with(|| !sys::has_default_acl(hit.1.as_fd()));
+        let target = Target { parent: Arc::clone(&hit.1), base: base.to_owned(), plain };
+        cache.recent.push(hit);
+        Ok(target)
     }
 
     /// Creates every folder of `rel`, the last with exactly `mode` (whatever the
     /// umask), the others as `mkdir -p` would; an existing folder is kept as it is.
-    pub fn make_dirs(&self, rel: &str, mode: u32) -> Result<(), PathError> {
-        let mut dir = self.open_root()?;
-        let count = rel.split('/').count();
-        for (index, component) in rel.split('/').enumerate() {
-            let exact = (index + 1 == count).then_some(mode);
-            dir = self.step(dir, rel, component, index, exact)?;
+    pub fn make_dirs(&self, rel: &str, mode: u32, cache: &mut DirCache) -> Result<(), PathError> {
+        self.open_folders(rel, rel, Some(mode), cache)
+    }
+
+    /// Opens the folder `folders` of `rel` (`""`: the output folder), creating what is
+    /// missing (the last with exactly `last_mode`, if given), from the deepest folder
+    /// above it that `cache` keeps; every folder opened is kept, the last most
+    /// recently (a tree's next folder is mostly a sibling or a child: one `openat`).
+    fn open_folders(
+        &self,
+        rel: &str,
+        folders: &str,
+        last_mode: Option<u32>,
+        cache: &mut DirCache,
+    ) -> Result<(), PathError> {
+        let above = cache
+            .recent
+            .iter()
+            .filter(|(cached, _, _)| {
+                cached.is_empty() && !folders.is_empty()
+                    || folders.starts_with(cached.as_str())
+                        && folders.as_bytes().get(cached.len()) == Some(&b'/')
+            })
+            .max_by_key(|(cached, _, _)| cached.len());
+        let (mut dir, done) = match above {
+            Some((cached, dir, _)) => (Arc::clone(dir), cached.len()),
+            None => {
+                let root = Arc::new(self.open_root()?);
+                cache.keep(String::new(), Arc::clone(&root));
+                (root, 0)
+            }
+        };
+        if folders.is_empty() {
+            return Ok(());
+        }
+        let skipped = match done {
+            0 => 0,
+            _ => folders[..done].split('/').count(),
+        };
+        let rest = folders[done..].trim_start_matches('/');
+        let count = rest.split('/').count();
+        let mut end = folders.len() - rest.len();
+        for (index, component) in rest.split('/').enumerate() {
+            let exact = last_mode.filter(|_| index + 1 == count);
+            dir = Arc::new(self.step(dir.as_fd(), rel, component, skipped + index, exact)?);
+            end += component.len();
+            cache.keep(folders[..end].to_owned(), Arc::clone(&dir));
+            end += 1;
         }
         Ok(())
     }
 
     fn step(
         &self,
-        dir: OwnedFd,
+        dir: BorrowedFd<'_>,
         rel: &str,
         component: &str,
         index: usize,
         exact_mode: Option<u32>,
     ) -> Result<OwnedFd, PathError> {
         let made = || -> io::Result<OwnedFd> {
-            let opened = sys::open_dir_at(dir.as_fd(), component)?;
+            let opened = sys::open_dir_at(dir, component)?;
             if let Some(mode) = exact_mode {
                 sys::fchmod(opened.as_fd(), mode)?;
             }
             Ok(opened)
         };
-        let opened = match sys::open_dir_at(dir.as_fd(), component) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let mode = exact_mode.unwrap_or(0o777);
-                match sys::mkdir_at(dir.as_fd(), component, mode) {
-                    Ok(()) => made(),
-                    // Made by another stream meanwhile: use it (still never a link).
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        sys::open_dir_at(dir.as_fd(), component)
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            other => other,
+        let make = || match sys::mkdir_at(dir, component, exact_mode.unwrap_or(0o777)) {
+            Ok(()) => made(),
+            // There already, or made by another stream meanwhile: use it (still never
+            // a link).
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => sys::open_dir_at(dir, component),
+            Err(e) => Err(e),
+        };
+        // A folder sent is mostly new (made first); one on a file's path mostly
+        // exists (opened first).
+        let opened = match exact_mode {
+            Some(_) => make(),
+            None => match sys::open_dir_at(dir, component) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => make(),
+                other => other,
+            },
         };
         opened.map_err(|e| {
             let prefix: Vec<&str> = rel.split('/').take(index + 1).collect();

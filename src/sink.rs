@@ -285,7 +285,10 @@ impl SinkSession for FolderSession {
     }
 
     fn make_dir(&mut self, name: &str, mode: u32) -> Result<(), SinkError> {
-        self.output.make_dirs(name, mode).map_err(|e| SinkError::new(SinkErrorKind::Io, e.message))
+        self.output.make_dirs(name, mode, &mut self.dirs).map_err(|e| {
+            self.dirs.clear();
+            SinkError::new(SinkErrorKind::Io, e.message)
+        })
     }
 
     fn stage(&mut self, root: &str, hidden: &str, mode: u32) -> Result<bool, SinkError> {
