@@ -1926,3 +1926,83 @@ fn release_frees_the_ring_between_files_and_is_refused_mid_file() {
     assert!(!tree.out().join("after-release.bin").exists(), "a file cut short by a refused command arrived");
     assert!(!has_exited(server.pid()));
 }
+
+/// A client that keeps handing over slots after its finish command does not hold the
+/// server's worker (and every stream it serves): the server drains what was handed
+/// over before the command, then refuses the stream, and a real client on the same
+/// single worker is served meanwhile.
+#[test]
+fn data_handed_over_after_finish_fails_the_stream_instead_of_holding_its_worker() {
+    let tree = Tree::new();
+    let server = Server::start(&unique_name("pastfinish"), &tree.out(), &["--workers", "1"]);
+    let rogue = Rogue::connect(&server.name);
+    let mut s = rogue.take();
+    let meta = FileMeta { size_is_hint: true, ..FileMeta::default() };
+    s.post(&ClientCommand::Open { name: "endless.bin".into(), size: 1 << 40, meta });
+    let (slots, chunk) = match s.reply() {
+        ServerReply::Opened { slots, chunk } => (slots as usize, chunk),
+        other => panic!("expected Opened, got {other:?}"),
+    };
+    let (record, segment) = (s.record, s.segment);
+    let (stop, finished) = (AtomicBool::new(false), AtomicBool::new(false));
+    let reply = std::thread::scope(|scope| {
+        // Every slot handed back is handed over again at once, full, for up to 30 s.
+        scope.spawn(|| {
+            let until = Instant::now() + Duration::from_secs(30);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                for slot in &record.slots[..slots] {
+                    if slot.state.load(Ordering::Acquire) == SlotState::Empty as u32 {
+                        slot.len.store(chunk, Ordering::Relaxed);
+                        slot.state.store(SlotState::Full as u32, Ordering::Release);
+                        if !finished.load(Ordering::Relaxed) {
+                            segment.doorbell(record).notify();
+                        }
+                    }
+                }
+                std::hint::spin_loop();
+            }
+        });
+        wait_until("a few rings' worth drained", || {
+            record.bytes_done.load(Ordering::Relaxed) >= 2 * slots as u64 * chunk
+        });
+        let before = record.bytes_done.load(Ordering::Relaxed);
+        finished.store(true, Ordering::Relaxed);
+        s.post(&ClientCommand::Finish { size: 1 << 40, checksum: 0 });
+        let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            s.reply_within(Duration::from_secs(10))
+        }));
+        stop.store(true, Ordering::Relaxed);
+        let after = record.bytes_done.load(Ordering::Relaxed);
+        let reply =
+            reply.unwrap_or_else(|_| panic!("no reply to the finish command while the client kept writing"));
+        // What the worker drained while the command came in, what was handed over
+        // before it, and at most one more ring (without the bound: gigabytes).
+        let ring = slots as u64 * chunk;
+        assert!(after - before <= 4 * ring, "drained {} bytes after the finish command", after - before);
+        reply
+    });
+    match reply {
+        // Refused for the slots after the command, or, when the server drained
+        // faster than they came, for a file shorter than it said.
+        ServerReply::Error { code: ErrorCode::BadRequest, message } => {
+            assert!(message.contains("after its finish command"), "{message}")
+        }
+        ServerReply::Error { code: ErrorCode::Checksum, message } => {
+            assert!(message.contains("size mismatch"), "{message}")
+        }
+        other => panic!("expected the stream refused, got {other:?}"),
+    }
+    assert!(!tree.out().join("endless.bin").exists());
+    // The worker serves others again.
+    let source = write_file(&tree.src(), "after.bin", 4096, 5);
+    let config = write_config(&tree.src(), &[&source]);
+    let output = run({
+        let mut c = server.client(&config);
+        c.arg("1");
+        c
+    });
+    assert!(output.status.success(), "{}", show(&output));
+    assert!(fs::read(tree.out().join("after.bin")).unwrap() == fs::read(&source).unwrap());
+    wait_until("the refused file's temporary file removed", || server.temp_files().is_empty());
+    assert_alive(&server);
+}

@@ -531,13 +531,19 @@ impl Stream {
 
     pub(super) fn finish(&mut self, shared: &Shared, size: u64, checksum: u64) {
         // The client filled its last slots before posting Finish (Release on seq):
-        // drain them all before judging the file.
-        loop {
-            match self.drain(shared) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(failure) => return self.fail(shared, failure),
-            }
+        // one pass drains them all (a ring's worth at most) before the file is
+        // judged. A slot handed over after that is a client still writing past its
+        // own end: refused, not drained on (that would hold this worker, and every
+        // stream it serves, for as long as the client kept writing).
+        let drained = self.drain(shared).and_then(|_| match self.drain(shared)? {
+            false => Ok(()),
+            true => Err(failure(
+                ErrorCode::BadRequest,
+                "the client handed over data after its finish command".to_owned(),
+            )),
+        });
+        if let Err(failure) = drained {
+            return self.fail(shared, failure);
         }
         let Some(transfer) = self.take_transfer() else { return };
         match publish(shared, *transfer, size, checksum) {
