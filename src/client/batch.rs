@@ -27,6 +27,8 @@ struct Packed {
     started: Instant,
     /// A `KIND_STAGE` entry: `Done(token)` (staged) or `Done(0)` both succeed.
     stage: bool,
+    /// A file the client asked to skip if it exists: only then is `Skipped` an answer.
+    skippable: bool,
 }
 
 /// A batch handed over, by slot.
@@ -262,15 +264,15 @@ impl<'a> Batcher<'a> {
                 EntryKind::File { size: got as u64, checksum, meta: opened.meta }
             }
         };
-        let (bytes, stage) = match kind {
-            EntryKind::File { size, .. } => (size, false),
-            EntryKind::Stage { .. } => (0, true),
-            EntryKind::Dir { .. } | EntryKind::Commit { .. } => (0, false),
+        let (bytes, stage, skippable) = match kind {
+            EntryKind::File { size, meta, .. } => (size, false, meta.skip_existing),
+            EntryKind::Stage { .. } => (0, true, false),
+            EntryKind::Dir { .. } | EntryKind::Commit { .. } => (0, false, false),
         };
         packing.buffer.write_at(at, &batch::entry_header(&kind, name.len()));
         packing.buffer.write_at(at + ENTRY_LEN, name);
         packing.used = batch::align(data_at + bytes as usize);
-        packing.entries.push(Packed { index, bytes, started, stage });
+        packing.entries.push(Packed { index, bytes, started, stage, skippable });
         if bytes > 0 {
             progress.bytes(bytes);
         }
@@ -321,7 +323,8 @@ impl<'a> Batcher<'a> {
                 Outcome::Done(bytes) => {
                     Err(failed(format!("server stored {bytes} bytes, expected {}", packed.bytes)))
                 }
-                Outcome::Skipped => Ok(Delivered::Skipped),
+                Outcome::Skipped if packed.skippable => Ok(Delivered::Skipped),
+                Outcome::Skipped => Err(failed("the server skipped a file it was not asked to skip")),
                 Outcome::Failed(code, message) => {
                     Err(super::send::reply_error(ServerReply::Error { code, message }))
                 }

@@ -224,13 +224,13 @@ fn run(
         Err(e) => return Err(gone(&format!("failed ({e})"))),
     }
     let results: Vec<Mutex<Option<ItemResult>>> = items.iter().map(|_| Mutex::new(None)).collect();
-    let numbers: Mutex<HashMap<u32, (usize, Instant)>> = Mutex::new(HashMap::new());
+    let numbers: Mutex<HashMap<u32, InFlight>> = Mutex::new(HashMap::new());
     let report = |index: usize, result: ItemResult, started: Instant| {
         progress.finished(index, &items[index], &result, started.elapsed());
         *results[index].lock().expect("result lock") = Some(result);
     };
     let relay_end = std::thread::scope(|scope| {
-        let listener = scope.spawn(|| listen(&mut from_relay, &numbers, &report));
+        let listener = scope.spawn(|| listen(&mut from_relay, &numbers, options.skip_existing, &report));
         let written = write_all(&mut to_relay, items, options, progress, &numbers, &report);
         // However the writing went, the relay learns the stream is over.
         drop(to_relay);
@@ -275,7 +275,8 @@ fn run(
 /// Reads RESULT frames until the relay closes its output.
 fn listen(
     from_relay: &mut impl Read,
-    numbers: &Mutex<HashMap<u32, (usize, Instant)>>,
+    numbers: &Mutex<HashMap<u32, InFlight>>,
+    skip_existing: bool,
     report: &(dyn Fn(usize, ItemResult, Instant) + Sync),
 ) -> Result<(), SendError> {
     loop {
@@ -283,14 +284,20 @@ fn listen(
         match frame {
             None => return Ok(()),
             Some(Frame::Result { file, outcome }) => {
-                let Some((index, started)) = numbers.lock().expect("numbers lock").remove(&file) else {
+                let Some(InFlight { index, started, size }) =
+                    numbers.lock().expect("numbers lock").remove(&file)
+                else {
                     return Err(failed(format!(
                         "the relay answered for file {file}, which is not in flight"
                     )));
                 };
                 let result = match outcome {
-                    Outcome::Done(bytes) => Ok(Delivered::Sent { bytes }),
-                    Outcome::Skipped => Ok(Delivered::Skipped),
+                    Outcome::Done(bytes) if Some(bytes) == size => Ok(Delivered::Sent { bytes }),
+                    Outcome::Done(bytes) => {
+                        Err(failed(format!("server stored {bytes} bytes, expected {}", size.unwrap_or(0))))
+                    }
+                    Outcome::Skipped if skip_existing => Ok(Delivered::Skipped),
+                    Outcome::Skipped => Err(failed("the server skipped a file it was not asked to skip")),
                     Outcome::Failed { code: 2, message } => Err(SendError::Usage(message)),
                     Outcome::Failed { message, .. } => Err(SendError::Failed(message)),
                 };
@@ -309,7 +316,7 @@ fn write_all(
     items: &[Item],
     options: &SendOptions,
     progress: &dyn Progress,
-    numbers: &Mutex<HashMap<u32, (usize, Instant)>>,
+    numbers: &Mutex<HashMap<u32, InFlight>>,
     report: &(dyn Fn(usize, ItemResult, Instant) + Sync),
 ) -> Result<(), SendError> {
     let io_failed = |e: io::Error| failed(format!("writing to the relay failed: {e}"));
@@ -327,7 +334,10 @@ fn write_all(
         match item.kind {
             Kind::Dir { mode } => {
                 next = file;
-                numbers.lock().expect("numbers lock").insert(file, (index, started));
+                numbers
+                    .lock()
+                    .expect("numbers lock")
+                    .insert(file, InFlight { index, started, size: Some(0) });
                 let what = Begin::Dir { name: item.name.clone(), mode };
                 Frame::Begin { file, what }.write(out).map_err(io_failed)?;
             }
@@ -340,13 +350,19 @@ fn write_all(
                     }
                 };
                 next = file;
-                numbers.lock().expect("numbers lock").insert(file, (index, started));
+                numbers.lock().expect("numbers lock").insert(file, InFlight { index, started, size: None });
                 let what = Begin::File { name: item.name.clone(), size: opened.exact, meta: opened.meta };
                 Frame::Begin { file, what }.write(out).map_err(io_failed)?;
                 let sent = copy_file(out, file, &opened.input, opened.exact, &mut buffer, progress);
                 let frame = match sent {
                     Ok((size, checksum)) => match changed(&opened) {
-                        None => Frame::End { file, size, checksum },
+                        None => {
+                            // Before the END: the relay answers only after it.
+                            if let Some(sent) = numbers.lock().expect("numbers lock").get_mut(&file) {
+                                sent.size = Some(size);
+                            }
+                            Frame::End { file, size, checksum }
+                        }
                         Some(reason) => Frame::Abort { file, reason },
                     },
                     Err(Copy::Read(e)) => {
@@ -359,6 +375,14 @@ fn write_all(
         }
     }
     Frame::Bye.write(out).and_then(|()| out.flush()).map_err(io_failed)
+}
+
+/// A file or folder the relay has not answered for yet.
+struct InFlight {
+    index: usize,
+    started: Instant,
+    /// The bytes sent, once the END is written (a folder's: 0).
+    size: Option<u64>,
 }
 
 enum Copy {
@@ -838,5 +862,41 @@ mod tests {
         assert_eq!(split_words("a''b").unwrap(), ["ab"]);
         assert!(split_words("ssh 'open").is_err());
         assert!(split_words("   ").is_err());
+    }
+
+    /// What the relay says of each file is checked against what was sent: a size it
+    /// did not send, or a skip it did not ask for, fails the file.
+    #[test]
+    fn relay_results_are_checked_against_what_was_sent() {
+        let answers = [
+            Frame::Result { file: 1, outcome: Outcome::Done(5) },
+            Frame::Result { file: 2, outcome: Outcome::Done(4) },
+            Frame::Result { file: 3, outcome: Outcome::Skipped },
+            Frame::Result { file: 4, outcome: Outcome::Done(0) },
+        ];
+        for skip_existing in [false, true] {
+            let mut wire = Vec::new();
+            answers.iter().for_each(|frame| frame.write(&mut wire).unwrap());
+            let started = Instant::now();
+            let sent = [Some(5), Some(5), Some(7), None];
+            let numbers = Mutex::new(
+                (0..4).map(|i| (i as u32 + 1, InFlight { index: i, started, size: sent[i] })).collect(),
+            );
+            let heard: Mutex<Vec<(usize, ItemResult)>> = Mutex::new(Vec::new());
+            let report =
+                |index: usize, result: ItemResult, _: Instant| heard.lock().unwrap().push((index, result));
+            listen(&mut wire.as_slice(), &numbers, skip_existing, &report).unwrap();
+            let heard = heard.into_inner().unwrap();
+            assert!(matches!(heard[0], (0, Ok(Delivered::Sent { bytes: 5 }))), "{heard:?}");
+            assert!(matches!(&heard[1], (1, Err(e)) if e.to_string().contains("stored 4 bytes, expected 5")));
+            match skip_existing {
+                true => assert!(matches!(heard[2], (2, Ok(Delivered::Skipped))), "{heard:?}"),
+                false => {
+                    assert!(matches!(&heard[2], (2, Err(e)) if e.to_string().contains("not asked to skip")))
+                }
+            }
+            // An answer before the file's END was written claims bytes never sent.
+            assert!(matches!(&heard[3], (3, Err(_))), "{heard:?}");
+        }
     }
 }

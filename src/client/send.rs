@@ -307,7 +307,7 @@ fn stream(
     session.post(&ClientCommand::Open { name: name.to_owned(), size: hint, meta })?;
     let slots = match session.wait_reply()? {
         ServerReply::Opened { slots, .. } => slots as usize,
-        ServerReply::Skipped => return Ok(Delivered::Skipped),
+        ServerReply::Skipped if meta.skip_existing => return Ok(Delivered::Skipped),
         other => return Err(reply_error(other)),
     };
     if slots > MAX_SLOTS || (slots == 0 && exact != Some(0)) {
@@ -320,7 +320,7 @@ fn stream(
     let (size, checksum) = send_chunks(session, source, exact, prefix, slots, progress)?;
     ensure_unchanged(source)?;
     session.post(&ClientCommand::Finish { size, checksum })?;
-    wait_done(session, size)
+    wait_done(session, size, meta.skip_existing)
 }
 
 /// A file that may fit slot 0 of the ring kept from the previous file: fill the
@@ -359,14 +359,16 @@ fn put(
     ensure_unchanged(source)?;
     let size = got as u64;
     session.post(&ClientCommand::Put { name: name.to_owned(), size, checksum, meta: source.meta })?;
-    wait_done(session, size)
+    wait_done(session, size, source.meta.skip_existing)
 }
 
-fn wait_done(session: &mut Session<'_>, size: u64) -> Result<Delivered, SendError> {
+/// The server's answer about a file of `size` bytes: published, or skipped (only
+/// if the client asked to skip files that exist).
+fn wait_done(session: &mut Session<'_>, size: u64, skip_existing: bool) -> Result<Delivered, SendError> {
     match session.wait_reply()? {
         ServerReply::Done { bytes } if bytes == size => Ok(Delivered::Sent { bytes }),
         ServerReply::Done { bytes } => Err(failed(format!("server stored {bytes} bytes, expected {size}"))),
-        ServerReply::Skipped => Ok(Delivered::Skipped),
+        ServerReply::Skipped if skip_existing => Ok(Delivered::Skipped),
         other => Err(reply_error(other)),
     }
 }

@@ -189,6 +189,11 @@ impl<'a> Session<'a> {
         if protocol::pending(&self.record.s2c, self.s2c_seen).is_none() {
             return Ok(None);
         }
+        // The server frees a record only once its client gave it back or exited: one
+        // that holds another GUID now was never ours to read (a peer rewrote it).
+        if load_guid(&self.record.guid) != self.guid {
+            return Err(failed("the stream's record was given to another stream"));
+        }
         let Some(raw) = protocol::take(&self.record.s2c) else { return Ok(None) };
         self.s2c_seen = raw.seq;
         ServerReply::decode(&raw).map(Some).map_err(|e| failed(format!("bad reply from the server: {e}")))
