@@ -212,8 +212,8 @@ fn framing(message: impl Into<String>) -> FramingError {
     FramingError(message.into())
 }
 
-/// Decodes a batch from `bytes` (a private copy of what the client handed over, or
-/// the slot itself: every field is read once). The framing must be whole: magic,
+/// Decodes a batch from `bytes` (the slot itself: each entry's fixed fields and
+/// name are copied out before they are read or checked; its data is left in place). The framing must be whole: magic,
 /// count, every entry inside `bytes`, nothing after the last. An entry whose name or
 /// metadata is bad is returned with its error, to be failed alone.
 pub fn decode_batch(bytes: &[u8]) -> Result<(u64, Vec<Entry>), FramingError> {
@@ -238,7 +238,9 @@ pub fn decode_batch(bytes: &[u8]) -> Result<(u64, Vec<Entry>), FramingError> {
         if rest < ENTRY_LEN {
             return Err(framing(format!("entry {index} starts past the end")));
         }
-        let fixed = &bytes[at..at + ENTRY_LEN];
+        // Copied out, then read: each field is read from private memory once.
+        let fixed: [u8; ENTRY_LEN] = bytes[at..at + ENTRY_LEN].try_into().expect("ENTRY_LEN bytes");
+        let fixed = &fixed[..];
         let kind_code = u32_at(fixed, 0);
         let name_len = u32_at(fixed, 4) as usize;
         let size = u64_at(fixed, 8);
@@ -265,8 +267,9 @@ pub fn decode_batch(bytes: &[u8]) -> Result<(u64, Vec<Entry>), FramingError> {
             .and_then(|len| data_at.checked_add(len))
             .filter(|&end| end <= bytes.len())
             .ok_or_else(|| framing(format!("entry {index}: {data_len} bytes of data run past the batch")))?;
-        let name = std::str::from_utf8(&bytes[name_at..data_at])
-            .map(str::to_owned)
+        // Copied, then checked: a peer rewriting the slot meanwhile cannot make a
+        // `String` of bytes that were UTF-8 only when checked.
+        let name = String::from_utf8(bytes[name_at..data_at].to_vec())
             .map_err(|_| ProtocolError("name is not valid UTF-8".into()));
         let kind = FileMeta::decode(word, secs).and_then(|meta| match kind_code {
             KIND_FILE if meta.size_is_hint => {

@@ -624,8 +624,9 @@ impl Buffer<'_> {
         // client may be filling), so no one else writes these bytes while the slice
         // lives; a process breaking the protocol can only change byte values (any u8
         // is valid): the checksum catches what it changes before the server's hash,
-        // and what it changes after (a file's chunk is hashed, then written) only
-        // spoils its own file. Batches are copied out first, so not even that.
+        // and what it changes after (a file's chunk or a batch entry's data is
+        // hashed, then written) only spoils its own file. A batch's framing and
+        // names are copied out before they are checked (`batch::decode_batch`).
         unsafe { std::slice::from_raw_parts(self.ptr.add(from), len) }
     }
 }
