@@ -384,23 +384,24 @@ impl SinkFile for FolderFile {
         mtime: Option<SystemTime>,
         replace: bool,
     ) -> Result<(), SinkError> {
-        let shown = self.shown();
-        if self.sync {
-            let flushed = self.incoming.file.sync_all();
-            if let Err(e) = flushed {
-                self.incoming.discard();
-                return Err(SinkError::new(SinkErrorKind::Io, format!("cannot flush {shown}: {e}")));
+        let FolderFile { incoming, path, sync } = *self;
+        // Made only for a message (thousands of small files are published a second).
+        let shown = || escaped(&path.to_string_lossy()).into_owned();
+        if sync {
+            if let Err(e) = incoming.file.sync_all() {
+                incoming.discard();
+                return Err(SinkError::new(SinkErrorKind::Io, format!("cannot flush {}: {e}", shown())));
             }
         }
-        let folder = self.sync.then(|| self.incoming.folder());
-        self.incoming.publish(mode, mtime, replace).map_err(|e| match e.kind() {
-            io::ErrorKind::AlreadyExists => SinkError::new(SinkErrorKind::Exists, already_exists(&shown)),
-            _ => SinkError::new(SinkErrorKind::Io, format!("cannot publish {shown}: {e}")),
+        let folder = sync.then(|| incoming.folder());
+        incoming.publish(mode, mtime, replace).map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => SinkError::new(SinkErrorKind::Exists, already_exists(&shown())),
+            _ => SinkError::new(SinkErrorKind::Io, format!("cannot publish {}: {e}", shown())),
         })?;
         // The new name is durable only once its folder is.
         match folder.map(|dir| crate::sys::fsync_fd(dir.as_fd())) {
             Some(Err(e)) => {
-                Err(SinkError::new(SinkErrorKind::Io, format!("cannot flush the folder of {shown}: {e}")))
+                Err(SinkError::new(SinkErrorKind::Io, format!("cannot flush the folder of {}: {e}", shown())))
             }
             _ => Ok(()),
         }
