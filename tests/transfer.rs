@@ -185,6 +185,20 @@ fn config_problems_are_named_with_exit_2() {
     let output = run(command);
     assert_eq!(output.status.code(), Some(2), "{}", show(&output));
     assert!(stderr_of(&output).contains("broken.xml:"), "{}", show(&output));
+
+    // The server too: an options file named with -c must be there (else the files
+    // would land in the current folder), even beside an OUTPUT_DIR.
+    for with_output_dir in [false, true] {
+        let mut command = std::process::Command::new(SERVER);
+        command.current_dir(dir.path()).args(["--name", &unique_name("cfgmiss"), "-c"]).arg(&missing);
+        if with_output_dir {
+            command.arg(dir.path().join("out"));
+        }
+        let output = run(command);
+        assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+        assert!(stderr_of(&output).contains("nope.xml"), "{}", show(&output));
+        assert!(!dir.path().join("out").exists(), "{}", show(&output));
+    }
 }
 
 #[test]

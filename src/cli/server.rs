@@ -12,15 +12,20 @@ use crate::{sys, ExitStatus};
 /// Runs `sharedserver` until SIGINT or SIGTERM; returns its exit status.
 pub fn main(cli: ServerCli) -> ExitStatus {
     sys::install_stop_handlers();
-    let output_dir = match cli.output_dir.clone() {
-        Some(dir) => dir,
-        None => match config_output_dir(&cli.common.config) {
-            Ok(dir) => dir,
-            Err(e) => {
-                errln!("sharedserver: {e}");
-                return ExitStatus::Usage;
-            }
-        },
+    // The default options.xml is read only for want of OUTPUT_DIR; one named with
+    // `-c` is always read (a typo in its path is an error, not a silent default).
+    let named = cli.common.config != Path::new(crate::config::DEFAULT_CONFIG);
+    let from_config = match named || cli.output_dir.is_none() {
+        true => config_output_dir(&cli.common.config),
+        false => Ok(None),
+    };
+    let output_dir = match (cli.output_dir.clone(), from_config) {
+        (Some(dir), Ok(_)) => dir,
+        (None, Ok(dir)) => dir.unwrap_or_else(|| PathBuf::from(".")),
+        (_, Err(e)) => {
+            errln!("sharedserver: {e}");
+            return ExitStatus::Usage;
+        }
     };
     let workers = cli
         .workers
@@ -91,13 +96,17 @@ fn print(event: &ServerEvent, shown: Shown) {
     }
 }
 
-/// The config's `<server outputpath>`, else the current folder. A missing config is
-/// fine for the server; a broken one is an error.
-fn config_output_dir(config: &Path) -> Result<PathBuf, ConfigError> {
+/// The config's `<server outputpath>`, if it has one. The default options.xml may
+/// be missing (the server needs nothing from it); one named with `-c` may not, and a
+/// broken one is an error either way.
+fn config_output_dir(config: &Path) -> Result<Option<PathBuf>, ConfigError> {
     match Config::load(config) {
-        Ok(config) => Ok(config.output_path.unwrap_or_else(|| PathBuf::from("."))),
-        Err(ConfigError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Ok(PathBuf::from("."))
+        Ok(config) => Ok(config.output_path),
+        Err(ConfigError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound
+                && config == Path::new(crate::config::DEFAULT_CONFIG) =>
+        {
+            Ok(None)
         }
         Err(e) => Err(e),
     }
