@@ -64,17 +64,25 @@ extern "C" fn record_signal(signal: libc::c_int) {
     STOP_SIGNAL.store(signal, Ordering::SeqCst);
 }
 
-/// Routes SIGINT and SIGTERM to a flag that `stop_signal` reads, instead of killing
-/// the process, so both binaries can clean up. Waits all have short timeouts, so the
-/// flag is seen promptly without a self-pipe.
+/// Routes SIGINT, SIGTERM and SIGHUP (a closed terminal or SSH session) to a flag
+/// that `stop_signal` reads, instead of killing the process, so both binaries can
+/// clean up. Waits all have short timeouts, so the flag is seen promptly without a
+/// self-pipe.
 pub fn install_stop_handlers() {
     if HANDLERS_INSTALLED.swap(true, Ordering::SeqCst) {
         return;
     }
-    for signal in [libc::SIGINT, libc::SIGTERM] {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value, and
-        // `record_signal` is an `extern "C"` function that only stores to an atomic.
+        // `record_signal` is an `extern "C"` function that only stores to an atomic;
+        // the first call only reads the current disposition into `old`.
         unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(signal, std::ptr::null(), &mut old);
+            if signal == libc::SIGHUP && old.sa_sigaction == libc::SIG_IGN {
+                // Started under `nohup`: a closed terminal is not a stop.
+                continue;
+            }
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = record_signal as *const () as libc::sighandler_t;
             libc::sigemptyset(&mut action.sa_mask);

@@ -294,8 +294,8 @@ fn a_killed_server_fails_its_clients_and_a_new_one_starts_cleanly() {
 }
 
 #[test]
-fn sigint_or_sigterm_stops_the_server_cleanly_exit_0_and_removes_everything_it_made() {
-    for signal_name in ["INT", "TERM"] {
+fn sigint_sigterm_or_sighup_stops_the_server_cleanly_exit_0_and_removes_everything_it_made() {
+    for signal_name in ["INT", "TERM", "HUP"] {
         let out = tempfile::tempdir().unwrap();
         let name = unique_name("sigstop");
         let mut server = Server::start(&name, out.path(), &[]);
