@@ -168,6 +168,27 @@ fn a_client_without_ids_prints_usage_and_exits_2() {
     assert!(stderr_of(&output).contains("Usage"), "{}", show(&output));
 }
 
+/// Arguments that cannot mean what they say are refused before anything runs: a
+/// host that ssh would take for an option, an empty one, paths beside --ping.
+#[test]
+fn a_host_taken_for_an_option_and_paths_beside_ping_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("touched");
+    let cases: [(Vec<String>, &str); 3] = [
+        (vec![format!("--remote=-oProxyCommand=touch {}", marker.display()), "f".into()], "starts with '-'"),
+        (vec!["--remote=".into(), "f".into()], "give a host name"),
+        (vec!["--ping".into(), "3".into(), "f".into()], "cannot be used with"),
+    ];
+    for (args, expect) in cases {
+        let mut command = std::process::Command::new(CLIENT);
+        command.current_dir(dir.path()).args(["--name", &unique_name("usage")]).args(&args);
+        let output = run(command);
+        assert_eq!(output.status.code(), Some(2), "{args:?}\n{}", show(&output));
+        assert!(stderr_of(&output).contains(expect), "{args:?}\n{}", show(&output));
+    }
+    assert!(!marker.exists(), "ssh ran the planted option");
+}
+
 #[test]
 fn config_problems_are_named_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();

@@ -115,7 +115,7 @@ pub struct ClientCli {
     #[arg(long = "timeout", value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
     /// Run COUNT ping-pong round trips on one stream and print min/median/p99.
-    #[arg(long = "ping", value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "ping", value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..), conflicts_with_all = ["args", "all", "files_from"])]
     pub ping: Option<u64>,
     /// Streams sent at once, whatever the number of files (at most the server's
     /// --max-streams-per-client).
@@ -126,7 +126,7 @@ pub struct ClientCli {
     pub status: bool,
     /// Send to the server on another host: runs `CMD [USER@]HOST sharedclient --relay
     /// -n NAME` and streams every file through it (ids resolve against the local options.xml).
-    #[arg(long = "remote", value_name = "[USER@]HOST", conflicts_with_all = ["ping", "status", "relay"])]
+    #[arg(long = "remote", value_name = "[USER@]HOST", value_parser = parse_host, conflicts_with_all = ["ping", "status", "relay"])]
     pub remote: Option<String>,
     /// The remote shell for --remote, split into words like a shell would (default `ssh`;
     /// e.g. `ssh -p 2222 -i ~/.ssh/key`).
@@ -143,7 +143,24 @@ const CLIENT_AFTER_HELP: &str =
 tar c src | sharedclient - --as src.tar\n  find . -name '*.log' | sharedclient --files-from -\n  \
 sharedclient 1 3-5                    streams named in options.xml\n\n\
 Exit codes: 0 all done, 1 a stream or the peer failed, 2 usage or configuration error, \
-130 interrupted (SIGINT/SIGTERM).";
+130 interrupted (SIGINT/SIGTERM/SIGHUP).";
+
+/// `--remote`'s `[USER@]HOST`: not empty, and not taken for an option of the remote
+/// shell (`-oProxyCommand=...`), nor holding spaces or control characters.
+fn parse_host(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("give a host name (or user@host)".into());
+    }
+    if text.starts_with('-') {
+        return Err(format!(
+            "{text:?} starts with '-': a host name never does (options for ssh go in --rsh)"
+        ));
+    }
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{text:?} holds a space or a control character: not a host name"));
+    }
+    Ok(text.to_owned())
+}
 
 /// Parses "65536", "64K", "64M", "1G" (binary multiples; optional trailing "B"/"iB").
 pub fn parse_size(text: &str) -> Result<u64, String> {
