@@ -1,4 +1,5 @@
-//! File names as people see them: control characters (newline, ESC, ...) escaped in
+//! File names as people see them: control characters (newline, ESC, ...) and
+//! characters that reorder or hide text (U+202E, ...) escaped in
 //! every human-readable line, so a name can never break a log line or drive a
 //! terminal; backslashes doubled, so two different names never look the same; bytes
 //! that are not UTF-8 shown as `\xNN`. JSON output carries names exactly.
@@ -10,7 +11,7 @@ use std::path::Path;
 /// `name` with each control character replaced by its escape (`\n`, `\u{1b}`) and
 /// each backslash doubled; borrowed when nothing needed escaping.
 pub fn escaped(name: &str) -> Cow<'_, str> {
-    if !name.chars().any(|c| c.is_control() || c == '\\') {
+    if !name.chars().any(needs_escape) {
         return Cow::Borrowed(name);
     }
     let mut out = String::with_capacity(name.len() + 8);
@@ -18,9 +19,22 @@ pub fn escaped(name: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Control characters, backslashes, and the invisible characters that reorder or
+/// hide text on screen (bidirectional overrides and isolates, marks, zero-width
+/// space, word joiners, BOM, soft hyphen): a name holding U+202E can show as
+/// `txt.exe` while being `exe.txt`. Zero-width (non-)joiners stay, as emoji
+/// sequences and Persian words need them.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || c == '\\'
+        || matches!(c,
+            '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}' | '\u{200e}' | '\u{200f}'
+            | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
+}
+
 fn push_escaped(out: &mut String, text: &str) {
     for c in text.chars() {
-        if c.is_control() || c == '\\' {
+        if needs_escape(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -68,6 +82,17 @@ mod tests {
         assert_eq!(escaped("a\nb"), "a\\nb");
         assert_eq!(escaped("\u{1b}[31mred"), "\\u{1b}[31mred");
         assert!(matches!(escaped("no escapes"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn characters_that_reorder_or_hide_text_are_escaped() {
+        assert_eq!(escaped("nu/\u{202e}txt.exe"), "nu/\\u{202e}txt.exe");
+        assert_eq!(escaped("a\u{200b}b\u{feff}"), "a\\u{200b}b\\u{feff}");
+        assert_eq!(escaped("\u{2067}x\u{2069}"), "\\u{2067}x\\u{2069}");
+        // Joiners in emoji and Persian words are kept.
+        let family = "\u{1f468}\u{200d}\u{1f469}\u{200d}\u{1f467}.jpg";
+        assert!(matches!(escaped(family), Cow::Borrowed(_)));
+        assert!(matches!(escaped("\u{645}\u{200c}\u{6cc}.txt"), Cow::Borrowed(_)));
     }
 
     #[test]
