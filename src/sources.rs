@@ -433,6 +433,11 @@ impl Planner<'_> {
             let line = index + 1;
             let path = Path::new(OsStr::from_bytes(entry));
             let shown = escaped_path(path);
+            if entry.contains(&0) {
+                return Err(format!(
+                    "{shown_list}:{line}: {shown} holds a NUL byte, which no path can (a list of NUL-ended entries needs --from0)"
+                ));
+            }
             if path.is_absolute() {
                 return Err(format!(
                     "{shown_list}:{line}: {shown} is absolute: entries must be relative to the current folder"

@@ -710,7 +710,7 @@ fn files_from_with_nul_separators_takes_newlines_in_names() {
 }
 
 #[test]
-fn files_from_refuses_absolute_and_dotdot_entries_naming_the_line() {
+fn files_from_refuses_absolute_dotdot_and_nul_entries_naming_the_line() {
     let fx = Fx::new("frombad");
     let base = fx.src().join("base");
     let cwd = mkdirs(&base).to_path_buf();
@@ -722,6 +722,8 @@ fn files_from_refuses_absolute_and_dotdot_entries_naming_the_line() {
         ("a.txt\n../x\n".to_owned(), "list.txt:2:"),
         (format!("a.txt\nsub/b.txt\n{abs}\n"), "list.txt:3:"),
         ("sub/../a.txt\na.txt\n".to_owned(), "list.txt:1:"),
+        // A NUL-ended list read as newline-ended.
+        ("a.txt\0sub/b.txt\n".to_owned(), "list.txt:1: a.txt\\u{0}sub/b.txt holds a NUL byte"),
     ];
     for (list, line) in cases {
         fs::write(cwd.join("list.txt"), &list).unwrap();
