@@ -371,17 +371,23 @@ impl Planner<'_> {
     }
 
     fn add_entry(&mut self, path: &Path, name: Result<String, String>, ancestors: &mut Vec<(u64, u64)>) {
+        // An entry not sent still says where it would have arrived.
+        let named = |mut item: Item| {
+            item.name = name.as_ref().map_or_else(|_| String::new(), String::clone);
+            item
+        };
         let meta = match fs::symlink_metadata(path) {
             Ok(meta) => meta,
             Err(e) => {
-                return self.items.push(refused(path, format!("cannot read {}: {e}", escaped_path(path))))
+                let message = format!("cannot read {}: {e}", escaped_path(path));
+                return self.items.push(named(refused(path, message)));
             }
         };
         let followed = meta.file_type().is_symlink();
         let meta = if followed {
             if !self.request.follow_symlinks {
                 let shown = escaped_path(path);
-                let mut item = refused(path, String::new());
+                let mut item = named(refused(path, String::new()));
                 item.verdict = Verdict::Skip(format!("{shown}: symbolic link (use -L to follow)"));
                 return self.items.push(item);
             }
@@ -389,7 +395,7 @@ impl Planner<'_> {
                 Ok(meta) => meta,
                 Err(e) => {
                     let message = format!("cannot follow link {}: {e}", escaped_path(path));
-                    return self.items.push(refused(path, message));
+                    return self.items.push(named(refused(path, message)));
                 }
             }
         } else {

@@ -541,6 +541,10 @@ fn links_inside_folders_are_skipped_and_reported_and_a_named_link_is_followed() 
     assert_eq!(skipped.len(), 2, "{doc}");
     for file in skipped {
         assert!(file["status"] == "skipped" && file["error"].as_str().unwrap().contains("-L"), "{file}");
+        // Where it would have arrived: the source's path beneath the folder sent.
+        let source = file["source"].as_str().unwrap();
+        let name = file["name"].as_str().unwrap();
+        assert!(name.starts_with("tree/") && source.ends_with(name), "{file}");
     }
 }
 
