@@ -646,6 +646,7 @@ fn dedupe(items: Vec<Item>) -> Result<Vec<Item>, String> {
     // First, by index: names borrowed from `items`, no copies.
     let mut first: HashMap<&str, usize> = HashMap::with_capacity(items.len());
     let mut dropped = vec![false; items.len()];
+    let mut kept_as: Vec<Option<String>> = vec![None; items.len()];
     for (index, item) in items.iter().enumerate() {
         if item.verdict != Verdict::Send {
             continue;
@@ -664,13 +665,32 @@ fn dedupe(items: Vec<Item>) -> Result<Vec<Item>, String> {
                         escaped(&item.name)
                     ));
                 }
+                // A stream id still gets its line: it names the file sent once.
+                kept_as[index] = match (item.origin, other.origin) {
+                    (Origin::Id(_), Origin::Id(first)) => {
+                        Some(format!("the same file as stream {first}, sent once"))
+                    }
+                    (Origin::Id(_), _) => Some(format!("the same file as {}, sent once", other.human())),
+                    _ => None,
+                };
                 dropped[index] = true;
             }
         }
     }
     drop(first);
-    let kept: Vec<Item> =
-        items.into_iter().zip(dropped).filter_map(|(item, dropped)| (!dropped).then_some(item)).collect();
+    let kept: Vec<Item> = items
+        .into_iter()
+        .zip(dropped)
+        .zip(kept_as)
+        .filter_map(|((mut item, dropped), kept_as)| match (dropped, kept_as) {
+            (false, _) => Some(item),
+            (true, Some(why)) => {
+                item.verdict = Verdict::Skip(why);
+                Some(item)
+            }
+            (true, None) => None,
+        })
+        .collect();
     check_files_are_not_folders(&kept)?;
     Ok(kept)
 }

@@ -222,6 +222,31 @@ fn config_problems_are_named_with_exit_2() {
     }
 }
 
+/// Ids that name one file (however the path is spelt) send it once, and each id
+/// still gets its line, saying so.
+#[test]
+fn ids_naming_one_file_send_it_once_and_each_gets_its_line() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = write_file(src.path(), "same.bin", 1000, 3);
+    let other_spelling = src.path().join(".").join("same.bin");
+    let config = write_config(src.path(), &[&file, &file, &other_spelling]);
+    let server = Server::start(&unique_name("sameids"), out.path(), &[]);
+    let output = run({
+        let mut c = server.client(&config);
+        c.args(["1", "2", "3"]);
+        c
+    });
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    let text = stdout_of(&output);
+    assert!(text.contains("stream 1: sent same.bin (1000 bytes)"), "{}", show(&output));
+    for id in [2, 3] {
+        let line = format!("stream {id}: skipped same.bin (the same file as stream 1, sent once)");
+        assert!(text.contains(&line), "no {line:?}\n{}", show(&output));
+    }
+    assert!(fs::read(out.path().join("same.bin")).unwrap() == fs::read(&file).unwrap());
+}
+
 #[test]
 fn bad_ids_and_missing_files_fail_alone_while_the_rest_arrive() {
     let src = tempfile::tempdir().unwrap();

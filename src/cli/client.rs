@@ -257,7 +257,10 @@ fn preset(item: &Item) -> Option<Outcome> {
     match &item.verdict {
         Verdict::Send => None,
         Verdict::Skip(why) => {
-            errln!("skipped: {why}");
+            // A stream id says why on its own line, at the end.
+            if !matches!(item.origin, Origin::Id(_)) {
+                errln!("skipped: {why}");
+            }
             Some(Outcome::Skipped)
         }
         Verdict::Refuse(why) => Some(Outcome::Failed(SendError::Usage(why.clone()))),
@@ -450,6 +453,10 @@ fn print_stream_line(id: StreamId, item: &Item, outcome: Option<&Outcome>, state
         (Some(Outcome::Done(Delivered::Skipped, _)), _) => {
             outln!("stream {id}: skipped {} (exists)", escaped(&item.name))
         }
+        (Some(Outcome::Skipped), _) => match &item.verdict {
+            Verdict::Skip(why) => outln!("stream {id}: skipped {} ({why})", escaped(&item.name)),
+            _ => outln!("stream {id}: skipped"),
+        },
         (_, Some(error)) => errln!("stream {id}: failed: {error}"),
         _ => errln!("stream {id}: {state}"),
     }
