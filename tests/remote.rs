@@ -174,6 +174,23 @@ fn finish(child: std::process::Child) -> std::process::Output {
     output
 }
 
+/// Ctrl-C while the source has nothing to read (a pipe, a FIFO) interrupts the
+/// client as it does without --remote: exit 130, the file interrupted, not failed.
+#[test]
+fn ctrl_c_while_the_source_is_silent_interrupts_the_remote_client() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("rmtint"), out.path(), &[]);
+    let (child, stdin) = half_sent(&server, src.path(), &[]);
+    signal(child.id(), "INT");
+    let output = finish(child);
+    drop(stdin);
+    assert_eq!(output.status.code(), Some(130), "{}", show(&output));
+    assert!(stdout_of(&output).contains("0 failed, 1 interrupted"), "{}", show(&output));
+    wait_until("the server to drop the unfinished file", || server.temp_files().is_empty());
+    assert!(!out.path().join("slow.bin").exists(), "an interrupted file was published");
+}
+
 #[test]
 fn a_relay_killed_mid_file_fails_the_client_and_nothing_is_published() {
     let src = tempfile::tempdir().unwrap();

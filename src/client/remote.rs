@@ -284,7 +284,7 @@ fn listen(
         match frame {
             None => return Ok(()),
             Some(Frame::Result { file, outcome }) => {
-                let Some(InFlight { index, started, size }) =
+                let Some(InFlight { index, started, size, interrupted }) =
                     numbers.lock().expect("numbers lock").remove(&file)
                 else {
                     return Err(failed(format!(
@@ -292,6 +292,8 @@ fn listen(
                     )));
                 };
                 let result = match outcome {
+                    // Cut short by Ctrl-C here: whatever the relay made of the abort.
+                    _ if interrupted => Err(SendError::Interrupted),
                     Outcome::Done(bytes) if Some(bytes) == size => Ok(Delivered::Sent { bytes }),
                     Outcome::Done(bytes) => {
                         Err(failed(format!("server stored {bytes} bytes, expected {}", size.unwrap_or(0))))
@@ -337,7 +339,7 @@ fn write_all(
                 numbers
                     .lock()
                     .expect("numbers lock")
-                    .insert(file, InFlight { index, started, size: Some(0) });
+                    .insert(file, InFlight { index, started, size: Some(0), interrupted: false });
                 let what = Begin::Dir { name: item.name.clone(), mode };
                 Frame::Begin { file, what }.write(out).map_err(io_failed)?;
             }
@@ -350,7 +352,10 @@ fn write_all(
                     }
                 };
                 next = file;
-                numbers.lock().expect("numbers lock").insert(file, InFlight { index, started, size: None });
+                numbers
+                    .lock()
+                    .expect("numbers lock")
+                    .insert(file, InFlight { index, started, size: None, interrupted: false });
                 let what = Begin::File { name: item.name.clone(), size: opened.exact, meta: opened.meta };
                 Frame::Begin { file, what }.write(out).map_err(io_failed)?;
                 let sent = copy_file(out, file, &opened.input, opened.exact, &mut buffer, progress);
@@ -366,6 +371,12 @@ fn write_all(
                         Some(reason) => Frame::Abort { file, reason },
                     },
                     Err(Copy::Read(e)) => {
+                        if sys::stop_signal().is_some() {
+                            // A read ended by Ctrl-C: the file is interrupted, not failed.
+                            if let Some(sent) = numbers.lock().expect("numbers lock").get_mut(&file) {
+                                sent.interrupted = true;
+                            }
+                        }
                         Frame::Abort { file, reason: format!("reading the source failed: {e}") }
                     }
                     Err(Copy::Write(e)) => return Err(io_failed(e)),
@@ -383,6 +394,8 @@ struct InFlight {
     started: Instant,
     /// The bytes sent, once the END is written (a folder's: 0).
     size: Option<u64>,
+    /// Its reading was cut short by SIGINT/SIGTERM/SIGHUP (sent as an ABORT).
+    interrupted: bool,
 }
 
 enum Copy {
@@ -880,7 +893,11 @@ mod tests {
             let started = Instant::now();
             let sent = [Some(5), Some(5), Some(7), None];
             let numbers = Mutex::new(
-                (0..4).map(|i| (i as u32 + 1, InFlight { index: i, started, size: sent[i] })).collect(),
+                (0..4)
+                    .map(|i| {
+                        (i as u32 + 1, InFlight { index: i, started, size: sent[i], interrupted: false })
+                    })
+                    .collect(),
             );
             let heard: Mutex<Vec<(usize, ItemResult)>> = Mutex::new(Vec::new());
             let report =
