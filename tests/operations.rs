@@ -247,6 +247,39 @@ fn the_server_prints_a_line_per_client_and_a_line_per_file_only_when_verbose() {
     assert!(clients.len() == 1 && clients[0].contains(&wanted), "{lines:?} lacks {wanted:?}");
 }
 
+/// A folder whose name is a file on the server fails every file in it, large ones
+/// (each gives its stream up) and batched ones alike: the server still prints one
+/// line for the client (each of its streams' ends is not a line of its own).
+#[test]
+fn a_client_whose_files_all_fail_gets_one_server_line() {
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    for i in 0..12 {
+        write_file(&tree, &format!("big{i:02}"), 300_000, i);
+    }
+    for i in 0..30 {
+        write_file(&tree, &format!("small{i:02}"), 50, 100 + i);
+    }
+    let out = tempfile::tempdir().unwrap();
+    fs::write(out.path().join("tree"), b"a file in the way").unwrap();
+    let server = Server::start(&unique_name("onefail"), out.path(), &[]);
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(work.path(), &[]);
+    let mut client = server.client(&config);
+    client.arg(&tree);
+    let output = run(client);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("is a symbolic link or not a folder"), "{}", show(&output));
+    server.wait_for_line("the client's line", |l| l.starts_with("client "));
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = server.stdout();
+    let clients: Vec<&String> = lines.iter().filter(|l| l.starts_with("client ")).collect();
+    assert_eq!(clients.len(), 1, "{lines:?}");
+    assert!(clients[0].contains(": 0 published, 0 skipped, "), "{lines:?}");
+    assert_eq!(fs::read(out.path().join("tree")).unwrap(), b"a file in the way");
+}
+
 /// The client's `--skip-existing` wins over the server's `--overwrite`: files there
 /// already (a small one, sent in a batch, and a large one, sent on its own) are
 /// skipped and left as they are; a new one arrives.

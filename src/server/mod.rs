@@ -110,7 +110,9 @@ pub enum ServerEvent {
         /// Why, for people.
         reason: String,
     },
-    /// A client process's last stream ended: what all its streams did.
+    /// A client process is done: its last stream ended and it exited, or opened no
+    /// new stream for a second (a failed file's stream given up and the next taken
+    /// are one client's work, one line). What all its streams did.
     ClientDone {
         /// The client's process id.
         pid: u32,
@@ -482,6 +484,18 @@ struct Client {
     tally: Tally,
 }
 
+/// A client whose streams have all ended, its line not printed yet.
+struct Departed {
+    since: Instant,
+    tally: Tally,
+    /// When its last stream ended.
+    left: Instant,
+}
+
+/// How long a client with no stream may take to open its next one and still count
+/// as the same run (it gives up a failed file's stream and takes a new one).
+const DEPART_GRACE: Duration = Duration::from_secs(1);
+
 /// Files published, skipped and failed (stream failures count as failures), and
 /// bytes published.
 #[derive(Debug, Default, Clone, Copy)]
@@ -544,6 +558,9 @@ struct Shared {
     /// Live streams and what they did, per client pid: for
     /// `--max-streams-per-client`, and the summary when its last stream ends.
     clients: Mutex<std::collections::HashMap<u32, Client>>,
+    /// Clients whose streams all ended, by pid: a new stream takes its tally back;
+    /// the line is printed once the process exits, or after `DEPART_GRACE`.
+    departed: Mutex<std::collections::HashMap<u32, Departed>>,
     /// Live streams per worker, to place new ones on the least loaded.
     loads: Vec<AtomicUsize>,
     /// Where received files go.
@@ -655,6 +672,7 @@ fn start(
         stopping: AtomicBool::new(false),
         stop,
         clients: Mutex::new(std::collections::HashMap::new()),
+        departed: Mutex::new(std::collections::HashMap::new()),
     };
     shared.publish_stats(&shared.alloc.lock().expect("allocator lock"));
     Ok(Arc::new(shared))
@@ -718,7 +736,38 @@ fn serve(shared: Arc<Shared>, ready: mpsc::Sender<()>, output: String) -> Result
     for worker in workers {
         let _ = worker.join();
     }
+    shared.report_departed(true);
     result
+}
+
+impl Shared {
+    /// Prints the line of each departed client that is done (exited, or gone for
+    /// `DEPART_GRACE`), or of every one when `all` (the server stops).
+    fn report_departed(&self, all: bool) {
+        let done: Vec<(u32, Departed)> = {
+            let mut departed = self.departed.lock().expect("departed lock");
+            let pids: Vec<u32> = departed
+                .iter()
+                .filter(|(&pid, client)| {
+                    all || client.left.elapsed() >= DEPART_GRACE
+                        || sys::process_state(pid) == sys::ProcessState::Gone
+                })
+                .map(|(&pid, _)| pid)
+                .collect();
+            pids.into_iter().filter_map(|pid| departed.remove(&pid).map(|client| (pid, client))).collect()
+        };
+        for (pid, Departed { since, tally, left }) in done {
+            let tally = tally.settled();
+            (self.events)(&ServerEvent::ClientDone {
+                pid,
+                files: tally.files,
+                bytes: tally.bytes,
+                skipped: tally.skipped,
+                failed: tally.failed,
+                seconds: left.duration_since(since).as_secs_f64(),
+            });
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,8 +13,13 @@ pub(super) fn handout_loop(
     let header = shared.segment.header();
     let mut offered: Option<Offer> = None;
     let mut busy_backoff = Duration::from_micros(100);
+    let mut last_report = Instant::now();
     while !shared.stop.load(Ordering::SeqCst) && sys::stop_signal().is_none() {
         header.heartbeat.fetch_add(1, Ordering::Relaxed);
+        if last_report.elapsed() >= REPORT_PERIOD {
+            last_report = Instant::now();
+            shared.report_departed(false);
+        }
         // Relaxed: status only.
         header.heartbeat_at_ms.store(sys::now_ms(), Ordering::Relaxed);
         shared.publish_stats(&shared.alloc.lock().expect("allocator lock"));
@@ -34,11 +39,15 @@ pub(super) fn handout_loop(
                 let mut stream = Stream::activate(shared, offer, pid);
                 let held = {
                     let mut clients = shared.clients.lock().expect("client count lock");
-                    let client = clients.entry(pid).or_insert_with(|| super::Client {
-                        held: 0,
-                        stages: super::ClientStages::default(),
-                        since: std::time::Instant::now(),
-                        tally: super::Tally::default(),
+                    let client = clients.entry(pid).or_insert_with(|| {
+                        // A client back after its streams all ended: one run, one line.
+                        let back = shared.departed.lock().expect("departed lock").remove(&pid);
+                        super::Client {
+                            held: 0,
+                            stages: super::ClientStages::default(),
+                            since: back.as_ref().map_or_else(std::time::Instant::now, |d| d.since),
+                            tally: back.map(|d| d.tally).unwrap_or_default(),
+                        }
                     });
                     client.held += 1;
                     stream.stages = Arc::clone(&client.stages);
@@ -66,6 +75,9 @@ pub(super) fn handout_loop(
     }
     Ok(())
 }
+
+/// How often departed clients are looked at for their line (a /proc read each).
+const REPORT_PERIOD: Duration = Duration::from_millis(50);
 
 /// A record the server allocated and put on offer, with its private facts.
 pub(super) struct Offer {

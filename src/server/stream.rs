@@ -816,15 +816,9 @@ impl Stream {
         }
         let worth_a_line = |c: &Client| c.tally.files + c.tally.skipped + c.tally.failed > 0;
         if let Some(Client { since, tally, .. }) = last.filter(worth_a_line) {
-            let tally = tally.settled();
-            (shared.events)(&ServerEvent::ClientDone {
-                pid: self.client_pid,
-                files: tally.files,
-                bytes: tally.bytes,
-                skipped: tally.skipped,
-                failed: tally.failed,
-                seconds: since.elapsed().as_secs_f64(),
-            });
+            // Its line waits until it exits or stays away (`Shared::report_departed`).
+            let departed = super::Departed { since, tally, left: Instant::now() };
+            shared.departed.lock().expect("departed lock").insert(self.client_pid, departed);
         }
         if let Ok(record) = shared.segment.record(self.offset) {
             // SYNC POINT (record state): pairs with the Acquire in `status::stream_at`.
