@@ -20,7 +20,7 @@ use sharedxfer::checksum::of as xxh3_64;
 use sharedxfer::handout::{self, load_guid};
 use sharedxfer::lock::{acquire, LockDir, HANDOUT_LOCK};
 use sharedxfer::protocol::{self, ClientCommand, ErrorCode, FileMeta, ServerReply};
-use sharedxfer::protocol::{S2C_DONE, S2C_ERROR, S2C_OPENED, S2C_PONG};
+use sharedxfer::protocol::{S2C_DONE, S2C_ERROR, S2C_OPENED, S2C_PONG, S2C_SKIPPED};
 use sharedxfer::ring::SlotState;
 use sharedxfer::segment::{Mailbox, Record, Segment, Slot, HANDOUT_OFFERED, HANDOUT_TAKEN, MAX_SLOTS};
 use sharedxfer::segment::{PHASE_WAITING_FOR_SPACE, RECORD_DROPPED, TEXT_CAPACITY};
@@ -2004,5 +2004,49 @@ fn data_handed_over_after_finish_fails_the_stream_instead_of_holding_its_worker(
     assert!(output.status.success(), "{}", show(&output));
     assert!(fs::read(tree.out().join("after.bin")).unwrap() == fs::read(&source).unwrap());
     wait_until("the refused file's temporary file removed", || server.temp_files().is_empty());
+    assert_alive(&server);
+}
+
+/// A reply written into a client's record by someone who took the record over (its
+/// GUID rewritten) is never taken for the server's answer: the client fails the
+/// file instead of believing it (here a forged `Skipped`, which a client that asked
+/// to skip existing files would take for a success).
+#[test]
+fn a_reply_in_a_record_that_changed_hands_is_not_believed() {
+    let tree = Tree::new();
+    let server = Server::start(&unique_name("forged"), &tree.out(), &[]);
+    let source = write_file(&tree.src(), "victim.bin", 300_000, 31);
+    let config = write_config(&tree.src(), &[&source]);
+    let probe = Probe::open(&server.name);
+    let record = probe.record(probe.wait_offer());
+    // The server sleeps: the client takes the record on offer and waits for its answer.
+    signal(server.pid(), "STOP");
+    let client = Running::spawn({
+        let mut c = server.patient_client(&config);
+        c.args(["--skip-existing", "1"]);
+        c
+    });
+    wait_until("the client's command", || record.c2s.seq.load(Ordering::Acquire) != 0);
+    let guid = load_guid(&record.guid);
+    let (hi, lo) = Uuid::new_v4().as_u64_pair();
+    record.guid[0].store(hi, Ordering::Relaxed);
+    record.guid[1].store(lo, Ordering::Relaxed);
+    protocol::post(&record.s2c, 1, S2C_SKIPPED, [0; 4], &[]);
+    record.client_event.notify();
+    let output = client.finish();
+    signal(server.pid(), "CONT");
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("given to another stream"), "{}", show(&output));
+    assert_ne!(guid, load_guid(&record.guid));
+    // The server goes on serving others.
+    let again = write_file(&tree.src(), "after.bin", 5_000, 32);
+    let config = write_config(&tree.src(), &[&again]);
+    let output = run({
+        let mut c = server.client(&config);
+        c.arg("1");
+        c
+    });
+    assert!(output.status.success(), "{}", show(&output));
+    assert!(fs::read(tree.out().join("after.bin")).unwrap() == fs::read(&again).unwrap());
     assert_alive(&server);
 }
