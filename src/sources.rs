@@ -65,6 +65,9 @@ pub enum Verdict {
     Skip(String),
     /// Not sent: the user must fix something (exit 2).
     Refuse(String),
+    /// The same file as the item at this index (another stream id naming it): sent
+    /// once, as that one; its result is that one's.
+    Same(usize),
 }
 
 /// One thing to send.
@@ -575,6 +578,7 @@ fn apply_as_name(items: &mut [Item], as_name: Option<&str>) -> Result<(), String
         [item] => match &item.verdict {
             Verdict::Refuse(message) | Verdict::Skip(message) => Err(message.clone()),
             Verdict::Send => unreachable!("matched above"),
+            Verdict::Same(_) => unreachable!("repeats are found after --as is applied"),
         },
         _ => Err(format!("--as needs exactly one file or `-` to send; {} were given", items.len())),
     }
@@ -646,7 +650,7 @@ fn dedupe(items: Vec<Item>) -> Result<Vec<Item>, String> {
     // First, by index: names borrowed from `items`, no copies.
     let mut first: HashMap<&str, usize> = HashMap::with_capacity(items.len());
     let mut dropped = vec![false; items.len()];
-    let mut kept_as: Vec<Option<String>> = vec![None; items.len()];
+    let mut same_as: Vec<Option<usize>> = vec![None; items.len()];
     for (index, item) in items.iter().enumerate() {
         if item.verdict != Verdict::Send {
             continue;
@@ -666,26 +670,31 @@ fn dedupe(items: Vec<Item>) -> Result<Vec<Item>, String> {
                     ));
                 }
                 // A stream id still gets its line: it names the file sent once.
-                kept_as[index] = match (item.origin, other.origin) {
-                    (Origin::Id(_), Origin::Id(first)) => {
-                        Some(format!("the same file as stream {first}, sent once"))
-                    }
-                    (Origin::Id(_), _) => Some(format!("the same file as {}, sent once", other.human())),
-                    _ => None,
-                };
+                if matches!(item.origin, Origin::Id(_)) {
+                    same_as[index] = Some(*seen.get());
+                }
                 dropped[index] = true;
             }
         }
     }
     drop(first);
+    // Where each kept item lands once the dropped ones are gone.
+    let mut at = vec![0; dropped.len()];
+    let mut next = 0;
+    for index in 0..dropped.len() {
+        at[index] = next;
+        if !dropped[index] || same_as[index].is_some() {
+            next += 1;
+        }
+    }
     let kept: Vec<Item> = items
         .into_iter()
         .zip(dropped)
-        .zip(kept_as)
-        .filter_map(|((mut item, dropped), kept_as)| match (dropped, kept_as) {
+        .zip(same_as)
+        .filter_map(|((mut item, dropped), same_as)| match (dropped, same_as) {
             (false, _) => Some(item),
-            (true, Some(why)) => {
-                item.verdict = Verdict::Skip(why);
+            (true, Some(first)) => {
+                item.verdict = Verdict::Same(at[first]);
                 Some(item)
             }
             (true, None) => None,

@@ -241,10 +241,24 @@ fn ids_naming_one_file_send_it_once_and_each_gets_its_line() {
     let text = stdout_of(&output);
     assert!(text.contains("stream 1: sent same.bin (1000 bytes)"), "{}", show(&output));
     for id in [2, 3] {
-        let line = format!("stream {id}: skipped same.bin (the same file as stream 1, sent once)");
+        let line = format!("stream {id}: sent, as stream 1: the same file (same.bin)");
         assert!(text.contains(&line), "no {line:?}\n{}", show(&output));
     }
     assert!(fs::read(out.path().join("same.bin")).unwrap() == fs::read(&file).unwrap());
+    // Sent again: the file is there, so stream 1 fails, and the others with it;
+    // the summary counts the file once.
+    let output = run({
+        let mut c = server.client(&config);
+        c.args(["--json", "1", "2", "3"]);
+        c
+    });
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    let doc: serde_json::Value = serde_json::from_str(&stdout_of(&output)).unwrap();
+    assert_eq!((doc["failed"].as_u64(), doc["skipped"].as_u64()), (Some(1), Some(0)), "{doc}");
+    let files = doc["files"].as_array().unwrap();
+    assert_eq!(files.len(), 3, "{doc}");
+    assert!(files.iter().all(|f| f["status"] == "failed"), "{doc}");
+    assert_eq!(files[1]["same_as"], "stream 1", "{doc}");
 }
 
 #[test]

@@ -257,13 +257,12 @@ fn preset(item: &Item) -> Option<Outcome> {
     match &item.verdict {
         Verdict::Send => None,
         Verdict::Skip(why) => {
-            // A stream id says why on its own line, at the end.
-            if !matches!(item.origin, Origin::Id(_)) {
-                errln!("skipped: {why}");
-            }
+            errln!("skipped: {why}");
             Some(Outcome::Skipped)
         }
         Verdict::Refuse(why) => Some(Outcome::Failed(SendError::Usage(why.clone()))),
+        // The outcome of the item sent in its place, read when reporting.
+        Verdict::Same(_) => None,
     }
 }
 
@@ -289,6 +288,31 @@ fn report(board: &Board, front: &Front, elapsed: Duration) -> ExitStatus {
     let mut files = Vec::new();
     let mut failures = FailureLines::default();
     for (index, item) in board.items.iter().enumerate() {
+        if let Verdict::Same(first) = item.verdict {
+            // Another id naming a file already listed: its line, counted once.
+            let (state, error, _) = match outcomes[first].as_ref() {
+                Some(outcome) => outcome_view(outcome),
+                None => ("interrupted", None, ExitStatus::Interrupted),
+            };
+            let first_id = match board.items[first].origin {
+                Origin::Id(id) => format!("stream {id}"),
+                Origin::Path => board.items[first].human(),
+            };
+            if front.json {
+                files.push(serde_json::json!({
+                    "source": item.shown, "name": item.name, "bytes": 0, "status": state, "error": error,
+                    "same_as": first_id,
+                }));
+            } else if let (Origin::Id(id), false) = (item.origin, front.quiet && error.is_none()) {
+                let line =
+                    format!("stream {id}: {state}, as {first_id}: the same file ({})", escaped(&item.name));
+                match error {
+                    None => outln!("{line}"),
+                    Some(_) => errln!("{line}"),
+                }
+            }
+            continue;
+        }
         let outcome = outcomes[index].as_ref();
         let (state, error, this) = match outcome {
             Some(outcome) => outcome_view(outcome),
@@ -453,10 +477,6 @@ fn print_stream_line(id: StreamId, item: &Item, outcome: Option<&Outcome>, state
         (Some(Outcome::Done(Delivered::Skipped, _)), _) => {
             outln!("stream {id}: skipped {} (exists)", escaped(&item.name))
         }
-        (Some(Outcome::Skipped), _) => match &item.verdict {
-            Verdict::Skip(why) => outln!("stream {id}: skipped {} ({why})", escaped(&item.name)),
-            _ => outln!("stream {id}: skipped"),
-        },
         (_, Some(error)) => errln!("stream {id}: failed: {error}"),
         _ => errln!("stream {id}: {state}"),
     }

@@ -270,10 +270,12 @@ impl Sender {
         };
         self.commit_staged(&staging, kept, items, &results, progress);
         streams.lock().expect("streams lock").clear();
-        results
+        let mut results: Vec<_> = results
             .into_iter()
             .map(|slot| slot.into_inner().expect("result lock").unwrap_or(Err(SendError::Interrupted)))
-            .collect()
+            .collect();
+        same_results(items, &mut results);
+        results
     }
 
     fn run_phase<'c>(
@@ -810,6 +812,20 @@ fn verdict_result(item: &Item) -> Option<Result<Delivered, SendError>> {
         Verdict::Send => None,
         Verdict::Skip(_) => Some(Ok(Delivered::Skipped)),
         Verdict::Refuse(why) => Some(Err(SendError::Usage(why.clone()))),
+        // Its result is copied from the item sent in its place (`same_results`).
+        Verdict::Same(_) => None,
+    }
+}
+
+/// Gives each item that names the same file as another (`Verdict::Same`) that
+/// item's result.
+pub(super) fn same_results(items: &[Item], results: &mut [Result<Delivered, SendError>]) {
+    for (index, item) in items.iter().enumerate() {
+        if let Verdict::Same(first) = item.verdict {
+            if let Some(result) = results.get(first).cloned() {
+                results[index] = result;
+            }
+        }
     }
 }
 

@@ -259,17 +259,19 @@ fn run(
             report(index, Err(error), Instant::now());
         }
     }
-    Ok(results
+    let mut results: Vec<_> = results
         .into_iter()
         .zip(items)
         .map(|(slot, item)| {
             slot.into_inner().expect("result lock").unwrap_or_else(|| match &item.verdict {
                 Verdict::Skip(_) => Ok(Delivered::Skipped),
                 Verdict::Refuse(why) => Err(SendError::Usage(why.clone())),
-                Verdict::Send => Err(SendError::Interrupted),
+                Verdict::Send | Verdict::Same(_) => Err(SendError::Interrupted),
             })
         })
-        .collect())
+        .collect();
+    super::same_results(items, &mut results);
+    Ok(results)
 }
 
 /// Reads RESULT frames until the relay closes its output.
