@@ -120,7 +120,7 @@ pub enum ExitStatus {
     Failure = 1,
     /// Bad command line or configuration.
     Usage = 2,
-    /// The client was stopped by SIGINT or SIGTERM before it was done (a server
+    /// The client was stopped by SIGINT, SIGTERM or SIGHUP before it was done (a server
     /// stopped on request exits 0).
     Interrupted = 130,
 }
@@ -140,5 +140,5 @@ impl From<ExitStatus> for std::process::ExitCode {
 
 /// The exit-code table, shown in `--help` of both binaries.
 pub const EXIT_CODES_HELP: &str = "Exit codes: 0 all done (for the server: stopped on request by \
-SIGTERM or SIGINT), 1 a stream or the peer failed, 2 usage or configuration error, 130 the \
-client interrupted (SIGINT/SIGTERM).";
+SIGTERM, SIGINT or SIGHUP), 1 a stream or the peer failed, 2 usage or configuration error, 130 \
+the client interrupted (SIGINT/SIGTERM/SIGHUP).";

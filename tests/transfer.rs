@@ -209,15 +209,19 @@ fn config_problems_are_named_with_exit_2() {
 
     // The server too: an options file named with -c must be there (else the files
     // would land in the current folder), even beside an OUTPUT_DIR.
-    for with_output_dir in [false, true] {
+    // Named as the default is spelt, too: it was named.
+    for (with_output_dir, named) in
+        [(false, missing.as_path()), (true, &missing), (false, std::path::Path::new("options.xml"))]
+    {
         let mut command = std::process::Command::new(SERVER);
-        command.current_dir(dir.path()).args(["--name", &unique_name("cfgmiss"), "-c"]).arg(&missing);
+        command.current_dir(dir.path()).args(["--name", &unique_name("cfgmiss"), "-c"]).arg(named);
         if with_output_dir {
             command.arg(dir.path().join("out"));
         }
         let output = run(command);
         assert_eq!(output.status.code(), Some(2), "{}", show(&output));
-        assert!(stderr_of(&output).contains("nope.xml"), "{}", show(&output));
+        let file_name = named.file_name().unwrap().to_str().unwrap();
+        assert!(stderr_of(&output).contains(file_name), "{}", show(&output));
         assert!(!dir.path().join("out").exists(), "{}", show(&output));
     }
 }

@@ -129,7 +129,7 @@ pub fn main(cli: ClientCli) -> ExitStatus {
         from0: cli.from0,
         as_name: cli.as_name.as_deref(),
         follow_symlinks: cli.follow_symlinks,
-        config: &cli.common.config,
+        config: cli.common.config_path(),
         // Sizes for the bar's total; without a bar, files are sized when opened.
         sizes: show_bars,
     };
@@ -230,7 +230,7 @@ fn send_watching_for_stop<T: Send>(send: impl FnOnce() -> T + Send, front: &Fron
 }
 
 /// Runs `work` (walking folders, reading a `--files-from` list from a terminal),
-/// exiting 130 at once on SIGINT/SIGTERM: nothing has been sent yet, and the
+/// exiting 130 at once on SIGINT/SIGTERM/SIGHUP: nothing has been sent yet, and the
 /// standard library retries reads the signal interrupts.
 fn exit_on_stop_during<T>(work: impl FnOnce() -> T) -> T {
     let (done, finished) = std::sync::mpsc::channel::<()>();

@@ -7,7 +7,7 @@ pub mod client;
 pub mod server;
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser};
 
@@ -19,9 +19,10 @@ pub const DEFAULT_SIZE: &str = "64M";
 /// Flags both binaries take.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// The options file.
-    #[arg(short = 'c', long = "config", value_name = "PATH", default_value = crate::config::DEFAULT_CONFIG)]
-    pub config: PathBuf,
+    /// The options file [default: options.xml; the server needs it only without
+    /// OUTPUT_DIR, and only one named here must exist].
+    #[arg(short = 'c', long = "config", value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Segment name; lock files and every other name derive from it.
     #[arg(short = 'n', long = "name", value_name = "NAME", default_value = DEFAULT_NAME)]
     pub name: String,
@@ -31,8 +32,15 @@ pub struct Common {
     pub quiet: bool,
 }
 
+impl Common {
+    /// The options file: the one named with `-c`, else `options.xml`.
+    pub fn config_path(&self) -> &Path {
+        self.config.as_deref().unwrap_or(Path::new(crate::config::DEFAULT_CONFIG))
+    }
+}
+
 /// sharedserver: create the shared-memory segment and write every file clients send
-/// into OUTPUT_DIR. Runs until SIGINT or SIGTERM.
+/// into OUTPUT_DIR. Runs until SIGINT, SIGTERM or SIGHUP.
 #[derive(Debug, Parser)]
 #[command(name = "sharedserver", version, after_help = crate::EXIT_CODES_HELP)]
 pub struct ServerCli {

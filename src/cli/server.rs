@@ -9,14 +9,14 @@ use crate::config::{Config, ConfigError};
 use crate::server::{Server, ServerEvent, ServerOptions};
 use crate::{sys, ExitStatus};
 
-/// Runs `sharedserver` until SIGINT or SIGTERM; returns its exit status.
+/// Runs `sharedserver` until SIGINT, SIGTERM or SIGHUP; returns its exit status.
 pub fn main(cli: ServerCli) -> ExitStatus {
     sys::install_stop_handlers();
     // The default options.xml is read only for want of OUTPUT_DIR; one named with
     // `-c` is always read (a typo in its path is an error, not a silent default).
-    let named = cli.common.config != Path::new(crate::config::DEFAULT_CONFIG);
+    let named = cli.common.config.is_some();
     let from_config = match named || cli.output_dir.is_none() {
-        true => config_output_dir(&cli.common.config),
+        true => config_output_dir(cli.common.config_path(), named),
         false => Ok(None),
     };
     let output_dir = match (cli.output_dir.clone(), from_config) {
@@ -62,7 +62,7 @@ pub fn main(cli: ServerCli) -> ExitStatus {
         .start();
     let result = started.and_then(Server::wait);
     match result {
-        // The server's normal way to end is SIGTERM or SIGINT: a clean stop on
+        // The server's normal way to end is SIGTERM, SIGINT or SIGHUP: a clean stop on
         // request is a success (systemd, Docker and supervisors read it so).
         Ok(()) => ExitStatus::Success,
         Err(e) => {
@@ -99,13 +99,10 @@ fn print(event: &ServerEvent, shown: Shown) {
 /// The config's `<server outputpath>`, if it has one. The default options.xml may
 /// be missing (the server needs nothing from it); one named with `-c` may not, and a
 /// broken one is an error either way.
-fn config_output_dir(config: &Path) -> Result<Option<PathBuf>, ConfigError> {
+fn config_output_dir(config: &Path, named: bool) -> Result<Option<PathBuf>, ConfigError> {
     match Config::load(config) {
         Ok(config) => Ok(config.output_path),
-        Err(ConfigError::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound
-                && config == Path::new(crate::config::DEFAULT_CONFIG) =>
-        {
+        Err(ConfigError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound && !named => {
             Ok(None)
         }
         Err(e) => Err(e),

@@ -52,7 +52,7 @@ pub enum SendError {
     Failed(String),
     /// Reading the source failed.
     Io(Arc<io::Error>),
-    /// SIGINT or SIGTERM (routed with `sys::install_stop_handlers`).
+    /// SIGINT, SIGTERM or SIGHUP (routed with `sys::install_stop_handlers`).
     Interrupted,
 }
 
@@ -213,7 +213,7 @@ impl Sender {
     /// Sends `items` (from `sources::plan`) with at most `jobs` streams: every
     /// folder first, in order of depth, then every file. Items that are not to be
     /// sent (refused or skipped when planned) get their verdict as result. Stops
-    /// taking new items on SIGINT/SIGTERM; those left get `Interrupted`.
+    /// taking new items on SIGINT/SIGTERM/SIGHUP; those left get `Interrupted`.
     pub fn send_items(&self, items: &[Item], progress: &dyn Progress) -> Vec<Result<Delivered, SendError>> {
         let results: Vec<Mutex<Option<Result<Delivered, SendError>>>> =
             items.iter().map(|item| Mutex::new(verdict_result(item))).collect();

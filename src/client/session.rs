@@ -61,7 +61,7 @@ pub(super) struct Watchdog<'a> {
     pub(super) connection: &'a Connection,
     pub(super) last_beat: u64,
     pub(super) beat_seen: Instant,
-    /// SIGINT/SIGTERM do not end this stream's waits (see `Session::outlast_stop`).
+    /// SIGINT/SIGTERM/SIGHUP do not end this stream's waits (see `Session::outlast_stop`).
     pub(super) outlast_stop: bool,
 }
 
@@ -237,7 +237,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Keeps this stream going after SIGINT/SIGTERM: the stream held for the commit
+    /// Keeps this stream going after SIGINT/SIGTERM/SIGHUP: the stream held for the commit
     /// of staged folders, which is sent even then (one round trip), so what the
     /// client reports is what the server published. A server that does not answer
     /// is still noticed (gone, stopping, silent for `--timeout`); `sharedclient`

@@ -337,7 +337,7 @@ impl ServerBuilder {
 }
 
 /// A running server. It stops on [`Server::shutdown`], when dropped, or on
-/// SIGINT/SIGTERM if the program routes them with `sys::install_stop_handlers`.
+/// SIGINT/SIGTERM/SIGHUP if the program routes them with `sys::install_stop_handlers`.
 pub struct Server {
     name: String,
     stop: Arc<AtomicBool>,
@@ -379,7 +379,7 @@ impl Server {
         self.join()
     }
 
-    /// Waits until the server stops (SIGINT/SIGTERM, or `shutdown` from elsewhere).
+    /// Waits until the server stops (SIGINT/SIGTERM/SIGHUP, or `shutdown` from elsewhere).
     pub fn wait(mut self) -> Result<(), ServerError> {
         self.join()
     }
@@ -474,6 +474,9 @@ struct Stage {
 }
 
 struct Client {
+    /// When the process started (clock ticks after boot): a pid used again by
+    /// another process is another client.
+    started: Option<u64>,
     /// Its live streams.
     held: usize,
     /// The folders it staged (its streams share this).
@@ -486,10 +489,13 @@ struct Client {
 
 /// A client whose streams have all ended, its line not printed yet.
 struct Departed {
+    started: Option<u64>,
     since: Instant,
     tally: Tally,
     /// When its last stream ended.
     left: Instant,
+    /// Its staged folders are still being published (their counts may change).
+    settling: bool,
 }
 
 /// How long a client with no stream may take to open its next one and still count
@@ -741,6 +747,64 @@ fn serve(shared: Arc<Shared>, ready: mpsc::Sender<()>, output: String) -> Result
 }
 
 impl Shared {
+    /// The entry of a client whose first stream (or first since its last ended) is
+    /// being handed out, with the tally of its run so far if it is back within the
+    /// grace. Called with the clients lock held.
+    fn arrive(&self, pid: u32) -> Client {
+        let started = sys::process_start_ticks(pid);
+        let back = self.departed.lock().expect("departed lock").remove(&pid);
+        // The same process (another one that got its pid is another client).
+        let (back, other) = match back {
+            Some(back) if back.started == started => (Some(back), None),
+            other => (None, other),
+        };
+        if let Some(other) = other {
+            self.print_departed(pid, other);
+        }
+        Client {
+            started,
+            held: 0,
+            stages: ClientStages::default(),
+            since: back.as_ref().map_or_else(Instant::now, |d| d.since),
+            tally: back.map(|d| d.tally).unwrap_or_default(),
+        }
+    }
+
+    /// `client`'s last stream ended: its line waits until it exits or stays away
+    /// (`report_departed`). Called with the clients lock held.
+    fn depart(&self, pid: u32, client: Client) {
+        let Client { started, since, tally, .. } = client;
+        let mut departed = self.departed.lock().expect("departed lock");
+        let entry = departed.entry(pid).or_insert(Departed {
+            started,
+            since,
+            tally: Tally::default(),
+            left: Instant::now(),
+            settling: true,
+        });
+        entry.tally.add(tally);
+        entry.left = Instant::now();
+        entry.settling = true;
+    }
+
+    /// Changes the tally of client `pid`, live or departed.
+    fn adjust_tally(&self, pid: u32, change: impl FnOnce(&mut Tally)) {
+        let mut clients = self.clients.lock().expect("client count lock");
+        if let Some(client) = clients.get_mut(&pid) {
+            return change(&mut client.tally);
+        }
+        if let Some(client) = self.departed.lock().expect("departed lock").get_mut(&pid) {
+            change(&mut client.tally);
+        }
+    }
+
+    /// A departed client's counts are final: its line may be printed.
+    fn settle(&self, pid: u32) {
+        if let Some(client) = self.departed.lock().expect("departed lock").get_mut(&pid) {
+            client.settling = false;
+        }
+    }
+
     /// Prints the line of each departed client that is done (exited, or gone for
     /// `DEPART_GRACE`), or of every one when `all` (the server stops).
     fn report_departed(&self, all: bool) {
@@ -749,24 +813,34 @@ impl Shared {
             let pids: Vec<u32> = departed
                 .iter()
                 .filter(|(&pid, client)| {
-                    all || client.left.elapsed() >= DEPART_GRACE
-                        || sys::process_state(pid) == sys::ProcessState::Gone
+                    all || !client.settling
+                        && (client.left.elapsed() >= DEPART_GRACE
+                            || sys::process_state(pid) == sys::ProcessState::Gone
+                            || sys::process_start_ticks(pid) != client.started)
                 })
                 .map(|(&pid, _)| pid)
                 .collect();
             pids.into_iter().filter_map(|pid| departed.remove(&pid).map(|client| (pid, client))).collect()
         };
-        for (pid, Departed { since, tally, left }) in done {
-            let tally = tally.settled();
-            (self.events)(&ServerEvent::ClientDone {
-                pid,
-                files: tally.files,
-                bytes: tally.bytes,
-                skipped: tally.skipped,
-                failed: tally.failed,
-                seconds: left.duration_since(since).as_secs_f64(),
-            });
+        for (pid, client) in done {
+            self.print_departed(pid, client);
         }
+    }
+
+    /// A departed client's line, if it did anything.
+    fn print_departed(&self, pid: u32, Departed { since, tally, left, .. }: Departed) {
+        if tally.files + tally.skipped + tally.failed == 0 {
+            return;
+        }
+        let tally = tally.settled();
+        (self.events)(&ServerEvent::ClientDone {
+            pid,
+            files: tally.files,
+            bytes: tally.bytes,
+            skipped: tally.skipped,
+            failed: tally.failed,
+            seconds: left.duration_since(since).as_secs_f64(),
+        });
     }
 }
 

@@ -39,16 +39,7 @@ pub(super) fn handout_loop(
                 let mut stream = Stream::activate(shared, offer, pid);
                 let held = {
                     let mut clients = shared.clients.lock().expect("client count lock");
-                    let client = clients.entry(pid).or_insert_with(|| {
-                        // A client back after its streams all ended: one run, one line.
-                        let back = shared.departed.lock().expect("departed lock").remove(&pid);
-                        super::Client {
-                            held: 0,
-                            stages: super::ClientStages::default(),
-                            since: back.as_ref().map_or_else(std::time::Instant::now, |d| d.since),
-                            tally: back.map(|d| d.tally).unwrap_or_default(),
-                        }
-                    });
+                    let client = clients.entry(pid).or_insert_with(|| shared.arrive(pid));
                     client.held += 1;
                     stream.stages = Arc::clone(&client.stages);
                     client.held

@@ -781,17 +781,21 @@ impl Stream {
     pub(super) fn release(mut self, shared: &Shared) {
         self.drop_transfer(shared);
         let mut clients = shared.clients.lock().expect("client count lock");
-        let mut last = None;
+        let mut last = false;
         if let Some(client) = clients.get_mut(&self.client_pid) {
             client.held -= 1;
             client.tally.add(self.tally);
             if client.held == 0 {
-                last = clients.remove(&self.client_pid);
+                // Departed while the clients lock is held: a stream of this pid handed
+                // out meanwhile finds the tally there (lock order: clients, departed).
+                let client = clients.remove(&self.client_pid).expect("found above");
+                shared.depart(self.client_pid, client);
+                last = true;
             }
         }
         drop(clients);
         self.flush_stage_counts();
-        if last.is_some() {
+        if last {
             // A client gone without committing (killed, or its streams dropped), or the
             // server stopping: what it staged is published as far as it got, as each
             // file would have been without staging. Every file in it is whole: one in
@@ -806,19 +810,14 @@ impl Stream {
                     continue; // committed already
                 }
                 if let Err(e) = shared.sink.abandon_staged(&stage.hidden, &root) {
-                    if let Some(client) = last.as_mut() {
-                        client.tally.drop_staged(&stage);
-                        client.tally.failed += 1;
-                    }
+                    shared.adjust_tally(self.client_pid, |tally| {
+                        tally.drop_staged(&stage);
+                        tally.failed += 1;
+                    });
                     (shared.events)(&ServerEvent::Failed { name: root, reason: e.message });
                 }
             }
-        }
-        let worth_a_line = |c: &Client| c.tally.files + c.tally.skipped + c.tally.failed > 0;
-        if let Some(Client { since, tally, .. }) = last.filter(worth_a_line) {
-            // Its line waits until it exits or stays away (`Shared::report_departed`).
-            let departed = super::Departed { since, tally, left: Instant::now() };
-            shared.departed.lock().expect("departed lock").insert(self.client_pid, departed);
+            shared.settle(self.client_pid);
         }
         if let Ok(record) = shared.segment.record(self.offset) {
             // SYNC POINT (record state): pairs with the Acquire in `status::stream_at`.
