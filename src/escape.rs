@@ -21,15 +21,17 @@ pub fn escaped(name: &str) -> Cow<'_, str> {
 
 /// Control characters, backslashes, and the invisible characters that reorder or
 /// hide text on screen (bidirectional overrides and isolates, marks, zero-width
-/// space, word joiners, BOM, soft hyphen): a name holding U+202E can show as
+/// space, word joiners, line and paragraph separators, BOM, soft hyphen, blank
+/// Hangul fillers, tag characters): a name holding U+202E can show as
 /// `txt.exe` while being `exe.txt`. Zero-width (non-)joiners stay, as emoji
 /// sequences and Persian words need them.
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || c == '\\'
         || matches!(c,
-            '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}' | '\u{200e}' | '\u{200f}'
-            | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
+            '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{115f}' | '\u{1160}' | '\u{180e}' | '\u{200b}'
+            | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}'
+            | '\u{3164}' | '\u{feff}' | '\u{ffa0}' | '\u{fff9}'..='\u{fffb}' | '\u{e0000}'..='\u{e007f}')
 }
 
 fn push_escaped(out: &mut String, text: &str) {
@@ -89,6 +91,7 @@ mod tests {
         assert_eq!(escaped("nu/\u{202e}txt.exe"), "nu/\\u{202e}txt.exe");
         assert_eq!(escaped("a\u{200b}b\u{feff}"), "a\\u{200b}b\\u{feff}");
         assert_eq!(escaped("\u{2067}x\u{2069}"), "\\u{2067}x\\u{2069}");
+        assert_eq!(escaped("a\u{2028}b\u{3164}\u{e0041}"), "a\\u{2028}b\\u{3164}\\u{e0041}");
         // Joiners in emoji and Persian words are kept.
         let family = "\u{1f468}\u{200d}\u{1f469}\u{200d}\u{1f467}.jpg";
         assert!(matches!(escaped(family), Cow::Borrowed(_)));

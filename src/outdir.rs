@@ -33,8 +33,10 @@ impl std::fmt::Display for PathError {
     }
 }
 
-/// OUTPUT_DIR, opened afresh for each file so that a folder removed and made again
-/// while the server runs is used again.
+/// OUTPUT_DIR. Folders are opened from it afresh when the stream's `DirCache` does
+/// not hold them (or a folder above them), and again from it when a kept one turns
+/// out to be gone: a folder removed and made again while the server runs is used
+/// again.
 #[derive(Debug, Clone)]
 pub struct OutputDir {
     path: PathBuf,
@@ -51,10 +53,11 @@ pub struct Target {
     pub plain: bool,
 }
 
-/// The last few folders a stream wrote into, kept open: files of one folder usually
-/// come close together, and each would otherwise cost an `openat` and a `close` per
-/// path component. Cleared on any failure, so a folder removed and made again is
-/// opened afresh.
+/// The last few folders a stream wrote into or passed through, kept open: files of
+/// one folder usually come close together, and each would otherwise cost an
+/// `openat` and a `close` per path component. Cleared on any failure, so a folder
+/// removed and made again is opened afresh. (A folder kept open that is moved
+/// elsewhere in the output is still written into, as a file being written is.)
 #[derive(Default)]
 pub struct DirCache {
     /// (relative folder, descriptor, no default ACL once asked), most recently used
@@ -63,7 +66,7 @@ pub struct DirCache {
 }
 
 /// Folders a `DirCache` keeps open.
-const CACHED_DIRS: usize = 16;
+const CACHED_DIRS: usize = 8;
 
 impl DirCache {
     /// Forgets the kept folders, so the next file opens its folder afresh.
@@ -140,6 +143,23 @@ impl OutputDir {
     /// above it that `cache` keeps; every folder opened is kept, the last most
     /// recently (a tree's next folder is mostly a sibling or a child: one `openat`).
     fn open_folders(
+        &self,
+        rel: &str,
+        folders: &str,
+        last_mode: Option<u32>,
+        cache: &mut DirCache,
+    ) -> Result<(), PathError> {
+        match self.open_folders_from_kept(rel, folders, last_mode, cache) {
+            // A kept folder was removed meanwhile: once more, from the output folder.
+            Err(e) if e.kind == io::ErrorKind::NotFound && !cache.recent.is_empty() => {
+                cache.clear();
+                self.open_folders_from_kept(rel, folders, last_mode, cache)
+            }
+            other => other,
+        }
+    }
+
+    fn open_folders_from_kept(
         &self,
         rel: &str,
         folders: &str,
@@ -368,5 +388,43 @@ impl Incoming {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kept folder removed while the stream goes on: the next file's folders are
+    /// made again from the output folder, not looked for in the removed one.
+    #[test]
+    fn folders_removed_meanwhile_are_made_again() {
+        let out = tempfile::tempdir().unwrap();
+        let output = OutputDir::new(out.path());
+        let mut cache = DirCache::default();
+        output.target("a/b/first", &mut cache).unwrap();
+        assert!(out.path().join("a/b").is_dir());
+        std::fs::remove_dir_all(out.path().join("a")).unwrap();
+        let target = output.target("a/b/c/second", &mut cache).unwrap();
+        assert!(out.path().join("a/b/c").is_dir());
+        sys::create_new_at(target.parent.as_fd(), &target.base).unwrap();
+        assert!(out.path().join("a/b/c/second").is_file());
+    }
+
+    /// A folder sent is made with exactly its mode; one already there is kept as
+    /// it is; folders above it are made as `mkdir -p` would.
+    #[test]
+    fn make_dirs_sets_the_mode_of_a_new_folder_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let out = tempfile::tempdir().unwrap();
+        let output = OutputDir::new(out.path());
+        let mut cache = DirCache::default();
+        output.make_dirs("x/y", 0o750, &mut cache).unwrap();
+        let mode = |p: &str| std::fs::metadata(out.path().join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("x/y"), 0o750);
+        output.make_dirs("x/y", 0o700, &mut cache).unwrap();
+        assert_eq!(mode("x/y"), 0o750, "an existing folder keeps its mode");
+        output.make_dirs("x/y/z", 0o705, &mut cache).unwrap();
+        assert_eq!(mode("x/y/z"), 0o705);
     }
 }

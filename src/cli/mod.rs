@@ -123,7 +123,7 @@ pub struct ClientCli {
     #[arg(long = "timeout", value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
     /// Run COUNT ping-pong round trips on one stream and print min/median/p99.
-    #[arg(long = "ping", value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..), conflicts_with_all = ["args", "all", "files_from"])]
+    #[arg(long = "ping", value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..), conflicts_with_all = ["args", "all", "files_from", "as_name", "skip_existing"])]
     pub ping: Option<u64>,
     /// Streams sent at once, whatever the number of files (at most the server's
     /// --max-streams-per-client).

@@ -297,9 +297,12 @@ fn listen(
                     // Cut short by Ctrl-C here: whatever the relay made of the abort.
                     _ if interrupted => Err(SendError::Interrupted),
                     Outcome::Done(bytes) if Some(bytes) == size => Ok(Delivered::Sent { bytes }),
-                    Outcome::Done(bytes) => {
-                        Err(failed(format!("server stored {bytes} bytes, expected {}", size.unwrap_or(0))))
-                    }
+                    Outcome::Done(bytes) => Err(failed(match size {
+                        Some(size) => format!("server stored {bytes} bytes, expected {size}"),
+                        None => {
+                            format!("the relay said {bytes} bytes were stored before the file was sent whole")
+                        }
+                    })),
                     Outcome::Skipped if skip_existing => Ok(Delivered::Skipped),
                     Outcome::Skipped => Err(failed("the server skipped a file it was not asked to skip")),
                     Outcome::Failed { code: 2, message } => Err(SendError::Usage(message)),
@@ -915,7 +918,9 @@ mod tests {
                 }
             }
             // An answer before the file's END was written claims bytes never sent.
-            assert!(matches!(&heard[3], (3, Err(_))), "{heard:?}");
+            assert!(
+                matches!(&heard[3], (3, Err(e)) if e.to_string().contains("before the file was sent whole"))
+            );
         }
     }
 }
