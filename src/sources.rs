@@ -334,7 +334,7 @@ impl Planner<'_> {
             source: Source::Path { path: dir.to_path_buf(), no_follow: true },
             shown: dir.display().to_string(),
             name: name.to_owned(),
-            kind: Kind::Dir { mode: meta.permissions().mode() & MODE_BITS },
+            kind: Kind::Dir { mode: dir_mode(meta) },
             size_hint: None,
             verdict: Verdict::Send,
         });
@@ -486,7 +486,7 @@ impl Planner<'_> {
                     source: Source::Path { path: path.to_path_buf(), no_follow: false },
                     shown: path.display().to_string(),
                     name,
-                    kind: Kind::Dir { mode: meta.permissions().mode() & MODE_BITS },
+                    kind: Kind::Dir { mode: dir_mode(&meta) },
                     size_hint: None,
                     verdict: Verdict::Send,
                 }),
@@ -494,6 +494,18 @@ impl Planner<'_> {
             },
             Ok(meta) => self.add_non_dir(path, name, &meta, false),
         }
+    }
+}
+
+/// A folder's permission bits as sent. The sticky bit is not sent (no mode is), so
+/// a folder that relies on it (`/tmp`-like: writable by group or others, sticky)
+/// arrives without their write bits rather than as a folder where anyone may delete
+/// anyone's files.
+fn dir_mode(meta: &Metadata) -> u32 {
+    let mode = meta.permissions().mode();
+    match mode & 0o1000 != 0 {
+        true => mode & MODE_BITS & !0o022,
+        false => mode & MODE_BITS,
     }
 }
 

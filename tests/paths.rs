@@ -1337,6 +1337,23 @@ fn json_gives_a_source_that_is_not_utf8_exactly() {
     assert_eq!(fs::read(fx.out().join("mixed/plain.txt")).unwrap(), pattern(10, 1));
 }
 
+/// A sticky folder others may write (`/tmp`-like) arrives without their write bits:
+/// the sticky bit is not sent, and without it the folder would let anyone delete
+/// anyone's files. A plain folder keeps its bits.
+#[test]
+fn a_sticky_world_writable_folder_arrives_without_the_write_bits_of_others() {
+    let fx = Fx::new("sticky");
+    let root = mkdirs(&fx.src().join("top/shared")).to_path_buf();
+    mkdirs(&fx.src().join("top/open"));
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::set_permissions(fx.src().join("top/open"), fs::Permissions::from_mode(0o777)).unwrap();
+    let output = fx.run(&["top"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    let mode = |p: &str| fs::metadata(fx.out().join(p)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode("top/shared"), 0o755, "{}", show(&output));
+    assert_eq!(mode("top/open"), 0o777, "{}", show(&output));
+}
+
 /// Empty files are made under their name at once (an empty file has no
 /// half-written state): with their mode (even bits the umask would take) and mtime,
 /// never over a file already there; the server's `--overwrite` replaces one.
