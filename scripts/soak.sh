@@ -18,6 +18,7 @@ while [ $# -gt 0 ]; do
     --clients) clients=$2; shift 2 ;;
     --ids-per-client) per_client=$2; shift 2 ;;
     --debug) profile=debug; shift ;;
+    -h | --help) sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "usage: $0 [--rounds N] [--clients C] [--ids-per-client K] [--debug]" >&2; exit 2 ;;
   esac
 done

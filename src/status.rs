@@ -38,9 +38,10 @@ pub struct StreamStatus {
     pub file: String,
     /// Bytes of that file the server has written so far.
     pub bytes_done: u64,
-    /// The file's announced size in bytes.
-    pub file_size: u64,
-    /// `file_size` is only a hint (a pipe): shown as `?`.
+    /// The file's size in bytes; `None` (`null`, `?`) for a pipe, whose length is
+    /// not known until its end.
+    pub file_size: Option<u64>,
+    /// The size is not known (a pipe).
     pub size_is_hint: bool,
     /// The pid of the client that took the record (0 while on offer).
     pub client_pid: u32,
@@ -183,6 +184,7 @@ fn stream_at(segment: &Segment, offset: u64) -> Option<StreamStatus> {
         .collect();
     let name_len = (record.name_len.load(Ordering::Relaxed) as usize).min(NAME_WORDS * 8);
     let phase = record.phase.load(Ordering::Relaxed);
+    let size_is_hint = record.size_is_hint.load(Ordering::Relaxed) != 0;
     Some(StreamStatus {
         guid: load_guid(&record.guid).simple().to_string(),
         record_offset: offset,
@@ -195,8 +197,8 @@ fn stream_at(segment: &Segment, offset: u64) -> Option<StreamStatus> {
         stream_id: record.stream_id.load(Ordering::Relaxed),
         file: String::from_utf8_lossy(&segment::load_bytes(&record.name, name_len)).into_owned(),
         bytes_done: record.bytes_done.load(Ordering::Relaxed),
-        file_size: record.file_size.load(Ordering::Relaxed),
-        size_is_hint: record.size_is_hint.load(Ordering::Relaxed) != 0,
+        file_size: Some(record.file_size.load(Ordering::Relaxed)).filter(|_| !size_is_hint),
+        size_is_hint,
         client_pid: record.client_pid.load(Ordering::Relaxed),
         buffers,
     })
@@ -265,7 +267,7 @@ pub fn render_text(s: &Snapshot) -> String {
         ));
     }
     for st in &s.streams {
-        let total = if st.size_is_hint { "?".to_owned() } else { hb(st.file_size) };
+        let total = st.file_size.map_or_else(|| "?".to_owned(), hb);
         let done = format!("{}/{total}", hb(st.bytes_done));
         out.push_str(&format!(
             "{:<32} {:>6} {:>8} {:<18} {:>23}  {}\n",
@@ -298,7 +300,7 @@ mod tests {
             stream_id: 1,
             file: "a".into(),
             bytes_done: 0,
-            file_size: 0,
+            file_size: Some(0),
             size_is_hint: false,
             client_pid: 1,
             buffers,

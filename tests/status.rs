@@ -58,6 +58,7 @@ fn status_shows_a_live_stream_and_the_segment_map() {
     assert_eq!(live["stream_id"], 0, "a path, not an options.xml id");
     assert_eq!(live["client_pid"], client.id());
     assert_eq!(live["size_is_hint"], true, "a FIFO's size is unknown: {live}");
+    assert!(live["file_size"].is_null(), "no made-up total for a FIFO: {live}");
     let map = json["map"].as_str().unwrap();
     assert!(map.starts_with("[R") && map.ends_with("B]"), "records low, buffers high: {map}");
     assert!(json["free_bytes"].as_u64().unwrap() < json["size"].as_u64().unwrap());
