@@ -235,3 +235,17 @@ fn one_stream_sends_files_and_folders_in_order_with_their_metadata() {
     assert_eq!(fs::read(made.join("tiny.txt")).unwrap(), b"tiny");
     assert!(!out.path().parent().unwrap().join("escape").exists());
 }
+
+/// A sender whose server has stopped says so, not which lock file is missing.
+#[test]
+fn a_send_after_the_server_stopped_says_the_server_stopped() {
+    let out = tempfile::tempdir().unwrap();
+    let name = unique_name("libstopped");
+    let server = Server::builder(&name).size(4 << 20).output_dir(out.path()).start().unwrap();
+    let sender = Sender::connect(&name, TIMEOUT).unwrap();
+    server.shutdown().unwrap();
+    let err = sender.send_reader("late.txt", &b"x"[..]).unwrap_err();
+    assert!(err.to_string().contains("server"), "{err}");
+    assert!(!err.to_string().contains("named lock"), "{err}");
+    assert!(!out.path().join("late.txt").exists());
+}

@@ -130,8 +130,17 @@ impl<'a> Session<'a> {
     ) -> Result<Option<Session<'a>>, SendError> {
         let mut watchdog = Watchdog::new(connection);
         let (segment, lock, busy_limit) = (&connection.segment, &connection.handout_lock, connection.timeout);
+        // A server that stopped says so first (its lock folder is gone with it: the
+        // handout lock's own error would only name a missing file).
+        watchdog.check()?;
         let taken: Option<Ticket> =
-            handout::take_within(segment, lock, deadline, busy_limit, || watchdog.check())?;
+            match handout::take_within(segment, lock, deadline, busy_limit, || watchdog.check()) {
+                Ok(taken) => taken,
+                Err(e) => {
+                    watchdog.check()?;
+                    return Err(e.into());
+                }
+            };
         let Some(ticket) = taken else { return Ok(None) };
         let record = connection
             .segment
