@@ -138,7 +138,7 @@ impl<'a> Session<'a> {
                 Ok(taken) => taken,
                 Err(e) => {
                     watchdog.check()?;
-                    return Err(e.into());
+                    return Err(e);
                 }
             };
         let Some(ticket) = taken else { return Ok(None) };
