@@ -249,3 +249,21 @@ fn a_send_after_the_server_stopped_says_the_server_stopped() {
     assert!(!err.to_string().contains("named lock"), "{err}");
     assert!(!out.path().join("late.txt").exists());
 }
+
+/// A reader shorter than the size it was sent with fails the file, saying so (not
+/// that a "source file" changed: there is none).
+#[test]
+fn a_reader_shorter_than_its_size_fails_saying_so() {
+    let out = tempfile::tempdir().unwrap();
+    let name = unique_name("libshort");
+    let server = Server::builder(&name).size(4 << 20).output_dir(out.path()).start().unwrap();
+    let sender = Sender::connect(&name, TIMEOUT).unwrap();
+    let mut stream = sender.stream();
+    let meta = sharedxfer::protocol::FileMeta::default();
+    let err = stream.send_reader("short.txt", meta, Some(10), &b"ok"[..], &()).unwrap_err();
+    assert!(err.to_string().contains("gave 2 bytes, fewer than the 10"), "{err}");
+    assert!(!out.path().join("short.txt").exists());
+    drop(stream);
+    drop(sender);
+    server.shutdown().unwrap();
+}

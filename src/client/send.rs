@@ -347,8 +347,11 @@ fn put(
         let prefix = buffer.bytes(got).to_vec();
         return stream(session, source, name, Some(prefix), progress);
     }
-    if source.exact.is_some_and(|size| size != got as u64) {
-        return Err(failed("the source file changed while it was being sent"));
+    if let Some(size) = source.exact.filter(|&size| size != got as u64) {
+        return Err(failed(match source.input {
+            Input::File(_) => "the source file shrank while it was being sent".to_owned(),
+            _ => format!("the source gave {got} bytes, fewer than the {size} it announced"),
+        }));
     }
     let checksum = crate::checksum::of(buffer.bytes(got));
     if got > 0 {
@@ -403,8 +406,13 @@ fn send_chunks(
             Some(_) => return Err(failed("the server's ring is smaller than its previous one")),
             None => source.fill(session, &buffer, want)?,
         };
-        if exact.is_some() && (got as u64) < want {
-            return Err(failed("the source file shrank while it was being sent"));
+        if let Some(size) = exact.filter(|_| (got as u64) < want) {
+            return Err(failed(match source.input {
+                Input::File(_) => "the source file shrank while it was being sent".to_owned(),
+                _ => {
+                    format!("the source gave {} bytes, fewer than the {size} it announced", sent + got as u64)
+                }
+            }));
         }
         if got == 0 {
             break;
