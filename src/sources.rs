@@ -192,6 +192,16 @@ fn classify(arg: &OsStr) -> Result<Arg, String> {
     Ok(Arg::Path(PathBuf::from(arg)))
 }
 
+/// `path` as an ARG that `plan` takes for a path whatever it looks like: `./` is
+/// put before a name that would be stream ids or standard input (`2024`, `1-3`,
+/// `-`), and only there (the library's paths are never ids).
+pub(crate) fn path_arg(path: &Path) -> OsString {
+    match classify(path.as_os_str()) {
+        Ok(Arg::Path(_)) => path.as_os_str().to_owned(),
+        _ => Path::new(".").join(path).into_os_string(),
+    }
+}
+
 /// The refused item an id (or a range) not in options.xml stands for.
 fn unknown_id(id: StreamId, message: String) -> Item {
     Item {
@@ -738,6 +748,20 @@ mod tests {
         assert_eq!(classified("-3").unwrap(), "path -3");
         assert!(classified("9-3").unwrap_err().contains("3-9"));
         assert!(classified("99999999999999999999999").unwrap_err().contains("too large"));
+    }
+
+    #[test]
+    fn a_path_never_reads_as_an_id_or_standard_input() {
+        for (name, arg) in
+            [("2024", "./2024"), ("1-3", "./1-3"), ("-", "./-"), ("a/7", "a/7"), ("/abs/7", "/abs/7")]
+        {
+            assert_eq!(path_arg(Path::new(name)), OsString::from(arg));
+            assert!(classified(arg).unwrap().starts_with("path "), "{arg}");
+        }
+        assert_eq!(
+            path_arg(Path::new("99999999999999999999999")),
+            OsString::from("./99999999999999999999999")
+        );
     }
 
     fn item(shown: &str, name: &str) -> Item {

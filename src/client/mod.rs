@@ -25,7 +25,6 @@ mod send;
 mod session;
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
 use std::io::{self, Read};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -179,7 +178,7 @@ impl Sender {
     /// its own name, with everything beneath it). Returns each item with its result;
     /// `Err` only when nothing could be planned (a missing path is an item's error).
     pub fn send_path(&self, path: impl AsRef<Path>) -> Result<Vec<(Item, ItemResult)>, SendError> {
-        let args = [path_arg(path.as_ref())];
+        let args = [sources::path_arg(path.as_ref())];
         let request = Request {
             args: &args,
             all: false,
@@ -592,16 +591,6 @@ impl Sender {
     }
 }
 
-/// `path` as an ARG that can only be a path: `2024`, `1-3` and `-` are files to the
-/// library, not stream ids or standard input as on the command line (where `./`
-/// makes them paths too).
-fn path_arg(path: &Path) -> OsString {
-    match path.is_relative() {
-        true => Path::new(".").join(path).into_os_string(),
-        false => path.as_os_str().to_owned(),
-    }
-}
-
 /// How long a job waits for a stream of its own before it borrows the commit stream.
 const BORROW_AFTER: Duration = Duration::from_millis(200);
 
@@ -866,28 +855,6 @@ mod tests {
             size_hint: None,
             verdict: Verdict::Send,
         }
-    }
-
-    #[test]
-    fn send_path_never_takes_a_name_for_an_id_or_standard_input() {
-        for name in ["2024", "1-3", "-"] {
-            let arg = path_arg(Path::new(name));
-            assert_eq!(arg, OsString::from(format!("./{name}")));
-            let request = crate::sources::Request {
-                args: std::slice::from_ref(&arg),
-                all: false,
-                files_from: None,
-                from0: false,
-                as_name: None,
-                follow_symlinks: false,
-                config: Path::new("/nonexistent/options.xml"),
-                sizes: false,
-            };
-            // A path (missing here): refused naming it, never looked up as an id.
-            let items = crate::sources::plan(&request, |_| {}).unwrap();
-            assert!(matches!(&items[0].verdict, Verdict::Refuse(why) if why.contains(name)), "{items:?}");
-        }
-        assert_eq!(path_arg(Path::new("/abs/7")), OsString::from("/abs/7"));
     }
 
     #[test]
