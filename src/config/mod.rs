@@ -25,6 +25,7 @@
 //! is strict on purpose: an unknown element or attribute is an error, because a typo
 //! such as `fiel="..."` would otherwise silently drop a stream.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -206,9 +207,9 @@ struct Parser<'a> {
     root_seen: bool,
     server_offset: Option<usize>,
     output_path: Option<PathBuf>,
-    streams: BTreeMap<StreamId, PathBuf>,
-    /// Where each id was first defined, to name both places on a duplicate.
-    defined_at: BTreeMap<StreamId, usize>,
+    /// Each stream's file, and where its id was defined (to name both places
+    /// on a duplicate).
+    streams: BTreeMap<StreamId, (PathBuf, usize)>,
 }
 
 impl<'a> Parser<'a> {
@@ -220,7 +221,6 @@ impl<'a> Parser<'a> {
             server_offset: None,
             output_path: None,
             streams: BTreeMap::new(),
-            defined_at: BTreeMap::new(),
         }
     }
 
@@ -298,7 +298,7 @@ impl<'a> Parser<'a> {
         Ok(Config {
             source: self.doc.source.to_path_buf(),
             output_path: self.output_path,
-            streams: self.streams,
+            streams: self.streams.into_iter().map(|(id, (file, _))| (id, file)).collect(),
         })
     }
 
@@ -326,21 +326,22 @@ impl<'a> Parser<'a> {
 
     /// Dispatches a start or empty tag by its depth in the document.
     fn element(&mut self, tag: &BytesStart, offset: usize) -> Result<(), ConfigError> {
-        let name = name_of(tag);
         match self.open.len() {
-            0 => self.root(tag, &name, offset),
-            1 => match name.as_str() {
-                "stream" => self.stream(tag, offset),
-                "server" => self.server(tag, offset),
+            0 => self.root(tag, &name_of(tag), offset),
+            1 => match tag.name().as_ref() {
+                b"stream" => self.stream(tag, offset),
+                b"server" => self.server(tag, offset),
                 _ => Err(self.doc.invalid(
                     offset,
                     format!(
-                        "unknown element <{name}> inside <streams>: only <server> and <stream> \
-                         are allowed (check the spelling)"
+                        "unknown element <{}> inside <streams>: only <server> and <stream> \
+                         are allowed (check the spelling)",
+                        name_of(tag)
                     ),
                 )),
             },
             _ => {
+                let name = name_of(tag);
                 let parent = &self.open[self.open.len() - 1].name;
                 Err(self.doc.invalid(
                     offset,
@@ -396,7 +397,7 @@ impl<'a> Parser<'a> {
                      e.g. outputpath=\"/tmp/dst\"",
                 ));
             }
-            self.output_path = Some(self.doc.base_dir.join(&attr.value));
+            self.output_path = Some(self.doc.base_dir.join(&*attr.value));
         }
         Ok(())
     }
@@ -410,15 +411,18 @@ impl<'a> Parser<'a> {
             ));
         };
         let id = self.parse_id(id_attr)?;
-        if let Some(&first) = self.defined_at.get(&id) {
-            let (line, _) = self.doc.line_col(first);
-            return Err(self.doc.invalid(
-                id_attr.offset,
-                format!(
-                    "duplicate stream id {id} (first defined at line {line}): give each <stream> its own id"
-                ),
-            ));
-        }
+        let slot = match self.streams.entry(id) {
+            Entry::Occupied(first) => {
+                let (line, _) = self.doc.line_col(first.get().1);
+                return Err(self.doc.invalid(
+                    id_attr.offset,
+                    format!(
+                        "duplicate stream id {id} (first defined at line {line}): give each <stream> its own id"
+                    ),
+                ));
+            }
+            Entry::Vacant(slot) => slot,
+        };
         let file = match find(&attrs, "file") {
             None => {
                 return Err(self.doc.invalid(
@@ -437,8 +441,7 @@ impl<'a> Parser<'a> {
             }
             Some(attr) => &attr.value,
         };
-        self.defined_at.insert(id, offset);
-        self.streams.insert(id, self.doc.base_dir.join(file));
+        slot.insert((self.doc.base_dir.join(&**file), offset));
         Ok(())
     }
 
@@ -460,29 +463,28 @@ impl<'a> Parser<'a> {
     }
 
     /// Reads a tag's attributes, unescaped, rejecting any name not in `allowed`.
-    fn attributes(
+    fn attributes<'t>(
         &self,
-        tag: &BytesStart,
+        tag: &'t BytesStart,
         offset: usize,
-        allowed: &[&str],
-    ) -> Result<Vec<Attr>, ConfigError> {
+        allowed: &[&'static str],
+    ) -> Result<Vec<Attr<'t>>, ConfigError> {
         // Attribute positions are relative to the byte after '<'.
         let inside = offset + 1;
-        let mut found = Vec::new();
+        let mut found = Vec::with_capacity(allowed.len());
         for attr in tag.attributes() {
             let attr = attr.map_err(|err| self.attribute_syntax_error(&err, inside))?;
             let key = attr.key.as_ref();
             let at = inside + offset_in(tag, key);
-            let name = String::from_utf8_lossy(key).into_owned();
-            if is_reserved_attribute(&name) {
-                continue;
-            }
-            if !allowed.contains(&name.as_str()) {
+            let Some(&name) = allowed.iter().find(|name| name.as_bytes() == key) else {
+                let name = String::from_utf8_lossy(key);
+                if is_reserved_attribute(&name) {
+                    continue;
+                }
                 return Err(self.unknown_attribute(tag, &name, at, allowed));
-            }
+            };
             let value_at = inside + offset_in(tag, &attr.value);
-            let value =
-                attr.unescape_value().map_err(|err| self.escape_error(&err, &name, value_at))?.into_owned();
+            let value = attr.unescape_value().map_err(|err| self.escape_error(&err, name, value_at))?;
             found.push(Attr { name, value, offset: at });
         }
         Ok(found)

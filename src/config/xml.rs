@@ -4,6 +4,8 @@
 //! carry no position, so the parser works on `quick_xml::Reader` events and uses
 //! these to say where each problem is. Nothing here knows the options.xml rules.
 
+use std::borrow::Cow;
+
 use quick_xml::events::BytesStart;
 
 /// 1-based line and column of byte `offset` in `text`. Columns count characters
@@ -23,13 +25,15 @@ pub(super) struct OpenTag {
 }
 
 /// One attribute, unescaped, with the byte offset of its name in the document.
-pub(super) struct Attr {
-    pub(super) name: String,
-    pub(super) value: String,
+/// `name` is the allowed name it matched; `value` borrows from the document
+/// unless it had entities to unescape.
+pub(super) struct Attr<'a> {
+    pub(super) name: &'static str,
+    pub(super) value: Cow<'a, str>,
     pub(super) offset: usize,
 }
 
-pub(super) fn find<'a>(attrs: &'a [Attr], name: &str) -> Option<&'a Attr> {
+pub(super) fn find<'v, 'a>(attrs: &'v [Attr<'a>], name: &str) -> Option<&'v Attr<'a>> {
     attrs.iter().find(|attr| attr.name == name)
 }
 
