@@ -185,6 +185,13 @@ struct Doc<'a> {
 }
 
 impl Doc<'_> {
+    /// `value` resolved against the options file's folder, as `Path::components`
+    /// reads it: `./a.bin` beside an options.xml in the current folder is
+    /// `./a.bin` in messages, not `././a.bin`.
+    fn resolve(&self, value: &str) -> PathBuf {
+        self.base_dir.join(value).components().collect()
+    }
+
     fn line_col(&self, offset: usize) -> (usize, usize) {
         line_col(self.text.as_bytes(), offset)
     }
@@ -397,7 +404,7 @@ impl<'a> Parser<'a> {
                      e.g. outputpath=\"/tmp/dst\"",
                 ));
             }
-            self.output_path = Some(self.doc.base_dir.join(&*attr.value));
+            self.output_path = Some(self.doc.resolve(&attr.value));
         }
         Ok(())
     }
@@ -441,7 +448,7 @@ impl<'a> Parser<'a> {
             }
             Some(attr) => &attr.value,
         };
-        slot.insert((self.doc.base_dir.join(&**file), offset));
+        slot.insert((self.doc.resolve(file), offset));
         Ok(())
     }
 
@@ -592,6 +599,19 @@ mod tests {
         assert_eq!(config.output_path, Some(PathBuf::from("/base/out")));
         assert_eq!(config.stream_file(1), Some(Path::new("/base/rel/a.bin")));
         assert_eq!(config.stream_file(2), Some(Path::new("/abs/b.bin")));
+    }
+
+    #[test]
+    fn paths_are_read_as_their_components() {
+        let xml = doc(concat!(
+            "  <server outputpath=\"./out/\" />\n",
+            "  <stream id=\"1\" file=\"./rel//a.bin\" />\n",
+            "  <stream id=\"2\" file=\"../up/./b.bin\" />\n",
+        ));
+        let config = Config::from_xml_str(&xml, Path::new("options.xml"), Path::new(".")).unwrap();
+        assert_eq!(config.output_path, Some(PathBuf::from("./out")));
+        assert_eq!(config.stream_file(1).map(Path::as_os_str), Some(std::ffi::OsStr::new("./rel/a.bin")));
+        assert_eq!(config.stream_file(2).map(Path::as_os_str), Some(std::ffi::OsStr::new("./../up/b.bin")));
     }
 
     #[test]
