@@ -89,6 +89,20 @@ impl Target {
     pub fn exists(&self) -> bool {
         sys::exists_at(self.parent.as_fd(), &self.base)
     }
+
+    /// Whether a folder has the name (a link to one is not a folder).
+    pub fn is_folder(&self) -> bool {
+        sys::is_dir_at(self.parent.as_fd(), &self.base)
+    }
+
+    /// A folder in the way of a file reads as `IsADirectory` whatever the call
+    /// said (`EEXIST` from a create or link that never replaces).
+    fn folder_in_the_way(&self, e: io::Error) -> io::Error {
+        match e.kind() {
+            io::ErrorKind::AlreadyExists if self.is_folder() => io::Error::from(io::ErrorKind::IsADirectory),
+            _ => e,
+        }
+    }
 }
 
 impl OutputDir {
@@ -301,13 +315,15 @@ impl Incoming {
     /// file has no half-written state, so it needs no unnamed file and no link: one
     /// directory operation instead of two. Until its `fchmod` and `futimens` it may
     /// show fewer permission bits and the time of making (and keeps them if the
-    /// server is killed in between); if they fail it is removed.
+    /// server is killed in between); if they fail it is removed. A folder under the
+    /// name is `IsADirectory`.
     pub fn create_empty(target: Target, mode: u32, mtime: Option<SystemTime>) -> io::Result<()> {
         let (asked, made) = match target.plain {
             true => (mode, Some(mode & !sys::umask())),
             false => (0o600, None),
         };
-        let file = sys::create_new_at_mode(target.parent.as_fd(), &target.base, asked)?;
+        let file = sys::create_new_at_mode(target.parent.as_fd(), &target.base, asked)
+            .map_err(|e| target.folder_in_the_way(e))?;
         let incoming = Incoming { file, target, temp: Temp::Unnamed(String::new()), mode: made };
         incoming.finish_metadata(mode, mtime).inspect_err(|_| {
             // Only if the name is still ours (in a folder others write to, it may
@@ -339,7 +355,8 @@ impl Incoming {
     /// Gives the file its permission bits and modification time, then its name:
     /// never over an existing file unless `replace` (AlreadyExists otherwise). To
     /// replace, an unnamed file is linked under its temporary name for the moment of
-    /// the rename. On failure the file is discarded.
+    /// the rename. On failure the file is discarded; a folder under the name is
+    /// `IsADirectory`.
     pub fn publish(self, mode: u32, mtime: Option<SystemTime>, replace: bool) -> io::Result<()> {
         let dir = self.target.parent.as_fd();
         let base = &self.target.base;
@@ -360,6 +377,7 @@ impl Incoming {
             Temp::Named(temp) => sys::rename_at(dir, temp, base, replace),
             Temp::Direct => Ok(()),
         });
+        let result = result.map_err(|e| self.target.folder_in_the_way(e));
         if result.is_err() {
             self.discard();
         }

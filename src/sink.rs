@@ -103,8 +103,14 @@ pub trait Sink: Send + Sync + 'static {
 /// One stream's way into a sink. Names are relative paths the server already
 /// checked (`protocol::validate_path`, no reserved names).
 pub trait SinkSession: Send {
-    /// Whether a file of that name exists (checked before a large transfer starts).
+    /// Whether a file of that name exists (checked before a large transfer starts,
+    /// and for `--skip-existing`): anything but a folder, a link included.
     fn exists(&mut self, name: &str) -> bool;
+    /// Whether a folder has that name, where a file is to go (checked before a large
+    /// transfer starts; the publish fails anyway). The default: never.
+    fn is_folder(&mut self, _name: &str) -> bool {
+        false
+    }
     /// `name` as messages show it (the default: escaped, as the client named it).
     fn shown(&self, name: &str) -> String {
         escaped(name).into_owned()
@@ -223,7 +229,15 @@ impl Sink for FolderSink {
 
 /// Why a file is not published over one that has its name (`shown`, escaped).
 pub(crate) fn already_exists(shown: &str) -> String {
-    format!("{shown} already exists: remove it or run the server with --overwrite")
+    format!(
+        "{shown} already exists: remove it, send with --skip-existing to leave it, or run the server with --overwrite"
+    )
+}
+
+/// Why a file is not published where a folder has its name (`shown`, escaped):
+/// neither `--overwrite` nor `--skip-existing` applies to a folder.
+pub(crate) fn folder_in_the_way(shown: &str) -> String {
+    format!("{shown} is a folder: a file cannot take its place; remove the folder or send the file under another name")
 }
 
 /// Gives the staged folder `hidden` its name `root` (a top-level name) in
@@ -269,7 +283,11 @@ impl SinkSession for FolderSession {
     }
 
     fn exists(&mut self, name: &str) -> bool {
-        self.output.target(name, &mut self.dirs).is_ok_and(|target| target.exists())
+        self.output.target(name, &mut self.dirs).is_ok_and(|target| target.exists() && !target.is_folder())
+    }
+
+    fn is_folder(&mut self, name: &str) -> bool {
+        self.output.target(name, &mut self.dirs).is_ok_and(|target| target.is_folder())
     }
 
     fn create(&mut self, name: &str, mode: u32) -> Result<Box<dyn SinkFile>, SinkError> {
@@ -292,7 +310,8 @@ impl SinkSession for FolderSession {
     }
 
     fn stage(&mut self, root: &str, hidden: &str, mode: u32) -> Result<bool, SinkError> {
-        if !self.staging || self.exists(root) {
+        // Anything under the name, a folder included: merged into, not staged.
+        if !self.staging || self.output.target(root, &mut self.dirs).is_ok_and(|target| target.exists()) {
             return Ok(false);
         }
         self.make_dir(hidden, mode)?;
@@ -349,6 +368,9 @@ impl SinkSession for FolderSession {
             io::ErrorKind::AlreadyExists => {
                 SinkError::new(SinkErrorKind::Exists, already_exists(&self.shown(name)))
             }
+            io::ErrorKind::IsADirectory => {
+                SinkError::new(SinkErrorKind::Io, folder_in_the_way(&self.shown(name)))
+            }
             _ => {
                 self.dirs.clear();
                 SinkError::new(SinkErrorKind::Io, format!("cannot create {}: {e}", self.shown(name)))
@@ -396,6 +418,7 @@ impl SinkFile for FolderFile {
         let folder = sync.then(|| incoming.folder());
         incoming.publish(mode, mtime, replace).map_err(|e| match e.kind() {
             io::ErrorKind::AlreadyExists => SinkError::new(SinkErrorKind::Exists, already_exists(&shown())),
+            io::ErrorKind::IsADirectory => SinkError::new(SinkErrorKind::Io, folder_in_the_way(&shown())),
             _ => SinkError::new(SinkErrorKind::Io, format!("cannot publish {}: {e}", shown())),
         })?;
         // The new name is durable only once its folder is.

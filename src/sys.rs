@@ -389,6 +389,17 @@ pub fn exists_at(dir: BorrowedFd<'_>, name: &str) -> bool {
     }
 }
 
+/// Whether `name` in `dir` is a folder (a link to one is not).
+pub fn is_dir_at(dir: BorrowedFd<'_>, name: &str) -> bool {
+    let Ok(name) = c_name(name) else { return false };
+    // SAFETY: a zeroed stat is a valid out-parameter; `name` is NUL-terminated.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) == 0
+            && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+    }
+}
+
 /// Whether `name` in `dir` (not followed if a link) is the file `file` is open on.
 pub fn names_file_at(dir: BorrowedFd<'_>, name: &str, file: &File) -> bool {
     use std::os::unix::fs::MetadataExt;

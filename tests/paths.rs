@@ -1396,3 +1396,59 @@ fn empty_files_arrive_with_their_mode_and_time_and_never_clobber_a_file() {
     }
     assert!(server_is_clean(&fx), "temporary files left: {:?}", fx.server.temp_files());
 }
+
+/// A folder where a file is to go: never "skipped" (the file is not there) and never
+/// "remove it or --overwrite" (no flag replaces a folder): each way a file travels
+/// (a stream from standard input, a small file in a batch, an empty file) fails
+/// saying a folder is in the way, with or without --skip-existing, and the folder
+/// and what it holds are untouched; with the server's --overwrite too.
+#[test]
+fn a_folder_in_the_way_of_a_file_fails_the_file_and_is_not_skipped() {
+    let check = |fx: &Fx, label: &str| {
+        for name in ["piped", "small.txt", "empty.txt"] {
+            mkdirs(&fx.out().join(name));
+            fs::write(fx.out().join(name).join("inside"), b"kept").unwrap();
+        }
+        put(fx.src(), "small.txt", 300, 1);
+        put(fx.src(), "empty.txt", 0, 2);
+        for skip in [false, true] {
+            let mut args = vec!["-", "--as", "piped"];
+            args.extend(skip.then_some("--skip-existing"));
+            let mut command = fx.cmd();
+            command.args(&args);
+            let (output, _) = run_fed(command, |stdin| {
+                let _ = stdin.write_all(b"bytes for a folder's name");
+            });
+            assert_eq!(output.status.code(), Some(1), "{label} {args:?}: {}", show(&output));
+            assert!(stderr_of(&output).contains("piped is a folder"), "{label} {args:?}: {}", show(&output));
+            assert!(!stderr_of(&output).contains("--overwrite"), "{label} {args:?}: {}", show(&output));
+
+            let mut args = vec!["small.txt", "empty.txt"];
+            args.extend(skip.then_some("--skip-existing"));
+            let output = fx.run(&args);
+            assert_eq!(output.status.code(), Some(1), "{label} {args:?}: {}", show(&output));
+            assert_summary(&output, 0, None, 0, 2);
+            for name in ["small.txt", "empty.txt"] {
+                assert!(
+                    failed_lines(&output)
+                        .iter()
+                        .any(|l| l.starts_with(&format!("failed: {name}: ")) && l.contains("is a folder")),
+                    "{label} {args:?}: {}",
+                    show(&output)
+                );
+            }
+        }
+        for name in ["piped", "small.txt", "empty.txt"] {
+            assert!(fx.out().join(name).is_dir(), "{label}: {name}");
+            assert_eq!(fs::read(fx.out().join(name).join("inside")).unwrap(), b"kept", "{label}: {name}");
+        }
+        assert!(server_is_clean(fx), "{label}");
+    };
+    check(&Fx::new("folderway"), "default");
+    let fx = Fx::new("folderwayow");
+    let (src, out, work) = (fx.src, fx.out, fx.work);
+    drop(fx.server);
+    let server = Server::start(&unique_name("folderwayow"), out.path(), &["--overwrite"]);
+    let config = write_config(work.path(), &[]);
+    check(&Fx { server, config, src, out, work }, "--overwrite");
+}

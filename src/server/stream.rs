@@ -369,6 +369,10 @@ impl Stream {
         let staged = found.as_ref().filter(|_| live.as_ref().is_some_and(|live| **live));
         let real = staged.map_or(name.as_str(), |s| s.real.as_str());
         // The client's --skip-existing wins over the server's --overwrite.
+        if check_now && self.sink.is_folder(real) {
+            let message = crate::sink::folder_in_the_way(&self.sink.shown(&name));
+            return Err(failure(ErrorCode::Io, message));
+        }
         if check_now && (meta.skip_existing || !shared.options.overwrite) && self.sink.exists(real) {
             if meta.skip_existing {
                 return Ok(false);
