@@ -19,6 +19,25 @@ pub fn escaped(name: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// A message a peer wrote (names in it already escaped on its side): control and
+/// invisible characters escaped as in `escaped`, backslashes kept as they are, so
+/// the peer's escapes read the same and it cannot drive the terminal.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| c != '\\' && needs_escape(c);
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Control characters, backslashes, and the invisible characters that reorder or
 /// hide text on screen (bidirectional overrides and isolates, marks, zero-width
 /// space, word joiners, line and paragraph separators, BOM, soft hyphen, blank
@@ -102,6 +121,14 @@ mod tests {
     fn a_backslash_never_makes_two_names_look_alike() {
         assert_eq!(escaped("lit\\nx"), "lit\\\\nx");
         assert_ne!(escaped("lit\\nx"), escaped("lit\nx"));
+    }
+
+    #[test]
+    fn a_peers_message_keeps_its_escapes_and_loses_its_control_characters() {
+        assert_eq!(printable("a\\nb (already escaped)"), "a\\nb (already escaped)");
+        assert_eq!(printable("\u{1b}[2J\u{1b}]0;PWNED\u{7}evil"), "\\u{1b}[2J\\u{1b}]0;PWNED\\u{7}evil");
+        assert_eq!(printable("x\u{202e}y"), "x\\u{202e}y");
+        assert!(matches!(printable("plain"), Cow::Borrowed(_)));
     }
 
     #[test]

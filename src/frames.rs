@@ -369,7 +369,8 @@ fn text(bytes: Vec<u8>, what: &str) -> Result<String, FrameError> {
     if bytes.len() > MAX_MESSAGE {
         return Err(bad(format!("{what} of {} bytes", bytes.len())));
     }
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    // Printed by the other side as it is: no control character gets through.
+    Ok(crate::escape::printable(&String::from_utf8_lossy(&bytes)).into_owned())
 }
 
 fn decode(kind: u8, file: u32, payload: Vec<u8>) -> Result<Frame, FrameError> {
@@ -513,6 +514,20 @@ mod tests {
             };
             assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn a_peers_text_arrives_without_control_characters() {
+        let evil = "\u{1b}[2J\u{1b}]0;PWNED\u{7}evil";
+        let want = "\\u{1b}[2J\\u{1b}]0;PWNED\\u{7}evil";
+        let failed = Outcome::Failed { code: 1, message: evil.into() };
+        assert_eq!(
+            round_trip(Frame::Result { file: 1, outcome: failed }),
+            Frame::Result { file: 1, outcome: Outcome::Failed { code: 1, message: want.into() } }
+        );
+        assert_eq!(round_trip(Frame::Fatal { message: evil.into() }), Frame::Fatal { message: want.into() });
+        let abort = Frame::Abort { file: 2, reason: evil.into() };
+        assert_eq!(round_trip(abort), Frame::Abort { file: 2, reason: want.into() });
     }
 
     #[test]

@@ -431,3 +431,81 @@ fn the_relay_trusts_no_frame() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("did not greet"), "{output:?}");
 }
+
+/// The relay is a process like any other: SIGTERM (or the SIGHUP of a closed ssh
+/// session) ends it mid-file, and the server drops what it was sending.
+#[test]
+fn a_relay_ends_on_sigterm_and_nothing_is_published() {
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("rmtterm"), out.path(), &[]);
+    let mut relay = Relay::start(&server.name);
+    let meta = FileMeta { mode: Some(0o600), ..FileMeta::default() };
+    let what = Begin::File { name: "cut.bin".into(), size: Some(4 << 20), meta };
+    relay.send(Frame::Begin { file: 1, what });
+    // 1 MiB of 4: the file stays in progress, the relay waits for more.
+    for chunk in pattern(1 << 20, 9).chunks(128 << 10) {
+        relay.send(Frame::Data { file: 1, bytes: chunk.to_vec() });
+    }
+    relay.to.flush().unwrap();
+    wait_until("the server to hold cut.bin in progress", || !server.temp_files().is_empty());
+    signal(relay.child.id(), "TERM");
+    let status = wait_with_deadline(&mut relay.child, "the relay after SIGTERM");
+    assert!(!status.success(), "{status:?}");
+    wait_until("the server to drop the unfinished file", || server.temp_files().is_empty());
+    assert!(!out.path().join("cut.bin").exists(), "a half-sent file was published");
+}
+
+/// Writes an executable `rsh` stand-in in `dir` with `body` (sh).
+fn rsh_script(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("rsh.sh");
+    fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A relay that answers garbage and then reads nothing more: the client says so
+/// and ends, though its file (larger than any pipe) is not written out yet.
+#[test]
+fn a_relay_that_gives_up_and_stops_reading_does_not_hang_the_client() {
+    let src = tempfile::tempdir().unwrap();
+    write_file(src.path(), "big.bin", 20 << 20, 4);
+    let mut answer = frames::HELLO.to_vec();
+    Frame::Ready.write(&mut answer).unwrap();
+    answer.extend_from_slice(&[99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    fs::write(src.path().join("answer.bin"), &answer).unwrap();
+    let rsh = rsh_script(src.path(), "cat answer.bin; exec sleep 120");
+    let mut child = Command::new(CLIENT)
+        .current_dir(src.path())
+        .args(["--remote", "somehost", "--rsh", rsh.to_str().unwrap(), "-n", "nosuchseg", "big.bin"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_with_deadline(&mut child, "a client whose relay gave up");
+    assert_eq!(status.code(), Some(1));
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains("big.bin") && err.contains("kind 99"), "{err}");
+}
+
+/// Something the remote shell started keeps its stderr open after the relay is
+/// done (ssh's ControlPersist master does): the client still ends when its
+/// files are confirmed, not when that process exits.
+#[test]
+fn a_process_holding_the_relays_stderr_does_not_keep_the_client() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("rmterr"), out.path(), &[]);
+    write_file(src.path(), "a.bin", 1000, 5);
+    let rsh = rsh_script(src.path(), &format!("sleep 30 </dev/null >/dev/null &\nexec {} \"$@\"", shim()));
+    let started = Instant::now();
+    let output = run({
+        let mut c = Command::new(CLIENT);
+        c.current_dir(src.path()).env("LSH_BIN", bin_dir());
+        c.args(["--remote", "somehost", "--rsh", rsh.to_str().unwrap(), "-n", &server.name, "a.bin"]);
+        c
+    });
+    assert!(output.status.success(), "{}", show(&output));
+    assert!(started.elapsed() < Duration::from_secs(20), "the client waited {:?}", started.elapsed());
+    assert!(fs::read(out.path().join("a.bin")).unwrap() == pattern(1000, 5));
+}

@@ -100,7 +100,11 @@ impl Progress for Front {
 
 /// Runs `sharedclient`; returns its exit status.
 pub fn main(cli: ClientCli) -> ExitStatus {
-    sys::install_stop_handlers();
+    // Not for the relay: SIGTERM, SIGINT or SIGHUP (ssh's session closing) end it
+    // where it is, as they end any process; the server drops what it was sending.
+    if !cli.relay {
+        sys::install_stop_handlers();
+    }
     sys::raise_nofile_limit();
     let timeout = Duration::from_secs(cli.timeout);
     if let Some(count) = cli.ping {

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -124,7 +125,8 @@ impl StderrTail {
         let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
         match lines.len() {
             0 => String::new(),
-            n => format!(": {}", lines[n.saturating_sub(3)..].join(" / ")),
+            // What ssh or the far side printed: it cannot drive this terminal.
+            n => format!(": {}", crate::escape::printable(&lines[n.saturating_sub(3)..].join(" / "))),
         }
     }
 }
@@ -160,6 +162,9 @@ pub fn send_items(
     result
 }
 
+/// How long the relay's stderr is read after it exited.
+const STDERR_GRACE: Duration = Duration::from_millis(500);
+
 /// The relay process, as seen from here.
 struct Relay<'h> {
     child: Mutex<Child>,
@@ -185,8 +190,22 @@ impl Relay<'_> {
         }
         let _ = child.wait();
         if let Some(stderr) = self.stderr.lock().expect("stderr lock").take() {
-            let _ = stderr.join();
+            // A process that outlives the relay may hold its stderr open (ssh's
+            // ControlPersist master): what came by now is what is said.
+            let deadline = Instant::now() + STDERR_GRACE;
+            while !stderr.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if stderr.is_finished() {
+                let _ = stderr.join();
+            }
         }
+    }
+
+    /// Ends the relay now: it stopped answering while this side still writes, and
+    /// may never read again (the writer would wait on a full pipe for good).
+    fn stop(&self) {
+        let _ = self.child.lock().expect("child lock").kill();
     }
 
     /// The relay failed: `what` happened, and what it (or ssh) said.
@@ -229,9 +248,20 @@ fn run(
         progress.finished(index, &items[index], &result, started.elapsed());
         *results[index].lock().expect("result lock") = Some(result);
     };
+    // Whether this side still writes: a relay that ends before is stopped.
+    let writing = AtomicBool::new(true);
     let relay_end = std::thread::scope(|scope| {
-        let listener = scope.spawn(|| listen(&mut from_relay, &numbers, options.skip_existing, &report));
+        let listener = scope.spawn(|| {
+            let heard = listen(&mut from_relay, &numbers, options.skip_existing, &report);
+            // Acquire: pairs with the Release store below.
+            if writing.load(Ordering::Acquire) {
+                relay.stop();
+            }
+            heard
+        });
         let written = write_all(&mut to_relay, items, options, progress, &numbers, &report);
+        // Release: pairs with the listener's Acquire load above.
+        writing.store(false, Ordering::Release);
         // However the writing went, the relay learns the stream is over.
         drop(to_relay);
         let heard = listener.join().expect("listener thread");
