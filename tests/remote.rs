@@ -509,3 +509,32 @@ fn a_process_holding_the_relays_stderr_does_not_keep_the_client() {
     assert!(started.elapsed() < Duration::from_secs(20), "the client waited {:?}", started.elapsed());
     assert!(fs::read(out.path().join("a.bin")).unwrap() == pattern(1000, 5));
 }
+
+/// A source that falls silent for longer than the server's --idle-timeout (a slow
+/// pipe) is not dropped over --remote either: the relay, waiting on its client,
+/// keeps its streams alive, as a local client waiting on the pipe does.
+#[test]
+fn a_silent_source_over_the_relay_is_not_dropped_for_idleness() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("rmtidle"), out.path(), &["--idle-timeout", "2"]);
+    let mut command = remote_client(&server.name, src.path());
+    command
+        .args(["-", "--as", "slow.bin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = pattern(600_000, 7);
+    stdin.write_all(&data[..300_000]).unwrap();
+    stdin.flush().unwrap();
+    wait_until("the server to hold slow.bin in progress", || !server.temp_files().is_empty());
+    // Three idle timeouts of silence.
+    std::thread::sleep(Duration::from_secs(6));
+    stdin.write_all(&data[300_000..]).unwrap();
+    drop(stdin);
+    let output = finish(child);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert!(fs::read(out.path().join("slow.bin")).unwrap() == data);
+}

@@ -462,6 +462,8 @@ fn copy_file(
         if let Input::Pipe(pipe) = input {
             // A FIFO opened without waiting for its writer: wait for data or its end.
             while !sys::poll_readable(pipe.as_fd(), Duration::from_millis(500)).map_err(Copy::Read)? {
+                // What came so far goes on to the relay, as it would to the server.
+                out.flush().map_err(Copy::Write)?;
                 if sys::stop_signal().is_some() {
                     return Err(Copy::Read(io::Error::from(io::ErrorKind::Interrupted)));
                 }
@@ -522,6 +524,7 @@ pub fn relay<W: Write>(name: &str, timeout: Duration, input: std::fs::File, outp
     if say(&mut output, Frame::Ready).is_err() {
         return ExitStatus::Failure;
     }
+    let mut input = FrameInput { connection: Some(sender.connection()), ..input };
     let output = std::cell::RefCell::new(output);
     let report = |file: usize, result: ItemResult, _: Instant| {
         // A write that fails shows again at the next flush, which ends the relay.
@@ -694,16 +697,37 @@ fn say<W: Write>(output: &mut BufWriter<W>, frame: Frame) -> io::Result<()> {
 /// The relay's input: the frame stream on its standard input, buffered for the
 /// headers, while DATA payloads of large files go from the pipe straight into the
 /// segment (`read_into`): no copy through the buffer or a private chunk.
-struct FrameInput {
+struct FrameInput<'c> {
     file: std::fs::File,
     buf: Box<[u8]>,
     pos: usize,
     end: usize,
+    /// Beaten for every stream held while the client sends nothing (see `wait`).
+    connection: Option<&'c super::Connection>,
 }
 
-impl FrameInput {
-    fn new(file: std::fs::File) -> FrameInput {
-        FrameInput { file, buf: vec![0u8; 1 << 20].into_boxed_slice(), pos: 0, end: 0 }
+/// How often the relay tells the server its streams are alive while its input is
+/// silent (a client reading a slow pipe, or a FIFO with no writer yet).
+const INPUT_BEAT: Duration = Duration::from_millis(500);
+
+impl<'c> FrameInput<'c> {
+    fn new(file: std::fs::File) -> FrameInput<'c> {
+        FrameInput { file, buf: vec![0u8; 1 << 20].into_boxed_slice(), pos: 0, end: 0, connection: None }
+    }
+
+    /// Waits until the input has bytes (or ends), beating the streams held
+    /// meanwhile: the server would drop them as idle while the client waits on a
+    /// silent source, which it never does for a client on its own host.
+    fn wait(&self) -> io::Result<()> {
+        let Some(connection) = self.connection else { return Ok(()) };
+        loop {
+            match sys::poll_readable(self.file.as_fd(), INPUT_BEAT) {
+                Ok(true) => return Ok(()),
+                Ok(false) => connection.beat_held(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The bytes read ahead and not taken yet.
@@ -720,13 +744,15 @@ impl FrameInput {
             self.pos += n;
             return Ok(n);
         }
+        self.wait()?;
         segment.read_at(&self.file, at, len)
     }
 }
 
-impl Read for FrameInput {
+impl Read for FrameInput<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.pos == self.end {
+            self.wait()?;
             if out.len() >= self.buf.len() {
                 return self.file.read(out);
             }
@@ -825,7 +851,7 @@ impl<'r, R: Read> FileFrames<'r, R> {
     }
 }
 
-impl FileFrames<'_, FrameInput> {
+impl FileFrames<'_, FrameInput<'_>> {
     /// Moves to the next DATA payload; false once the file ended (or failed).
     fn payload_ready(&mut self) -> io::Result<bool> {
         loop {
@@ -843,7 +869,7 @@ impl FileFrames<'_, FrameInput> {
     }
 }
 
-impl Fill for FileFrames<'_, FrameInput> {
+impl Fill for FileFrames<'_, FrameInput<'_>> {
     fn fill(&mut self, buffer: &Buffer<'_>, from: usize, len: usize) -> io::Result<usize> {
         if len == 0 || !self.payload_ready()? {
             return Ok(0);

@@ -4,7 +4,7 @@
 //! silent, or Ctrl-C came.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use named_lock::NamedLock;
@@ -28,6 +28,8 @@ pub struct Connection {
     pub(super) handout_lock: NamedLock,
     pub(super) server_pid: u32,
     pub(super) timeout: Duration,
+    /// The records this process's sessions hold (GUID, offset), for `beat_held`.
+    held: Mutex<Vec<(uuid::Uuid, u64)>>,
 }
 
 impl Connection {
@@ -47,7 +49,20 @@ impl Connection {
         let locks =
             LockDir::open(name).map_err(|e| failed(format!("lock folder of segment '{name}': {e}")))?;
         let handout_lock = locks.lock(lock::HANDOUT_LOCK)?;
-        Ok(Connection { segment, locks, handout_lock, server_pid, timeout })
+        Ok(Connection { segment, locks, handout_lock, server_pid, timeout, held: Mutex::new(Vec::new()) })
+    }
+
+    /// Tells the server every stream this process holds is alive, while it waits
+    /// for its own input (a relay whose client's pipe is silent): none is dropped
+    /// for idleness meanwhile.
+    pub(crate) fn beat_held(&self) {
+        for &(guid, offset) in self.held.lock().expect("held lock").iter() {
+            let Ok(record) = self.segment.record(offset) else { continue };
+            if load_guid(&record.guid) == guid {
+                // Relaxed: a liveness hint the server compares, like its own heartbeat.
+                record.client_beat.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The server's mapped segment.
@@ -152,6 +167,7 @@ impl<'a> Session<'a> {
         let lock = connection.locks.stream_lock(ticket.guid)?;
         // SYNC POINT (mailbox published): pairs with the Release in `protocol::post`.
         let s2c_seen = record.s2c.seq.load(Ordering::Acquire);
+        connection.held.lock().expect("held lock").push((ticket.guid, ticket.record_offset));
         Ok(Some(Session {
             connection,
             record,
@@ -259,8 +275,14 @@ impl<'a> Session<'a> {
     pub fn close(&mut self) {
         if !self.closed {
             self.closed = true;
+            self.unhold();
             let _ = self.post(&ClientCommand::Close);
         }
+    }
+
+    /// No longer among the streams `Connection::beat_held` keeps alive.
+    fn unhold(&self) {
+        self.connection.held.lock().expect("held lock").retain(|&(guid, _)| guid != self.guid);
     }
 
     /// After `abort`: waits (at most `most`) until the server has released the
@@ -284,6 +306,7 @@ impl<'a> Session<'a> {
     pub fn abort(&mut self, reason: &str) {
         if !self.closed {
             self.closed = true;
+            self.unhold();
             let _ = self.post(&ClientCommand::Abort { reason: reason.to_owned() });
         }
     }
