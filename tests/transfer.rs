@@ -407,3 +407,22 @@ fn a_bad_segment_name_is_a_usage_error_for_every_client_mode() {
         assert!(stderr_of(&output).contains("letters, digits"), "{args:?}: {}", show(&output));
     }
 }
+
+/// The ready line names OUTPUT_DIR as an absolute path (a service's log is read
+/// without knowing the folder it was started in).
+#[test]
+fn the_ready_line_names_the_output_folder_absolutely() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("inbox")).unwrap();
+    let name = unique_name("readyabs");
+    let mut command = std::process::Command::new(SERVER);
+    command.current_dir(dir.path()).args(["--name", &name, "inbox"]);
+    let server = Running::spawn(command);
+    wait_until("the server's segment", || shm_path(&name).exists());
+    // The line follows the segment at once; a stop meanwhile does not skip it.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    signal(server.pid(), "INT");
+    let output = server.finish();
+    let wanted = format!("writing to {}", dir.path().join("inbox").display());
+    assert!(stdout_of(&output).lines().any(|l| l.ends_with(&wanted)), "no {wanted:?}: {}", show(&output));
+}

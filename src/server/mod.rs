@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::alloc::TwoEndedAllocator;
 use crate::checksum::Checksum;
-use crate::escape::escaped;
+use crate::escape::{escaped, escaped_path};
 use crate::handout::{self, Ticket};
 use crate::lock::{self, LockDir};
 use crate::protocol::{self, ClientCommand, ErrorCode, FileMeta, ServerReply};
@@ -418,8 +418,11 @@ fn run_server(
     let server_lock =
         locks.lock(lock::SERVER_LOCK).map_err(ServerError::io("cannot open the server lock"))?;
     let server_guard = claim_name(&server_lock, &locks, &options.name)?;
-    let output =
-        if folder { options.output_dir.display().to_string() } else { "the program's own sink".into() };
+    // Where the files go, as a service's log should say it: absolute, escaped.
+    let output = match folder {
+        true => escaped_path(&std::path::absolute(&options.output_dir).unwrap_or(options.output_dir.clone())),
+        false => "the program's own sink".into(),
+    };
     let sink: Arc<dyn Sink> = sink.unwrap_or_else(|| {
         let prefix = temp_prefix(&options.name);
         Arc::new(FolderSink::new(&options.output_dir, &prefix).with_sync(options.sync))
