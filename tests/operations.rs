@@ -363,7 +363,8 @@ fn failures_at_the_quota_do_not_cost_other_files_their_streams() {
     let config = write_config(work.path(), &[]);
     let output = run({
         let mut c = server.client(&config);
-        c.args(["-j", "4"]).arg(&tree);
+        // -v: every failure gets its line.
+        c.args(["-v", "-j", "4"]).arg(&tree);
         c
     });
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));

@@ -1452,3 +1452,31 @@ fn a_folder_in_the_way_of_a_file_fails_the_file_and_is_not_skipped() {
     let config = write_config(work.path(), &[]);
     check(&Fx { server, config, src, out, work }, "--overwrite");
 }
+
+/// A folder sent twice: each file fails as already there, and the client says so
+/// three times and then counts the rest, not a line per file (a tree of 10,000
+/// printed 10,000); -v and --json still name every file.
+#[test]
+fn files_already_there_are_counted_after_three_lines() {
+    let fx = Fx::new("existsmany");
+    let root = mkdirs(&fx.src().join("tree")).to_path_buf();
+    for i in 0..8 {
+        put(&root, &format!("f{i}.txt"), 100 + i, i as u64);
+    }
+    assert_eq!(fx.run(&["tree"]).status.code(), Some(0));
+    let output = fx.run(&["tree"]);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert_summary(&output, 0, None, 0, 8);
+    let failed = failed_lines(&output);
+    assert_eq!(failed.len(), 4, "{}", show(&output));
+    assert!(failed[..3].iter().all(|l| l.contains("tree/f") && l.contains("already exists")), "{failed:?}");
+    assert!(failed[3].starts_with("failed: 5 more: already exists: "), "{failed:?}");
+
+    let output = fx.run(&["-v", "tree"]);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert_eq!(failed_lines(&output).len(), 8, "{}", show(&output));
+    let output = fx.run(&["--json", "tree"]);
+    let doc: serde_json::Value = serde_json::from_str(&stdout_of(&output)).unwrap();
+    let failures = doc["files"].as_array().unwrap().iter().filter(|f| f["status"] == "failed").count();
+    assert_eq!(failures, 8, "{doc}");
+}

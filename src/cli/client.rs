@@ -290,7 +290,7 @@ fn report(board: &Board, front: &Front, elapsed: Duration) -> ExitStatus {
     let mut status = ExitStatus::Success;
     let mut tally = Tally::default();
     let mut files = Vec::new();
-    let mut failures = FailureLines::default();
+    let mut failures = FailureLines { every: front.verbose, ..FailureLines::default() };
     for (index, item) in board.items.iter().enumerate() {
         if let Verdict::Same(first) = item.verdict {
             // Another id naming a file already listed: its line, counted once.
@@ -416,28 +416,38 @@ impl Tally {
 }
 
 /// One line per failed file, naming it and why; a reason shared by many files (the
-/// server went away) is shown a few times, then counted.
+/// server went away, files that are there already) is shown a few times, then
+/// counted, unless every line is asked for (`-v`).
 #[derive(Default)]
 struct FailureLines {
     lines: Vec<String>,
     repeats: Vec<(String, usize)>,
+    every: bool,
 }
 
 impl FailureLines {
     const SHOWN_PER_REASON: usize = 3;
 
+    /// Reasons that name the file on the server's side first: counted together by
+    /// what follows the name.
+    const NAMED_REASONS: [&str; 2] = [" already exists: ", " is a folder: "];
+
     fn push(&mut self, source: Option<String>, error: &str) {
-        let seen = match self.repeats.iter_mut().find(|(reason, _)| reason == error) {
+        let reason = Self::NAMED_REASONS
+            .iter()
+            .find_map(|marker| error.find(marker).map(|at| &error[at + 1..]))
+            .unwrap_or(error);
+        let seen = match self.repeats.iter_mut().find(|(seen, _)| seen == reason) {
             Some((_, count)) => {
                 *count += 1;
                 *count
             }
             None => {
-                self.repeats.push((error.to_owned(), 1));
+                self.repeats.push((reason.to_owned(), 1));
                 1
             }
         };
-        if seen <= Self::SHOWN_PER_REASON {
+        if seen <= Self::SHOWN_PER_REASON || self.every {
             match source {
                 Some(source) => self.lines.push(format!("failed: {source}: {error}")),
                 None => self.lines.push(format!("failed: {error}")),
@@ -450,7 +460,7 @@ impl FailureLines {
             errln!("{line}");
         }
         for (reason, count) in &self.repeats {
-            if *count > Self::SHOWN_PER_REASON {
+            if *count > Self::SHOWN_PER_REASON && !self.every {
                 errln!("failed: {} more: {reason}", count - Self::SHOWN_PER_REASON);
             }
         }
