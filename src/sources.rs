@@ -309,7 +309,12 @@ impl Planner<'_> {
                 .and_then(|real| base_name(&real)),
         };
         match fs::metadata(&path) {
-            Err(e) => self.items.push(refused(&path, format!("cannot read {}: {e}", escaped_path(&path)))),
+            Err(e) => {
+                // Still says where it would have arrived (`--json`, the library).
+                let mut item = refused(&path, read_error(&path, &e));
+                item.name = name.unwrap_or_default();
+                self.items.push(item);
+            }
             Ok(meta) if meta.is_dir() => match name {
                 Ok(name) => {
                     let mut ancestors = vec![(meta.dev(), meta.ino())];
@@ -355,7 +360,10 @@ impl Planner<'_> {
                 entries.filter_map(Result::ok).map(|e| (e.file_name(), e.file_type().ok())).collect()
             }
             Err(e) => {
-                let message = format!("cannot read folder {}: {e}", escaped_path(dir));
+                let message = match e.raw_os_error() {
+                    Some(libc::ENAMETOOLONG) => read_error(dir, &e),
+                    _ => format!("cannot read folder {}: {e}", escaped_path(dir)),
+                };
                 self.items.push(refused(dir, message));
                 return;
             }
@@ -392,8 +400,7 @@ impl Planner<'_> {
         let meta = match fs::symlink_metadata(path) {
             Ok(meta) => meta,
             Err(e) => {
-                let message = format!("cannot read {}: {e}", escaped_path(path));
-                return self.items.push(named(refused(path, message)));
+                return self.items.push(named(refused(path, read_error(path, &e))));
             }
         };
         let followed = meta.file_type().is_symlink();
@@ -489,7 +496,11 @@ impl Planner<'_> {
     fn add_list_entry(&mut self, path: &Path, name: Result<String, String>) {
         self.roots += 1;
         match fs::metadata(path) {
-            Err(e) => self.items.push(refused(path, format!("cannot read {}: {e}", escaped_path(path)))),
+            Err(e) => {
+                let mut item = refused(path, read_error(path, &e));
+                item.name = name.unwrap_or_default();
+                self.items.push(item);
+            }
             Ok(meta) if meta.is_dir() => match name {
                 Ok(name) => self.items.push(Item {
                     origin: Origin::Path,
@@ -517,6 +528,27 @@ fn dir_mode(meta: &Metadata) -> u32 {
         true => mode & MODE_BITS & !0o022,
         false => mode & MODE_BITS,
     }
+}
+
+/// Why `path` could not be read. A path past the system's limit (4,096 bytes) is
+/// shown by its two ends: the whole of it would fill the screen.
+fn read_error(path: &Path, e: &std::io::Error) -> String {
+    if e.raw_os_error() != Some(libc::ENAMETOOLONG) {
+        return format!("cannot read {}: {e}", escaped_path(path));
+    }
+    let shown = escaped_path(path);
+    let chars: Vec<char> = shown.chars().collect();
+    let short = match chars.len() > 160 {
+        true => {
+            let (head, tail) = (&chars[..60], &chars[chars.len() - 80..]);
+            format!("{}...{}", head.iter().collect::<String>(), tail.iter().collect::<String>())
+        }
+        false => shown,
+    };
+    format!(
+        "cannot read {short}: its path is {} bytes, longer than the system takes (4,096): send it from a folder nearer to it (cd there first)",
+        path.as_os_str().len()
+    )
 }
 
 fn not_utf8(path: &Path) -> String {
@@ -775,6 +807,36 @@ mod tests {
         let err = dedupe(vec![item("a/x", "x"), item("b/x", "x")]).unwrap_err();
         assert!(err.contains("a/x") && err.contains("b/x"), "{err}");
         assert_eq!(dedupe(vec![item("a/x", "x"), item("a/x", "x")]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_path_past_the_system_limit_is_named_by_its_ends() {
+        let long = Path::new("top").join("d".repeat(250)).join("e".repeat(250)).join("last.txt");
+        let message = read_error(&long, &std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+        assert!(message.starts_with("cannot read top/ddd"), "{message}");
+        assert!(message.contains("eee/last.txt: its path is 514 bytes"), "{message}");
+        assert!(message.contains("(4,096)") && message.len() < 300, "{message}");
+        let other = read_error(&long, &std::io::Error::from_raw_os_error(libc::ENOENT));
+        assert!(other.contains(&"e".repeat(250)), "{other}");
+    }
+
+    #[test]
+    fn a_source_that_is_not_there_still_says_where_it_would_arrive() {
+        let args = [OsString::from("no/such/file.txt")];
+        let request = Request {
+            args: &args,
+            all: false,
+            files_from: None,
+            from0: false,
+            as_name: None,
+            follow_symlinks: false,
+            config: Path::new("options.xml"),
+            sizes: false,
+        };
+        let items = plan(&request, |_| {}).unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].name, "file.txt");
+        assert!(matches!(&items[0].verdict, Verdict::Refuse(why) if why.contains("no/such/file.txt")));
     }
 
     #[test]
