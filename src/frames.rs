@@ -13,6 +13,7 @@
 //!                   END    file n: size and xxh3-64 of all its bytes
 //!                   ABORT  file n: the client could not read it; the relay drops it
 //!                   BYE    no more files
+//!                   ALIVE  the client waits on a silent source (every 0.5 s)
 //! relay -> client:  READY  the relay reached the server
 //!                   RESULT file n: done (bytes), skipped, or failed (code, message)
 //!                   FATAL  the relay cannot go on (message); it exits
@@ -27,7 +28,7 @@ use std::io::{self, Read, Write};
 use crate::protocol::{self, FileMeta, MODE_BITS};
 
 /// The hello each side writes first: the format's name and version.
-pub const HELLO: [u8; 8] = *b"SXFRAME\x01";
+pub const HELLO: [u8; 8] = *b"SXFRAME\x02";
 /// Bytes of a frame header.
 pub const HEADER_LEN: usize = 12;
 /// Most data bytes in one DATA frame.
@@ -42,6 +43,7 @@ const KIND_DATA: u8 = 2;
 const KIND_END: u8 = 3;
 const KIND_ABORT: u8 = 4;
 const KIND_BYE: u8 = 5;
+const KIND_ALIVE: u8 = 6;
 const KIND_READY: u8 = 16;
 const KIND_RESULT: u8 = 17;
 const KIND_FATAL: u8 = 18;
@@ -135,6 +137,9 @@ pub enum Frame {
     },
     /// client -> relay: no more files.
     Bye,
+    /// client -> relay: still here, waiting on a silent source (the relay keeps
+    /// its streams alive only while the client shows it is).
+    Alive,
     /// relay -> client: the relay reached the server.
     Ready,
     /// relay -> client: what became of file `file`.
@@ -255,6 +260,7 @@ impl Frame {
                 (KIND_ABORT, *file)
             }
             Frame::Bye => (KIND_BYE, 0),
+            Frame::Alive => (KIND_ALIVE, 0),
             Frame::Ready => (KIND_READY, 0),
             Frame::Result { file, outcome } => {
                 let (status, code, bytes, message) = match outcome {
@@ -433,12 +439,16 @@ fn decode(kind: u8, file: u32, payload: Vec<u8>) -> Result<Frame, FrameError> {
             numbered()?;
             Ok(Frame::Abort { file, reason: text(payload, "an ABORT reason")? })
         }
-        KIND_BYE | KIND_READY => {
+        KIND_BYE | KIND_READY | KIND_ALIVE => {
             fixed(0)?;
             if file != 0 {
                 return Err(bad(format!("frame kind {kind} for file {file}")));
             }
-            Ok(if kind == KIND_BYE { Frame::Bye } else { Frame::Ready })
+            Ok(match kind {
+                KIND_BYE => Frame::Bye,
+                KIND_READY => Frame::Ready,
+                _ => Frame::Alive,
+            })
         }
         KIND_RESULT => {
             numbered()?;
@@ -498,6 +508,7 @@ mod tests {
             Frame::End { file: 1, size: 5, checksum: 99 },
             Frame::Abort { file: 2, reason: "cannot read".into() },
             Frame::Bye,
+            Frame::Alive,
             Frame::Ready,
             Frame::Result { file: 1, outcome: Outcome::Done(5) },
             Frame::Result { file: 2, outcome: Outcome::Skipped },

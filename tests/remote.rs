@@ -538,3 +538,54 @@ fn a_silent_source_over_the_relay_is_not_dropped_for_idleness() {
     assert_eq!(output.status.code(), Some(0), "{}", show(&output));
     assert!(fs::read(out.path().join("slow.bin")).unwrap() == data);
 }
+
+/// A client that is stopped (Ctrl-Z stops ssh with it; or its link hangs) sends
+/// nothing, not even ALIVE: its relay's streams are dropped by the server's
+/// --idle-timeout, as a stopped client's are on the server's own host.
+#[test]
+fn a_stopped_remote_client_is_dropped_for_idleness() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("rmtstopc"), out.path(), &["--idle-timeout", "2"]);
+    let (child, stdin) = half_sent(&server, src.path(), &[]);
+    freeze(child.id());
+    wait_until("the server to drop the stopped client's file", || server.temp_files().is_empty());
+    thaw(child.id());
+    drop(stdin);
+    let output = finish(child);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(!out.path().join("slow.bin").exists(), "a dropped file was published");
+}
+
+/// A source that trickles (a little every 0.1 s: never silent, yet too slow to fill
+/// a slot within --idle-timeout) is not dropped over --remote either.
+#[test]
+fn a_trickling_source_over_the_relay_is_not_dropped_for_idleness() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    // 64 MiB: slots of 1 MiB, which the trickle takes longer than 2 s to fill.
+    let server =
+        Server::start(&unique_name("rmttrickle"), out.path(), &["--idle-timeout", "2", "--size", "64M"]);
+    let mut command = remote_client(&server.name, src.path());
+    command
+        .args(["-", "--as", "trickle.bin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = pattern(60 * 30_000, 8);
+    let fed = data.clone();
+    let feeder = std::thread::spawn(move || {
+        for chunk in fed.chunks(30_000) {
+            if stdin.write_all(chunk).and_then(|()| stdin.flush()).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let output = finish(child);
+    feeder.join().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert!(fs::read(out.path().join("trickle.bin")).unwrap() == data);
+}

@@ -163,7 +163,7 @@ pub fn send_items(
 }
 
 /// How long the relay's stderr is read after it exited.
-const STDERR_GRACE: Duration = Duration::from_millis(500);
+const STDERR_GRACE: Duration = Duration::from_secs(2);
 
 /// The relay process, as seen from here.
 struct Relay<'h> {
@@ -253,8 +253,9 @@ fn run(
     let relay_end = std::thread::scope(|scope| {
         let listener = scope.spawn(|| {
             let heard = listen(&mut from_relay, &numbers, options.skip_existing, &report);
-            // Acquire: pairs with the Release store below.
-            if writing.load(Ordering::Acquire) {
+            // Acquire: pairs with the Release store below. (An end without an
+            // error while this side writes is the relay gone: the writer fails too.)
+            if heard.is_err() && writing.load(Ordering::Acquire) {
                 relay.stop();
             }
             heard
@@ -462,8 +463,9 @@ fn copy_file(
         if let Input::Pipe(pipe) = input {
             // A FIFO opened without waiting for its writer: wait for data or its end.
             while !sys::poll_readable(pipe.as_fd(), Duration::from_millis(500)).map_err(Copy::Read)? {
-                // What came so far goes on to the relay, as it would to the server.
-                out.flush().map_err(Copy::Write)?;
+                // What came so far goes on to the relay, as it would to the server,
+                // and the relay hears the client is alive (its streams stay open).
+                Frame::Alive.write(out).and_then(|()| out.flush()).map_err(Copy::Write)?;
                 if sys::stop_signal().is_some() {
                     return Err(Copy::Read(io::Error::from(io::ErrorKind::Interrupted)));
                 }
@@ -555,6 +557,8 @@ pub fn relay<W: Write>(name: &str, timeout: Duration, input: std::fs::File, outp
         };
         let (file, what) = match frame {
             Frame::Bye => break,
+            // Read, so beaten for already (`FrameInput::alive`).
+            Frame::Alive => continue,
             Frame::Begin { file, what } => (file, what),
             other => return fatal(format!("expected BEGIN or BYE, got {other:?}")),
         };
@@ -702,35 +706,32 @@ struct FrameInput<'c> {
     buf: Box<[u8]>,
     pos: usize,
     end: usize,
-    /// Beaten for every stream held while the client sends nothing (see `wait`).
+    /// Beaten for every stream held while bytes come from the client (see `alive`).
     connection: Option<&'c super::Connection>,
+    last_beat: Instant,
 }
 
-/// How often the relay tells the server its streams are alive while its input is
-/// silent (a client reading a slow pipe, or a FIFO with no writer yet).
+/// How often, at most, the relay tells the server its streams are alive while the
+/// client sends (data, or ALIVE while its source is silent).
 const INPUT_BEAT: Duration = Duration::from_millis(500);
 
 impl<'c> FrameInput<'c> {
     fn new(file: std::fs::File) -> FrameInput<'c> {
-        FrameInput { file, buf: vec![0u8; 1 << 20].into_boxed_slice(), pos: 0, end: 0, connection: None }
+        let buf = vec![0u8; 1 << 20].into_boxed_slice();
+        FrameInput { file, buf, pos: 0, end: 0, connection: None, last_beat: Instant::now() }
     }
 
-    /// Waits until the input has bytes (or ends), beating the streams held
-    /// meanwhile: the server would drop them as idle while the client waits on a
-    /// silent source, which it never does for a client on its own host.
-    fn wait(&self) -> io::Result<()> {
-        let Some(connection) = self.connection else { return Ok(()) };
-        loop {
-            match sys::poll_readable(self.file.as_fd(), INPUT_BEAT) {
-                Ok(true) => return Ok(()),
-                Ok(false) => connection.beat_held(),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+    /// Bytes came from the client: it is alive, so are the streams this relay holds
+    /// for it (a slot filling slowly hands nothing to the server for a while). A
+    /// client that sends nothing, not even ALIVE (stopped, or its link hung), is
+    /// dropped by the server's `--idle-timeout` as it would be on its own host.
+    fn alive(&mut self) {
+        if let Some(connection) = self.connection.filter(|_| self.last_beat.elapsed() >= INPUT_BEAT) {
+            connection.beat_held();
+            self.last_beat = Instant::now();
         }
     }
 
-    /// The bytes read ahead and not taken yet.
     fn buffer(&self) -> &[u8] {
         &self.buf[self.pos..self.end]
     }
@@ -744,20 +745,23 @@ impl<'c> FrameInput<'c> {
             self.pos += n;
             return Ok(n);
         }
-        self.wait()?;
-        segment.read_at(&self.file, at, len)
+        let n = segment.read_at(&self.file, at, len)?;
+        self.alive();
+        Ok(n)
     }
 }
 
 impl Read for FrameInput<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.pos == self.end {
-            self.wait()?;
             if out.len() >= self.buf.len() {
-                return self.file.read(out);
+                let n = self.file.read(out)?;
+                self.alive();
+                return Ok(n);
             }
             self.end = self.file.read(&mut self.buf)?;
             self.pos = 0;
+            self.alive();
         }
         let n = out.len().min(self.end - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
@@ -839,6 +843,8 @@ impl<'r, R: Read> FileFrames<'r, R> {
                 self.state = FrameState::Ended;
                 Ok(())
             }
+            // The client waits on its source; the bytes of this frame were a beat.
+            Frame::Alive => Ok(()),
             Frame::Abort { file, reason } if file == self.file => {
                 let why = format!("the client could not send it: {reason}");
                 self.state = FrameState::Failed(why.clone());

@@ -52,8 +52,8 @@ impl Connection {
         Ok(Connection { segment, locks, handout_lock, server_pid, timeout, held: Mutex::new(Vec::new()) })
     }
 
-    /// Tells the server every stream this process holds is alive, while it waits
-    /// for its own input (a relay whose client's pipe is silent): none is dropped
+    /// Tells the server every stream this process holds is alive (a relay whose
+    /// client is alive but sends too little to move the streams): none is dropped
     /// for idleness meanwhile.
     pub(crate) fn beat_held(&self) {
         for &(guid, offset) in self.held.lock().expect("held lock").iter() {
