@@ -530,21 +530,30 @@ fn dir_mode(meta: &Metadata) -> u32 {
     }
 }
 
-/// Why `path` could not be read. A path past the system's limit (4,096 bytes) is
-/// shown by its two ends: the whole of it would fill the screen.
+/// Why `path` could not be read. A name or path past the system's limits (255
+/// bytes a name, 4,096 a path) says which, and a long path is shown by its two
+/// ends: the whole of it would fill the screen.
 fn read_error(path: &Path, e: &std::io::Error) -> String {
     if e.raw_os_error() != Some(libc::ENAMETOOLONG) {
         return format!("cannot read {}: {e}", escaped_path(path));
     }
-    let shown = escaped_path(path);
-    let chars: Vec<char> = shown.chars().collect();
+    let text = path.to_string_lossy();
+    let chars: Vec<char> = text.chars().collect();
+    // Cut before escaping, so no escape is cut in two.
     let short = match chars.len() > 160 {
         true => {
-            let (head, tail) = (&chars[..60], &chars[chars.len() - 80..]);
-            format!("{}...{}", head.iter().collect::<String>(), tail.iter().collect::<String>())
+            let (head, tail): (String, String) =
+                (chars[..60].iter().collect(), chars[chars.len() - 80..].iter().collect());
+            format!("{}...{}", escaped(&head), escaped(&tail))
         }
-        false => shown,
+        false => escaped_path(path),
     };
+    let longest = path.components().map(|part| part.as_os_str().len()).max().unwrap_or(0);
+    if longest > 255 {
+        return format!(
+            "cannot read {short}: a name in it is {longest} bytes, longer than the system takes (255)"
+        );
+    }
     format!(
         "cannot read {short}: its path is {} bytes, longer than the system takes (4,096): send it from a folder nearer to it (cd there first)",
         path.as_os_str().len()
@@ -818,6 +827,16 @@ mod tests {
         assert!(message.contains("(4,096)") && message.len() < 300, "{message}");
         let other = read_error(&long, &std::io::Error::from_raw_os_error(libc::ENOENT));
         assert!(other.contains(&"e".repeat(250)), "{other}");
+        let named =
+            read_error(Path::new(&"a".repeat(300)), &std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+        assert!(named.ends_with("a name in it is 300 bytes, longer than the system takes (255)"), "{named}");
+        // Cut before escaping: an escape is whole or absent.
+        let escapes = Path::new("top").join("\u{1b}".repeat(300)).join("x".repeat(250));
+        let cut = read_error(&escapes, &std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+        assert!(
+            cut.contains("\\u{1b}\\u{1b}") && !cut.contains("\\u{1b...") && !cut.contains("\\u..."),
+            "{cut}"
+        );
     }
 
     #[test]

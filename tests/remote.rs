@@ -497,7 +497,10 @@ fn a_process_holding_the_relays_stderr_does_not_keep_the_client() {
     let out = tempfile::tempdir().unwrap();
     let server = Server::start(&unique_name("rmterr"), out.path(), &[]);
     write_file(src.path(), "a.bin", 1000, 5);
-    let rsh = rsh_script(src.path(), &format!("sleep 30 </dev/null >/dev/null &\nexec {} \"$@\"", shim()));
+    let rsh = rsh_script(
+        src.path(),
+        &format!("sleep 30 </dev/null >/dev/null &\necho $! >sleeper.pid\nexec {} \"$@\"", shim()),
+    );
     let started = Instant::now();
     let output = run({
         let mut c = Command::new(CLIENT);
@@ -506,6 +509,8 @@ fn a_process_holding_the_relays_stderr_does_not_keep_the_client() {
         c
     });
     assert!(output.status.success(), "{}", show(&output));
+    let sleeper = fs::read_to_string(src.path().join("sleeper.pid")).unwrap();
+    signal(sleeper.trim().parse().unwrap(), "KILL");
     assert!(started.elapsed() < Duration::from_secs(20), "the client waited {:?}", started.elapsed());
     assert!(fs::read(out.path().join("a.bin")).unwrap() == pattern(1000, 5));
 }

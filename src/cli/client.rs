@@ -435,7 +435,8 @@ impl FailureLines {
     fn push(&mut self, source: Option<String>, error: &str) {
         let reason = Self::NAMED_REASONS
             .iter()
-            .find_map(|marker| error.find(marker).map(|at| &error[at + 1..]))
+            // The last one: a name may hold the same words.
+            .find_map(|marker| error.rfind(marker).map(|at| &error[at + 1..]))
             .unwrap_or(error);
         let seen = match self.repeats.iter_mut().find(|(seen, _)| seen == reason) {
             Some((_, count)) => {
