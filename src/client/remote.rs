@@ -732,6 +732,7 @@ impl<'c> FrameInput<'c> {
         }
     }
 
+    /// The bytes read ahead and not taken yet.
     fn buffer(&self) -> &[u8] {
         &self.buf[self.pos..self.end]
     }
