@@ -562,8 +562,9 @@ fn a_stopped_remote_client_is_dropped_for_idleness() {
     assert!(!out.path().join("slow.bin").exists(), "a dropped file was published");
 }
 
-/// A source that trickles (a little every 0.1 s: never silent, yet too slow to fill
-/// a slot within --idle-timeout) is not dropped over --remote either.
+/// A source that trickles (1,000 bytes every 0.1 s: never silent, yet too slow to
+/// fill the client's 64 KiB buffer, or a slot, within --idle-timeout) is not
+/// dropped over --remote either.
 #[test]
 fn a_trickling_source_over_the_relay_is_not_dropped_for_idleness() {
     let src = tempfile::tempdir().unwrap();
@@ -579,10 +580,10 @@ fn a_trickling_source_over_the_relay_is_not_dropped_for_idleness() {
         .stderr(Stdio::piped());
     let mut child = command.spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    let data = pattern(60 * 30_000, 8);
+    let data = pattern(100 * 1_000, 8);
     let fed = data.clone();
     let feeder = std::thread::spawn(move || {
-        for chunk in fed.chunks(30_000) {
+        for chunk in fed.chunks(1_000) {
             if stdin.write_all(chunk).and_then(|()| stdin.flush()).is_err() {
                 return;
             }

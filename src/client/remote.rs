@@ -162,6 +162,10 @@ pub fn send_items(
     result
 }
 
+/// How long a pipe's bytes wait, at most, before they go on to the relay, and how
+/// often a silent pipe's client says it is alive.
+const PIPE_FLUSH: Duration = Duration::from_millis(500);
+
 /// How long the relay's stderr is read after it exited.
 const STDERR_GRACE: Duration = Duration::from_secs(2);
 
@@ -455,17 +459,26 @@ fn copy_file(
     let mut source: &std::fs::File = source;
     let mut hasher = Checksum::new();
     let mut sent = 0u64;
+    // When what a pipe gave last went on to the relay (see below).
+    let mut flushed = Instant::now();
     loop {
         let want = match exact {
             Some(size) => buffer.len().min((size - sent.min(size)) as usize + 1),
             None => buffer.len(),
         };
         if let Input::Pipe(pipe) = input {
+            // A pipe's bytes go on to the relay within PIPE_FLUSH, as they would go
+            // to the server, however slowly they come: the relay keeps its streams
+            // alive only while bytes come.
+            if flushed.elapsed() >= PIPE_FLUSH {
+                out.flush().map_err(Copy::Write)?;
+                flushed = Instant::now();
+            }
             // A FIFO opened without waiting for its writer: wait for data or its end.
-            while !sys::poll_readable(pipe.as_fd(), Duration::from_millis(500)).map_err(Copy::Read)? {
-                // What came so far goes on to the relay, as it would to the server,
-                // and the relay hears the client is alive (its streams stay open).
+            while !sys::poll_readable(pipe.as_fd(), PIPE_FLUSH).map_err(Copy::Read)? {
+                // Silent: the relay hears the client is alive (its streams stay open).
                 Frame::Alive.write(out).and_then(|()| out.flush()).map_err(Copy::Write)?;
+                flushed = Instant::now();
                 if sys::stop_signal().is_some() {
                     return Err(Copy::Read(io::Error::from(io::ErrorKind::Interrupted)));
                 }
