@@ -595,3 +595,39 @@ fn a_trickling_source_over_the_relay_is_not_dropped_for_idleness() {
     assert_eq!(output.status.code(), Some(0), "{}", show(&output));
     assert!(fs::read(out.path().join("trickle.bin")).unwrap() == data);
 }
+
+/// A file the server gives up on while it is sent (here: past --max-file-size) is
+/// told to the client at once, which stops reading its source: a producer that
+/// never ends does not keep it sending a lost file for good.
+#[test]
+fn a_file_failed_mid_way_stops_the_remote_client_reading_it() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("rmtcut2"), out.path(), &["--max-file-size", "1M"]);
+    let mut command = remote_client(&server.name, src.path());
+    command
+        .args(["-", "--as", "endless.bin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = std::sync::Arc::clone(&stop);
+    let producer = std::thread::spawn(move || {
+        let chunk = pattern(64 << 10, 11);
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            if stdin.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let status = wait_with_deadline(&mut child, "a remote client whose file failed mid-way");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    producer.join().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("endless.bin") || err.contains("-:"), "{err}");
+    assert!(!out.path().join("endless.bin").exists(), "a failed file was published");
+}

@@ -398,7 +398,11 @@ fn write_all(
                     .insert(file, InFlight { index, started, size: None, interrupted: false });
                 let what = Begin::File { name: item.name.clone(), size: opened.exact, meta: opened.meta };
                 Frame::Begin { file, what }.write(out).map_err(io_failed)?;
-                let sent = copy_file(out, file, &opened.input, opened.exact, &mut buffer, progress);
+                // The relay may fail the file before it is whole (the server dropped
+                // it): then it is cut short.
+                let answered = || !numbers.lock().expect("numbers lock").contains_key(&file);
+                let sent =
+                    copy_file(out, file, &opened.input, opened.exact, &mut buffer, progress, &answered);
                 let frame = match sent {
                     Ok((size, checksum)) => match changed(&opened) {
                         None => {
@@ -452,6 +456,7 @@ fn copy_file(
     exact: Option<u64>,
     buffer: &mut [u8],
     progress: &dyn Progress,
+    answered: &dyn Fn() -> bool,
 ) -> Result<(u64, u64), Copy> {
     let (Input::File(source) | Input::Pipe(source)) = input else {
         return Err(Copy::Read(io::Error::other("not a file")));
@@ -461,7 +466,11 @@ fn copy_file(
     let mut sent = 0u64;
     // When what a pipe gave last went on to the relay (see below).
     let mut flushed = Instant::now();
+    let cut_short = || Copy::Read(io::Error::other("the relay failed it before it was whole"));
     loop {
+        if answered() {
+            return Err(cut_short());
+        }
         let want = match exact {
             Some(size) => buffer.len().min((size - sent.min(size)) as usize + 1),
             None => buffer.len(),
@@ -479,6 +488,9 @@ fn copy_file(
                 // Silent: the relay hears the client is alive (its streams stay open).
                 Frame::Alive.write(out).and_then(|()| out.flush()).map_err(Copy::Write)?;
                 flushed = Instant::now();
+                if answered() {
+                    return Err(cut_short());
+                }
                 if sys::stop_signal().is_some() {
                     return Err(Copy::Read(io::Error::from(io::ErrorKind::Interrupted)));
                 }
@@ -619,12 +631,23 @@ pub fn relay<W: Write>(name: &str, timeout: Duration, input: std::fs::File, outp
                 batches.finish(&mut stream, &report);
                 let mut reader = FileFrames::new(&mut input, file);
                 let meta = FileMeta { size_is_hint: size.is_none(), ..meta };
-                let sent = stream.send_filled(&name, meta, size, &mut reader);
+                let sent = match stream.send_filled(&name, meta, size, &mut reader) {
+                    // A failure is told at once: the client stops sending a file that
+                    // is lost (a source that never ends would keep it going for good).
+                    Err(e) => {
+                        report(index, Err(e), started);
+                        let _ = output.borrow_mut().flush();
+                        None
+                    }
+                    sent => Some(sent),
+                };
                 // Whatever happened, the rest of this file's frames are read past.
                 if let Err(message) = reader.finish() {
                     return fatal(message);
                 }
-                report(index, sent, started);
+                if let Some(sent) = sent {
+                    report(index, sent, started);
+                }
             }
         }
     }
