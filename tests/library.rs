@@ -193,6 +193,17 @@ fn errors_are_typed_say_their_exit_status_and_keep_their_source() {
     assert_eq!(second.exit_status(), ExitStatus::Usage);
     drop(first);
     assert!(!shm_path(&name).exists(), "dropping the handle stops the server");
+
+    // What sharedserver refuses as usage, the builder refuses too, starting nothing.
+    let none = Server::builder(&name).max_streams_per_client(0).output_dir(out.path()).start();
+    let none = none.err().expect("a quota of 0 streams");
+    assert!(
+        matches!(none, ServerError::Start(_)) && none.to_string().contains("max_streams_per_client"),
+        "{none}"
+    );
+    let idle = Server::builder(&name).workers(0).output_dir(out.path()).start().err().expect("0 workers");
+    assert!(idle.to_string().contains("workers is 0"), "{idle}");
+    assert!(!shm_path(&name).exists(), "nothing was started");
 }
 
 #[test]

@@ -109,7 +109,9 @@ pub enum Delivered {
         /// The file's length as published.
         bytes: u64,
     },
-    /// The server already had a file under that name, and skipping was asked for.
+    /// Not sent, and that is fine: the server already had a file under that name and
+    /// skipping was asked for, or the item was skipped when planned (a symbolic
+    /// link inside a folder, without `-L`: its `Item::verdict` says so).
     Skipped,
 }
 

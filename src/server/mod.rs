@@ -312,6 +312,15 @@ impl ServerBuilder {
     pub fn start(self) -> Result<Server, ServerError> {
         let ServerBuilder { options, sink, events } = self;
         lock::validate_segment_name(&options.name).map_err(ServerError::Start)?;
+        // What `sharedserver` refuses as usage errors, refused here too (else every
+        // stream would fail with a message about the client).
+        if options.max_streams_per_client == 0 {
+            let message = "max_streams_per_client is 0: no client could open a stream; give 1 or more";
+            return Err(ServerError::Start(message.into()));
+        }
+        if options.workers == 0 {
+            return Err(ServerError::Start("workers is 0: give 1 or more (at most 16 are used)".into()));
+        }
         sys::ignore_file_size_signal();
         sys::raise_nofile_limit();
         let events: Events = events.unwrap_or_else(|| Arc::new(|_: &ServerEvent| {}));
