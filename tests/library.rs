@@ -278,3 +278,21 @@ fn a_reader_shorter_than_its_size_fails_saying_so() {
     drop(sender);
     server.shutdown().unwrap();
 }
+
+/// A name reserved for the server's temporary files is refused by the library as a
+/// usage error before anything is sent, as the command line refuses it.
+#[test]
+fn a_reserved_name_is_a_usage_error_in_the_library_too() {
+    let out = tempfile::tempdir().unwrap();
+    let name = unique_name("libreserved");
+    let _server = Server::builder(&name).size(4 << 20).output_dir(out.path()).start().unwrap();
+    let sender = Sender::connect(&name, TIMEOUT).unwrap();
+    for bad in [".sharedxfer-x", "sub/.sharedxfer-y"] {
+        let err = sender.send_reader(bad, &b"x"[..]).unwrap_err();
+        assert_eq!(err.exit_status(), ExitStatus::Usage, "{bad}: {err}");
+        assert!(err.to_string().contains("reserved"), "{err}");
+        let err = sender.stream().make_dir(bad, 0o755).unwrap_err();
+        assert_eq!(err.exit_status(), ExitStatus::Usage, "{bad}: {err}");
+    }
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0, "nothing was made");
+}

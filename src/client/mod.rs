@@ -94,6 +94,20 @@ impl From<io::Error> for SendError {
     }
 }
 
+/// An output name the server would refuse, refused here as a usage error (as the
+/// command line refuses it before connecting): invalid, or reserved for the
+/// server's temporary files.
+fn check_name(name: &str) -> Result<(), SendError> {
+    crate::protocol::validate_path(name).map_err(|e| SendError::Usage(format!("{name:?}: {e}")))?;
+    if name.split('/').any(|part| part.starts_with(crate::protocol::RESERVED_PREFIX)) {
+        return Err(SendError::Usage(format!(
+            "{name:?}: names starting with {} are reserved for the server's temporary files",
+            crate::protocol::RESERVED_PREFIX
+        )));
+    }
+    Ok(())
+}
+
 fn failed(message: impl Into<String>) -> SendError {
     SendError::Failed(message.into())
 }
@@ -199,7 +213,7 @@ impl Sender {
     /// Sends everything `reader` gives, to end of file, published as `name` (a
     /// relative path) with the server's default mode.
     pub fn send_reader(&self, name: &str, reader: impl Read) -> Result<Delivered, SendError> {
-        crate::protocol::validate_path(name).map_err(|e| SendError::Usage(format!("{name:?}: {e}")))?;
+        check_name(name)?;
         let mut session = None;
         let meta = FileMeta { skip_existing: self.options.skip_existing, ..FileMeta::default() };
         send::send_from(&self.connection, &mut session, name, meta, None, reader, &())
@@ -738,7 +752,7 @@ impl StreamSender<'_> {
         reader: impl Read,
         progress: &dyn Progress,
     ) -> Result<Delivered, SendError> {
-        crate::protocol::validate_path(name).map_err(|e| SendError::Usage(format!("{name:?}: {e}")))?;
+        check_name(name)?;
         send::send_from(&self.sender.connection, &mut self.session, name, meta, size, reader, progress)
     }
 
@@ -750,13 +764,13 @@ impl StreamSender<'_> {
         size: Option<u64>,
         filler: &mut dyn send::Fill,
     ) -> Result<Delivered, SendError> {
-        crate::protocol::validate_path(name).map_err(|e| SendError::Usage(format!("{name:?}: {e}")))?;
+        check_name(name)?;
         send::send_filled(&self.sender.connection, &mut self.session, name, meta, size, filler, &())
     }
 
     /// Makes the folder `name` (and its parents) with permission bits `mode`.
     pub fn make_dir(&mut self, name: &str, mode: u32) -> Result<Delivered, SendError> {
-        crate::protocol::validate_path(name).map_err(|e| SendError::Usage(format!("{name:?}: {e}")))?;
+        check_name(name)?;
         send::send_dir(&self.sender.connection, &mut self.session, name, mode & crate::protocol::MODE_BITS)
     }
 }
