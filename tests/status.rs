@@ -87,6 +87,16 @@ fn status_without_a_server_fails_clearly() {
     let output = run(command);
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
     assert!(stderr_of(&output).contains("no server on segment"), "{}", show(&output));
+
+    // --json: a document on stdout too, for scripts.
+    let name = unique_name("nostatusjson");
+    let mut command = std::process::Command::new(CLIENT);
+    command.args(["--name", &name, "--status", "--json"]);
+    let output = run(command);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    let doc: serde_json::Value = serde_json::from_str(&stdout_of(&output)).expect("JSON on stdout");
+    assert_eq!(doc["segment"], name.as_str(), "{doc}");
+    assert!(doc["error"].as_str().unwrap_or_default().contains("no server on segment"), "{doc}");
 }
 
 #[test]

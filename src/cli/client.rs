@@ -530,6 +530,10 @@ fn run_status(name: &str, json: bool) -> ExitStatus {
         Ok(segment) => segment,
         Err(e) => {
             errln!("sharedclient: {e}");
+            if json {
+                // A script reading stdout gets a document, not nothing.
+                outln!("{}", serde_json::json!({ "segment": name, "error": e.to_string() }));
+            }
             return exit_status_of(&e);
         }
     };
