@@ -87,12 +87,21 @@ impl DirCache {
 impl Target {
     /// Whether something (a link included, not followed) already has the name.
     pub fn exists(&self) -> bool {
-        sys::exists_at(self.parent.as_fd(), &self.base)
+        self.entry().is_some()
     }
 
     /// Whether a folder has the name (a link to one is not a folder).
     pub fn is_folder(&self) -> bool {
-        sys::is_dir_at(self.parent.as_fd(), &self.base)
+        self.entry() == Some(true)
+    }
+
+    /// Whether something other than a folder (a link included) has the name.
+    pub fn is_file(&self) -> bool {
+        self.entry() == Some(false)
+    }
+
+    fn entry(&self) -> Option<bool> {
+        sys::entry_at(self.parent.as_fd(), &self.base)
     }
 
     /// A folder in the way of a file reads as `IsADirectory` whatever the call

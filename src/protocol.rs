@@ -532,6 +532,18 @@ pub fn validate_path(path: &str) -> Result<(), ProtocolError> {
     Ok(())
 }
 
+/// A path a client may ask the server to publish under: `validate_path`, and no
+/// component reserved for the server's temporary files (`RESERVED_PREFIX`).
+pub fn validate_output_path(path: &str) -> Result<(), ProtocolError> {
+    validate_path(path)?;
+    if path.split('/').any(|part| part.starts_with(RESERVED_PREFIX)) {
+        return Err(bad(format!(
+            "names starting with {RESERVED_PREFIX} are reserved for the server's temporary files"
+        )));
+    }
+    Ok(())
+}
+
 /// One path component: not empty, not `.` or `..`, no `/` or NUL, at most 255 bytes.
 pub fn validate_file_name(name: &str) -> Result<(), ProtocolError> {
     if name.is_empty() {

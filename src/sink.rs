@@ -283,7 +283,7 @@ impl SinkSession for FolderSession {
     }
 
     fn exists(&mut self, name: &str) -> bool {
-        self.output.target(name, &mut self.dirs).is_ok_and(|target| target.exists() && !target.is_folder())
+        self.output.target(name, &mut self.dirs).is_ok_and(|target| target.is_file())
     }
 
     fn is_folder(&mut self, name: &str) -> bool {

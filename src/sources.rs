@@ -620,14 +620,7 @@ fn apply_as_name(items: &mut [Item], as_name: Option<&str>) -> Result<(), String
     }
     match items {
         [item] if item.kind == Kind::File && item.verdict == Verdict::Send => {
-            protocol::validate_path(as_name).map_err(|e| format!("--as {}: {e}", escaped(as_name)))?;
-            if as_name.split('/').any(|part| part.starts_with(protocol::RESERVED_PREFIX)) {
-                return Err(format!(
-                    "--as {}: names starting with {} are reserved for the server's temporary files",
-                    escaped(as_name),
-                    protocol::RESERVED_PREFIX
-                ));
-            }
+            protocol::validate_output_path(as_name).map_err(|e| format!("--as {}: {e}", escaped(as_name)))?;
             item.name = as_name.to_owned();
             Ok(())
         }
@@ -650,15 +643,8 @@ fn apply_as_name(items: &mut [Item], as_name: Option<&str>) -> Result<(), String
 /// Every output name the server would refuse is refused here, naming the source.
 fn check_names(items: &mut [Item]) {
     for item in items.iter_mut().filter(|i| i.verdict == Verdict::Send) {
-        if let Err(e) = protocol::validate_path(&item.name) {
+        if let Err(e) = protocol::validate_output_path(&item.name) {
             item.verdict = Verdict::Refuse(format!("{}: {e}", item.human()));
-        } else if item.name.split('/').any(|part| part.starts_with(protocol::RESERVED_PREFIX)) {
-            let message = format!(
-                "{}: names starting with {} are reserved for the server's temporary files",
-                item.human(),
-                protocol::RESERVED_PREFIX
-            );
-            item.verdict = Verdict::Refuse(message);
         }
     }
 }

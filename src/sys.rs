@@ -379,24 +379,15 @@ pub fn unlink_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })
 }
 
-/// Whether anything (a link included, not followed) exists at `name` in `dir`.
-pub fn exists_at(dir: BorrowedFd<'_>, name: &str) -> bool {
-    let Ok(name) = c_name(name) else { return false };
+/// What is at `name` in `dir` (a link included, not followed): `None` nothing,
+/// `Some(true)` a folder, `Some(false)` anything else.
+pub fn entry_at(dir: BorrowedFd<'_>, name: &str) -> Option<bool> {
+    let name = c_name(name).ok()?;
     // SAFETY: a zeroed stat is a valid out-parameter; `name` is NUL-terminated.
     unsafe {
         let mut st: libc::stat = std::mem::zeroed();
-        libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) == 0
-    }
-}
-
-/// Whether `name` in `dir` is a folder (a link to one is not).
-pub fn is_dir_at(dir: BorrowedFd<'_>, name: &str) -> bool {
-    let Ok(name) = c_name(name) else { return false };
-    // SAFETY: a zeroed stat is a valid out-parameter; `name` is NUL-terminated.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) == 0
-            && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+        (libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) == 0)
+            .then_some(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
     }
 }
 

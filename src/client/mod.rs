@@ -98,14 +98,7 @@ impl From<io::Error> for SendError {
 /// command line refuses it before connecting): invalid, or reserved for the
 /// server's temporary files.
 fn check_name(name: &str) -> Result<(), SendError> {
-    crate::protocol::validate_path(name).map_err(|e| SendError::Usage(format!("{name:?}: {e}")))?;
-    if name.split('/').any(|part| part.starts_with(crate::protocol::RESERVED_PREFIX)) {
-        return Err(SendError::Usage(format!(
-            "{name:?}: names starting with {} are reserved for the server's temporary files",
-            crate::protocol::RESERVED_PREFIX
-        )));
-    }
-    Ok(())
+    crate::protocol::validate_output_path(name).map_err(|e| SendError::Usage(format!("{name:?}: {e}")))
 }
 
 fn failed(message: impl Into<String>) -> SendError {
