@@ -202,7 +202,9 @@ fn errors_are_typed_say_their_exit_status_and_keep_their_source() {
         "{none}"
     );
     let idle = Server::builder(&name).workers(0).output_dir(out.path()).start().err().expect("0 workers");
-    assert!(idle.to_string().contains("workers is 0"), "{idle}");
+    assert!(idle.to_string().contains("workers is 0: give 1 to 16"), "{idle}");
+    let many = Server::builder(&name).workers(100).output_dir(out.path()).start().err().expect("100 workers");
+    assert!(many.to_string().contains("workers is 100: give 1 to 16"), "{many}");
     assert!(!shm_path(&name).exists(), "nothing was started");
 }
 
@@ -259,6 +261,26 @@ fn a_send_after_the_server_stopped_says_the_server_stopped() {
     assert!(err.to_string().contains("server"), "{err}");
     assert!(!err.to_string().contains("named lock"), "{err}");
     assert!(!out.path().join("late.txt").exists());
+}
+
+/// A `Sender` kept across a restart of the server binary says its server has
+/// stopped and to connect again (not that it is "shutting down", for good), and a
+/// new `Sender::connect` reaches the new server.
+#[test]
+fn a_sender_kept_across_a_server_restart_says_to_connect_again() {
+    let out = tempfile::tempdir().unwrap();
+    let name = unique_name("librestart");
+    let mut first = common::Server::start(&name, out.path(), &["--size", "4M"]);
+    let sender = Sender::connect(&name, TIMEOUT).unwrap();
+    assert_eq!(sender.send_reader("one.txt", &b"1"[..]).unwrap(), Delivered::Sent { bytes: 1 });
+    first.stop("TERM");
+    let _second = common::Server::start(&name, out.path(), &["--size", "4M"]);
+    let err = sender.send_reader("two.txt", &b"2"[..]).unwrap_err();
+    assert!(err.to_string().contains("has stopped: connect again"), "{err}");
+    assert!(!out.path().join("two.txt").exists());
+    let again = Sender::connect(&name, TIMEOUT).unwrap();
+    assert_eq!(again.send_reader("two.txt", &b"2"[..]).unwrap(), Delivered::Sent { bytes: 1 });
+    assert_eq!(fs::read(out.path().join("two.txt")).unwrap(), b"2");
 }
 
 /// A reader shorter than the size it was sent with fails the file, saying so (not

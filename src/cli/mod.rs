@@ -74,7 +74,7 @@ pub struct ServerCli {
     /// Drop a stream whose client shows no activity for this many seconds.
     #[arg(long = "idle-timeout", value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,
-    /// Worker threads writing files (default: one per core).
+    /// Worker threads writing files, 1 to 16 (default: one per core, at most 16).
     #[arg(long = "workers", value_name = "N", value_parser = clap::value_parser!(u64).range(1..=16))]
     pub workers: Option<u64>,
     /// One line per published file (`done NAME ...`), besides the line per client.

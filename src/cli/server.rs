@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::cli::ServerCli;
 use crate::config::{Config, ConfigError};
+use crate::segment::MAX_WORKERS;
 use crate::server::{Server, ServerEvent, ServerOptions};
 use crate::{sys, ExitStatus};
 
@@ -30,7 +31,7 @@ pub fn main(cli: ServerCli) -> ExitStatus {
     let workers = cli
         .workers
         .map(|n| n as usize)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()).min(MAX_WORKERS));
     let group = match cli.group.as_deref().map(|name| (name, sys::group_id(name))) {
         None => None,
         Some((_, Some(gid))) => Some(gid),

@@ -92,10 +92,18 @@ impl<'a> Watchdog<'a> {
         }
         let header = self.connection.segment.header();
         // SYNC POINT (server state): pairs with the server's Release in `serve`.
-        if header.server_state.load(Ordering::Acquire) == SERVER_STOPPING {
+        let stopping = header.server_state.load(Ordering::Acquire) == SERVER_STOPPING;
+        let pid = self.connection.server_pid;
+        if stopping && sys::process_alive(pid) {
             return Err(failed("the server is shutting down"));
         }
-        let pid = self.connection.server_pid;
+        if stopping {
+            // A connection kept past its server's end (a library `Sender` across a
+            // restart): a new server, if any, has a new segment.
+            return Err(failed(format!(
+                "the server (pid {pid}) has stopped: connect again once a server runs"
+            )));
+        }
         if !sys::process_alive(pid) {
             return Err(failed(format!("the server (pid {pid}) exited")));
         }

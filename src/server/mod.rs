@@ -244,7 +244,8 @@ impl ServerBuilder {
         self
     }
 
-    /// Worker threads writing files (default: one per core, at most 16).
+    /// Worker threads writing files: 1 to 16 (`start` refuses others; default: one
+    /// per core, at most 16).
     pub fn workers(mut self, workers: usize) -> Self {
         self.options.workers = workers;
         self
@@ -318,8 +319,9 @@ impl ServerBuilder {
             let message = "max_streams_per_client is 0: no client could open a stream; give 1 or more";
             return Err(ServerError::Start(message.into()));
         }
-        if options.workers == 0 {
-            return Err(ServerError::Start("workers is 0: give 1 or more (at most 16 are used)".into()));
+        if !(1..=MAX_WORKERS).contains(&options.workers) {
+            let message = format!("workers is {}: give 1 to {MAX_WORKERS}", options.workers);
+            return Err(ServerError::Start(message));
         }
         sys::ignore_file_size_signal();
         sys::raise_nofile_limit();
@@ -357,7 +359,7 @@ impl Server {
     /// A builder for a server on segment `name`, with the defaults of
     /// `sharedserver`.
     pub fn builder(name: impl Into<String>) -> ServerBuilder {
-        let workers = thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let workers = thread::available_parallelism().map_or(2, |n| n.get()).min(MAX_WORKERS);
         ServerBuilder {
             options: ServerOptions {
                 name: name.into(),
