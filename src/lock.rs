@@ -109,9 +109,15 @@ impl LockDir {
             )));
         }
         if meta.uid() != sys::current_uid() {
-            let owner = sys::user_name(meta.uid()).map_or(format!("user id {}", meta.uid()), |name| {
-                format!("user {name} (uid {})", meta.uid())
-            });
+            let owner = sys::user_label(meta.uid());
+            if meta.mode() & 0o7777 == 0o2770 {
+                return Err(refuse(format!(
+                    "{} belongs to {owner}, whose server shares it with {}, which you are not in: ask to be \
+                     added to that group (then log in again)",
+                    self.path.display(),
+                    sys::group_label(meta.gid())
+                )));
+            }
             let segment = Path::new(SHM_DIR).join(self.path.file_stem().unwrap_or_default());
             let live = if segment.exists() {
                 ", and a segment of that name exists: their server may be running"

@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -79,6 +79,15 @@ pub enum SegmentError {
         /// The layout version the segment has.
         found: u32,
     },
+    /// Another user's segment we may not open.
+    Denied {
+        /// The segment name.
+        name: String,
+        /// Its owner, for people ("user NAME (uid N)").
+        owner: String,
+        /// The group it is shared with (`sharedserver --group`), if it is.
+        group: Option<String>,
+    },
     /// A system call on the segment failed.
     Os {
         /// The segment name.
@@ -120,6 +129,16 @@ impl fmt::Display for SegmentError {
             Self::VersionMismatch { name, found } => write!(
                 f,
                 "segment '{name}' has layout version {found}, this program speaks version {LAYOUT_VERSION}: run client and server from the same build"
+            ),
+            Self::Denied { name, owner, group: Some(group) } => write!(
+                f,
+                "cannot open segment '{name}': permission denied: it belongs to {owner}, whose server shares it \
+                 with {group}, which you are not in: ask to be added to that group (then log in again)"
+            ),
+            Self::Denied { name, owner, group: None } => write!(
+                f,
+                "cannot open segment '{name}': permission denied: it belongs to {owner}, whose server must share \
+                 it with a group of yours (sharedserver --group)"
             ),
             Self::Os { name, action, source } if source.kind() == io::ErrorKind::PermissionDenied => write!(
                 f,
@@ -268,7 +287,8 @@ impl Segment {
     }
 
     fn try_open(name: &str) -> Result<Option<Segment>, SegmentError> {
-        if let Ok(meta) = std::fs::symlink_metadata(shm_path(name)) {
+        let meta = std::fs::symlink_metadata(shm_path(name)).ok();
+        if let Some(meta) = &meta {
             if !meta.file_type().is_file() {
                 let detail = "it is not a regular file: remove it or pick another --name".to_owned();
                 return Err(SegmentError::Foreign { name: name.to_owned(), detail });
@@ -281,6 +301,16 @@ impl Segment {
             }
             // A zero-length object: the creator has not sized it yet.
             Err(ShmemError::MapOpenFailed(code)) if code == libc::EINVAL as u32 => return Ok(None),
+            Err(ShmemError::MapOpenFailed(code)) if code == libc::EACCES as u32 && meta.is_some() => {
+                let meta = meta.as_ref().expect("checked");
+                // Group-shared (0660): another user's server, with a group we are not in.
+                let group = (meta.mode() & 0o060 == 0o060).then(|| sys::group_label(meta.gid()));
+                return Err(SegmentError::Denied {
+                    name: name.to_owned(),
+                    owner: sys::user_label(meta.uid()),
+                    group,
+                });
+            }
             Err(ShmemError::MapOpenFailed(code)) => {
                 return Err(SegmentError::Os {
                     name: name.to_owned(),

@@ -538,6 +538,26 @@ pub fn group_id(name: &str) -> Option<u32> {
     })
 }
 
+/// "user NAME (uid N)", or "user id N" for a uid without a name, for messages.
+pub fn user_label(uid: u32) -> String {
+    user_name(uid).map_or(format!("user id {uid}"), |name| format!("user {name} (uid {uid})"))
+}
+
+/// "group NAME (gid N)", or "group id N" for a gid without a name, for messages.
+pub fn group_label(gid: u32) -> String {
+    group_name(gid).map_or(format!("group id {gid}"), |name| format!("group {name} (gid {gid})"))
+}
+
+/// The name of group `gid` (from `/etc/group`).
+pub fn group_name(gid: u32) -> Option<String> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)?.parse::<u32>().ok()? == gid).then(|| name.to_owned())
+    })
+}
+
 /// The login name of user `uid` (from `/etc/passwd`).
 pub fn user_name(uid: u32) -> Option<String> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;

@@ -433,7 +433,11 @@ fn a_server_stopped_mid_batch_leaves_only_whole_files_and_a_new_one_completes_th
     let output = first.finish();
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
     let err = stderr_of(&output);
-    assert!(err.contains("shutting down") || err.contains("has stopped"), "the client should say why: {}", show(&output));
+    assert!(
+        err.contains("shutting down") || err.contains("has stopped"),
+        "the client should say why: {}",
+        show(&output)
+    );
     // The folder was staged: the stopping server published what it had of it, and
     // the client says so for the files it had confirmed.
     assert!(stderr_of(&output).contains("the server stopped before the commit"), "{}", show(&output));

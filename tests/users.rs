@@ -20,7 +20,10 @@ struct Accounts {
 
 impl Accounts {
     fn make() -> Option<Accounts> {
-        let tag = std::process::id();
+        // Unique per test too: the tests of this file run at once in one process.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let tag =
+            format!("{}x{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         let accounts =
             Accounts { group: format!("sxg{tag}"), member: format!("sxm{tag}"), other: format!("sxo{tag}") };
         let quiet = |args: &[&str]| {
@@ -85,7 +88,9 @@ fn members_of_the_group_send_others_are_refused_and_files_are_the_servers() {
 
     let output = run(accounts.client_as(&accounts.other, &server.name, &[&path, "--as", "other.txt"]));
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
-    assert!(stderr_of(&output).contains("sharedserver --group"), "{}", show(&output));
+    let not_in = format!("shares it with group {}", accounts.group);
+    assert!(stderr_of(&output).contains(&not_in), "{}", show(&output));
+    assert!(stderr_of(&output).contains("which you are not in"), "{}", show(&output));
     assert!(!out.path().join("other.txt").exists());
 
     // A member's client killed mid-transfer: the server drops only its stream.
@@ -117,4 +122,25 @@ fn members_of_the_group_send_others_are_refused_and_files_are_the_servers() {
     assert!(fs::read(out.path().join("big.bin")).unwrap() == fs::read(&big).unwrap());
     server.wait_for_line("the dead client's stream dropped", |l| l.starts_with("failed dying.bin"));
     assert!(!out.path().join("dying.bin").exists(), "a dead client's file was published");
+}
+
+/// A user outside the group of another user's `--group` server, root included, is
+/// told which group it is shared with, not to ask for `--group` (it has it).
+#[test]
+fn root_outside_the_group_of_a_members_server_is_told_which_group() {
+    let Some(accounts) = Accounts::make() else { return };
+    let out = tempfile::tempdir().unwrap();
+    fs::set_permissions(out.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let prelude = format!("exec runuser -u {} -- \"$0\" \"$@\"", accounts.member);
+    let server =
+        Server::start_wrapped(&unique_name("rootout"), out.path(), &prelude, &["--group", &accounts.group]);
+    assert_ne!(fs::metadata(shm_path(&server.name)).unwrap().uid(), 0, "the member's server");
+    let mut root = Command::new(CLIENT);
+    root.args(["--name", &server.name, "-", "--as", "root.txt"]).stdin(Stdio::null());
+    let output = run(root);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    let err = stderr_of(&output);
+    assert!(err.contains(&format!("shares it with group {}", accounts.group)), "{}", show(&output));
+    assert!(!err.contains("ask them to run it with --group"), "{}", show(&output));
+    assert!(!out.path().join("root.txt").exists());
 }
