@@ -806,6 +806,35 @@ fn a_slow_pipe_is_never_dropped_as_idle_and_its_data_flows_as_it_comes() {
     assert_eq!(*seen.lock().unwrap(), vec![7, 14, 21], "each line reached the server as it was written");
 }
 
+/// A client stopped (Ctrl-Z) past the server's --idle-timeout while it waits for a
+/// pipe, then resumed, reports its dropped file within a second or so, although the
+/// pipe stays open and silent (it reported it only when the pipe ended: never, for
+/// a FIFO whose writer waits).
+#[test]
+fn a_resumed_pipe_client_reports_its_drop_without_waiting_for_the_pipe() {
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("stoppipe"), out.path(), &["--idle-timeout", "2"]);
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    let mut command = Command::new(CLIENT);
+    command.args(["--name", &server.name, "-", "--as", "stopped.log"]).stdin(reader);
+    let client = Running::spawn(command);
+    writer.write_all(b"first line\n").unwrap();
+    server.wait_for_line("the stream", |_| !server.temp_files().is_empty());
+    freeze(client.pid());
+    server.wait_for_line("the drop", |l| l.contains("no activity"));
+    thaw(client.pid());
+    let resumed = Instant::now();
+    wait_until("the resumed client to exit", || {
+        client.has_exited() || resumed.elapsed() > Duration::from_secs(20)
+    });
+    assert!(client.has_exited(), "the client waited for its pipe after its stream was dropped");
+    drop(writer);
+    let output = client.finish();
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("no activity"), "{}", show(&output));
+    assert!(!out.path().join("stopped.log").exists());
+}
+
 #[test]
 fn standard_input_is_read_from_where_it_stands() {
     let fx = Fx::new("stdinoffset");

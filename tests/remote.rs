@@ -556,9 +556,18 @@ fn a_stopped_remote_client_is_dropped_for_idleness() {
     freeze(child.id());
     wait_until("the server to drop the stopped client's file", || server.temp_files().is_empty());
     thaw(child.id());
+    // Resumed, with its source still open and silent: the relay tells it at the
+    // first ALIVE that the stream was dropped (not only when the source ends).
+    let resumed = Instant::now();
+    while !has_exited(child.id()) && resumed.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let waited = resumed.elapsed();
     drop(stdin);
     let output = finish(child);
+    assert!(waited < Duration::from_secs(20), "the client waited for its source after the drop");
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("dropped"), "{}", show(&output));
     assert!(!out.path().join("slow.bin").exists(), "a dropped file was published");
 }
 

@@ -761,11 +761,18 @@ impl<'c> FrameInput<'c> {
     /// for it (a slot filling slowly hands nothing to the server for a while). A
     /// client that sends nothing, not even ALIVE (stopped, or its link hung), is
     /// dropped by the server's `--idle-timeout` as it would be on its own host.
-    fn alive(&mut self) {
+    /// Fails if the server dropped a stream meanwhile: the file in progress is lost
+    /// then, and the client is told at once rather than when its source ends.
+    fn alive(&mut self) -> io::Result<()> {
         if let Some(connection) = self.connection.filter(|_| self.last_beat.elapsed() >= INPUT_BEAT) {
-            connection.beat_held();
             self.last_beat = Instant::now();
+            if connection.beat_held() {
+                return Err(io::Error::other(
+                    "the server dropped the stream: no activity for its --idle-timeout (was the client stopped?)",
+                ));
+            }
         }
+        Ok(())
     }
 
     /// The bytes read ahead and not taken yet.
@@ -783,7 +790,7 @@ impl<'c> FrameInput<'c> {
             return Ok(n);
         }
         let n = segment.read_at(&self.file, at, len)?;
-        self.alive();
+        self.alive()?;
         Ok(n)
     }
 }
@@ -793,12 +800,12 @@ impl Read for FrameInput<'_> {
         if self.pos == self.end {
             if out.len() >= self.buf.len() {
                 let n = self.file.read(out)?;
-                self.alive();
+                self.alive()?;
                 return Ok(n);
             }
             self.end = self.file.read(&mut self.buf)?;
             self.pos = 0;
-            self.alive();
+            self.alive()?;
         }
         let n = out.len().min(self.end - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);

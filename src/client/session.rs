@@ -14,7 +14,7 @@ use super::{failed, SendError};
 use crate::handout::{self, load_guid, Ticket};
 use crate::lock::{self, LockDir};
 use crate::protocol::{self, ClientCommand, ServerReply};
-use crate::segment::{Record, Segment, RECORD_FREE, SERVER_STOPPING};
+use crate::segment::{Record, Segment, RECORD_DROPPED, RECORD_FREE, SERVER_STOPPING};
 use crate::sys;
 use crate::wait::SPIN;
 
@@ -54,15 +54,21 @@ impl Connection {
 
     /// Tells the server every stream this process holds is alive (a relay whose
     /// client is alive but sends too little to move the streams): none is dropped
-    /// for idleness meanwhile.
-    pub(crate) fn beat_held(&self) {
+    /// for idleness meanwhile. True if the server already dropped one (the client
+    /// was stopped, or its link hung, past `--idle-timeout`).
+    pub(crate) fn beat_held(&self) -> bool {
+        let mut dropped = false;
         for &(guid, offset) in self.held.lock().expect("held lock").iter() {
             let Ok(record) = self.segment.record(offset) else { continue };
             if load_guid(&record.guid) == guid {
                 // Relaxed: a liveness hint the server compares, like its own heartbeat.
                 record.client_beat.fetch_add(1, Ordering::Relaxed);
+                // SYNC POINT (record state): pairs with the server's Release in
+                // `Stream::check_health`.
+                dropped |= record.state.load(Ordering::Acquire) == RECORD_DROPPED;
             }
         }
+        dropped
     }
 
     /// The server's mapped segment.
@@ -254,6 +260,12 @@ impl<'a> Session<'a> {
     pub(super) fn keep_alive(&mut self) -> Result<(), SendError> {
         // Relaxed: a liveness hint the server compares, like its own heartbeat.
         self.record.client_beat.fetch_add(1, Ordering::Relaxed);
+        // No reply is due while the stream waits for its source or for the other
+        // jobs: one now is the server giving up on it (dropped while this process
+        // was stopped, say), to report at once rather than when the source ends.
+        if let Some(reply) = self.poll_reply()? {
+            return Err(reply_error(reply));
+        }
         self.watchdog.check()
     }
 
