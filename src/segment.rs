@@ -274,7 +274,7 @@ impl Segment {
     /// Opens an existing segment, waiting up to `wait` for a server still setting it
     /// up, and validates the header against the mapping.
     pub fn open(name: &str, wait: Duration) -> Result<Segment, SegmentError> {
-        let deadline = Instant::now() + wait;
+        let deadline = crate::wait::deadline_after(wait);
         loop {
             match Self::try_open(name)? {
                 Some(segment) => return Ok(segment),

@@ -26,6 +26,16 @@ const _: () = assert!(std::mem::size_of::<Event>() == 8);
 /// awake processes (a few microseconds), far shorter than a futex wakeup on a VM.
 pub const SPIN: Duration = Duration::from_micros(20);
 
+/// `Instant::now() + wait`, or a century from now for a wait too long to add (a
+/// `--timeout` of 2^63 seconds means "forever", not a panic).
+pub fn deadline_after(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait.min(FOREVER)).unwrap_or(now)
+}
+
+/// What `deadline_after` makes of a wait longer than any transfer.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Whether some thread of this process is spinning right now.
 static SPINNING: AtomicBool = AtomicBool::new(false);
 

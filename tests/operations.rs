@@ -429,3 +429,23 @@ fn a_folder_with_refused_files_under_a_stream_quota_publishes_all_the_rest() {
         wait_until("nothing staged left", || server.temp_files().is_empty());
     }
 }
+
+/// A `--timeout` too long to add to the clock means "as long as it takes", not a
+/// panic (exit 101): with no server the client says so, with one it sends.
+#[test]
+fn a_huge_timeout_is_forever_not_a_panic() {
+    let out = tempfile::tempdir().unwrap();
+    let missing = unique_name("hugetimeout-none");
+    let mut command = std::process::Command::new(CLIENT);
+    command.args(["--name", &missing, "--timeout", "18446744073709551615", "-", "--as", "x.txt"]);
+    let output = run(command);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("no server on segment"), "{}", show(&output));
+    let server = Server::start(&unique_name("hugetimeout"), out.path(), &[]);
+    let mut command = std::process::Command::new(CLIENT);
+    command.args(["--name", &server.name, "--timeout", "9223372036854775807", "-", "--as", "x.txt"]);
+    command.stdin(std::process::Stdio::null());
+    let output = run(command);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert_eq!(fs::read(out.path().join("x.txt")).unwrap(), b"");
+}

@@ -148,7 +148,7 @@ impl<'a> Session<'a> {
     /// Takes a GUID from the handout and opens the record and lock it names.
     pub fn open(connection: &'a Connection) -> Result<Session<'a>, SendError> {
         // No deadline of its own: the watchdog ends the wait if the server is gone.
-        let deadline = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let deadline = crate::wait::deadline_after(Duration::MAX);
         Self::open_until(connection, deadline)?.ok_or_else(|| failed("no stream was handed out"))
     }
 
@@ -309,7 +309,7 @@ impl<'a> Session<'a> {
     /// record, so that a stream opened next is not counted against the client's
     /// quota (`--max-streams-per-client`) together with this one.
     pub(super) fn wait_released(&mut self, most: Duration) {
-        let deadline = Instant::now() + most;
+        let deadline = crate::wait::deadline_after(most);
         loop {
             // SYNC POINT (record state): pairs with the Release in the server's
             // `Stream::release`. A record already reused holds another GUID.
