@@ -408,23 +408,35 @@ fn a_bad_segment_name_is_a_usage_error_for_every_client_mode() {
     }
 }
 
-/// The ready line names OUTPUT_DIR as an absolute path (a service's log is read
-/// without knowing the folder it was started in).
+/// The ready line, and every message, name OUTPUT_DIR as an absolute path without
+/// `..` (a service's log, or a client in another folder, knows nothing of the
+/// folder the server was started in).
 #[test]
-fn the_ready_line_names_the_output_folder_absolutely() {
+fn the_output_folder_is_named_absolutely_in_the_ready_line_and_messages() {
     let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("cfg")).unwrap();
     fs::create_dir(dir.path().join("inbox")).unwrap();
     let name = unique_name("readyabs");
     let mut command = std::process::Command::new(SERVER);
-    command.current_dir(dir.path()).args(["--name", &name, "inbox"]);
+    command.current_dir(dir.path().join("cfg")).args(["--name", &name, "../inbox/sub"]);
     let server = Running::spawn(command);
     wait_until("the server's segment", || shm_path(&name).exists());
-    // The line follows the segment at once; a stop meanwhile does not skip it.
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    signal(server.pid(), "INT");
-    let output = server.finish();
     // The current folder as the kernel names it (the temporary folder may be
     // reached through a link).
-    let wanted = format!("writing to {}", dir.path().canonicalize().unwrap().join("inbox").display());
+    let shown = dir.path().canonicalize().unwrap().join("inbox/sub");
+    let source = write_file(dir.path(), "a.txt", 10, 1);
+    for _ in 0..2 {
+        let mut client = std::process::Command::new(CLIENT);
+        client.args(["--name", &name]).arg(&source);
+        let _ = run(client);
+    }
+    let mut client = std::process::Command::new(CLIENT);
+    client.args(["--name", &name]).arg(&source);
+    let again = run(client);
+    let wanted = format!("{}/a.txt already exists", shown.display());
+    assert!(stderr_of(&again).contains(&wanted), "no {wanted:?}: {}", show(&again));
+    signal(server.pid(), "INT");
+    let output = server.finish();
+    let wanted = format!("writing to {}", shown.display());
     assert!(stdout_of(&output).lines().any(|l| l.ends_with(&wanted)), "no {wanted:?}: {}", show(&output));
 }

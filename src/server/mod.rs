@@ -413,13 +413,17 @@ impl Drop for Server {
 
 /// The server thread: claims the name, makes the segment, serves, cleans up.
 fn run_server(
-    options: ServerOptions,
+    mut options: ServerOptions,
     sink: Option<Arc<dyn Sink>>,
     events: Events,
     stop: Arc<AtomicBool>,
     ready: mpsc::Sender<()>,
 ) -> Result<(), ServerError> {
     let folder = sink.is_none();
+    if folder {
+        // Every message names files by this path, seen from any folder a client runs in.
+        options.output_dir = resolve_output_dir(&options.output_dir);
+    }
     let locks = LockDir::create_for(&options.name, options.group).map_err(|e| {
         ServerError::Start(format!(
             "cannot use lock folder {}: {e}",
@@ -431,7 +435,7 @@ fn run_server(
     let server_guard = claim_name(&server_lock, &locks, &options.name)?;
     // Where the files go, as a service's log should say it: absolute, escaped.
     let output = match folder {
-        true => escaped_path(&std::path::absolute(&options.output_dir).unwrap_or(options.output_dir.clone())),
+        true => escaped_path(&options.output_dir),
         false => "the program's own sink".into(),
     };
     let sink: Arc<dyn Sink> = sink.unwrap_or_else(|| {
@@ -589,6 +593,27 @@ struct Shared {
     events: Events,
     /// Permission bits of a file whose client sent none: 0666 less the umask.
     default_mode: u32,
+}
+
+/// `dir` as an absolute path without `.`, `..` or links: the nearest folder of it
+/// that exists, resolved, joined with the rest (made at start). As given if even
+/// that fails.
+fn resolve_output_dir(dir: &Path) -> PathBuf {
+    let Ok(absolute) = std::path::absolute(dir) else { return dir.to_owned() };
+    let mut base = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(resolved) = fs::canonicalize(base) {
+            return rest.iter().rev().fold(resolved, |path, part| path.join(part));
+        }
+        match (base.parent(), base.file_name()) {
+            (Some(parent), Some(part)) => {
+                rest.push(part.to_owned());
+                base = parent;
+            }
+            _ => return absolute,
+        }
+    }
 }
 
 fn prepare_output_dir(dir: &Path) -> Result<(), ServerError> {
