@@ -22,11 +22,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use crate::wait::Event;
 
 /// "SHXFER" + layout version in the last two bytes, little endian.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"SHXFER\x04\x00");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SHXFER\x05\x00");
 /// The header's `version`: a segment with any other is refused at open. It counts
-/// the protocol too (4: the `release` command), so a client never sends a command
-/// its server does not know.
-pub const LAYOUT_VERSION: u32 = 4;
+/// the protocol too (4: the `release` command; 5: `Record::filling`), so a client
+/// never sends a command its server does not know.
+pub const LAYOUT_VERSION: u32 = 5;
 /// Where the `Header` lies: the segment's first bytes.
 pub const HEADER_OFFSET: u64 = 0;
 /// Where the `Handout` lies; the `Header` must fit below it (checked at compile time).
@@ -245,6 +245,10 @@ pub struct Record {
     pub client_beat: AtomicU32,
     /// 1 when `file_size` is only a hint (a pipe), for status.
     pub size_is_hint: AtomicU32,
+    /// 1 while the client has a slot of the ring open to write into (from
+    /// `Producer::buffer` to the slot's hand-over): the server frees a dropped
+    /// stream's ring early only when it reads 0 here (see `ring`).
+    pub filling: AtomicU32,
     /// The validated file name being received, for status.
     pub name: [AtomicU64; NAME_WORDS],
     /// Commands, client to server.

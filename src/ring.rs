@@ -18,7 +18,25 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::segment::{Buffer, LayoutError, Record, Segment, BUFFER_ALIGN, MAX_SLOTS};
+use crate::segment::{Buffer, LayoutError, Record, Segment, BUFFER_ALIGN, MAX_SLOTS, RECORD_DROPPED};
+
+/// Why the client may not fill its next slot.
+#[derive(Debug)]
+pub enum SlotError {
+    /// The slot's offset or capacity lies outside the segment.
+    Bad(LayoutError),
+    /// The server dropped the stream (its reply says why): the ring may be gone.
+    Dropped,
+}
+
+impl std::fmt::Display for SlotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SlotError::Bad(e) => write!(f, "the server gave a bad buffer: {e}"),
+            SlotError::Dropped => write!(f, "the server dropped the stream"),
+        }
+    }
+}
 
 /// Largest chunk a ring slot carries.
 pub const MAX_CHUNK: u64 = 1 << 20;
@@ -106,11 +124,28 @@ impl<'a> Producer<'a> {
     }
 
     /// The first `len` bytes of the next slot's buffer, bounds-checked against the
-    /// segment (the server could have written any offset there).
-    pub fn buffer(&self, len: u64) -> Result<Buffer<'a>, LayoutError> {
+    /// segment (the server could have written any offset there), open to write
+    /// until the slot is handed over (or skipped).
+    ///
+    /// The server frees the ring of a stream it dropped while its client was
+    /// stopped, so that a stopped client holds no buffers; but a stopped thread
+    /// resumes where it was (mid-copy, or about to read into the slot). Hence the
+    /// handshake on `Record::filling`: the client raises it and then checks the
+    /// record is not dropped; the server marks the record dropped and then frees
+    /// early only if `filling` is down. Both sides SeqCst: at least one of them
+    /// sees the other's store, so either the client never writes into the slot or
+    /// the server keeps the ring until the client answers or exits.
+    pub fn buffer(&self, len: u64) -> Result<Buffer<'a>, SlotError> {
+        // SYNC POINT (filling handshake): pairs with the server's SeqCst store of
+        // RECORD_DROPPED and load of `filling` in `Stream::check_health`.
+        self.record.filling.store(1, Ordering::SeqCst);
+        if self.record.state.load(Ordering::SeqCst) == RECORD_DROPPED {
+            self.record.filling.store(0, Ordering::Release);
+            return Err(SlotError::Dropped);
+        }
         // Relaxed: as in `capacity`.
         let offset = self.record.slots[self.next].offset.load(Ordering::Relaxed);
-        self.segment.buffer(offset, len)
+        self.segment.buffer(offset, len).map_err(SlotError::Bad)
     }
 
     /// Hands the next slot to the server with `len` bytes in it, rings the
@@ -123,7 +158,14 @@ impl<'a> Producer<'a> {
     /// Moves on to the next slot without handing this one over (batch mode: a
     /// slot that came back with results and is not refilled).
     pub fn skip(&mut self) {
+        self.done_filling();
         self.next = (self.next + 1) % self.slots;
+    }
+
+    /// No slot is open to write any more. SYNC POINT (filling handshake): Release,
+    /// so the server that reads 0 (SeqCst) sees every write into the slot done.
+    fn done_filling(&self) {
+        self.record.filling.store(0, Ordering::Release);
     }
 
     /// As `hand_over`, without ringing: a command posted right after rings anyway.
@@ -133,6 +175,7 @@ impl<'a> Producer<'a> {
         slot.len.store(len, Ordering::Relaxed);
         // SYNC POINT (slot hand-over): FULL; pairs with the Acquire in `state`.
         slot.state.store(SlotState::Full as u32, Ordering::Release);
+        self.done_filling();
         self.next = (self.next + 1) % self.slots;
     }
 }

@@ -1086,6 +1086,43 @@ fn a_client_resumed_after_its_drop_reports_it_and_harms_no_one() {
     assert_alive(&server);
 }
 
+/// A client stopped while it has a slot open to write into (here: waiting on its
+/// pipe with the slot half filled) would go on writing into it when resumed: the
+/// server drops its stream but keeps the ring until the client answers, so no
+/// other stream gets those buffers meanwhile.
+#[test]
+fn a_client_stopped_with_a_slot_open_keeps_its_ring_until_it_answers() {
+    let tree = Tree::new();
+    let server =
+        Server::start(&unique_name("idlefill"), &tree.out(), &["--size", "1M", "--idle-timeout", "2"]);
+    let probe = Probe::open(&server.name);
+    let offset = probe.wait_offer();
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    let mut command = Command::new(CLIENT);
+    command.args(["--name", &server.name, "-", "--as", "piped.bin"]).stdin(reader);
+    let client = Running::spawn(command);
+    std::io::Write::write_all(&mut writer, &[7u8; 1000]).unwrap();
+    let record = probe.record(offset);
+    wait_until("the client to fill its slot from the pipe", || {
+        record.filling.load(Ordering::SeqCst) == 1 && record.nslots.load(Ordering::Relaxed) > 0
+    });
+    freeze(client.pid());
+    let line = server.wait_for_line_within("the drop", NOTICE, |l| l.starts_with("failed piped.bin"));
+    assert!(line.contains("no activity"), "{line}");
+    assert_eq!(record.state.load(Ordering::Acquire), RECORD_DROPPED);
+    // Several liveness checks of the stopped client: the ring stays.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(record.nslots.load(Ordering::Relaxed) > 0, "a ring with a slot open to the client was freed");
+    thaw(client.pid());
+    let output = client.finish();
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("no activity"), "{}", show(&output));
+    drop(writer);
+    wait_until("the ring freed once the client answered", || record.nslots.load(Ordering::Relaxed) == 0);
+    assert!(!tree.out().join("piped.bin").exists());
+    assert_alive(&server);
+}
+
 /// The same hazard through the library, step by step: a dropped client's late
 /// command reaches only its own (kept) record, never another stream.
 #[test]

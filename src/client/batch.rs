@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use super::send::{open_source_reading, wait_for_slot, Input, Opened, Reads};
+use super::send::{open_source_reading, slot_error, wait_for_slot, Input, Opened, Reads};
 use super::session::Session;
 use super::{failed, Delivered, ItemResult, Progress, SendError, SendOptions};
 use crate::batch::{
@@ -283,10 +283,7 @@ impl<'a> Batcher<'a> {
     /// reports them. Then it is ours to fill.
     fn take_slot(&mut self, report: Report<'_>) -> Result<(), SendError> {
         self.collect(report)?;
-        let buffer = self
-            .ring
-            .buffer(self.chunk as u64)
-            .map_err(|e| failed(format!("the server gave a bad buffer: {e}")))?;
+        let buffer = self.ring.buffer(self.chunk as u64).map_err(|e| slot_error(&mut self.session, e))?;
         let slot = self.ring.next_index();
         if self.fresh & (1 << slot) != 0 {
             self.fresh &= !(1 << slot);
@@ -305,10 +302,7 @@ impl<'a> Batcher<'a> {
             self.in_flight[slot] = Some(sent);
             return Err(failed("the server changed a batch slot's size"));
         }
-        let buffer = self
-            .ring
-            .buffer(self.chunk as u64)
-            .map_err(|e| failed(format!("the server gave a bad buffer: {e}")))?;
+        let buffer = self.ring.buffer(self.chunk as u64).map_err(|e| slot_error(&mut self.session, e))?;
         let outcomes = match batch::decode_results(buffer.bytes(self.chunk), sent.seq, sent.entries.len()) {
             Ok(outcomes) => outcomes,
             Err(e) => {

@@ -13,7 +13,7 @@ use super::session::{Connection, Session, CHECK_SLICE};
 use super::{failed, Delivered, Progress, SendError, SendOptions};
 use crate::checksum::Checksum;
 use crate::protocol::{self, ClientCommand, ErrorCode, FileMeta, ServerReply, MODE_BITS};
-use crate::ring::Producer;
+use crate::ring::{Producer, SlotError};
 use crate::segment::{Buffer, MAX_SLOTS};
 use crate::sources::{Item, Kind, Origin, Source};
 use crate::sys;
@@ -335,7 +335,7 @@ fn put(
 ) -> Result<Delivered, SendError> {
     let mut ring = Producer::new(&session.connection.segment, session.record, 1);
     wait_for_slot(session, &ring)?;
-    let buffer = ring.buffer(capacity).map_err(|e| failed(format!("the server gave a bad buffer: {e}")))?;
+    let buffer = ring.buffer(capacity).map_err(|e| slot_error(session, e))?;
     let (got, _) = source.fill(session, &buffer, capacity)?;
     if source.exact.is_some_and(|size| got as u64 > size) {
         return Err(failed(match source.input {
@@ -400,7 +400,7 @@ fn send_chunks(
         wait_for_slot(session, &ring)?;
         let capacity = ring.capacity();
         let want = exact.map_or(capacity, |size| capacity.min(size - sent));
-        let buffer = ring.buffer(want).map_err(|e| failed(format!("the server gave a bad buffer: {e}")))?;
+        let buffer = ring.buffer(want).map_err(|e| slot_error(session, e))?;
         let (got, end) = match prefix.take() {
             Some(bytes) if bytes.len() as u64 <= want => (buffer.copy_from(&bytes), false),
             Some(_) => return Err(failed("the server's ring is smaller than its previous one")),
@@ -460,6 +460,17 @@ fn fill_from_pipe(
             return Ok((filled, false));
         }
     }
+}
+
+/// Why the next slot cannot be filled: the server's own reply if it dropped the
+/// stream (posted before it marked the record dropped), else what is wrong.
+pub(super) fn slot_error(session: &mut Session<'_>, error: SlotError) -> SendError {
+    if let SlotError::Dropped = error {
+        if let Ok(Some(reply)) = session.poll_reply() {
+            return reply_error(reply);
+        }
+    }
+    failed(error.to_string())
 }
 
 /// Waits until slot `index` is ours again; a server error ends the wait.

@@ -752,9 +752,17 @@ impl Stream {
                     self.close(shared, Some(reason));
                     return;
                 }
-                // A stopped process is not inside a read(2) into our buffers (it stops
-                // on the way back to user space), so a dropped stream's ring can go.
-                sys::ProcessState::Stopped if matches!(self.state, State::Dropped) => self.free_ring(shared),
+                // A stopped client holds no buffers: a dropped stream's ring goes at
+                // once unless the client has a slot open to write into (it would go
+                // on writing when resumed). SYNC POINT (filling handshake): pairs
+                // with the client's SeqCst store and load in `Producer::buffer`;
+                // RECORD_DROPPED was stored (SeqCst) before this load.
+                sys::ProcessState::Stopped
+                    if matches!(self.state, State::Dropped)
+                        && self.record(shared).filling.load(Ordering::SeqCst) == 0 =>
+                {
+                    self.free_ring(shared)
+                }
                 _ => {}
             }
         }
@@ -767,8 +775,10 @@ impl Stream {
                 format!("no activity for {} s: stream dropped", shared.options.idle_timeout.as_secs());
             self.fail(shared, failure(ErrorCode::IdleTimeout, message));
             self.state = State::Dropped;
-            // SYNC POINT (record state): pairs with the Acquire in `status::stream_at`.
-            self.record(shared).state.store(RECORD_DROPPED, Ordering::Release);
+            // SYNC POINT (record state): pairs with the Acquire in `status::stream_at`,
+            // and (filling handshake) with the client's SeqCst load in
+            // `Producer::buffer`: SeqCst, before `filling` is read.
+            self.record(shared).state.store(RECORD_DROPPED, Ordering::SeqCst);
             // Reclaim at once if the client is stopped; else on its Abort, or exit.
             self.last_liveness = now.checked_sub(LIVENESS_PERIOD).unwrap_or(now);
         }
