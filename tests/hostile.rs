@@ -1611,6 +1611,42 @@ fn a_bad_entry_in_a_batch_fails_alone_and_the_good_ones_are_published_whole() {
     served_after_hostile_streams(&server, &tree, published, "after-batch.bin", 300_000, 7);
 }
 
+/// One client cannot stage folders without bound (each costs the server memory and
+/// a rename on a worker when the client ends): past 4,096 uncommitted stages, a
+/// folder is made in place, as by a sink that does not stage.
+#[test]
+fn a_client_cannot_stage_folders_without_bound() {
+    let tree = Tree::new();
+    let server = Server::start(&unique_name("stagebound"), &tree.out(), &[]);
+    let rogue = Rogue::connect(&server.name);
+    let mut stream = rogue.take();
+    let (slots, _) = stream.start_batches();
+    let names: Vec<String> = (0..4100).map(|i| format!("s{i:05}")).collect();
+    let mut outcomes = Vec::new();
+    for (seq, chunk) in names.chunks(1000).enumerate() {
+        let entries: Vec<RawEntry> = chunk
+            .iter()
+            .map(|name| RawEntry::with_kind(name.as_bytes(), &EntryKind::Stage { mode: 0o750 }, b""))
+            .collect();
+        let seq = seq as u64 + 1;
+        outcomes.extend(stream.run_batch(
+            (seq as usize - 1) % slots,
+            &batch_of(seq, &entries),
+            seq,
+            entries.len(),
+        ));
+    }
+    let staged = outcomes.iter().filter(|o| matches!(o, Outcome::Done(token) if *token > 1)).count();
+    assert_eq!(staged, 4096, "stages answered with a token");
+    assert!(outcomes[4096..].iter().all(|o| *o == Outcome::Done(0)), "{:?}", &outcomes[4096..]);
+    assert!(!tree.out().join("s04095").exists(), "a staged folder shows before its commit");
+    assert!(tree.out().join("s04096").is_dir(), "a folder past the bound is made in place");
+    stream.close();
+    drop(rogue);
+    wait_until("the staged folders published at the client's end", || tree.out().join("s04095").is_dir());
+    assert_alive(&server);
+}
+
 /// A staged folder (`KIND_STAGE`) shows nothing under its name until its commit,
 /// then appears whole; a commit never goes over a name that appeared meanwhile
 /// (the staged folder is dropped and the intruder kept); a commit of a name not

@@ -10,6 +10,10 @@ use super::stream::{
 use super::*;
 use crate::batch::{self, Entry, EntryKind, Outcome, BATCH_CHUNK};
 
+/// Folders one client may have staged and not committed at once; more are made in
+/// place (each costs a few hundred bytes and a rename when the client ends).
+pub(super) const MAX_STAGES: usize = 4096;
+
 impl Stream {
     /// `Batch`: a ring for batches (kept if the stream has a large enough one), then
     /// `Opened`; without space the stream waits, as a file does.
@@ -237,6 +241,7 @@ impl Stream {
     }
 
     /// `KIND_STAGE`: the new top-level folder `root` is made under a hidden name
+    /// (at most `MAX_STAGES` uncommitted at once per client)
     /// (`Done(token)`, the token its commit must carry, never 0), or, if it exists
     /// or the sink does not stage, as a folder (`Done(0)`).
     fn stage(&mut self, shared: &Shared, root: &str, mode: u32) -> Result<Outcome, Failure> {
@@ -248,6 +253,13 @@ impl Stream {
         if stages.contains_key(root) {
             let message = format!("{}: already staged", escaped(root));
             return Err(failure(ErrorCode::BadRequest, message));
+        }
+        if stages.len() >= MAX_STAGES {
+            // Each costs memory and a rename when the client ends, on this worker:
+            // past the bound, a folder is made in place, as an unstaged sink does.
+            drop(stages);
+            self.sink.make_dir(root, mode | 0o700).map_err(sink_failure)?;
+            return Ok(Outcome::Done(0));
         }
         let hidden = format!("{}{}.stage", temp_prefix(&shared.options.name), Uuid::new_v4().simple());
         let staged = self.sink.stage(root, &hidden, mode | 0o700).map_err(|e| {
