@@ -40,6 +40,9 @@ impl std::fmt::Display for PathError {
 #[derive(Debug, Clone)]
 pub struct OutputDir {
     path: PathBuf,
+    /// `--sync file`: a folder made is flushed in its parent at once, so a file
+    /// confirmed in a new folder is reachable after a crash.
+    sync_new_folders: bool,
 }
 
 /// The folder a file goes into, and its base name there.
@@ -117,7 +120,13 @@ impl Target {
 impl OutputDir {
     /// OUTPUT_DIR at `path`; nothing is opened until a file needs it.
     pub fn new(path: &Path) -> OutputDir {
-        OutputDir { path: path.to_owned() }
+        OutputDir { path: path.to_owned(), sync_new_folders: false }
+    }
+
+    /// Every folder made is flushed in its parent (`fsync` of the parent) at once.
+    pub fn syncing_new_folders(mut self) -> OutputDir {
+        self.sync_new_folders = true;
+        self
     }
 
     /// The output folder's path, as given.
@@ -242,6 +251,7 @@ impl OutputDir {
             Ok(opened)
         };
         let make = || match sys::mkdir_at(dir, component, exact_mode.unwrap_or(0o777)) {
+            Ok(()) if self.sync_new_folders => sys::fsync_fd(dir).and_then(|()| made()),
             Ok(()) => made(),
             // There already, or made by another stream meanwhile: use it (still never
             // a link).

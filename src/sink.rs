@@ -198,8 +198,9 @@ impl FolderSink {
 
 impl Sink for FolderSink {
     fn session(&self, stream: u128) -> Box<dyn SinkSession> {
+        let output = self.output.clone();
         Box::new(FolderSession {
-            output: self.output.clone(),
+            output: if self.sync == SyncMode::File { output.syncing_new_folders() } else { output },
             temp_name: format!("{}{}.part", self.temp_prefix, Uuid::from_u128(stream).simple()),
             staging: self.sync == SyncMode::None,
             dirs: DirCache::default(),
