@@ -25,6 +25,7 @@
 //! is strict on purpose: an unknown element or attribute is an error, because a typo
 //! such as `fiel="..."` would otherwise silently drop a stream.
 
+use std::borrow::Cow;
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -491,7 +492,22 @@ impl<'a> Parser<'a> {
                 return Err(self.unknown_attribute(tag, &name, at, allowed));
             };
             let value_at = inside + offset_in(tag, &attr.value);
-            let value = attr.unescape_value().map_err(|err| self.escape_error(&err, name, value_at))?;
+            if let Some(lt) = attr.value.iter().position(|&b| b == b'<') {
+                let message = format!("< in the value of attribute {name}: write it as &lt;");
+                return Err(self.doc.malformed(value_at + lt, message));
+            }
+            let value = if attr.value.iter().any(|b| matches!(b, b'\t' | b'\n' | b'\r')) {
+                // XML's attribute-value normalization: a literal tab or line end
+                // (CRLF counts once) reads as a space; &#10; and the like stay.
+                let raw = String::from_utf8_lossy(&attr.value)
+                    .replace("\r\n", " ")
+                    .replace(['\t', '\n', '\r'], " ");
+                let value = quick_xml::escape::unescape(&raw)
+                    .map_err(|err| self.escape_error(&quick_xml::Error::Escape(err), name, value_at))?;
+                Cow::Owned(value.into_owned())
+            } else {
+                attr.unescape_value().map_err(|err| self.escape_error(&err, name, value_at))?
+            };
             found.push(Attr { name, value, offset: at });
         }
         Ok(found)
@@ -619,6 +635,17 @@ mod tests {
         let xml = doc("  <stream id=\" 7 \" file=\"Тяжелое &amp; наше/02 &#x41;&lt;b&gt;.mp3\" />\n");
         let config = parse(&xml).unwrap();
         assert_eq!(config.stream_file(7), Some(Path::new("/base/Тяжелое & наше/02 A<b>.mp3")));
+    }
+
+    #[test]
+    fn attribute_values_are_normalized_as_xml_says_and_a_raw_lt_is_refused() {
+        let xml = doc("  <stream id=\"1\" file=\"a\r\nb\tc\nd&#10;e\" />\n");
+        let config = parse(&xml).unwrap();
+        assert_eq!(config.stream_file(1), Some(Path::new("/base/a b c d\ne")));
+        let message = error(&doc("  <stream id=\"1\" file=\"a<b\" />\n"));
+        assert!(message.contains("options.xml:2:") && message.contains("write it as &lt;"), "{message}");
+        let message = error(&doc("  <stream id=\"1\" file=\"a\nb&bogus;\" />\n"));
+        assert!(message.contains("unknown entity &bogus;"), "{message}");
     }
 
     #[test]
