@@ -800,3 +800,24 @@ fn more_folder_clients_than_records_all_finish() {
     assert_alive(&server);
     wait_until_clean(&server);
 }
+
+/// A batch stream the server gives up on (here: its client stopped past
+/// --idle-timeout) is named in the server's line by its client's pid, not as a
+/// file called "batches".
+#[test]
+fn a_failed_batch_stream_is_named_by_its_client() {
+    let src = scratch();
+    let out = scratch();
+    let root = src.path().join("tree");
+    small_tree(&root, 3000, 5);
+    let server =
+        Server::start(&unique_name("batchlabel"), out.path(), &["--size", "1M", "-v", "--idle-timeout", "2"]);
+    let client = start_and_wait_for_progress(&server, &root);
+    freeze(client.pid());
+    let wanted = format!("failed batch stream of client pid {}: no activity", client.pid());
+    let line = server.wait_for_line("the dropped batch stream", |l| l.starts_with("failed batch stream"));
+    assert!(line.starts_with(&wanted), "{line}");
+    thaw(client.pid());
+    let output = client.finish();
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+}

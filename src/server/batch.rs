@@ -18,7 +18,8 @@ impl Stream {
     /// `Batch`: a ring for batches (kept if the stream has a large enough one), then
     /// `Opened`; without space the stream waits, as a file does.
     pub(super) fn start_batch(&mut self, shared: &Shared) {
-        "batches".clone_into(&mut self.label);
+        // What a failure of the stream itself is reported under ("failed LABEL: ...").
+        self.label = format!("batch stream of client pid {}", self.client_pid);
         self.state = State::BatchWaitingForSpace;
         self.try_start_batch(shared);
     }
