@@ -278,7 +278,9 @@ pub fn decode_batch(bytes: &[u8]) -> Result<(u64, Vec<Entry>), FramingError> {
             KIND_FILE => Ok(EntryKind::File { size, checksum, meta }),
             KIND_COMMIT if meta == FileMeta::default() => Ok(EntryKind::Commit { token: checksum }),
             KIND_COMMIT => Err(ProtocolError("a commit entry carries nothing but a name and a token".into())),
-            KIND_STAGE if checksum != 0 => Err(ProtocolError("a folder entry carries only a mode".into())),
+            KIND_STAGE | KIND_DIR if checksum != 0 => {
+                Err(ProtocolError("a folder entry carries only a mode".into()))
+            }
             _ => match meta {
                 FileMeta { mode: Some(mode), mtime: None, size_is_hint: false, skip_existing: false } => {
                     match kind_code {
@@ -445,6 +447,17 @@ mod tests {
         kind[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&9u32.to_le_bytes());
         assert!(decode_batch(&kind).is_err(), "unknown kind");
         assert!(decode_batch(&[]).is_err());
+    }
+
+    #[test]
+    fn a_folder_entry_with_a_checksum_word_fails_alone() {
+        let dir = EntryKind::Dir { mode: 0o750 };
+        let mut bytes = pack(1, &[("d", dir, b""), ("ok", file(b"y"), b"y")]);
+        // The checksum word of the first entry (after kind, name length and size).
+        bytes[HEADER_LEN + 16..HEADER_LEN + 24].copy_from_slice(&1u64.to_le_bytes());
+        let (_, entries) = decode_batch(&bytes).unwrap();
+        assert!(entries[0].check().is_err_and(|e| e.to_string().contains("only a mode")));
+        assert!(entries[1].check().is_ok());
     }
 
     #[test]
