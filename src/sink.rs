@@ -255,14 +255,31 @@ fn publish_staged(output: &OutputDir, hidden: &str, root: &str) -> io::Result<()
     renamed
 }
 
-/// Removes a staged folder that cannot be published, and all in it, on a thread
-/// of its own (a large tree would hold up the worker's other streams). Never
-/// through a link: `remove_dir_all` does not follow them. A server that exits
-/// first leaves the rest to the next one on the name (stale staged folders).
+/// Removes a staged folder that cannot be published, and all in it, on one thread
+/// kept for that (a large tree would hold up the worker's other streams; a thread
+/// per folder would let a peer start thousands). Never through a link:
+/// `remove_dir_all` does not follow them. Where no thread can be started, here
+/// and now. A server that exits first leaves the rest to the next one on the name
+/// (stale staged folders).
 fn remove_in_background(path: PathBuf) {
-    let _ = std::thread::Builder::new().name("remove-staged".into()).spawn(move || {
-        let _ = std::fs::remove_dir_all(path);
+    static REMOVER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<PathBuf>>> =
+        std::sync::OnceLock::new();
+    let remover = REMOVER.get_or_init(|| {
+        let (queue, paths) = std::sync::mpsc::channel::<PathBuf>();
+        let thread = std::thread::Builder::new().name("remove-staged".into()).spawn(move || {
+            for path in paths {
+                let _ = std::fs::remove_dir_all(path);
+            }
+        });
+        thread.ok().map(|_| queue)
     });
+    let left = match remover {
+        Some(queue) => queue.send(path).err().map(|unsent| unsent.0),
+        None => Some(path),
+    };
+    if let Some(path) = left {
+        let _ = std::fs::remove_dir_all(path);
+    }
 }
 
 struct FolderSession {
