@@ -6,5 +6,14 @@ use clap::Parser;
 use sharedxfer::cli::ClientCli;
 
 fn main() -> ExitCode {
-    sharedxfer::cli::client::main(ClientCli::parse()).into()
+    match ClientCli::try_parse() {
+        Ok(cli) => sharedxfer::cli::client::main(cli).into(),
+        Err(e) => {
+            // A script that asked for JSON gets JSON on stdout, whatever went wrong.
+            if e.use_stderr() && std::env::args_os().any(|arg| arg == "--json") {
+                sharedxfer::cli::client::print_json_error(&e.to_string());
+            }
+            e.exit()
+        }
+    }
 }

@@ -97,6 +97,21 @@ fn status_without_a_server_fails_clearly() {
     let doc: serde_json::Value = serde_json::from_str(&stdout_of(&output)).expect("JSON on stdout");
     assert_eq!(doc["segment"], name.as_str(), "{doc}");
     assert!(doc["error"].as_str().unwrap_or_default().contains("no server on segment"), "{doc}");
+
+    // A command line that cannot run, with --json: a document too, exit 2.
+    for (args, wanted) in [
+        (&["--json", "--as", "x", "a.txt", "b.txt"][..], "--as needs exactly one file"),
+        (&["--json", "--bogus"][..], "unexpected argument '--bogus'"),
+    ] {
+        let mut command = std::process::Command::new(CLIENT);
+        command.args(["--name", &name]).args(args);
+        let output = run(command);
+        assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+        let doc: serde_json::Value = serde_json::from_str(&stdout_of(&output)).expect("JSON on stdout");
+        assert!(doc["error"].as_str().unwrap_or_default().starts_with(wanted), "{doc}");
+        assert_eq!(doc["exit"], 2, "{doc}");
+        assert!(stderr_of(&output).contains(wanted), "the message on stderr too: {}", show(&output));
+    }
 }
 
 #[test]

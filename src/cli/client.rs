@@ -150,6 +150,9 @@ pub fn main(cli: ClientCli) -> ExitStatus {
         Ok(items) => items,
         Err(message) => {
             errln!("sharedclient: {message}");
+            if cli.json {
+                print_json_error(&message);
+            }
             return ExitStatus::Usage;
         }
     };
@@ -520,6 +523,15 @@ fn run_ping(name: &str, timeout: Duration, count: u64) -> ExitStatus {
 /// The README's exit-code table for a stream error.
 fn exit_status_of(error: &SendError) -> ExitStatus {
     error.exit_status()
+}
+
+/// `{"error": MESSAGE, "exit": 2}` on stdout: what `--json` prints when the command
+/// line or the sources it names are wrong, so a script reading stdout is never
+/// left with nothing. Only the message's first line (clap adds tips and usage).
+pub fn print_json_error(message: &str) {
+    let first = message.lines().next().unwrap_or_default();
+    let message = first.strip_prefix("error: ").unwrap_or(first);
+    outln!("{}", serde_json::json!({ "error": message, "exit": 2 }));
 }
 
 fn run_status(name: &str, json: bool) -> ExitStatus {
