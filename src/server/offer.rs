@@ -98,6 +98,7 @@ impl Shared {
                 let _ = alloc.free(offset);
                 return Ok(None);
             }
+            self.publish_stats(&alloc);
             offset
         };
         let guid = Uuid::new_v4();
@@ -155,6 +156,8 @@ impl Shared {
         if let Err(e) = alloc.free(offset) {
             (self.events)(&ServerEvent::Notice(format!("internal error freeing {offset}: {e}")));
         }
+        // At once, not at the handout loop's next pass: `--status` agrees with itself.
+        self.publish_stats(&alloc);
     }
 
     /// Mirrors the allocator into the header for `--status` (advisory).

@@ -866,6 +866,7 @@ pub(super) fn allocate_ring(shared: &Shared, chunk: u64, wanted: usize) -> Vec<(
         }
         ring.push((offset, chunk));
     }
+    shared.publish_stats(&alloc);
     ring
 }
 
