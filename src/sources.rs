@@ -599,7 +599,8 @@ fn refused(path: &Path, message: String) -> Item {
     }
 }
 
-/// `--as NAME` renames the one file sent; standard input needs it.
+/// `--as NAME` renames the one file or folder sent (a folder: everything in it
+/// moves with it, as `cp -r src NAME` does); standard input needs it.
 fn apply_as_name(items: &mut [Item], as_name: Option<&str>) -> Result<(), String> {
     let stdin = items.iter().any(|i| i.source == Source::Stdin && i.origin == Origin::Path);
     let Some(as_name) = as_name else {
@@ -608,6 +609,22 @@ fn apply_as_name(items: &mut [Item], as_name: Option<&str>) -> Result<(), String
         }
         return Ok(());
     };
+    if let Some((root, inside)) = items.split_first() {
+        let beneath = |item: &Item| {
+            item.name.len() > root.name.len()
+                && item.name.starts_with(&root.name)
+                && item.name.as_bytes()[root.name.len()] == b'/'
+        };
+        if matches!(root.kind, Kind::Dir { .. }) && root.origin == Origin::Path && inside.iter().all(beneath)
+        {
+            protocol::validate_output_path(as_name).map_err(|e| format!("--as {}: {e}", escaped(as_name)))?;
+            let old = root.name.len();
+            for item in items.iter_mut() {
+                item.name = format!("{as_name}{}", &item.name[old..]);
+            }
+            return Ok(());
+        }
+    }
     if let [item] = &mut *items {
         // A source whose own name is not UTF-8 can still be sent under --as.
         let unnamed = match (&item.source, &item.verdict) {
@@ -624,19 +641,15 @@ fn apply_as_name(items: &mut [Item], as_name: Option<&str>) -> Result<(), String
             item.name = as_name.to_owned();
             Ok(())
         }
-        [item] if item.kind != Kind::File => {
-            Err(format!("--as names one file, and {} is a folder", item.human()))
-        }
         _ if items.iter().any(|i| i.kind != Kind::File) => {
-            let folder = items.iter().find(|i| i.kind != Kind::File).expect("checked");
-            Err(format!("--as names one file, and {} is a folder", folder.human()))
+            Err("--as needs exactly one file, folder or `-` to send; several were given".into())
         }
         [item] => match &item.verdict {
             Verdict::Refuse(message) | Verdict::Skip(message) => Err(message.clone()),
             Verdict::Send => unreachable!("matched above"),
             Verdict::Same(_) => unreachable!("repeats are found after --as is applied"),
         },
-        _ => Err(format!("--as needs exactly one file or `-` to send; {} were given", items.len())),
+        _ => Err(format!("--as needs exactly one file, folder or `-` to send; {} were given", items.len())),
     }
 }
 
@@ -864,5 +877,26 @@ mod tests {
         let mut one = vec![item("a", "a")];
         let refused = apply_as_name(&mut one, Some("d/.sharedxfer-x")).unwrap_err();
         assert!(refused.starts_with("--as d/.sharedxfer-x: names starting with"), "{refused}");
+    }
+
+    #[test]
+    fn as_name_renames_one_folder_and_everything_in_it() {
+        let folder = |shown: &str, name: &str| Item { kind: Kind::Dir { mode: 0o755 }, ..item(shown, name) };
+        let mut tree = vec![
+            folder("src", "src"),
+            folder("src/sub", "src/sub"),
+            item("src/sub/a", "src/sub/a"),
+            item("src/b", "src/b"),
+        ];
+        apply_as_name(&mut tree, Some("copy/of")).unwrap();
+        let names: Vec<&str> = tree.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["copy/of", "copy/of/sub", "copy/of/sub/a", "copy/of/b"]);
+        // Two folders, or a folder and a file whose name only starts alike: refused.
+        let mut two = vec![folder("a", "a"), item("a/x", "a/x"), folder("b", "b")];
+        assert!(apply_as_name(&mut two, Some("c")).unwrap_err().contains("exactly one file, folder"));
+        let mut alike = vec![folder("a", "a"), item("ab", "ab")];
+        assert!(apply_as_name(&mut alike, Some("c")).unwrap_err().contains("exactly one file, folder"));
+        let mut bad = vec![folder("a", "a")];
+        assert!(apply_as_name(&mut bad, Some("../up")).unwrap_err().starts_with("--as ../up"));
     }
 }

@@ -1509,3 +1509,30 @@ fn files_already_there_are_counted_after_three_lines() {
     let failures = doc["files"].as_array().unwrap().iter().filter(|f| f["status"] == "failed").count();
     assert_eq!(failures, 8, "{doc}");
 }
+
+/// `--as` renames one folder sent, and everything in it moves with it (as
+/// `cp -r src NAME`), staged like any folder sent whole, or made beneath new
+/// parents; with two sources it is refused.
+#[test]
+fn as_renames_one_folder_sent_whole() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let fx = Fx::new("asfolder");
+    let a = put(fx.src(), "src/sub/a.bin", 3000, 1);
+    let b = put(fx.src(), "src/b.bin", 10, 2);
+    fs::set_permissions(fx.src().join("src/sub"), fs::Permissions::from_mode(0o750)).unwrap();
+    for name in ["copy", "deep/er/copy"] {
+        let output = fx.run(&["src", "--as", name]);
+        assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+        let out = fx.out().join(name);
+        assert!(fs::read(out.join("sub/a.bin")).unwrap() == fs::read(&a).unwrap(), "{name}");
+        assert!(fs::read(out.join("b.bin")).unwrap() == fs::read(&b).unwrap(), "{name}");
+        assert_eq!(fs::metadata(out.join("sub")).unwrap().permissions().mode() & 0o777, 0o750, "{name}");
+    }
+    assert!(!fx.out().join("src").exists(), "the folder arrived under its own name too");
+    put(fx.src(), "other/c.bin", 10, 3);
+    let output = fx.run(&["src", "other", "--as", "both"]);
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    assert!(stderr_of(&output).contains("--as needs exactly one file, folder or `-`"), "{}", show(&output));
+    assert!(!fx.out().join("both").exists());
+}
