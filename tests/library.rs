@@ -276,7 +276,7 @@ fn a_sender_kept_across_a_server_restart_says_to_connect_again() {
     first.stop("TERM");
     let _second = common::Server::start(&name, out.path(), &["--size", "4M"]);
     let err = sender.send_reader("two.txt", &b"2"[..]).unwrap_err();
-    assert!(err.to_string().contains("has stopped: connect again"), "{err}");
+    assert!(err.to_string().contains("has stopped: send again"), "{err}");
     assert!(!out.path().join("two.txt").exists());
     let again = Sender::connect(&name, TIMEOUT).unwrap();
     assert_eq!(again.send_reader("two.txt", &b"2"[..]).unwrap(), Delivered::Sent { bytes: 1 });

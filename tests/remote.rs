@@ -571,6 +571,45 @@ fn a_stopped_remote_client_is_dropped_for_idleness() {
     assert!(!out.path().join("slow.bin").exists(), "a dropped file was published");
 }
 
+/// A client stopped past --idle-timeout in the middle of a FIFO, then resumed: the
+/// FIFO's file fails at once (the relay tells it at the first ALIVE), while the FIFO
+/// stays open and silent, and the relay goes on: the next file is sent.
+#[test]
+fn a_dropped_file_over_the_relay_fails_alone_and_the_next_is_sent() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("rmtdropone"), out.path(), &["--idle-timeout", "2"]);
+    let fifo = src.path().join("f.fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    fs::write(src.path().join("b.txt"), b"after the drop").unwrap();
+    let mut command = remote_client(&server.name, src.path());
+    command.args(["f.fifo", "b.txt"]).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = command.spawn().unwrap();
+    let mut writer = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    writer.write_all(&pattern(300_000, 9)).unwrap();
+    writer.flush().unwrap();
+    wait_until("the server to hold f.fifo in progress", || !server.temp_files().is_empty());
+    freeze(child.id());
+    wait_until("the server to drop the stopped client's file", || server.temp_files().is_empty());
+    thaw(child.id());
+    let resumed = Instant::now();
+    while !has_exited(child.id()) && resumed.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let waited = resumed.elapsed();
+    drop(writer);
+    let output = finish(child);
+    assert!(
+        waited < Duration::from_secs(20),
+        "the client waited for the FIFO after the drop: {}",
+        show(&output)
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("f.fifo"), "{}", show(&output));
+    assert_eq!(fs::read(out.path().join("b.txt")).unwrap(), b"after the drop", "{}", show(&output));
+    assert!(!out.path().join("f.fifo").exists(), "a dropped file was published");
+}
+
 /// A source that trickles (1,000 bytes every 0.1 s: never silent, yet too slow to
 /// fill the client's 64 KiB buffer, or a slot, within --idle-timeout) is not
 /// dropped over --remote either.

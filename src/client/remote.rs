@@ -587,6 +587,9 @@ pub fn relay<W: Write>(name: &str, timeout: Duration, input: std::fs::File, outp
             Frame::Begin { file, what } => (file, what),
             other => return fatal(format!("expected BEGIN or BYE, got {other:?}")),
         };
+        // A drop seen between files is the held streams' own business (a stream
+        // used again reads the server's reply); it fails no file of its own.
+        input.dropped = false;
         if file != expected {
             return fatal(format!("file {file} began where file {expected} was due"));
         }
@@ -745,6 +748,10 @@ struct FrameInput<'c> {
     /// Beaten for every stream held while bytes come from the client (see `alive`).
     connection: Option<&'c super::Connection>,
     last_beat: Instant,
+    /// Streams seen dropped by the server (each reported once).
+    dropped_seen: Vec<uuid::Uuid>,
+    /// A stream was dropped and the file being received has not been failed for it.
+    dropped: bool,
 }
 
 /// How often, at most, the relay tells the server its streams are alive while the
@@ -754,25 +761,41 @@ const INPUT_BEAT: Duration = Duration::from_millis(500);
 impl<'c> FrameInput<'c> {
     fn new(file: std::fs::File) -> FrameInput<'c> {
         let buf = vec![0u8; 1 << 20].into_boxed_slice();
-        FrameInput { file, buf, pos: 0, end: 0, connection: None, last_beat: Instant::now() }
+        FrameInput {
+            file,
+            buf,
+            pos: 0,
+            end: 0,
+            connection: None,
+            last_beat: Instant::now(),
+            dropped_seen: Vec::new(),
+            dropped: false,
+        }
     }
 
     /// Bytes came from the client: it is alive, so are the streams this relay holds
     /// for it (a slot filling slowly hands nothing to the server for a while). A
     /// client that sends nothing, not even ALIVE (stopped, or its link hung), is
     /// dropped by the server's `--idle-timeout` as it would be on its own host.
-    /// Fails if the server dropped a stream meanwhile: the file in progress is lost
-    /// then, and the client is told at once rather than when its source ends.
-    fn alive(&mut self) -> io::Result<()> {
+    /// Notes streams the server dropped meanwhile (each once). When every stream
+    /// held is dropped (the client was silent past `--idle-timeout`: one stream
+    /// waiting for buffer space is never dropped, and the file on it goes on), the
+    /// file being received fails at once (`FileFrames::payload_ready`) rather than
+    /// when the client's source ends.
+    fn alive(&mut self) {
         if let Some(connection) = self.connection.filter(|_| self.last_beat.elapsed() >= INPUT_BEAT) {
             self.last_beat = Instant::now();
-            if connection.beat_held() {
-                return Err(io::Error::other(
-                    "the server dropped the stream: no activity for its --idle-timeout (was the client stopped?)",
-                ));
+            let (dropped, held) = connection.beat_held();
+            let new = dropped.iter().any(|guid| !self.dropped_seen.contains(guid));
+            if new && dropped.len() == held {
+                self.dropped = true;
+            }
+            for guid in dropped {
+                if !self.dropped_seen.contains(&guid) {
+                    self.dropped_seen.push(guid);
+                }
             }
         }
-        Ok(())
     }
 
     /// The bytes read ahead and not taken yet.
@@ -790,7 +813,7 @@ impl<'c> FrameInput<'c> {
             return Ok(n);
         }
         let n = segment.read_at(&self.file, at, len)?;
-        self.alive()?;
+        self.alive();
         Ok(n)
     }
 }
@@ -800,12 +823,12 @@ impl Read for FrameInput<'_> {
         if self.pos == self.end {
             if out.len() >= self.buf.len() {
                 let n = self.file.read(out)?;
-                self.alive()?;
+                self.alive();
                 return Ok(n);
             }
             self.end = self.file.read(&mut self.buf)?;
             self.pos = 0;
-            self.alive()?;
+            self.alive();
         }
         let n = out.len().min(self.end - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
@@ -907,6 +930,13 @@ impl FileFrames<'_, FrameInput<'_>> {
         loop {
             if self.data_left > 0 {
                 return Ok(true);
+            }
+            if std::mem::take(&mut self.input.dropped) {
+                // The file fails; its frames are read past as for any failed file
+                // (the state stays open), and the relay goes on with the next.
+                return Err(io::Error::other(
+                    "the server dropped the stream: the client sent nothing for its --idle-timeout (was it stopped?)",
+                ));
             }
             match &self.state {
                 FrameState::Open => self.next_frame()?,

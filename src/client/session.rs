@@ -54,21 +54,25 @@ impl Connection {
 
     /// Tells the server every stream this process holds is alive (a relay whose
     /// client is alive but sends too little to move the streams): none is dropped
-    /// for idleness meanwhile. True if the server already dropped one (the client
-    /// was stopped, or its link hung, past `--idle-timeout`).
-    pub(crate) fn beat_held(&self) -> bool {
-        let mut dropped = false;
-        for &(guid, offset) in self.held.lock().expect("held lock").iter() {
+    /// for idleness meanwhile. Returns the streams the server already dropped (the
+    /// client was stopped, or its link hung, past `--idle-timeout`), and how many
+    /// are held.
+    pub(crate) fn beat_held(&self) -> (Vec<uuid::Uuid>, usize) {
+        let mut dropped = Vec::new();
+        let held = self.held.lock().expect("held lock");
+        for &(guid, offset) in held.iter() {
             let Ok(record) = self.segment.record(offset) else { continue };
             if load_guid(&record.guid) == guid {
                 // Relaxed: a liveness hint the server compares, like its own heartbeat.
                 record.client_beat.fetch_add(1, Ordering::Relaxed);
-                // SYNC POINT (record state): pairs with the server's Release in
+                // SYNC POINT (record state): pairs with the server's SeqCst store in
                 // `Stream::check_health`.
-                dropped |= record.state.load(Ordering::Acquire) == RECORD_DROPPED;
+                if record.state.load(Ordering::Acquire) == RECORD_DROPPED {
+                    dropped.push(guid);
+                }
             }
         }
-        dropped
+        (dropped, held.len())
     }
 
     /// The server's mapped segment.
@@ -106,9 +110,7 @@ impl<'a> Watchdog<'a> {
         if stopping {
             // A connection kept past its server's end (a library `Sender` across a
             // restart): a new server, if any, has a new segment.
-            return Err(failed(format!(
-                "the server (pid {pid}) has stopped: connect again once a server runs"
-            )));
+            return Err(failed(format!("the server (pid {pid}) has stopped: send again once a server runs")));
         }
         if !sys::process_alive(pid) {
             return Err(failed(format!("the server (pid {pid}) exited")));
