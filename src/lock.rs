@@ -85,9 +85,28 @@ impl LockDir {
             // Another user's server that shares its folder with a group of ours.
             Err(e) => match dir.shared_group() {
                 Some(gid) => Ok(LockDir { group: Some(gid), ..dir }),
-                None => Err(e),
+                None => Err(dir.not_a_member().unwrap_or(e)),
             },
         }
+    }
+
+    /// Why a client may not use another user's server shared with a group (2770)
+    /// that it is not in (`shared_group` found none of ours): root too is refused.
+    fn not_a_member(&self) -> Option<io::Error> {
+        let meta = fs::symlink_metadata(&self.path).ok()?;
+        let shared = meta.file_type().is_dir() && meta.mode() & 0o7777 == 0o2770;
+        shared.then(|| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} belongs to {}, whose server shares it with {}, which you are not in: ask to be added \
+                     to that group (then log in again)",
+                    self.path.display(),
+                    sys::user_label(meta.uid()),
+                    sys::group_label(meta.gid())
+                ),
+            )
+        })
     }
 
     /// The folder's group, if it is a shared lock folder (a real folder, 2770) and
@@ -110,14 +129,6 @@ impl LockDir {
         }
         if meta.uid() != sys::current_uid() {
             let owner = sys::user_label(meta.uid());
-            if meta.mode() & 0o7777 == 0o2770 {
-                return Err(refuse(format!(
-                    "{} belongs to {owner}, whose server shares it with {}, which you are not in: ask to be \
-                     added to that group (then log in again)",
-                    self.path.display(),
-                    sys::group_label(meta.gid())
-                )));
-            }
             let segment = Path::new(SHM_DIR).join(self.path.file_stem().unwrap_or_default());
             let live = if segment.exists() {
                 ", and a segment of that name exists: their server may be running"

@@ -143,4 +143,17 @@ fn root_outside_the_group_of_a_members_server_is_told_which_group() {
     assert!(err.contains(&format!("shares it with group {}", accounts.group)), "{}", show(&output));
     assert!(!err.contains("ask them to run it with --group"), "{}", show(&output));
     assert!(!out.path().join("root.txt").exists());
+    // A server started on that name by someone else is told the name is taken, not
+    // to join the group (which would not let it serve there).
+    let other_out = tempfile::tempdir().unwrap();
+    let mut second = Command::new(SERVER);
+    second.args(["--name", &server.name]).arg(other_out.path());
+    let output = run(second);
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    let err = stderr_of(&output);
+    assert!(
+        err.contains("pick another --name") && !err.contains("which you are not in"),
+        "{}",
+        show(&output)
+    );
 }
