@@ -162,9 +162,11 @@ impl<'a> Producer<'a> {
         self.next = (self.next + 1) % self.slots;
     }
 
-    /// No slot is open to write any more. SYNC POINT (filling handshake): Release,
-    /// so the server that reads 0 (SeqCst) sees every write into the slot done.
-    fn done_filling(&self) {
+    /// No slot is open to write any more (called by `hand_over` and `skip`; by the
+    /// client itself when it leaves a slot unfilled, at the end of a source). SYNC
+    /// POINT (filling handshake): Release, so the server that reads 0 (SeqCst) sees
+    /// every write into the slot done.
+    pub fn done_filling(&self) {
         self.record.filling.store(0, Ordering::Release);
     }
 

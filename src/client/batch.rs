@@ -302,7 +302,13 @@ impl<'a> Batcher<'a> {
             self.in_flight[slot] = Some(sent);
             return Err(failed("the server changed a batch slot's size"));
         }
-        let buffer = self.ring.buffer(self.chunk as u64).map_err(|e| slot_error(&mut self.session, e))?;
+        let buffer = match self.ring.buffer(self.chunk as u64) {
+            Ok(buffer) => buffer,
+            Err(e) => {
+                self.in_flight[slot] = Some(sent);
+                return Err(slot_error(&mut self.session, e));
+            }
+        };
         let outcomes = match batch::decode_results(buffer.bytes(self.chunk), sent.seq, sent.entries.len()) {
             Ok(outcomes) => outcomes,
             Err(e) => {

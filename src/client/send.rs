@@ -345,6 +345,7 @@ fn put(
     }
     if got as u64 == capacity && source.exact.is_none() {
         let prefix = buffer.bytes(got).to_vec();
+        ring.done_filling();
         return stream(session, source, name, Some(prefix), progress);
     }
     if let Some(size) = source.exact.filter(|&size| size != got as u64) {
@@ -358,6 +359,8 @@ fn put(
         // The Put command that follows rings the server.
         ring.hand_over_quietly(got as u64);
         progress.bytes(got as u64);
+    } else {
+        ring.done_filling();
     }
     ensure_unchanged(source)?;
     let size = got as u64;
@@ -415,6 +418,7 @@ fn send_chunks(
             }));
         }
         if got == 0 {
+            ring.done_filling();
             break;
         }
         hasher.update(buffer.bytes(got));
