@@ -283,6 +283,49 @@ fn a_sender_kept_across_a_server_restart_says_to_connect_again() {
     assert_eq!(fs::read(out.path().join("two.txt")).unwrap(), b"2");
 }
 
+/// While a `send_path` of this process sends folder `d` whole (staged, published
+/// by its commit), a `send_reader("d/...")` of the same process is refused: the
+/// server would put it in the hidden copy, to be published (or dropped) with that
+/// commit, and Ok would not mean published.
+#[test]
+fn a_name_beneath_a_folder_being_sent_whole_is_refused_meanwhile() {
+    let out = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let folder = src.path().join("d");
+    fs::create_dir(&folder).unwrap();
+    for i in 0..3000 {
+        fs::write(folder.join(format!("f{i:04}")), pattern(4096, i)).unwrap();
+    }
+    let name = unique_name("libwhole");
+    let server = Server::builder(&name).size(1 << 20).output_dir(out.path()).start().unwrap();
+    let sender = Sender::connect(&name, TIMEOUT).unwrap();
+    let staged = || {
+        fs::read_dir(out.path())
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".stage"))
+    };
+    std::thread::scope(|scope| {
+        let whole = scope.spawn(|| sender.send_path(&folder));
+        wait_until("the folder staged", || staged() || whole.is_finished());
+        if whole.is_finished() {
+            eprintln!("note: the folder was sent before it could be probed");
+        } else {
+            let err = sender.send_reader("d/probe.txt", &b"late"[..]).unwrap_err();
+            assert_eq!(err.exit_status(), ExitStatus::Usage, "{err}");
+            assert!(err.to_string().contains("being sent whole"), "{err}");
+        }
+        let results = whole.join().unwrap().unwrap();
+        assert!(results.iter().all(|(_, result)| result.is_ok()), "the folder itself was sent");
+    });
+    assert!(!out.path().join("d/probe.txt").exists());
+    assert_eq!(fs::read_dir(out.path().join("d")).unwrap().count(), 3000);
+    // Once that send has returned, the name is free.
+    assert!(sender.send_reader("d/probe.txt", &b"late"[..]).is_ok());
+    drop(sender);
+    server.shutdown().unwrap();
+}
+
 /// A reader shorter than the size it was sent with fails the file, saying so (not
 /// that a "source file" changed: there is none).
 #[test]

@@ -207,9 +207,25 @@ impl Sender {
     /// relative path) with the server's default mode.
     pub fn send_reader(&self, name: &str, reader: impl Read) -> Result<Delivered, SendError> {
         check_name(name)?;
+        self.check_not_sent_whole(name)?;
         let mut session = None;
         let meta = FileMeta { skip_existing: self.options.skip_existing, ..FileMeta::default() };
         send::send_from(&self.connection, &mut session, name, meta, None, reader, &())
+    }
+
+    /// Refuses a name beneath a folder a `send_items` of this process is sending
+    /// whole: the server would put it in that folder's hidden copy, published (or
+    /// dropped) only with that send's commit.
+    fn check_not_sent_whole(&self, name: &str) -> Result<(), SendError> {
+        let root = name.split('/').next().unwrap_or(name);
+        match self.connection.sending_whole.lock().expect("sending lock").contains(root) {
+            true => Err(SendError::Usage(format!(
+                "{}: folder {} is being sent whole by another send of this process: send beneath it once that send has returned",
+                escaped(name),
+                escaped(root)
+            ))),
+            false => Ok(()),
+        }
     }
 
     /// One stream kept for many files in a row, sent one after another in order
@@ -240,8 +256,35 @@ impl Sender {
         // folders when its last stream ends, and a job's stream may end early (a
         // failed or interrupted transfer).
         let staging = Staging { enabled: most != 1, ..Staging::default() };
+        // Folders this send stages, claimed for this process (see `sending_whole`);
+        // what lies beneath one another send of this process stages fails here.
+        let claimed: Vec<String> = {
+            let mut whole = self.connection.sending_whole.lock().expect("sending lock");
+            for (item, result) in items.iter().zip(&results) {
+                let root = item.name.split('/').next().unwrap_or(&item.name);
+                if whole.contains(root) && item.verdict == Verdict::Send {
+                    let message = format!(
+                        "folder {} is being sent whole by another send of this process: send it once that send has returned",
+                        escaped(root)
+                    );
+                    *result.lock().expect("result lock") = Some(Err(SendError::Usage(message)));
+                }
+            }
+            let roots: Vec<String> = items
+                .iter()
+                .zip(&results)
+                .filter(|(item, result)| staging.wants(item) && result.lock().expect("result lock").is_none())
+                .map(|(item, _)| item.name.clone())
+                .collect();
+            whole.extend(roots.iter().cloned());
+            roots
+        };
         let anchor = Mutex::new(None);
-        let phases = phases(items);
+        let mut phases = phases(items);
+        for (phase, _) in &mut phases {
+            phase.retain(|&i| results[i].lock().expect("result lock").is_none());
+        }
+        phases.retain(|(phase, _)| !phase.is_empty());
         let count = phases.len();
         for (number, (phase, jobs)) in phases.into_iter().enumerate() {
             let jobs = jobs.unwrap_or(self.options.jobs);
@@ -278,6 +321,11 @@ impl Sender {
         };
         self.commit_staged(&staging, kept, items, &results, progress);
         streams.lock().expect("streams lock").clear();
+        let mut whole = self.connection.sending_whole.lock().expect("sending lock");
+        for root in &claimed {
+            whole.remove(root);
+        }
+        drop(whole);
         let mut results: Vec<_> = results
             .into_iter()
             .map(|slot| slot.into_inner().expect("result lock").unwrap_or(Err(SendError::Interrupted)))
@@ -746,6 +794,7 @@ impl StreamSender<'_> {
         progress: &dyn Progress,
     ) -> Result<Delivered, SendError> {
         check_name(name)?;
+        self.sender.check_not_sent_whole(name)?;
         send::send_from(&self.sender.connection, &mut self.session, name, meta, size, reader, progress)
     }
 
@@ -758,12 +807,14 @@ impl StreamSender<'_> {
         filler: &mut dyn send::Fill,
     ) -> Result<Delivered, SendError> {
         check_name(name)?;
+        self.sender.check_not_sent_whole(name)?;
         send::send_filled(&self.sender.connection, &mut self.session, name, meta, size, filler, &())
     }
 
     /// Makes the folder `name` (and its parents) with permission bits `mode`.
     pub fn make_dir(&mut self, name: &str, mode: u32) -> Result<Delivered, SendError> {
         check_name(name)?;
+        self.sender.check_not_sent_whole(name)?;
         send::send_dir(&self.sender.connection, &mut self.session, name, mode & crate::protocol::MODE_BITS)
     }
 }

@@ -30,6 +30,10 @@ pub struct Connection {
     pub(super) timeout: Duration,
     /// The records this process's sessions hold (GUID, offset), for `beat_held`.
     held: Mutex<Vec<(uuid::Uuid, u64)>>,
+    /// Top-level folders a `send_items` of this process sends whole (staged): the
+    /// server takes any name beneath one from this process into its hidden folder,
+    /// so nothing else of this process may send there until that send ends.
+    pub(super) sending_whole: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Connection {
@@ -49,7 +53,8 @@ impl Connection {
         let locks =
             LockDir::open(name).map_err(|e| failed(format!("lock folder of segment '{name}': {e}")))?;
         let handout_lock = locks.lock(lock::HANDOUT_LOCK)?;
-        Ok(Connection { segment, locks, handout_lock, server_pid, timeout, held: Mutex::new(Vec::new()) })
+        let (held, sending_whole) = (Mutex::default(), Mutex::default());
+        Ok(Connection { segment, locks, handout_lock, server_pid, timeout, held, sending_whole })
     }
 
     /// Tells the server every stream this process holds is alive (a relay whose
