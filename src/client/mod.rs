@@ -918,6 +918,18 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_reads_as_one_and_a_failure_of_the_server_does_not() {
+        use crate::protocol::{ErrorCode, ServerReply};
+        let said =
+            |code, message: &str| send::reply_error(ServerReply::Error { code, message: message.into() });
+        let exists = said(ErrorCode::Exists, "a.txt already exists: ...").to_string();
+        assert!(exists.starts_with("server refused: a.txt already exists"), "{exists}");
+        let io = said(ErrorCode::Io, "cannot publish /o/a.txt: Operation not permitted").to_string();
+        assert!(io.starts_with("server: cannot publish") && !io.contains("refused"), "{io}");
+        let idle = said(ErrorCode::IdleTimeout, "no activity for 2 s: stream dropped").to_string();
+        assert!(idle.starts_with("server: no activity"), "{idle}");
+    }
+    #[test]
     fn a_run_is_one_folders_files_and_at_most_run_max() {
         let mut items: Vec<Item> =
             ["t/a/1", "t/a/2", "t/b/1", "top", "other"].iter().map(|n| file(n)).collect();

@@ -286,8 +286,12 @@ pub(super) fn make_dir(session: &mut Session<'_>, name: &str, mode: u32) -> Resu
 
 pub(super) fn reply_error(reply: ServerReply) -> SendError {
     match reply {
-        ServerReply::Error { code: ErrorCode::Shutdown, message } => failed(format!("server: {message}")),
-        ServerReply::Error { message, .. } => failed(format!("server refused: {message}")),
+        // A refusal is the server's choice; anything else happened to it (a disk
+        // error, a drop, a damaged transfer): its message says which.
+        ServerReply::Error { code: ErrorCode::BadRequest | ErrorCode::Exists, message } => {
+            failed(format!("server refused: {message}"))
+        }
+        ServerReply::Error { message, .. } => failed(format!("server: {message}")),
         other => failed(format!("unexpected reply from the server: {other:?}")),
     }
 }
