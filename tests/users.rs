@@ -131,7 +131,10 @@ fn root_outside_the_group_of_a_members_server_is_told_which_group() {
     let Some(accounts) = Accounts::make() else { return };
     let out = tempfile::tempdir().unwrap();
     fs::set_permissions(out.path(), fs::Permissions::from_mode(0o777)).unwrap();
-    let prelude = format!("exec runuser -u {} -- \"$0\" \"$@\"", accounts.member);
+    // setpriv execs the server in place (runuser forks it: killing runuser at the
+    // end would leave the server running).
+    let prelude =
+        format!("exec setpriv --reuid={0} --regid=nogroup --init-groups \"$0\" \"$@\"", accounts.member);
     let server =
         Server::start_wrapped(&unique_name("rootout"), out.path(), &prelude, &["--group", &accounts.group]);
     assert_ne!(fs::metadata(shm_path(&server.name)).unwrap().uid(), 0, "the member's server");
@@ -156,4 +159,6 @@ fn root_outside_the_group_of_a_members_server_is_told_which_group() {
         "{}",
         show(&output)
     );
+    let mut server = server;
+    assert_eq!(server.stop("TERM").code(), Some(0), "the member's server stops on request");
 }
