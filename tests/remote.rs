@@ -610,6 +610,41 @@ fn a_dropped_file_over_the_relay_fails_alone_and_the_next_is_sent() {
     assert!(!out.path().join("f.fifo").exists(), "a dropped file was published");
 }
 
+/// `-n NAME` is checked before anything runs on the other host (the remote shell
+/// reads the relay's command line again: a name is never a shell command), and
+/// `--timeout` goes to the relay: a stopped server is given up on after it.
+#[test]
+fn the_segment_name_is_checked_here_and_the_timeout_goes_to_the_relay() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("a.txt"), b"a").unwrap();
+    let planted = src.path().join("planted");
+    let name = format!("$(touch {})", planted.display());
+    let output = run({
+        let mut c = Command::new(CLIENT);
+        c.current_dir(src.path()).env("LSH_BIN", bin_dir());
+        c.args(["--remote", "somehost", "--rsh", "sh -c 'shift; eval \"$*\"' lsh", "-n", &name, "a.txt"]);
+        c
+    });
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    assert!(stderr_of(&output).contains("is not allowed"), "{}", show(&output));
+    assert!(!planted.exists(), "the name ran as a command on the other host");
+
+    let server = Server::start(&unique_name("rmttimeout"), out.path(), &[]);
+    freeze(server.pid());
+    let started = Instant::now();
+    let output = run({
+        let mut c = remote_client(&server.name, src.path());
+        c.args(["--timeout", "2", "a.txt"]);
+        c
+    });
+    let took = started.elapsed();
+    thaw(server.pid());
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr_of(&output).contains("has not answered for 2 s"), "{}", show(&output));
+    assert!(took < Duration::from_secs(9), "gave up after {took:?}, not after --timeout 2");
+}
+
 /// A source that trickles (1,000 bytes every 0.1 s: never silent, yet too slow to
 /// fill the client's 64 KiB buffer, or a slot, within --idle-timeout) is not
 /// dropped over --remote either.

@@ -177,8 +177,12 @@ pub fn main(cli: ClientCli) -> ExitStatus {
         };
         let sent = match &cli.remote {
             Some(host) => {
-                let remote =
-                    RemoteOptions { host: host.clone(), rsh: cli.rsh.clone(), name: cli.common.name.clone() };
+                let remote = RemoteOptions {
+                    host: host.clone(),
+                    rsh: cli.rsh.clone(),
+                    name: cli.common.name.clone(),
+                    timeout,
+                };
                 let items = &front.board.items;
                 send_watching_for_stop(
                     || remote::send_items(items, &remote, &options, &front),

@@ -37,6 +37,8 @@ pub struct RemoteOptions {
     pub rsh: String,
     /// The segment name of the server on that host.
     pub name: String,
+    /// The relay's `--timeout`: how long it waits for a server that does not answer.
+    pub timeout: Duration,
 }
 
 /// Splits a command line into words as a POSIX shell would for simple cases:
@@ -141,15 +143,24 @@ pub fn send_items(
     progress: &dyn Progress,
 ) -> Result<Vec<ItemResult>, SendError> {
     let words = split_words(&remote.rsh).map_err(|e| SendError::Usage(format!("--rsh: {e}")))?;
+    // The remote shell reads these words again: only a name checked here (letters,
+    // digits, '_', '-') goes into them, as `--name=NAME` (never read as an option).
+    crate::lock::validate_segment_name(&remote.name).map_err(SendError::Usage)?;
+    let relay_args = [
+        "sharedclient".to_owned(),
+        "--relay".to_owned(),
+        format!("--name={}", remote.name),
+        format!("--timeout={}", remote.timeout.as_secs().max(1)),
+    ];
     let mut command = Command::new(&words[0]);
     command
         .args(&words[1..])
         .arg(&remote.host)
-        .args(["sharedclient", "--relay", "-n", &remote.name])
+        .args(&relay_args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let shown = format!("{} {} sharedclient --relay -n {}", remote.rsh, remote.host, remote.name);
+    let shown = format!("{} {} {}", remote.rsh, remote.host, relay_args.join(" "));
     let mut child = command.spawn().map_err(|e| SendError::Usage(format!("cannot run {shown}: {e}")))?;
     let tail = StderrTail::default();
     let stderr = tail.collect(child.stderr.take().expect("piped stderr"));
