@@ -161,4 +161,15 @@ fn root_outside_the_group_of_a_members_server_is_told_which_group() {
     );
     let mut server = server;
     assert_eq!(server.stop("TERM").code(), Some(0), "the member's server stops on request");
+
+    // A server whose own user is not in the --group is told so, and leaves nothing.
+    let name = unique_name("notmember");
+    let mut outsider = Command::new("setpriv");
+    outsider.args([&format!("--reuid={}", accounts.other), "--regid=nogroup", "--init-groups", SERVER]);
+    outsider.args(["--name", &name, "--group", &accounts.group]).arg(out.path());
+    let output = run(outsider);
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    let wanted = format!("is not in group {}", accounts.group);
+    assert!(stderr_of(&output).contains(&wanted), "{}", show(&output));
+    assert!(!lock_dir(&name).exists() && !shm_path(&name).exists(), "a refused start left its lock folder");
 }
