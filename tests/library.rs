@@ -326,6 +326,40 @@ fn a_name_beneath_a_folder_being_sent_whole_is_refused_meanwhile() {
     server.shutdown().unwrap();
 }
 
+/// A stream dropped for idleness between files is reported as an idle stream, not
+/// under the name of the last file it sent (which was published).
+#[test]
+fn a_stream_dropped_between_files_is_not_reported_as_its_last_file() {
+    let out = tempfile::tempdir().unwrap();
+    let name = unique_name("libidle");
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let events = Arc::clone(&heard);
+    let server = Server::builder(&name)
+        .size(4 << 20)
+        .output_dir(out.path())
+        .idle_timeout(Duration::from_secs(1))
+        .on_event(move |event| events.lock().unwrap().push(event.clone()))
+        .start()
+        .unwrap();
+    let sender = Sender::connect(&name, TIMEOUT).unwrap();
+    let mut stream = sender.stream();
+    let meta = sharedxfer::protocol::FileMeta::default();
+    assert!(stream.send_reader("last.txt", meta, Some(4), &b"last"[..], &()).is_ok());
+    let failed = || {
+        heard.lock().unwrap().iter().find_map(|event| match event {
+            ServerEvent::Failed { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+    };
+    wait_until("the idle stream dropped", || failed().is_some());
+    let label = failed().unwrap();
+    assert!(label.starts_with("idle stream of client pid"), "{label}");
+    assert_eq!(fs::read(out.path().join("last.txt")).unwrap(), b"last");
+    drop(stream);
+    drop(sender);
+    server.shutdown().unwrap();
+}
+
 /// A reader shorter than the size it was sent with fails the file, saying so (not
 /// that a "source file" changed: there is none).
 #[test]
