@@ -93,6 +93,22 @@ fn a_read_only_output_dir_fails_clearly_and_the_server_recovers() {
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
     assert!(stderr_of(&output).contains("Read-only file system"), "{}", show(&output));
     assert!(!has_exited(server.pid()), "the server died\n{:#?}", server.stderr());
+    // Many files failing for one error of the system: three lines, then a count.
+    let tree = src.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    for i in 0..8 {
+        write_file(&tree, &format!("f{i}"), 10, i);
+    }
+    let output = run({
+        let mut c = server.client(&config);
+        c.arg(&tree);
+        c
+    });
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    let failed: Vec<String> =
+        stderr_of(&output).lines().filter(|l| l.starts_with("failed: ")).map(String::from).collect();
+    assert_eq!(failed.len(), 4, "{}", show(&output));
+    assert!(failed[3].starts_with("failed: 6 more: Read-only file system"), "{failed:?}");
 
     small.remount("rw");
     let output = send(&server, &config, "1");

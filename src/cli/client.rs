@@ -437,13 +437,20 @@ impl FailureLines {
 
     /// Reasons that name the file on the server's side first: counted together by
     /// what follows the name.
-    const NAMED_REASONS: [&str; 2] = [" already exists: ", " is a folder: "];
+    const NAMED_REASONS: [&str; 3] =
+        [" already exists: ", " is a folder: ", " is a symbolic link or not a folder: "];
 
     fn push(&mut self, source: Option<String>, error: &str) {
         let reason = Self::NAMED_REASONS
             .iter()
             // The last one: a name may hold the same words.
             .find_map(|marker| error.rfind(marker).map(|at| &error[at + 1..]))
+            // An error of the system (a full disk, a read-only folder) after a path:
+            // counted together by the error.
+            .or_else(|| {
+                let os = error.ends_with(')') && error.contains("(os error ");
+                os.then(|| error.rfind(": ").map(|at| &error[at + 2..])).flatten()
+            })
             .unwrap_or(error);
         let seen = match self.repeats.iter_mut().find(|(seen, _)| seen == reason) {
             Some((_, count)) => {
