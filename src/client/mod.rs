@@ -218,7 +218,8 @@ impl Sender {
     /// dropped) only with that send's commit.
     fn check_not_sent_whole(&self, name: &str) -> Result<(), SendError> {
         let root = name.split('/').next().unwrap_or(name);
-        match self.connection.sending_whole.lock().expect("sending lock").contains(root) {
+        let whole = session::SENDING_WHOLE.lock().unwrap_or_else(|e| e.into_inner());
+        match whole.iter().any(|(segment, claimed)| *segment == self.connection.name && claimed == root) {
             true => Err(SendError::Usage(format!(
                 "{}: folder {} is being sent whole by another send of this process: send beneath it once that send has returned",
                 escaped(name),
@@ -256,13 +257,15 @@ impl Sender {
         // folders when its last stream ends, and a job's stream may end early (a
         // failed or interrupted transfer).
         let staging = Staging { enabled: most != 1, ..Staging::default() };
-        // Folders this send stages, claimed for this process (see `sending_whole`);
-        // what lies beneath one another send of this process stages fails here.
-        let claimed: Vec<String> = {
-            let mut whole = self.connection.sending_whole.lock().expect("sending lock");
+        // Folders this send stages, claimed for this process (see `SENDING_WHOLE`),
+        // released when `_claimed` goes (a panic too); what lies beneath one
+        // another send of this process stages fails here.
+        let _claimed = {
+            let mut whole = session::SENDING_WHOLE.lock().unwrap_or_else(|e| e.into_inner());
+            let segment = &self.connection.name;
             for (item, result) in items.iter().zip(&results) {
                 let root = item.name.split('/').next().unwrap_or(&item.name);
-                if whole.contains(root) && item.verdict == Verdict::Send {
+                if item.verdict == Verdict::Send && whole.iter().any(|(s, r)| s == segment && r == root) {
                     let message = format!(
                         "folder {} is being sent whole by another send of this process: send it once that send has returned",
                         escaped(root)
@@ -270,14 +273,14 @@ impl Sender {
                     *result.lock().expect("result lock") = Some(Err(SendError::Usage(message)));
                 }
             }
-            let roots: Vec<String> = items
+            let roots: Vec<(String, String)> = items
                 .iter()
                 .zip(&results)
                 .filter(|(item, result)| staging.wants(item) && result.lock().expect("result lock").is_none())
-                .map(|(item, _)| item.name.clone())
+                .map(|(item, _)| (segment.clone(), item.name.clone()))
                 .collect();
             whole.extend(roots.iter().cloned());
-            roots
+            Claims(roots)
         };
         let anchor = Mutex::new(None);
         let mut phases = phases(items);
@@ -321,11 +324,6 @@ impl Sender {
         };
         self.commit_staged(&staging, kept, items, &results, progress);
         streams.lock().expect("streams lock").clear();
-        let mut whole = self.connection.sending_whole.lock().expect("sending lock");
-        for root in &claimed {
-            whole.remove(root);
-        }
-        drop(whole);
         let mut results: Vec<_> = results
             .into_iter()
             .map(|slot| slot.into_inner().expect("result lock").unwrap_or(Err(SendError::Interrupted)))
@@ -816,6 +814,20 @@ impl StreamSender<'_> {
         check_name(name)?;
         self.sender.check_not_sent_whole(name)?;
         send::send_dir(&self.sender.connection, &mut self.session, name, mode & crate::protocol::MODE_BITS)
+    }
+}
+
+/// Folders claimed in `session::SENDING_WHOLE` by one `send_items`, released on drop.
+struct Claims(Vec<(String, String)>);
+
+impl Drop for Claims {
+    fn drop(&mut self) {
+        let mut whole = session::SENDING_WHOLE.lock().unwrap_or_else(|e| e.into_inner());
+        for claim in &self.0 {
+            if let Some(at) = whole.iter().position(|held| held == claim) {
+                whole.swap_remove(at);
+            }
+        }
     }
 }
 

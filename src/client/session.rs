@@ -30,11 +30,15 @@ pub struct Connection {
     pub(super) timeout: Duration,
     /// The records this process's sessions hold (GUID, offset), for `beat_held`.
     held: Mutex<Vec<(uuid::Uuid, u64)>>,
-    /// Top-level folders a `send_items` of this process sends whole (staged): the
-    /// server takes any name beneath one from this process into its hidden folder,
-    /// so nothing else of this process may send there until that send ends.
-    pub(super) sending_whole: Mutex<std::collections::HashSet<String>>,
+    /// The segment's name (the key of `SENDING_WHOLE`).
+    pub(super) name: String,
 }
+
+/// Top-level folders a `send_items` of this process sends whole (staged), by
+/// segment name: the server takes any name beneath one from this process (any
+/// `Sender` of it) into its hidden folder, so nothing else of this process may send
+/// there until that send ends.
+pub(super) static SENDING_WHOLE: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
 
 impl Connection {
     /// Maps the segment of server `name` and checks the server is alive.
@@ -53,8 +57,8 @@ impl Connection {
         let locks =
             LockDir::open(name).map_err(|e| failed(format!("lock folder of segment '{name}': {e}")))?;
         let handout_lock = locks.lock(lock::HANDOUT_LOCK)?;
-        let (held, sending_whole) = (Mutex::default(), Mutex::default());
-        Ok(Connection { segment, locks, handout_lock, server_pid, timeout, held, sending_whole })
+        let (held, name) = (Mutex::default(), name.to_owned());
+        Ok(Connection { segment, locks, handout_lock, server_pid, timeout, held, name })
     }
 
     /// Tells the server every stream this process holds is alive (a relay whose

@@ -774,8 +774,8 @@ impl Stream {
             let message =
                 format!("no activity for {} s: stream dropped", shared.options.idle_timeout.as_secs());
             if matches!(self.state, State::Idle) {
-                // Between files: the label still names the last file, published.
-                self.label = format!("idle stream of client pid {}", self.client_pid);
+                // Between files: the label may still name the last file, published.
+                self.label = format!("stream {} (idle, client pid {})", self.guid.simple(), self.client_pid);
             }
             self.fail(shared, failure(ErrorCode::IdleTimeout, message));
             self.state = State::Dropped;
