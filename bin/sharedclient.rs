@@ -10,7 +10,8 @@ fn main() -> ExitCode {
         Ok(cli) => sharedxfer::cli::client::main(cli).into(),
         Err(e) => {
             // A script that asked for JSON gets JSON on stdout, whatever went wrong.
-            if e.use_stderr() && std::env::args_os().any(|arg| arg == "--json") {
+            let json = std::env::args_os().skip(1).take_while(|arg| arg != "--").any(|arg| arg == "--json");
+            if e.use_stderr() && json {
                 sharedxfer::cli::client::print_json_error(&e.to_string());
             }
             e.exit()

@@ -526,6 +526,17 @@ pub fn current_groups() -> Vec<u32> {
     groups
 }
 
+/// Whether this process may give files to any group (CAP_CHOWN in its effective
+/// set, from `/proc/self/status`), as root may.
+pub fn has_cap_chown() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & 1 != 0)
+}
+
 /// The id of group `name` (from `/etc/group`), or `name` itself if it is a number.
 pub fn group_id(name: &str) -> Option<u32> {
     if let Ok(gid) = name.parse() {

@@ -424,11 +424,11 @@ fn run_server(
         // Every message names files by this path, seen from any folder a client runs in.
         options.output_dir = resolve_output_dir(&options.output_dir);
     }
-    // Only a member (or root) may give a file to a group: say so before making
-    // anything, rather than "Operation not permitted" with the lock folder left.
-    if let Some(gid) =
-        options.group.filter(|&gid| sys::current_uid() != 0 && !sys::current_groups().contains(&gid))
-    {
+    // Only a member (or root, or a holder of CAP_CHOWN) may give a file to a group:
+    // say so before making anything, rather than "Operation not permitted" with the
+    // lock folder left.
+    let may_chown = sys::current_uid() == 0 || sys::has_cap_chown();
+    if let Some(gid) = options.group.filter(|&gid| !may_chown && !sys::current_groups().contains(&gid)) {
         return Err(ServerError::Start(format!(
             "--group: the server's {} is not in {}: add it to that group (then log in again, or restart the service)",
             sys::user_label(sys::current_uid()),
