@@ -270,17 +270,14 @@ impl OutputDir {
         opened.map_err(|e| {
             let prefix: Vec<&str> = rel.split('/').take(index + 1).collect();
             let at = self.path.join(prefix.join("/"));
+            // The file itself is named by whoever reports this (the server's line, the
+            // client's): only the folder in the way here.
+            let at = crate::escape::escaped(&at.display().to_string()).into_owned();
             let message = match e.raw_os_error() {
-                Some(libc::ELOOP | libc::ENOTDIR) => format!(
-                    "{}: {} is a symbolic link or not a folder: refusing to write through it",
-                    crate::escape::escaped(rel),
-                    crate::escape::escaped(&at.display().to_string())
-                ),
-                _ => format!(
-                    "{}: cannot use folder {}: {e}",
-                    crate::escape::escaped(rel),
-                    crate::escape::escaped(&at.display().to_string())
-                ),
+                Some(libc::ELOOP | libc::ENOTDIR) => {
+                    format!("{at} is a symbolic link or not a folder: refusing to write through it")
+                }
+                _ => format!("cannot use folder {at}: {e}"),
             };
             PathError { message, kind: e.kind() }
         })

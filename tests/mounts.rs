@@ -109,6 +109,10 @@ fn a_read_only_output_dir_fails_clearly_and_the_server_recovers() {
         stderr_of(&output).lines().filter(|l| l.starts_with("failed: ")).map(String::from).collect();
     assert_eq!(failed.len(), 4, "{}", show(&output));
     assert!(failed[3].starts_with("failed: 6 more: Read-only file system"), "{failed:?}");
+    // Each line names its file once (the client names it; the server's message names
+    // only the folder it could not use).
+    let file_line = failed.iter().find(|l| l.contains("/f0") || l.contains("/f1")).expect("a file's line");
+    assert_eq!(file_line.matches("tree/f").count(), 1, "{file_line}");
 
     small.remount("rw");
     let output = send(&server, &config, "1");
