@@ -513,28 +513,25 @@ pub fn syncfs(file: &File) -> io::Result<()> {
 /// The groups this process is in: its group and its supplementary groups (from
 /// `/proc/self/status`).
 pub fn current_groups() -> Vec<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |key: &str| -> Vec<u32> {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(key))
-            .map(|rest| rest.split_whitespace().filter_map(|n| n.parse().ok()).collect())
-            .unwrap_or_default()
-    };
-    let mut groups = field("Groups:");
-    groups.extend(field("Gid:").first());
+    let numbers =
+        |rest: &str| -> Vec<u32> { rest.split_whitespace().filter_map(|n| n.parse().ok()).collect() };
+    let mut groups = status_field("Groups:").map(|rest| numbers(&rest)).unwrap_or_default();
+    groups.extend(status_field("Gid:").and_then(|rest| numbers(&rest).first().copied()));
     groups
 }
 
 /// Whether this process may give files to any group (CAP_CHOWN in its effective
 /// set, from `/proc/self/status`), as root may.
 pub fn has_cap_chown() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
+    status_field("CapEff:")
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .is_some_and(|caps| caps & 1 != 0)
+}
+
+/// What follows `key` on its line of `/proc/self/status`.
+fn status_field(key: &str) -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|line| line.strip_prefix(key)).map(str::to_owned)
 }
 
 /// The id of group `name` (from `/etc/group`), or `name` itself if it is a number.
@@ -561,20 +558,21 @@ pub fn group_label(gid: u32) -> String {
 
 /// The name of group `gid` (from `/etc/group`).
 pub fn group_name(gid: u32) -> Option<String> {
-    let groups = std::fs::read_to_string("/etc/group").ok()?;
-    groups.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        (fields.nth(1)?.parse::<u32>().ok()? == gid).then(|| name.to_owned())
-    })
+    name_of_id("/etc/group", gid)
 }
 
 /// The login name of user `uid` (from `/etc/passwd`).
 pub fn user_name(uid: u32) -> Option<String> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
+    name_of_id("/etc/passwd", uid)
+}
+
+/// The name on the line of `file` (`/etc/passwd` or `/etc/group`: name, password,
+/// id, ...) whose id is `id`.
+fn name_of_id(file: &str, id: u32) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|line| {
         let mut fields = line.split(':');
         let name = fields.next()?;
-        (fields.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+        (fields.nth(1)?.parse::<u32>().ok()? == id).then(|| name.to_owned())
     })
 }

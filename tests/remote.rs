@@ -167,6 +167,15 @@ fn half_sent(
     (child, stdin)
 }
 
+/// Waits until `pid` exits or `most` has passed; returns how long it waited.
+fn wait_for_exit(pid: u32, most: Duration) -> Duration {
+    let start = Instant::now();
+    while !has_exited(pid) && start.elapsed() < most {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
 fn finish(child: std::process::Child) -> std::process::Output {
     let deadline = Instant::now() + DEADLINE;
     let output = child.wait_with_output().unwrap();
@@ -558,11 +567,7 @@ fn a_stopped_remote_client_is_dropped_for_idleness() {
     thaw(child.id());
     // Resumed, with its source still open and silent: the relay tells it at the
     // first ALIVE that the stream was dropped (not only when the source ends).
-    let resumed = Instant::now();
-    while !has_exited(child.id()) && resumed.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let waited = resumed.elapsed();
+    let waited = wait_for_exit(child.id(), Duration::from_secs(20));
     drop(stdin);
     let output = finish(child);
     assert!(waited < Duration::from_secs(20), "the client waited for its source after the drop");
@@ -592,11 +597,7 @@ fn a_dropped_file_over_the_relay_fails_alone_and_the_next_is_sent() {
     freeze(child.id());
     wait_until("the server to drop the stopped client's file", || server.temp_files().is_empty());
     thaw(child.id());
-    let resumed = Instant::now();
-    while !has_exited(child.id()) && resumed.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let waited = resumed.elapsed();
+    let waited = wait_for_exit(child.id(), Duration::from_secs(20));
     drop(writer);
     let output = finish(child);
     assert!(
