@@ -330,6 +330,70 @@ fn a_name_beneath_a_folder_being_sent_whole_is_refused_meanwhile() {
     server.shutdown().unwrap();
 }
 
+/// The other way round: while a `send_reader("d/...")` of this process is under
+/// way, a `send_path` of folder `d` (which it would send whole, staged) is refused
+/// with everything beneath it: its files could otherwise land in place while `d`
+/// is staged, and its commit find the name taken. Once the reader's send has
+/// returned, the folder goes.
+#[test]
+fn a_folder_is_not_sent_whole_while_another_send_writes_beneath_it() {
+    /// A reader that says when it is first read (the send's claim is taken by
+    /// then), then gives one byte once the test lets it go.
+    struct Gate {
+        reading: std::sync::mpsc::Sender<()>,
+        go: std::sync::mpsc::Receiver<()>,
+        done: bool,
+    }
+    impl std::io::Read for Gate {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.done {
+                return Ok(0);
+            }
+            let _ = self.reading.send(());
+            let _ = self.go.recv(); // until the test lets it go (or drops the sender)
+            self.done = true;
+            buf[0] = b'x';
+            Ok(1)
+        }
+    }
+    let out = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let folder = src.path().join("d");
+    fs::create_dir(&folder).unwrap();
+    fs::write(folder.join("a.txt"), b"a").unwrap();
+    let name = unique_name("libshared");
+    let server = Server::builder(&name).size(1 << 20).output_dir(out.path()).start().unwrap();
+    let sender = Sender::connect(&name, TIMEOUT).unwrap();
+    let (go_tx, go) = std::sync::mpsc::channel();
+    let (reading, started) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        let go_tx = go_tx; // moved in: a failed assertion drops it and frees the reader
+        let reader = scope.spawn(|| sender.send_reader("d/late.txt", Gate { reading, go, done: false }));
+        started.recv().expect("the reader is read");
+        // Through the same Sender, or another of the same process.
+        let other = Sender::connect(&name, TIMEOUT).unwrap();
+        for probe in [&sender, &other] {
+            let results = probe.send_path(&folder).unwrap();
+            assert_eq!(results.len(), 2, "{results:?}");
+            for (item, result) in &results {
+                let err = result.as_ref().expect_err(&item.name);
+                assert_eq!(err.exit_status(), ExitStatus::Usage, "{err}");
+                assert!(err.to_string().contains("being sent by another send"), "{err}");
+            }
+        }
+        assert!(!out.path().join("d/a.txt").exists(), "nothing of the refused folder arrived");
+        go_tx.send(()).unwrap();
+        assert_eq!(reader.join().unwrap().unwrap(), Delivered::Sent { bytes: 1 });
+    });
+    assert_eq!(fs::read(out.path().join("d/late.txt")).unwrap(), b"x");
+    // Once the reader's send has returned, the folder goes (into the existing d).
+    let results = sender.send_path(&folder).unwrap();
+    assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
+    assert_eq!(fs::read(out.path().join("d/a.txt")).unwrap(), b"a");
+    drop(sender);
+    server.shutdown().unwrap();
+}
+
 /// A stream dropped for idleness between files is reported as an idle stream, not
 /// under the name of the last file it sent (which was published).
 #[test]

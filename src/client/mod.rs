@@ -207,26 +207,30 @@ impl Sender {
     /// relative path) with the server's default mode.
     pub fn send_reader(&self, name: &str, reader: impl Read) -> Result<Delivered, SendError> {
         check_name(name)?;
-        self.check_not_sent_whole(name)?;
+        let _claimed = self.claim_one(name)?;
         let mut session = None;
         let meta = FileMeta { skip_existing: self.options.skip_existing, ..FileMeta::default() };
         send::send_from(&self.connection, &mut session, name, meta, None, reader, &())
     }
 
-    /// Refuses a name beneath a folder a `send_items` of this process is sending
-    /// whole: the server would put it in that folder's hidden copy, published (or
-    /// dropped) only with that send's commit.
-    fn check_not_sent_whole(&self, name: &str) -> Result<(), SendError> {
+    /// Claims `name`'s top folder, shared, for one send: refused while a
+    /// `send_items` of this process sends that folder whole (the server would put
+    /// `name` in its hidden copy, published or dropped only with that send's
+    /// commit); and while it is held, no send of this process stages that folder.
+    fn claim_one(&self, name: &str) -> Result<Claims, SendError> {
         let root = name.split('/').next().unwrap_or(name);
-        let whole = session::SENDING_WHOLE.lock().unwrap_or_else(|e| e.into_inner());
-        match whole.iter().any(|(segment, claimed)| *segment == self.connection.name && claimed == root) {
-            true => Err(SendError::Usage(format!(
+        let mut claims = session::CLAIMS.lock().unwrap_or_else(|e| e.into_inner());
+        if claims.iter().any(|c| c.whole && c.segment == self.connection.name && c.root == root) {
+            return Err(SendError::Usage(format!(
                 "{}: folder {} is being sent whole by another send of this process: send beneath it once that send has returned",
                 escaped(name),
                 escaped(root)
-            ))),
-            false => Ok(()),
+            )));
         }
+        let claim =
+            session::Claim { segment: self.connection.name.clone(), root: root.to_string(), whole: false };
+        claims.push(claim.clone());
+        Ok(Claims(vec![claim]))
     }
 
     /// One stream kept for many files in a row, sent one after another in order
@@ -257,30 +261,46 @@ impl Sender {
         // folders when its last stream ends, and a job's stream may end early (a
         // failed or interrupted transfer).
         let staging = Staging { enabled: most != 1, ..Staging::default() };
-        // Folders this send stages, claimed for this process (see `SENDING_WHOLE`),
-        // released when `_claimed` goes (a panic too); what lies beneath one
-        // another send of this process stages fails here.
+        // The top-level names this send writes beneath, claimed for this process
+        // (see `CLAIMS`): whole for the folders it stages, shared for the rest;
+        // released when `_claimed` goes (a panic too). A root another send of this
+        // process stages, or writes beneath while this one would stage it, fails
+        // here with everything beneath it.
         let _claimed = {
-            let mut whole = session::SENDING_WHOLE.lock().unwrap_or_else(|e| e.into_inner());
+            let mut claims = session::CLAIMS.lock().unwrap_or_else(|e| e.into_inner());
             let segment = &self.connection.name;
+            let root_of = |item: &Item| item.name.split('/').next().unwrap_or(&item.name).to_string();
+            let held = |root: &str, whole_only: bool| {
+                claims.iter().any(|c| (c.whole || !whole_only) && c.segment == *segment && c.root == root)
+            };
+            let busy: std::collections::HashSet<String> = items
+                .iter()
+                .filter(|item| item.verdict == Verdict::Send)
+                .filter(|item| held(&root_of(item), !staging.wants(item)))
+                .map(root_of)
+                .collect();
+            let mut mine: Vec<session::Claim> = Vec::new();
             for (item, result) in items.iter().zip(&results) {
-                let root = item.name.split('/').next().unwrap_or(&item.name);
-                if item.verdict == Verdict::Send && whole.iter().any(|(s, r)| s == segment && r == root) {
+                if item.verdict != Verdict::Send {
+                    continue;
+                }
+                let root = root_of(item);
+                if busy.contains(&root) {
                     let message = format!(
-                        "folder {} is being sent whole by another send of this process: send it once that send has returned",
-                        escaped(root)
+                        "folder {} is being sent by another send of this process, and one of the two sends it whole: send it once that send has returned",
+                        escaped(&root)
                     );
                     *result.lock().expect("result lock") = Some(Err(SendError::Usage(message)));
+                    continue;
+                }
+                let whole = staging.wants(item);
+                match mine.iter_mut().find(|c| c.root == root) {
+                    Some(claim) => claim.whole |= whole,
+                    None => mine.push(session::Claim { segment: segment.clone(), root, whole }),
                 }
             }
-            let roots: Vec<(String, String)> = items
-                .iter()
-                .zip(&results)
-                .filter(|(item, result)| staging.wants(item) && result.lock().expect("result lock").is_none())
-                .map(|(item, _)| (segment.clone(), item.name.clone()))
-                .collect();
-            whole.extend(roots.iter().cloned());
-            Claims(roots)
+            claims.extend(mine.iter().cloned());
+            Claims(mine)
         };
         let anchor = Mutex::new(None);
         let mut phases = phases(items);
@@ -792,7 +812,7 @@ impl StreamSender<'_> {
         progress: &dyn Progress,
     ) -> Result<Delivered, SendError> {
         check_name(name)?;
-        self.sender.check_not_sent_whole(name)?;
+        let _claimed = self.sender.claim_one(name)?;
         send::send_from(&self.sender.connection, &mut self.session, name, meta, size, reader, progress)
     }
 
@@ -805,27 +825,27 @@ impl StreamSender<'_> {
         filler: &mut dyn send::Fill,
     ) -> Result<Delivered, SendError> {
         check_name(name)?;
-        self.sender.check_not_sent_whole(name)?;
+        let _claimed = self.sender.claim_one(name)?;
         send::send_filled(&self.sender.connection, &mut self.session, name, meta, size, filler, &())
     }
 
     /// Makes the folder `name` (and its parents) with permission bits `mode`.
     pub fn make_dir(&mut self, name: &str, mode: u32) -> Result<Delivered, SendError> {
         check_name(name)?;
-        self.sender.check_not_sent_whole(name)?;
+        let _claimed = self.sender.claim_one(name)?;
         send::send_dir(&self.sender.connection, &mut self.session, name, mode & crate::protocol::MODE_BITS)
     }
 }
 
-/// Folders claimed in `session::SENDING_WHOLE` by one `send_items`, released on drop.
-struct Claims(Vec<(String, String)>);
+/// Claims in `session::CLAIMS` of one send, released on drop.
+struct Claims(Vec<session::Claim>);
 
 impl Drop for Claims {
     fn drop(&mut self) {
-        let mut whole = session::SENDING_WHOLE.lock().unwrap_or_else(|e| e.into_inner());
+        let mut claims = session::CLAIMS.lock().unwrap_or_else(|e| e.into_inner());
         for claim in &self.0 {
-            if let Some(at) = whole.iter().position(|held| held == claim) {
-                whole.swap_remove(at);
+            if let Some(at) = claims.iter().position(|held| held == claim) {
+                claims.swap_remove(at);
             }
         }
     }

@@ -30,15 +30,27 @@ pub struct Connection {
     pub(super) timeout: Duration,
     /// The records this process's sessions hold (GUID, offset), for `beat_held`.
     held: Mutex<Vec<(uuid::Uuid, u64)>>,
-    /// The segment's name (the key of `SENDING_WHOLE`).
+    /// The segment's name (the key of `CLAIMS`).
     pub(super) name: String,
 }
 
-/// Top-level folders a `send_items` of this process sends whole (staged), by
-/// segment name: the server takes any name beneath one from this process (any
-/// `Sender` of it) into its hidden folder, so nothing else of this process may send
-/// there until that send ends.
-pub(super) static SENDING_WHOLE: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+/// Top-level names the sends of this process are sending to, by segment name: a
+/// folder a `send_items` sends whole (staged) is claimed `whole`, every other root
+/// a send writes beneath is claimed shared. The server takes any name beneath a
+/// staged folder from this process (any `Sender` of it) into its hidden folder,
+/// so while one is claimed whole no other send of this process may send beneath
+/// it; and a folder is staged only if no other send of this process is writing
+/// beneath it (its files would land in place, and the commit then find the name
+/// taken). Checked and claimed under this one lock, so the two cannot cross.
+pub(super) static CLAIMS: Mutex<Vec<Claim>> = Mutex::new(Vec::new());
+
+/// One entry of `CLAIMS`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(super) struct Claim {
+    pub(super) segment: String,
+    pub(super) root: String,
+    pub(super) whole: bool,
+}
 
 impl Connection {
     /// Maps the segment of server `name` and checks the server is alive.
