@@ -394,6 +394,47 @@ fn a_folder_is_not_sent_whole_while_another_send_writes_beneath_it() {
     server.shutdown().unwrap();
 }
 
+/// Threads sharing a `Sender` past the server's `--max-streams-per-client` wait for
+/// a stream of theirs to close instead of having their files refused.
+#[test]
+fn threads_past_the_stream_quota_wait_for_a_stream() {
+    struct Slow(Option<Vec<u8>>);
+    impl std::io::Read for Slow {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some(data) = self.0.take() else { return Ok(0) };
+            std::thread::sleep(Duration::from_millis(400));
+            buf[..data.len()].copy_from_slice(&data);
+            Ok(data.len())
+        }
+    }
+    let out = tempfile::tempdir().unwrap();
+    let name = unique_name("libquota");
+    let server = Server::builder(&name)
+        .size(4 << 20)
+        .output_dir(out.path())
+        .max_streams_per_client(2)
+        .start()
+        .unwrap();
+    let sender = Sender::connect(&name, TIMEOUT).unwrap();
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..5)
+            .map(|i| {
+                let sender = &sender;
+                scope.spawn(move || {
+                    sender.send_reader(&format!("t{i}.txt"), Slow(Some(format!("data{i}").into_bytes())))
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result.as_ref().unwrap(), &Delivered::Sent { bytes: 5 }, "thread {i}");
+        assert_eq!(fs::read(out.path().join(format!("t{i}.txt"))).unwrap(), format!("data{i}").as_bytes());
+    }
+    drop(sender);
+    server.shutdown().unwrap();
+}
+
 /// A stream dropped for idleness between files is reported as an idle stream, not
 /// under the name of the last file it sent (which was published).
 #[test]

@@ -4,7 +4,7 @@
 //! silent, or Ctrl-C came.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use named_lock::NamedLock;
@@ -151,6 +151,86 @@ impl<'a> Watchdog<'a> {
     }
 }
 
+/// Streams this process holds open, by segment name (every `Sender` of it): the
+/// server refuses a client process's streams past `--max-streams-per-client`, so
+/// threads sharing a `Sender` (or several `Sender`s) wait here for one of theirs
+/// to close instead of having their files refused. Entries: (segment, open,
+/// waiting).
+static OPEN_STREAMS: Mutex<Vec<(String, usize, usize)>> = Mutex::new(Vec::new());
+/// Signalled when a stream of `OPEN_STREAMS` closes.
+static STREAM_CLOSED: Condvar = Condvar::new();
+
+/// One stream counted in `OPEN_STREAMS`, given back on drop.
+struct Permit {
+    segment: String,
+}
+
+impl Permit {
+    /// Counts one more stream of `connection`'s segment, waiting while the process
+    /// holds the server's quota already: until one closes, `deadline` (then
+    /// `Ok(None)`), or the connection's timeout, after which it goes on and lets
+    /// the server decide (sends of this process that each hold streams while they
+    /// want more could otherwise wait on each other for ever).
+    fn acquire(
+        connection: &Connection,
+        deadline: Instant,
+        watchdog: &mut Watchdog<'_>,
+    ) -> Result<Option<Permit>, SendError> {
+        // Relaxed: a setting the server wrote at start.
+        let limit = connection.segment.header().max_streams_per_client.load(Ordering::Relaxed) as usize;
+        let give_up = crate::wait::deadline_after(connection.timeout);
+        let name = &connection.name;
+        let mut open = OPEN_STREAMS.lock().unwrap_or_else(|e| e.into_inner());
+        let at = match open.iter().position(|(segment, ..)| segment == name) {
+            Some(at) => at,
+            None => {
+                open.push((name.clone(), 0, 0));
+                open.len() - 1
+            }
+        };
+        let mut waited = false;
+        loop {
+            let entry = &mut open[at];
+            if limit == 0 || entry.1 < limit || Instant::now() >= give_up {
+                entry.1 += 1;
+                entry.2 -= usize::from(waited);
+                return Ok(Some(Permit { segment: name.clone() }));
+            }
+            if !waited {
+                waited = true;
+                entry.2 += 1;
+            }
+            let stop = |open: &mut Vec<(String, usize, usize)>| open[at].2 -= 1;
+            if let Err(e) = watchdog.check() {
+                stop(&mut open);
+                return Err(e);
+            }
+            if Instant::now() >= deadline {
+                stop(&mut open);
+                return Ok(None);
+            }
+            open = STREAM_CLOSED.wait_timeout(open, CHECK_SLICE).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Whether another send of this process waits for a stream of this segment.
+    fn awaited(&self) -> bool {
+        let open = OPEN_STREAMS.lock().unwrap_or_else(|e| e.into_inner());
+        open.iter().any(|(segment, _, waiting)| *segment == self.segment && *waiting > 0)
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut open = OPEN_STREAMS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = open.iter_mut().find(|(segment, ..)| *segment == self.segment) {
+            entry.1 -= 1;
+        }
+        drop(open);
+        STREAM_CLOSED.notify_all();
+    }
+}
+
 /// One stream: a record taken from the handout, used for commands and the ring.
 pub struct Session<'a> {
     pub(super) connection: &'a Connection,
@@ -165,6 +245,8 @@ pub struct Session<'a> {
     pub(super) kept_slot: Option<u64>,
     /// The stream's GUID, to tell the record from a later stream's in the same place.
     guid: uuid::Uuid,
+    /// This stream counted among the process's (given back once it is closed).
+    permit: Option<Permit>,
 }
 
 impl<'a> Session<'a> {
@@ -185,6 +267,7 @@ impl<'a> Session<'a> {
         // A server that stopped says so first (its lock folder is gone with it: the
         // handout lock's own error would only name a missing file).
         watchdog.check()?;
+        let Some(permit) = Permit::acquire(connection, deadline, &mut watchdog)? else { return Ok(None) };
         let taken: Option<Ticket> =
             match handout::take_within(segment, lock, deadline, busy_limit, || watchdog.check()) {
                 Ok(taken) => taken,
@@ -215,6 +298,7 @@ impl<'a> Session<'a> {
             closed: false,
             kept_slot: None,
             guid: ticket.guid,
+            permit: Some(permit),
         }))
     }
 
@@ -320,7 +404,18 @@ impl<'a> Session<'a> {
             self.closed = true;
             self.unhold();
             let _ = self.post(&ClientCommand::Close);
+            self.give_back_permit();
         }
+    }
+
+    /// After the Close or Abort: no longer counted among the process's streams. A
+    /// send of this process waiting for this place is counted by the server at its
+    /// first command, so when one waits, the server has released this record first.
+    fn give_back_permit(&mut self) {
+        if self.permit.as_ref().is_some_and(Permit::awaited) {
+            self.wait_released(Duration::from_secs(1));
+        }
+        self.permit = None;
     }
 
     /// No longer among the streams `Connection::beat_held` keeps alive.
@@ -351,6 +446,7 @@ impl<'a> Session<'a> {
             self.closed = true;
             self.unhold();
             let _ = self.post(&ClientCommand::Abort { reason: reason.to_owned() });
+            self.give_back_permit();
         }
     }
 }
