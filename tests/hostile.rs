@@ -23,7 +23,7 @@ use sharedxfer::protocol::{self, ClientCommand, ErrorCode, FileMeta, ServerReply
 use sharedxfer::protocol::{S2C_DONE, S2C_ERROR, S2C_OPENED, S2C_PONG, S2C_SKIPPED};
 use sharedxfer::ring::SlotState;
 use sharedxfer::segment::{Mailbox, Record, Segment, Slot, HANDOUT_OFFERED, HANDOUT_TAKEN, MAX_SLOTS};
-use sharedxfer::segment::{PHASE_WAITING_FOR_SPACE, RECORD_DROPPED, TEXT_CAPACITY};
+use sharedxfer::segment::{PHASE_WAITING_FOR_SPACE, RECORD_DROPPED, RECORD_FREE, TEXT_CAPACITY};
 use uuid::Uuid;
 
 use common::*;
@@ -984,6 +984,52 @@ fn a_guid_taken_and_never_used_is_dropped_while_other_transfers_complete() {
     });
     assert_eq!(record.state.load(Ordering::Acquire), RECORD_DROPPED);
     assert!(server.temp_files().is_empty());
+    assert_alive(&server);
+}
+
+/// One process taking every GUID on offer, far past `--max-streams-per-client`,
+/// and never using them: the streams within its quota are kept (dropped) while it
+/// lives, but those past it are freed once silent past `--idle-timeout`, so a
+/// real client then gets a stream and sends.
+#[test]
+fn a_process_taking_every_guid_past_its_quota_holds_them_only_until_idle() {
+    let tree = Tree::new();
+    let server = Server::start(
+        &unique_name("hoard"),
+        &tree.out(),
+        &["--size", "256K", "--max-streams-per-client", "2", "--idle-timeout", "1"],
+    );
+    let rogue = Rogue::connect(&server.name);
+    let mut held = Vec::new();
+    loop {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let taken = handout::take::<std::io::Error>(&rogue.segment, &rogue.handout_lock, deadline, || Ok(()))
+            .unwrap();
+        let Some(ticket) = taken else { break };
+        held.push(ticket);
+        assert!(held.len() < 10_000, "the handout never runs dry");
+    }
+    assert!(held.len() > 4, "the segment's records were all taken ({})", held.len());
+    let record_of = |i: usize| rogue.segment.record(held[i].record_offset).unwrap();
+    let ours = |i: usize| load_guid(&record_of(i).guid) == held[i].guid;
+    // The streams past the quota go, once silent past the idle timeout.
+    wait_until("the streams past the quota freed", || {
+        (2..held.len()).all(|i| !ours(i) || record_of(i).state.load(Ordering::Acquire) == RECORD_FREE)
+    });
+    // The two within it are kept while this process lives: it may still write to them.
+    for i in 0..2 {
+        wait_until("a stream within the quota dropped", || {
+            record_of(i).state.load(Ordering::Acquire) == RECORD_DROPPED
+        });
+        assert!(ours(i));
+    }
+    let file = write_file(&tree.src(), "honest.bin", 4096, 7);
+    let config = write_config(&tree.src(), &[file.as_path()]);
+    let mut honest = server.client(&config);
+    honest.args(["--timeout", "20", "1"]);
+    let output = honest.output().unwrap();
+    assert!(output.status.success(), "{}", show(&output));
+    assert_eq!(fs::read(tree.out().join("honest.bin")).unwrap(), fs::read(&file).unwrap());
     assert_alive(&server);
 }
 

@@ -308,6 +308,16 @@ impl<'a> Session<'a> {
         self.c2s_seq = self.c2s_seq.wrapping_add(1);
         {
             let _guard = self.lock_record()?;
+            // The server frees a record its client still holds only under this lock
+            // (a stream over the quota, silent past --idle-timeout): once freed it
+            // may be another stream's. SYNC POINT (record released): pairs with the
+            // server's Release store in `Stream::release_unserved` and
+            // `Stream::release`.
+            if self.record.state.load(Ordering::Acquire) == RECORD_FREE
+                || load_guid(&self.record.guid) != self.guid
+            {
+                return Err(failed("the server has released this stream (silent past its --idle-timeout)"));
+            }
             protocol::post(&self.record.c2s, self.c2s_seq, code, args, &text);
         }
         self.connection.segment.doorbell(self.record).notify();

@@ -778,6 +778,9 @@ impl Stream {
                 self.label = format!("stream {} (idle, client pid {})", self.guid.simple(), self.client_pid);
             }
             self.fail(shared, failure(ErrorCode::IdleTimeout, message));
+            if self.over_quota && self.ring.buffers().is_empty() && self.release_unserved(shared) {
+                return;
+            }
             self.state = State::Dropped;
             // SYNC POINT (record state): pairs with the Acquire in `status::stream_at`,
             // and (filling handshake) with the client's SeqCst load in
@@ -786,6 +789,22 @@ impl Stream {
             // Reclaim at once if the client is stopped; else on its Abort, or exit.
             self.last_liveness = now.checked_sub(LIVENESS_PERIOD).unwrap_or(now);
         }
+    }
+
+    /// A stream over its client's quota, dropped for idleness, never served: its
+    /// client was told to give it back at its first command and an honest one does
+    /// at once, so its record is freed now, not kept until the client exits (a
+    /// process taking every GUID on offer would hold every record). Only if its
+    /// record lock is free: a client posts only under it, after checking the
+    /// record is still its own (`Session::post`), so it can never write into the
+    /// record once reused. `false`: the lock is held, the stream is kept dropped.
+    fn release_unserved(&mut self, shared: &Shared) -> bool {
+        let Ok(_guard) = self.lock.try_lock() else { return false };
+        // SYNC POINT (record released): pairs with the client's Acquire load in
+        // `Session::post`, under the same record lock.
+        self.record(shared).state.store(segment::RECORD_FREE, Ordering::Release);
+        self.state = State::Closed;
+        true
     }
 
     pub(super) fn transfer_name(&self) -> Option<String> {
