@@ -306,3 +306,42 @@ fn sigint_to_the_server_mid_transfer_fails_the_client_and_cleans_up() {
 fn sigterm_to_the_server_mid_transfer_fails_the_client_and_cleans_up() {
     server_signal_mid_transfer("TERM");
 }
+
+// ---------------------------------------------------------------------------------
+// A server that stops answering.
+// ---------------------------------------------------------------------------------
+
+/// A server stopped (SIGSTOP) before a client of many files starts: the client
+/// gives up after about one `--timeout` in all, not one per file (its jobs open a
+/// fresh stream after each failed file), fails every file with that reason, and
+/// exits non-zero; the server, once resumed, serves the next client.
+#[test]
+fn a_silent_server_costs_one_timeout_not_one_per_file() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let folder = src.path().join("many");
+    fs::create_dir(&folder).unwrap();
+    for i in 0..30 {
+        write_file(&folder, &format!("f{i:02}"), 100, i);
+    }
+    let server = Server::start(&unique_name("silent"), out.path(), &["--workers", "1"]);
+    freeze(server.pid());
+    let started = std::time::Instant::now();
+    let mut client = std::process::Command::new(CLIENT);
+    client.args(["--name", &server.name, "--timeout", "1", "-j", "2"]).arg(&folder);
+    let output = client.output().unwrap();
+    let took = started.elapsed();
+    thaw(server.pid());
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains("has not answered for 1 s (see --timeout)"), "{}", show(&output));
+    // One timeout per file would be 30 s and more.
+    assert!(took < Duration::from_secs(12), "the client took {took:?}\n{}", show(&output));
+    assert!(files_under(out.path()).is_empty(), "nothing was published");
+    let again = write_file(src.path(), "after.bin", 1000, 99);
+    let mut next = std::process::Command::new(CLIENT);
+    next.args(["--name", &server.name]).arg(&again);
+    let output = next.output().unwrap();
+    assert!(output.status.success(), "{}", show(&output));
+    assert_same(out.path(), &again);
+}

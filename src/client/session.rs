@@ -3,7 +3,7 @@
 //! watchdog that ends every wait within seconds if the server is gone, stopping or
 //! silent, or Ctrl-C came.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,12 @@ pub struct Connection {
     held: Mutex<Vec<(uuid::Uuid, u64)>>,
     /// The segment's name (the key of `CLAIMS`).
     pub(super) name: String,
+    /// The server's heartbeat as last seen by any stream of this connection, and
+    /// when it last moved (ms after `opened`): a server that stopped answering is
+    /// given one `--timeout` in all, not one per stream the jobs open after it.
+    last_beat: AtomicU64,
+    beat_seen_ms: AtomicU64,
+    opened: Instant,
 }
 
 /// Top-level names the sends of this process are sending to, by segment name: a
@@ -70,7 +76,21 @@ impl Connection {
             LockDir::open(name).map_err(|e| failed(format!("lock folder of segment '{name}': {e}")))?;
         let handout_lock = locks.lock(lock::HANDOUT_LOCK)?;
         let (held, name) = (Mutex::default(), name.to_owned());
-        Ok(Connection { segment, locks, handout_lock, server_pid, timeout, held, name })
+        // Relaxed: a liveness hint, nothing is published with it.
+        let last_beat = AtomicU64::new(segment.header().heartbeat.load(Ordering::Relaxed));
+        let (beat_seen_ms, opened) = (AtomicU64::new(0), Instant::now());
+        Ok(Connection {
+            segment,
+            locks,
+            handout_lock,
+            server_pid,
+            timeout,
+            held,
+            name,
+            last_beat,
+            beat_seen_ms,
+            opened,
+        })
     }
 
     /// Tells the server every stream this process holds is alive (a relay whose
@@ -102,19 +122,17 @@ impl Connection {
     }
 }
 
-/// Tracks the server between sleeps: gone, stopping, silent, or us interrupted.
+/// Tracks the server between sleeps: gone, stopping, silent (by the connection's
+/// heartbeat record, shared by its streams), or us interrupted.
 pub(super) struct Watchdog<'a> {
     pub(super) connection: &'a Connection,
-    pub(super) last_beat: u64,
-    pub(super) beat_seen: Instant,
     /// SIGINT/SIGTERM/SIGHUP do not end this stream's waits (see `Session::outlast_stop`).
     pub(super) outlast_stop: bool,
 }
 
 impl<'a> Watchdog<'a> {
     fn new(connection: &'a Connection) -> Self {
-        let last_beat = connection.segment.header().heartbeat.load(Ordering::Relaxed);
-        Watchdog { connection, last_beat, beat_seen: Instant::now(), outlast_stop: false }
+        Watchdog { connection, outlast_stop: false }
     }
 
     pub(super) fn check(&mut self) -> Result<(), SendError> {
@@ -138,13 +156,19 @@ impl<'a> Watchdog<'a> {
         }
         // Relaxed: the heartbeat is a liveness hint, nothing is published with it.
         let beat = header.heartbeat.load(Ordering::Relaxed);
-        if beat != self.last_beat {
-            self.last_beat = beat;
-            self.beat_seen = Instant::now();
-        } else if self.beat_seen.elapsed() >= self.connection.timeout {
+        let connection = self.connection;
+        let now_ms = connection.opened.elapsed().as_millis() as u64;
+        // Relaxed: liveness hints of this process's own; two streams racing here
+        // both see the beat move, or both see it still.
+        if connection.last_beat.load(Ordering::Relaxed) != beat {
+            connection.last_beat.store(beat, Ordering::Relaxed);
+            connection.beat_seen_ms.store(now_ms, Ordering::Relaxed);
+        } else if now_ms.saturating_sub(connection.beat_seen_ms.load(Ordering::Relaxed))
+            >= u64::try_from(connection.timeout.as_millis()).unwrap_or(u64::MAX)
+        {
             return Err(failed(format!(
                 "the server (pid {pid}) has not answered for {} s (see --timeout)",
-                self.connection.timeout.as_secs()
+                connection.timeout.as_secs()
             )));
         }
         Ok(())
@@ -316,6 +340,12 @@ impl<'a> Session<'a> {
             if self.record.state.load(Ordering::Acquire) == RECORD_FREE
                 || load_guid(&self.record.guid) != self.guid
             {
+                // What the server said last (a server stopping says so, then
+                // releases every stream), else why it may have.
+                if let Ok(Some(reply)) = self.poll_reply() {
+                    return Err(reply_error(reply));
+                }
+                self.watchdog.check()?;
                 return Err(failed("the server has released this stream (silent past its --idle-timeout)"));
             }
             protocol::post(&self.record.c2s, self.c2s_seq, code, args, &text);
