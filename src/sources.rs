@@ -615,11 +615,21 @@ fn apply_as_name(items: &mut [Item], as_name: Option<&str>) -> Result<(), String
                 && item.name.starts_with(&root.name)
                 && item.name.as_bytes()[root.name.len()] == b'/'
         };
-        if matches!(root.kind, Kind::Dir { .. }) && root.origin == Origin::Path && inside.iter().all(beneath)
+        // What the walk refused (a socket, an unreadable folder, a name that is not
+        // UTF-8) has no name; it lies beneath the folder's source all the same.
+        let refused_beneath = |item: &Item| match (&item.source, &root.source) {
+            (Source::Path { path, .. }, Source::Path { path: top, .. }) => {
+                item.name.is_empty() && matches!(item.verdict, Verdict::Refuse(_)) && path.starts_with(top)
+            }
+            _ => false,
+        };
+        if matches!(root.kind, Kind::Dir { .. })
+            && root.origin == Origin::Path
+            && inside.iter().all(|item| beneath(item) || refused_beneath(item))
         {
             protocol::validate_output_path(as_name).map_err(|e| format!("--as {}: {e}", escaped(as_name)))?;
             let old = root.name.len();
-            for item in items.iter_mut() {
+            for item in items.iter_mut().filter(|item| !item.name.is_empty()) {
                 item.name = format!("{as_name}{}", &item.name[old..]);
             }
             return Ok(());

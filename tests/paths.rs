@@ -1535,4 +1535,13 @@ fn as_renames_one_folder_sent_whole() {
     assert_eq!(output.status.code(), Some(2), "{}", show(&output));
     assert!(stderr_of(&output).contains("--as needs exactly one file, folder or `-`"), "{}", show(&output));
     assert!(!fx.out().join("both").exists());
+    // What the walk refuses inside it (a socket) fails alone (exit 2, as a socket
+    // named without --as), and the rest goes.
+    let _socket = std::os::unix::net::UnixListener::bind(fx.src().join("src/sock")).unwrap();
+    let output = fx.run(&["src", "--as", "third"]);
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    assert!(stderr_of(&output).contains("is a socket"), "{}", show(&output));
+    assert!(stderr_of(&output).contains("src/sock"), "{}", show(&output));
+    assert!(fs::read(fx.out().join("third/sub/a.bin")).unwrap() == fs::read(&a).unwrap());
+    assert!(!fx.out().join("third/sock").exists());
 }
