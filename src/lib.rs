@@ -73,12 +73,34 @@
 //! beside them. `unsafe` lives only in `segment` and `sys`.
 
 /// `println!` that never panics: a closed or full stdout (a log pipe that died, `| head`)
-/// must not kill a server worker or a client job.
+/// must not kill a server worker or a client job. The first failure is kept
+/// (`stdout_error`): a client whose report was lost (`--json > /dev/full`) does not
+/// exit 0.
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::note_stdout_error(e);
+        }
     }};
+}
+
+/// The first error writing to stdout (`outln!`), as text.
+static STDOUT_ERROR: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Keeps `error` as the first stdout failure, if it is.
+pub(crate) fn note_stdout_error(error: std::io::Error) {
+    let mut first = STDOUT_ERROR.lock().unwrap_or_else(|e| e.into_inner());
+    first.get_or_insert_with(|| error.to_string());
+}
+
+/// Flushes stdout; the first error met writing to it since the start, if any.
+pub(crate) fn stdout_error() -> Option<String> {
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().lock().flush() {
+        note_stdout_error(e);
+    }
+    STDOUT_ERROR.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// `errln!` that never panics (see `outln!`).

@@ -274,8 +274,11 @@ impl OutputDir {
             // client's): only the folder in the way here.
             let at = crate::escape::escaped(&at.display().to_string()).into_owned();
             let message = match e.raw_os_error() {
+                Some(libc::ELOOP | libc::ENOTDIR) if sys::is_link_at(dir, component) => {
+                    format!("{at} is a symbolic link: refusing to write through it")
+                }
                 Some(libc::ELOOP | libc::ENOTDIR) => {
-                    format!("{at} is a symbolic link or not a folder: refusing to write through it")
+                    format!("{at} is not a folder: remove it, or send under another name")
                 }
                 _ => format!("cannot use folder {at}: {e}"),
             };

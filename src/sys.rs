@@ -391,6 +391,17 @@ pub fn entry_at(dir: BorrowedFd<'_>, name: &str) -> Option<bool> {
     }
 }
 
+/// Whether `name` in `dir` is a symbolic link.
+pub fn is_link_at(dir: BorrowedFd<'_>, name: &str) -> bool {
+    let Ok(name) = c_name(name) else { return false };
+    // SAFETY: a zeroed stat is a valid out-parameter; `name` is NUL-terminated.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) == 0
+            && st.st_mode & libc::S_IFMT == libc::S_IFLNK
+    }
+}
+
 /// Whether `name` in `dir` (not followed if a link) is the file `file` is open on.
 pub fn names_file_at(dir: BorrowedFd<'_>, name: &str, file: &File) -> bool {
     use std::os::unix::fs::MetadataExt;

@@ -270,7 +270,7 @@ fn a_client_whose_files_all_fail_gets_one_server_line() {
     client.arg(&tree);
     let output = run(client);
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
-    assert!(stderr_of(&output).contains("is a symbolic link or not a folder"), "{}", show(&output));
+    assert!(stderr_of(&output).contains("tree is not a folder: remove it"), "{}", show(&output));
     server.wait_for_line("the client's line", |l| l.starts_with("client "));
     std::thread::sleep(Duration::from_millis(1500));
     let lines = server.stdout();

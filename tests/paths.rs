@@ -1297,6 +1297,11 @@ fn a_symlink_planted_in_the_output_folder_is_never_followed() {
     let output = fx.run(&["deep"]);
     assert!(output.status.code().is_some_and(|c| c != 0), "{}", show(&output));
     assert!(is_empty_dir(outside2.path()), "written through the link: {:?}", tree(outside2.path()));
+    assert!(
+        stderr_of(&output).contains("deep/sub is a symbolic link: refusing to write through it"),
+        "{}",
+        show(&output)
+    );
 
     // A dangling link where a file would go: its target is never created.
     put(fx.src(), "f.txt", 30, 5);

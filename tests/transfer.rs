@@ -381,6 +381,49 @@ fn ping_reports_min_median_and_p99() {
     assert!(output.status.success(), "{}", show(&output));
     let text = stdout_of(&output);
     assert!(text.contains("200 round trips") && text.contains("median") && text.contains("p99"), "{text}");
+    // --json: one document on stdout, with or without a server.
+    let mut command = std::process::Command::new(CLIENT);
+    command.args(["--name", &server.name, "--ping", "50", "--json"]);
+    let output = run(command);
+    assert!(output.status.success(), "{}", show(&output));
+    let doc: serde_json::Value = serde_json::from_str(&stdout_of(&output)).expect("JSON on stdout");
+    assert_eq!(doc["round_trips"], 50, "{doc}");
+    let (min, median, p99) = (doc["min_us"].as_f64(), doc["median_us"].as_f64(), doc["p99_us"].as_f64());
+    assert!(min.is_some_and(|m| m > 0.0) && min <= median && median <= p99, "{doc}");
+    let mut command = std::process::Command::new(CLIENT);
+    command.args(["--name", &unique_name("noping"), "--ping", "5", "--json", "--timeout", "1"]);
+    let output = run(command);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    let doc: serde_json::Value = serde_json::from_str(&stdout_of(&output)).expect("JSON on stdout");
+    assert!(doc["error"].as_str().is_some_and(|e| !e.is_empty()), "{doc}");
+}
+
+/// What the client prints on stdout is its result: if stdout cannot be written
+/// (`--json > /dev/full`), it says so and exits 1, though every file was sent.
+#[test]
+fn a_client_whose_stdout_cannot_be_written_exits_non_zero() {
+    let out = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let file = write_file(src.path(), "a.bin", 100, 1);
+    let server = Server::start(&unique_name("devfull"), out.path(), &[]);
+    for json in [true, false] {
+        let _ = fs::remove_file(out.path().join("a.bin"));
+        let mut command = std::process::Command::new(CLIENT);
+        command.args(["--name", &server.name]).arg(&file);
+        if json {
+            command.arg("--json");
+        }
+        command.stdout(fs::OpenOptions::new().write(true).open("/dev/full").unwrap());
+        let output = command.output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "json {json}: {}", show(&output));
+        let err = stderr_of(&output);
+        assert!(
+            err.contains("cannot write to standard output: No space left on device"),
+            "{}",
+            show(&output)
+        );
+        assert!(out.path().join("a.bin").exists(), "the file itself was sent");
+    }
 }
 
 #[test]

@@ -98,8 +98,21 @@ impl Progress for Front {
     }
 }
 
-/// Runs `sharedclient`; returns its exit status.
+/// Runs `sharedclient`; returns its exit status: a failure if what it printed on
+/// stdout (the report, `--json`, `--status`) could not all be written.
 pub fn main(cli: ClientCli) -> ExitStatus {
+    let relay = cli.relay;
+    let status = run(cli);
+    match crate::stdout_error() {
+        Some(e) if !relay => {
+            errln!("sharedclient: cannot write to standard output: {e}");
+            status.max(ExitStatus::Failure)
+        }
+        _ => status,
+    }
+}
+
+fn run(cli: ClientCli) -> ExitStatus {
     // Not for the relay: SIGTERM, SIGINT or SIGHUP (ssh's session closing) end it
     // where it is, as they end any process; the server drops what it was sending.
     if !cli.relay {
@@ -108,7 +121,7 @@ pub fn main(cli: ClientCli) -> ExitStatus {
     sys::raise_nofile_limit();
     let timeout = Duration::from_secs(cli.timeout);
     if let Some(count) = cli.ping {
-        return run_ping(&cli.common.name, timeout, count);
+        return run_ping(&cli.common.name, timeout, count, cli.json);
     }
     if cli.status {
         return run_status(&cli.common.name, cli.json);
@@ -437,8 +450,8 @@ impl FailureLines {
 
     /// Reasons that name the file on the server's side first: counted together by
     /// what follows the name.
-    const NAMED_REASONS: [&str; 3] =
-        [" already exists: ", " is a folder: ", " is a symbolic link or not a folder: "];
+    const NAMED_REASONS: [&str; 4] =
+        [" already exists: ", " is a folder: ", " is a symbolic link: ", " is not a folder: "];
 
     fn push(&mut self, source: Option<String>, error: &str) {
         let reason = Self::NAMED_REASONS
@@ -511,21 +524,32 @@ fn print_stream_line(id: StreamId, item: &Item, outcome: Option<&Outcome>, state
     }
 }
 
-fn run_ping(name: &str, timeout: Duration, count: u64) -> ExitStatus {
+fn run_ping(name: &str, timeout: Duration, count: u64, json: bool) -> ExitStatus {
     let result = Connection::open(name, timeout).and_then(|c| ping(&c, count));
     match result {
         Ok(mut times) => {
             let (min, median, p99) = percentiles(&mut times).expect("count >= 1");
-            outln!(
-                "ping: {count} round trips: min {:.2} us, median {:.2} us, p99 {:.2} us",
-                min.as_secs_f64() * 1e6,
-                median.as_secs_f64() * 1e6,
-                p99.as_secs_f64() * 1e6
-            );
+            let us = |d: Duration| (d.as_secs_f64() * 1e8).round() / 100.0;
+            match json {
+                true => outln!(
+                    "{}",
+                    serde_json::json!({ "segment": name, "round_trips": count,
+                        "min_us": us(min), "median_us": us(median), "p99_us": us(p99) })
+                ),
+                false => outln!(
+                    "ping: {count} round trips: min {:.2} us, median {:.2} us, p99 {:.2} us",
+                    us(min),
+                    us(median),
+                    us(p99)
+                ),
+            }
             ExitStatus::Success
         }
         Err(e) => {
             errln!("sharedclient: ping failed: {e}");
+            if json {
+                outln!("{}", serde_json::json!({ "segment": name, "error": e.to_string() }));
+            }
             exit_status_of(&e)
         }
     }
@@ -540,8 +564,11 @@ fn exit_status_of(error: &SendError) -> ExitStatus {
 /// line or the sources it names are wrong, so a script reading stdout is never
 /// left with nothing. Only the message's first line (clap adds tips and usage).
 pub fn print_json_error(message: &str) {
-    let first = message.lines().next().unwrap_or_default();
-    let message = first.strip_prefix("error: ").unwrap_or(first);
+    // The first paragraph, on one line: clap's error and its detail (the missing
+    // argument), without the tips and usage after the blank line.
+    let first: Vec<&str> = message.lines().map(str::trim).take_while(|line| !line.is_empty()).collect();
+    let first = first.join(" ");
+    let message = first.strip_prefix("error: ").unwrap_or(&first);
     outln!("{}", serde_json::json!({ "error": message, "exit": 2 }));
 }
 
@@ -567,7 +594,9 @@ fn run_status(name: &str, json: bool) -> ExitStatus {
     } else {
         {
             use std::io::Write as _;
-            let _ = write!(std::io::stdout().lock(), "{}", crate::status::render_text(&snapshot));
+            if let Err(e) = write!(std::io::stdout().lock(), "{}", crate::status::render_text(&snapshot)) {
+                crate::note_stdout_error(e);
+            }
         }
     }
     ExitStatus::Success

@@ -116,7 +116,7 @@ pub struct ClientCli {
     /// One line per file when sending paths.
     #[arg(short = 'v', long = "verbose")]
     pub verbose: bool,
-    /// Print the final summary (or, with --status, the map) as JSON on stdout.
+    /// Print the final summary (or, with --status, the map; with --ping, the round trips) as JSON on stdout.
     #[arg(long = "json")]
     pub json: bool,
     /// Seconds to wait for a server that does not answer (or is still setting up).
