@@ -88,8 +88,12 @@ macro_rules! outln {
 /// The first error writing to stdout (`outln!`), as text.
 static STDOUT_ERROR: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
-/// Keeps `error` as the first stdout failure, if it is.
+/// Keeps `error` as the first stdout failure, if it is. A reader that closed the
+/// pipe (`| head`) chose to read no more: not a failure.
 pub(crate) fn note_stdout_error(error: std::io::Error) {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        return;
+    }
     let mut first = STDOUT_ERROR.lock().unwrap_or_else(|e| e.into_inner());
     first.get_or_insert_with(|| error.to_string());
 }

@@ -154,7 +154,8 @@ pub fn plan(request: &Request<'_>, mut found: impl FnMut(usize)) -> Result<Vec<I
         planner.add_list(list, &mut found)?;
     }
     let mut items = planner.items;
-    apply_as_name(&mut items, request.as_name)?;
+    let one_source = !request.all && request.files_from.is_none() && request.args.len() == 1;
+    apply_as_name(&mut items, request.as_name, one_source)?;
     check_names(&mut items);
     match planner.roots {
         0 | 1 => Ok(items),
@@ -601,7 +602,8 @@ fn refused(path: &Path, message: String) -> Item {
 
 /// `--as NAME` renames the one file or folder sent (a folder: everything in it
 /// moves with it, as `cp -r src NAME` does); standard input needs it.
-fn apply_as_name(items: &mut [Item], as_name: Option<&str>) -> Result<(), String> {
+/// `one_source`: one ARG was given (what else was refused came from its walk).
+fn apply_as_name(items: &mut [Item], as_name: Option<&str>, one_source: bool) -> Result<(), String> {
     let stdin = items.iter().any(|i| i.source == Source::Stdin && i.origin == Origin::Path);
     let Some(as_name) = as_name else {
         if stdin {
@@ -616,8 +618,10 @@ fn apply_as_name(items: &mut [Item], as_name: Option<&str>) -> Result<(), String
                 && item.name.as_bytes()[root.name.len()] == b'/'
         };
         // What the walk refused (a socket, an unreadable folder, a name that is not
-        // UTF-8) has no name; it lies beneath the folder's source all the same.
+        // UTF-8) has no name; it lies beneath the folder's source all the same (a
+        // second ARG refused there is another source: not this).
         let refused_beneath = |item: &Item| match (&item.source, &root.source) {
+            _ if !one_source => false,
             (Source::Path { path, .. }, Source::Path { path: top, .. }) => {
                 item.name.is_empty() && matches!(item.verdict, Verdict::Refuse(_)) && path.starts_with(top)
             }
@@ -877,15 +881,15 @@ mod tests {
     #[test]
     fn as_name_needs_exactly_one_file() {
         let mut two = vec![item("a", "a"), item("b", "b")];
-        assert!(apply_as_name(&mut two, Some("c")).unwrap_err().contains("exactly one"));
+        assert!(apply_as_name(&mut two, Some("c"), true).unwrap_err().contains("exactly one"));
         let mut one = vec![item("a", "a")];
-        apply_as_name(&mut one, Some("new/name.txt")).unwrap();
+        apply_as_name(&mut one, Some("new/name.txt"), true).unwrap();
         assert_eq!(one[0].name, "new/name.txt");
         let mut stdin = vec![Item { source: Source::Stdin, ..item("-", "") }];
-        assert!(apply_as_name(&mut stdin, None).unwrap_err().contains("--as"));
+        assert!(apply_as_name(&mut stdin, None, true).unwrap_err().contains("--as"));
         // A reserved name is blamed on --as, not on the source.
         let mut one = vec![item("a", "a")];
-        let refused = apply_as_name(&mut one, Some("d/.sharedxfer-x")).unwrap_err();
+        let refused = apply_as_name(&mut one, Some("d/.sharedxfer-x"), true).unwrap_err();
         assert!(refused.starts_with("--as d/.sharedxfer-x: names starting with"), "{refused}");
     }
 
@@ -898,15 +902,15 @@ mod tests {
             item("src/sub/a", "src/sub/a"),
             item("src/b", "src/b"),
         ];
-        apply_as_name(&mut tree, Some("copy/of")).unwrap();
+        apply_as_name(&mut tree, Some("copy/of"), true).unwrap();
         let names: Vec<&str> = tree.iter().map(|i| i.name.as_str()).collect();
         assert_eq!(names, ["copy/of", "copy/of/sub", "copy/of/sub/a", "copy/of/b"]);
         // Two folders, or a folder and a file whose name only starts alike: refused.
         let mut two = vec![folder("a", "a"), item("a/x", "a/x"), folder("b", "b")];
-        assert!(apply_as_name(&mut two, Some("c")).unwrap_err().contains("exactly one file, folder"));
+        assert!(apply_as_name(&mut two, Some("c"), true).unwrap_err().contains("exactly one file, folder"));
         let mut alike = vec![folder("a", "a"), item("ab", "ab")];
-        assert!(apply_as_name(&mut alike, Some("c")).unwrap_err().contains("exactly one file, folder"));
+        assert!(apply_as_name(&mut alike, Some("c"), true).unwrap_err().contains("exactly one file, folder"));
         let mut bad = vec![folder("a", "a")];
-        assert!(apply_as_name(&mut bad, Some("../up")).unwrap_err().starts_with("--as ../up"));
+        assert!(apply_as_name(&mut bad, Some("../up"), true).unwrap_err().starts_with("--as ../up"));
     }
 }

@@ -435,6 +435,44 @@ fn threads_past_the_stream_quota_wait_for_a_stream() {
     server.shutdown().unwrap();
 }
 
+/// While other streams of the process hold the whole quota and none closes, a
+/// send waits one timeout in all, not one per file, then lets the server refuse.
+#[test]
+fn a_quota_held_by_other_streams_costs_one_timeout_not_one_per_file() {
+    let out = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let folder = src.path().join("d");
+    fs::create_dir(&folder).unwrap();
+    for i in 0..8 {
+        fs::write(folder.join(format!("f{i}")), pattern(100, i)).unwrap();
+    }
+    let name = unique_name("libheld");
+    let server = Server::builder(&name)
+        .size(4 << 20)
+        .output_dir(out.path())
+        .max_streams_per_client(2)
+        .start()
+        .unwrap();
+    let sender = Sender::connect(&name, Duration::from_secs(1)).unwrap();
+    let mut holders: Vec<_> = (0..2).map(|_| sender.stream()).collect();
+    for (i, holder) in holders.iter_mut().enumerate() {
+        let sent = holder.send_reader(&format!("held{i}"), Default::default(), None, &b"x"[..], &()).unwrap();
+        assert_eq!(sent, Delivered::Sent { bytes: 1 });
+    }
+    let started = std::time::Instant::now();
+    let results = sender.send_path(&folder).unwrap();
+    let took = started.elapsed();
+    assert!(results.iter().all(|(_, r)| r.is_err()), "{results:?}");
+    // One timeout per file would be 9 s and more.
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    drop(holders);
+    // Once they are gone, the folder goes.
+    let results = sender.send_path(&folder).unwrap();
+    assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
+    drop(sender);
+    server.shutdown().unwrap();
+}
+
 /// A stream dropped for idleness between files is reported as an idle stream, not
 /// under the name of the last file it sent (which was published).
 #[test]

@@ -1549,4 +1549,9 @@ fn as_renames_one_folder_sent_whole() {
     assert!(stderr_of(&output).contains("src/sock"), "{}", show(&output));
     assert!(fs::read(fx.out().join("third/sub/a.bin")).unwrap() == fs::read(&a).unwrap());
     assert!(!fx.out().join("third/sock").exists());
+    // The socket named as a second source is another source: --as is refused.
+    let output = fx.run(&["src", "src/sock", "--as", "fourth"]);
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    assert!(stderr_of(&output).contains("--as needs exactly one file, folder or `-`"), "{}", show(&output));
+    assert!(!fx.out().join("fourth").exists());
 }

@@ -424,6 +424,16 @@ fn a_client_whose_stdout_cannot_be_written_exits_non_zero() {
         );
         assert!(out.path().join("a.bin").exists(), "the file itself was sent");
     }
+    // A reader that closed the pipe (`| head`, `| true`) chose to read no more.
+    fs::remove_file(out.path().join("a.bin")).unwrap();
+    let mut command = std::process::Command::new(CLIENT);
+    command.args(["--name", &server.name, "-v"]).arg(&file);
+    let mut child =
+        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let status = wait_with_deadline(&mut child, "the client with a closed pipe");
+    assert!(status.success(), "{status:?}");
+    assert!(out.path().join("a.bin").exists());
 }
 
 #[test]

@@ -158,11 +158,12 @@ impl<'a> Watchdog<'a> {
         let beat = header.heartbeat.load(Ordering::Relaxed);
         let connection = self.connection;
         let now_ms = connection.opened.elapsed().as_millis() as u64;
-        // Relaxed: liveness hints of this process's own; two streams racing here
-        // both see the beat move, or both see it still.
-        if connection.last_beat.load(Ordering::Relaxed) != beat {
-            connection.last_beat.store(beat, Ordering::Relaxed);
+        // The time is stored before the beat: a thread that sees the new beat
+        // (SYNC POINT: Acquire here, pairs with the Release store below) sees a
+        // time at least as new, never the old time beside the new beat.
+        if connection.last_beat.load(Ordering::Acquire) != beat {
             connection.beat_seen_ms.store(now_ms, Ordering::Relaxed);
+            connection.last_beat.store(beat, Ordering::Release);
         } else if now_ms.saturating_sub(connection.beat_seen_ms.load(Ordering::Relaxed))
             >= u64::try_from(connection.timeout.as_millis()).unwrap_or(u64::MAX)
         {
@@ -178,23 +179,37 @@ impl<'a> Watchdog<'a> {
 /// Streams this process holds open, by segment name (every `Sender` of it): the
 /// server refuses a client process's streams past `--max-streams-per-client`, so
 /// threads sharing a `Sender` (or several `Sender`s) wait here for one of theirs
-/// to close instead of having their files refused. Entries: (segment, open,
-/// waiting).
-static OPEN_STREAMS: Mutex<Vec<(String, usize, usize)>> = Mutex::new(Vec::new());
+/// to close instead of having their files refused.
+static OPEN_STREAMS: Mutex<Vec<OpenStreams>> = Mutex::new(Vec::new());
 /// Signalled when a stream of `OPEN_STREAMS` closes.
 static STREAM_CLOSED: Condvar = Condvar::new();
+
+/// The streams of one segment in `OPEN_STREAMS`.
+struct OpenStreams {
+    segment: String,
+    /// Streams open (past the quota too, see `full_since`).
+    open: usize,
+    /// Sends waiting for one to close.
+    waiting: usize,
+    /// Since when the quota has been full with nothing closing: one `--timeout`
+    /// after it, sends stop waiting and go on (the server decides), until a stream
+    /// within the quota closes. Sends of this process that each hold streams while
+    /// they want more could otherwise wait on each other for ever, and each file
+    /// would wait its own timeout.
+    full_since: Option<Instant>,
+}
 
 /// One stream counted in `OPEN_STREAMS`, given back on drop.
 struct Permit {
     segment: String,
+    /// Taken past the quota (after the wait gave up): its close frees no place.
+    extra: bool,
 }
 
 impl Permit {
     /// Counts one more stream of `connection`'s segment, waiting while the process
     /// holds the server's quota already: until one closes, `deadline` (then
-    /// `Ok(None)`), or the connection's timeout, after which it goes on and lets
-    /// the server decide (sends of this process that each hold streams while they
-    /// want more could otherwise wait on each other for ever).
+    /// `Ok(None)`), or the quota has been full for the connection's timeout.
     fn acquire(
         connection: &Connection,
         deadline: Instant,
@@ -202,55 +217,65 @@ impl Permit {
     ) -> Result<Option<Permit>, SendError> {
         // Relaxed: a setting the server wrote at start.
         let limit = connection.segment.header().max_streams_per_client.load(Ordering::Relaxed) as usize;
-        let give_up = crate::wait::deadline_after(connection.timeout);
         let name = &connection.name;
-        let mut open = OPEN_STREAMS.lock().unwrap_or_else(|e| e.into_inner());
-        let at = match open.iter().position(|(segment, ..)| segment == name) {
+        let mut all = OPEN_STREAMS.lock().unwrap_or_else(|e| e.into_inner());
+        let at = match all.iter().position(|entry| entry.segment == *name) {
             Some(at) => at,
             None => {
-                open.push((name.clone(), 0, 0));
-                open.len() - 1
+                all.push(OpenStreams { segment: name.clone(), open: 0, waiting: 0, full_since: None });
+                all.len() - 1
             }
         };
         let mut waited = false;
         loop {
-            let entry = &mut open[at];
-            if limit == 0 || entry.1 < limit || Instant::now() >= give_up {
-                entry.1 += 1;
-                entry.2 -= usize::from(waited);
-                return Ok(Some(Permit { segment: name.clone() }));
+            let entry = &mut all[at];
+            let now = Instant::now();
+            let full_since = *entry.full_since.get_or_insert(now);
+            let extra = entry.open >= limit && limit > 0;
+            if !extra || now.duration_since(full_since) >= connection.timeout {
+                entry.open += 1;
+                entry.waiting -= usize::from(waited);
+                if !extra {
+                    entry.full_since = None;
+                }
+                return Ok(Some(Permit { segment: name.clone(), extra }));
             }
             if !waited {
                 waited = true;
-                entry.2 += 1;
+                entry.waiting += 1;
             }
-            let stop = |open: &mut Vec<(String, usize, usize)>| open[at].2 -= 1;
+            let stop = |all: &mut Vec<OpenStreams>| all[at].waiting -= 1;
             if let Err(e) = watchdog.check() {
-                stop(&mut open);
+                stop(&mut all);
                 return Err(e);
             }
-            if Instant::now() >= deadline {
-                stop(&mut open);
+            if now >= deadline {
+                stop(&mut all);
                 return Ok(None);
             }
-            open = STREAM_CLOSED.wait_timeout(open, CHECK_SLICE).unwrap_or_else(|e| e.into_inner()).0;
+            let slice = CHECK_SLICE.min(deadline.saturating_duration_since(now));
+            all = STREAM_CLOSED.wait_timeout(all, slice).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 
     /// Whether another send of this process waits for a stream of this segment.
     fn awaited(&self) -> bool {
-        let open = OPEN_STREAMS.lock().unwrap_or_else(|e| e.into_inner());
-        open.iter().any(|(segment, _, waiting)| *segment == self.segment && *waiting > 0)
+        let all = OPEN_STREAMS.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter().any(|entry| entry.segment == self.segment && entry.waiting > 0)
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut open = OPEN_STREAMS.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = open.iter_mut().find(|(segment, ..)| *segment == self.segment) {
-            entry.1 -= 1;
+        let mut all = OPEN_STREAMS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = all.iter_mut().find(|entry| entry.segment == self.segment) {
+            entry.open -= 1;
+            if !self.extra {
+                // A place within the quota: the waits start again.
+                entry.full_since = None;
+            }
         }
-        drop(open);
+        drop(all);
         STREAM_CLOSED.notify_all();
     }
 }
