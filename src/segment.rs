@@ -233,6 +233,19 @@ impl Segment {
         let shmem = match ShmemConf::new().os_id(name).size(size as usize).create() {
             Ok(shmem) => shmem,
             Err(ShmemError::MappingIdExists) => return Err(SegmentError::Exists { name: name.to_owned() }),
+            // A file size limit below the size (`ulimit -f`): say which.
+            Err(ShmemError::MapCreateFailed(code) | ShmemError::UnknownOsError(code))
+                if code == libc::EFBIG as u32 =>
+            {
+                let limit = io::Error::other(format!(
+                    "{} (the file size limit, `ulimit -f`, is below the segment's size)",
+                    io::Error::from_raw_os_error(code as i32)
+                ));
+                return Err(os("create", limit));
+            }
+            Err(ShmemError::MapCreateFailed(code) | ShmemError::UnknownOsError(code)) => {
+                return Err(os("create", io::Error::from_raw_os_error(code as i32)))
+            }
             Err(e) => return Err(os("create", io::Error::other(e.to_string()))),
         };
         // Opened by path without following links: the name is the one we just created.

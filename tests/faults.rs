@@ -67,6 +67,22 @@ fn a_file_over_the_size_limit_fails_alone_and_the_server_goes_on() {
     assert!(server.temp_files().is_empty());
 }
 
+/// A file size limit below the segment's size: the server does not start, and
+/// says which limit (not an "unexpected OS error" of the shared-memory crate).
+#[test]
+fn a_file_size_limit_below_the_segment_size_is_named_at_start() {
+    let out = tempfile::tempdir().unwrap();
+    let name = unique_name("fsizeseg");
+    let mut command = std::process::Command::new("bash");
+    command.arg("-c").arg("ulimit -f 100; exec \"$0\" \"$@\"").arg(SERVER);
+    command.arg(out.path()).args(["--name", &name, "--size", "1M"]);
+    let output = run(command);
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    let err = stderr_of(&output);
+    assert!(err.contains("File too large") && err.contains("ulimit -f"), "{}", show(&output));
+    assert!(!std::path::Path::new("/dev/shm").join(&name).exists(), "the segment was left behind");
+}
+
 // ---------------------------------------------------------------------------------
 // OUTPUT_DIR removed while the server runs.
 // ---------------------------------------------------------------------------------
