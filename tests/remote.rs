@@ -715,3 +715,63 @@ fn a_file_failed_mid_way_stops_the_remote_client_reading_it() {
     assert!(err.contains("endless.bin") || err.contains("-:"), "{err}");
     assert!(!out.path().join("endless.bin").exists(), "a failed file was published");
 }
+
+/// A folder sent through the relay is staged as a local client's is: while it is
+/// sent, it exists only under a hidden name; its files are confirmed with its
+/// commit. If its name appears meanwhile, nothing of it is published over or into
+/// it, and every item of it fails saying so (exit 1).
+#[test]
+fn a_folder_through_the_relay_appears_whole_or_not_at_all() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("rmtstage"), out.path(), &[]);
+    let staged = || {
+        fs::read_dir(out.path())
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".stage"))
+    };
+    for (folder, planted) in [("whole", false), ("taken", true)] {
+        let root = src.path().join(folder);
+        fs::create_dir_all(root.join("sub")).unwrap();
+        write_file(&root, "a.bin", 5000, 1);
+        write_file(&root.join("sub"), "b.bin", 70_000, 2);
+        let fifo = root.join("zz.fifo");
+        assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let mut command = remote_client(&server.name, src.path());
+        command.arg(folder).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = command.spawn().unwrap();
+        // The client waits on the FIFO: everything before it is in the hidden folder.
+        wait_until("the folder staged", staged);
+        wait_until("the files before the FIFO in the hidden folder", || {
+            fs::read_dir(out.path()).unwrap().flatten().any(|e| {
+                e.file_name().to_string_lossy().ends_with(".stage") && e.path().join("sub/b.bin").exists()
+            })
+        });
+        assert!(!out.path().join(folder).exists(), "visible under its name before its commit");
+        if planted {
+            fs::create_dir(out.path().join(folder)).unwrap();
+        }
+        fs::write(&fifo, b"late").unwrap();
+        let output = finish(child);
+        if planted {
+            assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+            let err = stderr_of(&output);
+            assert!(err.contains("appeared while the folder was being sent"), "{}", show(&output));
+            assert!(is_empty(&out.path().join(folder)), "published into the folder that appeared");
+        } else {
+            assert!(output.status.success(), "{}", show(&output));
+            assert!(stdout_of(&output).contains("sharedclient: 3 files"), "{}", show(&output));
+            assert_eq!(fs::read(out.path().join("whole/zz.fifo")).unwrap(), b"late");
+            fs::remove_file(&fifo).unwrap();
+            fs::remove_file(out.path().join("whole/zz.fifo")).unwrap();
+            assert_eq!(listing(&root), listing(&out.path().join(folder)));
+        }
+        wait_until("no hidden folder left", || !staged());
+    }
+    assert!(server.temp_files().is_empty());
+}
+
+fn is_empty(dir: &Path) -> bool {
+    fs::read_dir(dir).unwrap().next().is_none()
+}

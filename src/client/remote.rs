@@ -564,11 +564,19 @@ pub fn relay<W: Write>(name: &str, timeout: Duration, input: std::fs::File, outp
     }
     let mut input = FrameInput { connection: Some(sender.connection()), ..input };
     let output = std::cell::RefCell::new(output);
+    let staging = std::cell::RefCell::new(RelayStaging::default());
     let report = |file: usize, result: ItemResult, _: Instant| {
+        let Some(result) = staging.borrow_mut().hold(file, result) else { return };
         // A write that fails shows again at the next flush, which ends the relay.
         let _ = (Frame::Result { file: file as u32, outcome: outcome_of(result) })
             .write(&mut *output.borrow_mut());
     };
+    // Folders at the top are staged, as a local client's are, if a stream can be
+    // held aside for their commit (the server publishes a client's staged folders
+    // as they are when its last stream ends). Relaxed: a setting the server wrote
+    // at start.
+    let most = sender.connection().segment.header().max_streams_per_client.load(Ordering::Relaxed);
+    let mut anchor: Option<Session<'_>> = None;
     let fatal = |message: String| {
         errln!("sharedclient --relay: {message}");
         let _ = say(&mut output.borrow_mut(), Frame::Fatal { message });
@@ -607,12 +615,23 @@ pub fn relay<W: Write>(name: &str, timeout: Duration, input: std::fs::File, outp
         expected = expected.wrapping_add(1);
         let index = file as usize;
         let started = Instant::now();
+        let top = !what.name().contains('/');
+        if top && matches!(what, Begin::Dir { .. }) && most != 1 && anchor.is_none() {
+            anchor = Session::open(&sender.connection).ok();
+        }
+        staging.borrow_mut().begin(
+            index,
+            what.name(),
+            top && anchor.is_some() && matches!(what, Begin::Dir { .. }),
+        );
         match what {
             // Folders and small files go in batches: no round trip to the server each.
             Begin::Dir { name, mode } => {
-                if let Some(prepared) =
-                    batches.add(&mut stream, index, &name, Prepared::dir(mode, started), &report)
-                {
+                let prepared = match staging.borrow().is_root(index) {
+                    true => Prepared::stage(mode, started),
+                    false => Prepared::dir(mode, started),
+                };
+                if let Some(prepared) = batches.add(&mut stream, index, &name, prepared, &report) {
                     drop(prepared);
                     report(index, stream.make_dir(&name, mode), started);
                 }
@@ -666,10 +685,135 @@ pub fn relay<W: Write>(name: &str, timeout: Duration, input: std::fs::File, outp
         }
     }
     batches.finish(&mut stream, &report);
-    let flushed = output.borrow_mut().flush();
-    match flushed {
+    drop(stream);
+    let held = staging.into_inner().commit(anchor);
+    let mut output = output.into_inner();
+    for (file, result) in held {
+        let _ = (Frame::Result { file: file as u32, outcome: outcome_of(result) }).write(&mut output);
+    }
+    match output.flush() {
         Ok(()) => ExitStatus::Success,
         Err(_) => ExitStatus::Failure,
+    }
+}
+
+/// The relay's folders sent whole: each top folder is staged (built under a hidden
+/// name) and committed once every file is in, as a local client's are. The files
+/// beneath one are confirmed to the client only with its commit (a file the server
+/// holds in the hidden folder is not published yet, and is gone if the commit
+/// fails); a failure is told at once.
+#[derive(Default)]
+struct RelayStaging {
+    roots: Vec<RelayRoot>,
+    /// File number (as an index) -> its top folder in `roots`.
+    beneath: HashMap<usize, usize>,
+}
+
+struct RelayRoot {
+    name: String,
+    /// The folder's own file number.
+    index: usize,
+    /// The stage's token once the server answered; 0: not staged (the folder was
+    /// there already, and is filled in place).
+    token: Option<u64>,
+    /// Successes held until the commit.
+    held: Vec<(usize, ItemResult)>,
+}
+
+impl RelayStaging {
+    /// File `index` named `name` begins; `stage`: it is a top folder to stage.
+    fn begin(&mut self, index: usize, name: &str, stage: bool) {
+        let top = name.split('/').next().unwrap_or(name);
+        if stage {
+            self.roots.push(RelayRoot { name: name.to_owned(), index, token: None, held: Vec::new() });
+            self.beneath.insert(index, self.roots.len() - 1);
+        } else if let Some(at) = self.roots.iter().rposition(|root| root.name == top) {
+            self.beneath.insert(index, at);
+        }
+    }
+
+    /// Whether file `index` is a top folder being staged.
+    fn is_root(&self, index: usize) -> bool {
+        self.beneath.get(&index).is_some_and(|&at| self.roots[at].index == index)
+    }
+
+    /// The result of file `index` to tell now, or `None`: held for its folder's commit.
+    fn hold(&mut self, index: usize, result: ItemResult) -> Option<ItemResult> {
+        let Some(&at) = self.beneath.get(&index) else { return Some(result) };
+        let root = &mut self.roots[at];
+        let result = match result {
+            // The stage's answer carries its token.
+            Ok(Delivered::Sent { bytes: token }) if index == root.index => {
+                root.token = Some(token);
+                Ok(Delivered::Sent { bytes: 0 })
+            }
+            other => other,
+        };
+        if index == root.index && result.is_err() {
+            root.token = Some(0);
+        }
+        match result {
+            Ok(_) => {
+                root.held.push((index, result));
+                None
+            }
+            failed => Some(failed),
+        }
+    }
+
+    /// Commits every staged folder on `anchor` (the stream held aside); returns the
+    /// held results, each failed if its folder's commit failed.
+    fn commit(self, anchor: Option<Session<'_>>) -> Vec<(usize, ItemResult)> {
+        let staged: Vec<(usize, u64)> = self
+            .roots
+            .iter()
+            .enumerate()
+            .filter_map(|(at, root)| root.token.filter(|&token| token != 0).map(|token| (at, token)))
+            .collect();
+        let commits: Vec<Mutex<Option<ItemResult>>> = self.roots.iter().map(|_| Mutex::new(None)).collect();
+        let record = |at: usize, result: ItemResult, _: Instant| {
+            *commits[at].lock().expect("commit lock") = Some(result);
+        };
+        if let Some(session) = anchor.filter(|_| !staged.is_empty()) {
+            match Batcher::start(session) {
+                Ok(mut batcher) => {
+                    let mut broken = None;
+                    for &(at, token) in &staged {
+                        let commit = Prepared::commit(token, Instant::now());
+                        match batcher.add(at, &self.roots[at].name, commit, &(), &record) {
+                            Ok(None) => {}
+                            Ok(Some(_)) => {
+                                record(at, Err(failed("its commit does not fit a batch")), Instant::now())
+                            }
+                            Err(e) => {
+                                broken = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    match broken {
+                        Some(e) => batcher.fail_all(&e, &record),
+                        None => drop(batcher.finish(&record)),
+                    }
+                }
+                Err(e) => staged.iter().for_each(|&(at, _)| record(at, Err(e.clone()), Instant::now())),
+            }
+        }
+        let mut told = Vec::new();
+        for (at, root) in self.roots.into_iter().enumerate() {
+            let commit = match root.token {
+                Some(token) if token != 0 => commits[at]
+                    .lock()
+                    .expect("commit lock")
+                    .take()
+                    .unwrap_or_else(|| Err(failed("the folder's commit was not answered"))),
+                _ => Ok(Delivered::Sent { bytes: 0 }),
+            };
+            for (index, result) in root.held {
+                told.push((index, commit.clone().and(result)));
+            }
+        }
+        told
     }
 }
 
