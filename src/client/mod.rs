@@ -219,18 +219,18 @@ impl Sender {
     /// commit); and while it is held, no send of this process stages that folder.
     fn claim_one(&self, name: &str) -> Result<Claims, SendError> {
         let root = name.split('/').next().unwrap_or(name);
-        let mut claims = session::CLAIMS.lock().unwrap_or_else(|e| e.into_inner());
-        if claims.iter().any(|c| c.whole && c.segment == self.connection.name && c.root == root) {
-            return Err(SendError::Usage(format!(
-                "{}: folder {} is being sent whole by another send of this process: send beneath it once that send has returned",
-                escaped(name),
-                escaped(root)
-            )));
-        }
-        let claim =
-            session::Claim { segment: self.connection.name.clone(), root: root.to_string(), whole: false };
-        claims.push(claim.clone());
-        Ok(Claims(vec![claim]))
+        session::with_claims(&self.connection.name, |table| {
+            let claimed = table.entry(root.to_owned()).or_default();
+            if claimed.whole > 0 {
+                return Err(SendError::Usage(format!(
+                    "{}: folder {} is being sent whole by another send of this process: send beneath it once that send has returned",
+                    escaped(name),
+                    escaped(root)
+                )));
+            }
+            claimed.shared += 1;
+            Ok(Claims { segment: self.connection.name.clone(), roots: vec![(root.to_owned(), false)] })
+        })
     }
 
     /// One stream kept for many files in a row, sent one after another in order
@@ -266,42 +266,47 @@ impl Sender {
         // released when `_claimed` goes (a panic too). A root another send of this
         // process stages, or writes beneath while this one would stage it, fails
         // here with everything beneath it.
-        let _claimed = {
-            let mut claims = session::CLAIMS.lock().unwrap_or_else(|e| e.into_inner());
-            let segment = &self.connection.name;
-            let root_of = |item: &Item| item.name.split('/').next().unwrap_or(&item.name).to_string();
-            let held = |root: &str, whole_only: bool| {
-                claims.iter().any(|c| (c.whole || !whole_only) && c.segment == *segment && c.root == root)
-            };
-            let busy: std::collections::HashSet<String> = items
+        let _claimed = session::with_claims(&self.connection.name, |table| {
+            fn root_of(item: &Item) -> &str {
+                item.name.split('/').next().unwrap_or(&item.name)
+            }
+            let busy: std::collections::HashSet<&str> = items
                 .iter()
                 .filter(|item| item.verdict == Verdict::Send)
-                .filter(|item| held(&root_of(item), !staging.wants(item)))
+                .filter(|item| {
+                    table.get(root_of(item)).is_some_and(|claimed| {
+                        claimed.whole > 0 || (staging.wants(item) && claimed.shared > 0)
+                    })
+                })
                 .map(root_of)
                 .collect();
-            let mut mine: Vec<session::Claim> = Vec::new();
+            let mut mine: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
             for (item, result) in items.iter().zip(&results) {
                 if item.verdict != Verdict::Send {
                     continue;
                 }
                 let root = root_of(item);
-                if busy.contains(&root) {
+                if busy.contains(root) {
                     let message = format!(
                         "folder {} is being sent by another send of this process, and one of the two sends it whole: send it once that send has returned",
-                        escaped(&root)
+                        escaped(root)
                     );
                     *result.lock().expect("result lock") = Some(Err(SendError::Usage(message)));
                     continue;
                 }
-                let whole = staging.wants(item);
-                match mine.iter_mut().find(|c| c.root == root) {
-                    Some(claim) => claim.whole |= whole,
-                    None => mine.push(session::Claim { segment: segment.clone(), root, whole }),
+                *mine.entry(root).or_default() |= staging.wants(item);
+            }
+            let roots: Vec<(String, bool)> =
+                mine.into_iter().map(|(root, whole)| (root.to_owned(), whole)).collect();
+            for (root, whole) in &roots {
+                let claimed = table.entry(root.clone()).or_default();
+                match whole {
+                    true => claimed.whole += 1,
+                    false => claimed.shared += 1,
                 }
             }
-            claims.extend(mine.iter().cloned());
-            Claims(mine)
-        };
+            Claims { segment: self.connection.name.clone(), roots }
+        });
         let anchor = Mutex::new(None);
         let mut phases = phases(items);
         for (phase, _) in &mut phases {
@@ -837,17 +842,26 @@ impl StreamSender<'_> {
     }
 }
 
-/// Claims in `session::CLAIMS` of one send, released on drop.
-struct Claims(Vec<session::Claim>);
+/// Claims in `session::CLAIMS` of one send (top-level name, whole), released on drop.
+struct Claims {
+    segment: String,
+    roots: Vec<(String, bool)>,
+}
 
 impl Drop for Claims {
     fn drop(&mut self) {
-        let mut claims = session::CLAIMS.lock().unwrap_or_else(|e| e.into_inner());
-        for claim in &self.0 {
-            if let Some(at) = claims.iter().position(|held| held == claim) {
-                claims.swap_remove(at);
+        session::with_claims(&self.segment, |table| {
+            for (root, whole) in &self.roots {
+                let Some(claimed) = table.get_mut(root) else { continue };
+                match whole {
+                    true => claimed.whole -= 1,
+                    false => claimed.shared -= 1,
+                }
+                if claimed.whole == 0 && claimed.shared == 0 {
+                    table.remove(root);
+                }
             }
-        }
+        });
     }
 }
 

@@ -48,14 +48,26 @@ pub struct Connection {
 /// it; and a folder is staged only if no other send of this process is writing
 /// beneath it (its files would land in place, and the commit then find the name
 /// taken). Checked and claimed under this one lock, so the two cannot cross.
-pub(super) static CLAIMS: Mutex<Vec<Claim>> = Mutex::new(Vec::new());
+pub(super) static CLAIMS: Mutex<Option<ClaimTable>> = Mutex::new(None);
 
-/// One entry of `CLAIMS`.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub(super) struct Claim {
-    pub(super) segment: String,
-    pub(super) root: String,
-    pub(super) whole: bool,
+/// Segment name -> top-level name -> how many sends claim it, whole and shared.
+pub(super) type ClaimTable = std::collections::HashMap<String, std::collections::HashMap<String, Claimed>>;
+
+/// The claims on one top-level name.
+#[derive(Clone, Copy, Default, Debug)]
+pub(super) struct Claimed {
+    pub(super) whole: usize,
+    pub(super) shared: usize,
+}
+
+/// `CLAIMS` of segment `segment`, locked, for `use_table`.
+pub(super) fn with_claims<T>(
+    segment: &str,
+    use_table: impl FnOnce(&mut std::collections::HashMap<String, Claimed>) -> T,
+) -> T {
+    let mut claims = CLAIMS.lock().unwrap_or_else(|e| e.into_inner());
+    let table = claims.get_or_insert_with(Default::default).entry(segment.to_owned()).or_default();
+    use_table(table)
 }
 
 impl Connection {
