@@ -466,7 +466,12 @@ fn a_quota_held_by_other_streams_costs_one_timeout_not_one_per_file() {
     // One timeout per file would be 9 s and more.
     assert!(took < Duration::from_secs(6), "took {took:?}");
     drop(holders);
-    // Once they are gone, the folder goes.
+    // Once the server has released them (only the record on offer is left), the
+    // folder goes.
+    let header = sender.connection().segment().header();
+    wait_until("the held streams released", || {
+        header.live_streams.load(std::sync::atomic::Ordering::Relaxed) <= 1
+    });
     let results = sender.send_path(&folder).unwrap();
     assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
     drop(sender);
