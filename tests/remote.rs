@@ -775,3 +775,45 @@ fn a_folder_through_the_relay_appears_whole_or_not_at_all() {
 fn is_empty(dir: &Path) -> bool {
     fs::read_dir(dir).unwrap().next().is_none()
 }
+
+/// The stream the relay holds aside for a folder's commit beats while the relay
+/// waits for the server (here, for buffer space other clients hold longer than
+/// `--idle-timeout`): it is not dropped as idle, and the folder's files are
+/// confirmed (before, every item failed though the folder was published).
+#[test]
+fn the_relays_commit_stream_is_not_dropped_while_it_waits_for_the_server() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let server =
+        Server::start(&unique_name("rmtanchor"), out.path(), &["--size", "1M", "--idle-timeout", "2"]);
+    // Slow clients hold the segment's buffers: each sends a FIFO whose writer is
+    // silent (and beats the client's stream, as a silent pipe's client does).
+    let mut writers = Vec::new();
+    let mut hogs = Vec::new();
+    for i in 0..8 {
+        let fifo = src.path().join(format!("hog{i}"));
+        assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        // Read and write: opening it does not wait for the client.
+        writers.push(fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap());
+        let mut hog = Command::new(CLIENT);
+        hog.args(["--name", &server.name]).arg(&fifo).stdout(Stdio::null()).stderr(Stdio::null());
+        hogs.push(hog.spawn().unwrap());
+    }
+    let root = src.path().join("rf");
+    fs::create_dir_all(root.join("sub")).unwrap();
+    write_file(&root, "a", 100, 1);
+    write_file(&root.join("sub"), "b", 100, 2);
+    let mut command = remote_client(&server.name, src.path());
+    command.args(["rf", "--timeout", "30"]).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = command.spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    for mut writer in writers.drain(..) {
+        writer.write_all(b"x").unwrap();
+    }
+    let output = finish(child);
+    assert!(output.status.success(), "{}", show(&output));
+    assert_eq!(listing(&root), listing(&out.path().join("rf")));
+    for mut hog in hogs {
+        wait_with_deadline(&mut hog, "a slow client");
+    }
+}

@@ -499,30 +499,8 @@ impl Sender {
         let record = |at: usize, result: ItemResult, _started: Instant| {
             *commits[at].lock().expect("commit lock") = Some(result);
         };
-        // Why a commit could not be sent: what the server did instead depends on
-        // whether it is still there.
-        let unsent = |root: &str, why: &dyn std::fmt::Display| {
-            // Acquire: pairs with the server's Release when it starts to stop.
-            let state = self.connection.segment.header().server_state.load(Ordering::Acquire);
-            if state == crate::segment::SERVER_STOPPING {
-                let message = format!(
-                    "the server stopped before the commit of folder {} ({why}): it published what it had of it, unless its name was taken meanwhile (check it, or send again with --skip-existing to a running server)",
-                    escaped(root)
-                );
-                return Err(SendError::Failed(message));
-            }
-            let message = match sys::process_alive(self.connection.server_pid) {
-                true => format!(
-                    "the commit of folder {} could not be sent ({why}): the server publishes what it has of a folder when its client's streams end, unless its name was taken meanwhile (check it, or send again with --skip-existing)",
-                    escaped(root)
-                ),
-                false => format!(
-                    "folder {} was not published: the server exited before its commit ({why}); a new server on this segment removes what was staged",
-                    escaped(root)
-                ),
-            };
-            Err(SendError::Failed(message))
-        };
+        let unsent =
+            |root: &str, why: &dyn std::fmt::Display| Err(commit_unsent(&self.connection, root, why));
         let Some(mut session) = kept else {
             // Every stream ended early (each failed): no commit can be sent.
             for (at, root) in roots.iter().enumerate() {
@@ -840,6 +818,29 @@ impl StreamSender<'_> {
         let _claimed = self.sender.claim_one(name)?;
         send::send_dir(&self.sender.connection, &mut self.session, name, mode & crate::protocol::MODE_BITS)
     }
+}
+
+/// Why the commit of staged folder `root` could not be sent (`why`): what the
+/// server did instead depends on whether it is still there.
+pub(super) fn commit_unsent(connection: &Connection, root: &str, why: &dyn std::fmt::Display) -> SendError {
+    // Acquire: pairs with the server's Release when it starts to stop.
+    let state = connection.segment.header().server_state.load(Ordering::Acquire);
+    if state == crate::segment::SERVER_STOPPING {
+        return SendError::Failed(format!(
+            "the server stopped before the commit of folder {} ({why}): it published what it had of it, unless its name was taken meanwhile (check it, or send again with --skip-existing to a running server)",
+            escaped(root)
+        ));
+    }
+    SendError::Failed(match sys::process_alive(connection.server_pid) {
+        true => format!(
+            "the commit of folder {} could not be sent ({why}): the server publishes what it has of a folder when its client's streams end, unless its name was taken meanwhile (check it, or send again with --skip-existing)",
+            escaped(root)
+        ),
+        false => format!(
+            "folder {} was not published: the server exited before its commit ({why}); a new server on this segment removes what was staged",
+            escaped(root)
+        ),
+    })
 }
 
 /// Claims in `session::CLAIMS` of one send (top-level name, whole), released on drop.

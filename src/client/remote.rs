@@ -576,125 +576,160 @@ pub fn relay<W: Write>(name: &str, timeout: Duration, input: std::fs::File, outp
     // as they are when its last stream ends). Relaxed: a setting the server wrote
     // at start.
     let most = sender.connection().segment.header().max_streams_per_client.load(Ordering::Relaxed);
-    let mut anchor: Option<Session<'_>> = None;
+    let anchor: Mutex<Option<Session<'_>>> = Mutex::new(None);
+    // Set while the relay waits for the client's bytes: the anchor is then beaten
+    // only as the other streams are, by what comes from the client (`alive`).
+    let reading = AtomicBool::new(false);
+    input.reading = Some(&reading);
     let fatal = |message: String| {
         errln!("sharedclient --relay: {message}");
         let _ = say(&mut output.borrow_mut(), Frame::Fatal { message });
         ExitStatus::Failure
     };
-    let mut stream = sender.stream();
-    let mut batches = Batches::default();
-    let mut expected = 1u32;
-    loop {
-        // Answers wait in the buffer while more frames are already here; they go
-        // out whenever the relay is about to wait for the client.
-        if input.buffer().is_empty() {
-            batches.hand_over();
-            if output.borrow_mut().flush().is_err() {
-                return ExitStatus::Failure;
-            }
-        }
-        let frame = match Frame::read(&mut input) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return fatal("the client went away before saying BYE".into()),
-            Err(e) => return fatal(e.to_string()),
-        };
-        let (file, what) = match frame {
-            Frame::Bye => break,
-            // Read, so beaten for already (`FrameInput::alive`).
-            Frame::Alive => continue,
-            Frame::Begin { file, what } => (file, what),
-            other => return fatal(format!("expected BEGIN or BYE, got {other:?}")),
-        };
-        // A drop seen between files is the held streams' own business (a stream
-        // used again reads the server's reply); it fails no file of its own.
-        input.dropped = false;
-        if file != expected {
-            return fatal(format!("file {file} began where file {expected} was due"));
-        }
-        expected = expected.wrapping_add(1);
-        let index = file as usize;
-        let started = Instant::now();
-        let top = !what.name().contains('/');
-        if top && matches!(what, Begin::Dir { .. }) && most != 1 && anchor.is_none() {
-            anchor = Session::open(&sender.connection).ok();
-        }
-        staging.borrow_mut().begin(
-            index,
-            what.name(),
-            top && anchor.is_some() && matches!(what, Begin::Dir { .. }),
-        );
-        match what {
-            // Folders and small files go in batches: no round trip to the server each.
-            Begin::Dir { name, mode } => {
-                let prepared = match staging.borrow().is_root(index) {
-                    true => Prepared::stage(mode, started),
-                    false => Prepared::dir(mode, started),
-                };
-                if let Some(prepared) = batches.add(&mut stream, index, &name, prepared, &report) {
-                    drop(prepared);
-                    report(index, stream.make_dir(&name, mode), started);
-                }
-            }
-            Begin::File { name, size: Some(size), meta } if size <= BATCH_FILE_MAX => {
-                let mut reader = FileFrames::new(&mut input, file);
-                let mut data = Vec::with_capacity(size as usize);
-                let read = (&mut reader).take(size + 1).read_to_end(&mut data);
-                if let Err(message) = reader.finish() {
-                    return fatal(message);
-                }
-                if let Err(e) = read {
-                    report(index, Err(failed(e.to_string())), started);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // The stream held aside for the commit beats while the relay works with the
+        // server (waiting for space, for results, for a stream): nothing else uses
+        // it, and the server would drop it as idle. Not while the relay waits for
+        // the client: a client stopped or gone is dropped as it would be locally.
+        scope.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if reading.load(Ordering::Relaxed) {
                     continue;
                 }
-                if data.len() as u64 != size {
-                    let why = format!("the client announced {size} bytes and sent {}", data.len());
-                    report(index, Err(failed(why)), started);
-                    continue;
-                }
-                let meta = FileMeta { size_is_hint: false, ..meta };
-                let prepared = Prepared::memory(data, meta, started);
-                if let Some(alone) = batches.add(&mut stream, index, &name, prepared, &report) {
-                    batches.finish(&mut stream, &report);
-                    let data = alone.into_memory().unwrap_or_default();
-                    report(index, stream.send_reader(&name, meta, Some(size), &data[..], &()), started);
+                let mut held_aside = anchor.lock().expect("anchor lock");
+                if held_aside.as_mut().is_some_and(|open| open.keep_alive().is_err()) {
+                    *held_aside = None;
                 }
             }
-            Begin::File { name, size, meta } => {
-                batches.finish(&mut stream, &report);
-                let mut reader = FileFrames::new(&mut input, file);
-                let meta = FileMeta { size_is_hint: size.is_none(), ..meta };
-                let sent = match stream.send_filled(&name, meta, size, &mut reader) {
-                    // A failure is told at once: the client stops sending a file that
-                    // is lost (a source that never ends would keep it going for good).
-                    Err(e) => {
-                        report(index, Err(e), started);
-                        let _ = output.borrow_mut().flush();
-                        None
+        });
+        let status = (|| {
+            let mut stream = sender.stream();
+            let mut batches = Batches::default();
+            let mut expected = 1u32;
+            loop {
+                // Answers wait in the buffer while more frames are already here; they go
+                // out whenever the relay is about to wait for the client.
+                if input.buffer().is_empty() {
+                    batches.hand_over();
+                    if output.borrow_mut().flush().is_err() {
+                        return ExitStatus::Failure;
                     }
-                    sent => Some(sent),
-                };
-                // Whatever happened, the rest of this file's frames are read past.
-                if let Err(message) = reader.finish() {
-                    return fatal(message);
                 }
-                if let Some(sent) = sent {
-                    report(index, sent, started);
+                let frame = match Frame::read(&mut input) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => return fatal("the client went away before saying BYE".into()),
+                    Err(e) => return fatal(e.to_string()),
+                };
+                let (file, what) = match frame {
+                    Frame::Bye => break,
+                    // Read, so beaten for already (`FrameInput::alive`).
+                    Frame::Alive => continue,
+                    Frame::Begin { file, what } => (file, what),
+                    other => return fatal(format!("expected BEGIN or BYE, got {other:?}")),
+                };
+                // A drop seen between files is the held streams' own business (a stream
+                // used again reads the server's reply); it fails no file of its own.
+                input.dropped = false;
+                if file != expected {
+                    return fatal(format!("file {file} began where file {expected} was due"));
+                }
+                expected = expected.wrapping_add(1);
+                let index = file as usize;
+                let started = Instant::now();
+                let top = !what.name().contains('/');
+                let mut held_aside = anchor.lock().expect("anchor lock");
+                if top && matches!(what, Begin::Dir { .. }) && most != 1 && held_aside.is_none() {
+                    *held_aside = Session::open(&sender.connection).ok();
+                }
+                let anchored = held_aside.is_some();
+                drop(held_aside);
+                staging.borrow_mut().begin(
+                    index,
+                    what.name(),
+                    top && anchored && matches!(what, Begin::Dir { .. }),
+                );
+                match what {
+                    // Folders and small files go in batches: no round trip to the server each.
+                    Begin::Dir { name, mode } => {
+                        let prepared = match staging.borrow().is_root(index) {
+                            true => Prepared::stage(mode, started),
+                            false => Prepared::dir(mode, started),
+                        };
+                        if let Some(prepared) = batches.add(&mut stream, index, &name, prepared, &report) {
+                            drop(prepared);
+                            report(index, stream.make_dir(&name, mode), started);
+                        }
+                    }
+                    Begin::File { name, size: Some(size), meta } if size <= BATCH_FILE_MAX => {
+                        let mut reader = FileFrames::new(&mut input, file);
+                        let mut data = Vec::with_capacity(size as usize);
+                        let read = (&mut reader).take(size + 1).read_to_end(&mut data);
+                        if let Err(message) = reader.finish() {
+                            return fatal(message);
+                        }
+                        if let Err(e) = read {
+                            report(index, Err(failed(e.to_string())), started);
+                            continue;
+                        }
+                        if data.len() as u64 != size {
+                            let why = format!("the client announced {size} bytes and sent {}", data.len());
+                            report(index, Err(failed(why)), started);
+                            continue;
+                        }
+                        let meta = FileMeta { size_is_hint: false, ..meta };
+                        let prepared = Prepared::memory(data, meta, started);
+                        if let Some(alone) = batches.add(&mut stream, index, &name, prepared, &report) {
+                            batches.finish(&mut stream, &report);
+                            let data = alone.into_memory().unwrap_or_default();
+                            report(
+                                index,
+                                stream.send_reader(&name, meta, Some(size), &data[..], &()),
+                                started,
+                            );
+                        }
+                    }
+                    Begin::File { name, size, meta } => {
+                        batches.finish(&mut stream, &report);
+                        let mut reader = FileFrames::new(&mut input, file);
+                        let meta = FileMeta { size_is_hint: size.is_none(), ..meta };
+                        let sent = match stream.send_filled(&name, meta, size, &mut reader) {
+                            // A failure is told at once: the client stops sending a file that
+                            // is lost (a source that never ends would keep it going for good).
+                            Err(e) => {
+                                report(index, Err(e), started);
+                                let _ = output.borrow_mut().flush();
+                                None
+                            }
+                            sent => Some(sent),
+                        };
+                        // Whatever happened, the rest of this file's frames are read past.
+                        if let Err(message) = reader.finish() {
+                            return fatal(message);
+                        }
+                        if let Some(sent) = sent {
+                            report(index, sent, started);
+                        }
+                    }
                 }
             }
-        }
-    }
-    batches.finish(&mut stream, &report);
-    drop(stream);
-    let held = staging.into_inner().commit(anchor);
-    let mut output = output.into_inner();
-    for (file, result) in held {
-        let _ = (Frame::Result { file: file as u32, outcome: outcome_of(result) }).write(&mut output);
-    }
-    match output.flush() {
-        Ok(()) => ExitStatus::Success,
-        Err(_) => ExitStatus::Failure,
-    }
+            batches.finish(&mut stream, &report);
+            drop(stream);
+            let held = staging.take().commit(anchor.lock().expect("anchor lock").take(), sender.connection());
+            let mut output = output.borrow_mut();
+            for (file, result) in held {
+                let _ =
+                    (Frame::Result { file: file as u32, outcome: outcome_of(result) }).write(&mut *output);
+            }
+            match output.flush() {
+                Ok(()) => ExitStatus::Success,
+                Err(_) => ExitStatus::Failure,
+            }
+        })();
+        done.store(true, Ordering::Relaxed);
+        status
+    })
 }
 
 /// The relay's folders sent whole: each top folder is staged (built under a hidden
@@ -763,7 +798,7 @@ impl RelayStaging {
 
     /// Commits every staged folder on `anchor` (the stream held aside); returns the
     /// held results, each failed if its folder's commit failed.
-    fn commit(self, anchor: Option<Session<'_>>) -> Vec<(usize, ItemResult)> {
+    fn commit(self, anchor: Option<Session<'_>>, connection: &super::Connection) -> Vec<(usize, ItemResult)> {
         let staged: Vec<(usize, u64)> = self
             .roots
             .iter()
@@ -774,17 +809,19 @@ impl RelayStaging {
         let record = |at: usize, result: ItemResult, _: Instant| {
             *commits[at].lock().expect("commit lock") = Some(result);
         };
-        if let Some(session) = anchor.filter(|_| !staged.is_empty()) {
-            match Batcher::start(session) {
+        let unsent = |at: usize, why: &dyn std::fmt::Display| {
+            Err(super::commit_unsent(connection, &self.roots[at].name, why))
+        };
+        let answered = match anchor.filter(|_| !staged.is_empty()) {
+            None => false,
+            Some(session) => match Batcher::start(session) {
                 Ok(mut batcher) => {
                     let mut broken = None;
                     for &(at, token) in &staged {
                         let commit = Prepared::commit(token, Instant::now());
                         match batcher.add(at, &self.roots[at].name, commit, &(), &record) {
                             Ok(None) => {}
-                            Ok(Some(_)) => {
-                                record(at, Err(failed("its commit does not fit a batch")), Instant::now())
-                            }
+                            Ok(Some(_)) => record(at, unsent(at, &"it does not fit a batch"), Instant::now()),
                             Err(e) => {
                                 broken = Some(e);
                                 break;
@@ -792,11 +829,29 @@ impl RelayStaging {
                         }
                     }
                     match broken {
-                        Some(e) => batcher.fail_all(&e, &record),
-                        None => drop(batcher.finish(&record)),
+                        Some(e) => {
+                            batcher.fail_all(&e, &record);
+                            false
+                        }
+                        None => batcher.finish(&record).is_some(),
                     }
                 }
-                Err(e) => staged.iter().for_each(|&(at, _)| record(at, Err(e.clone()), Instant::now())),
+                Err(e) => {
+                    staged.iter().for_each(|&(at, _)| record(at, Err(e.clone()), Instant::now()));
+                    false
+                }
+            },
+        };
+        if !answered {
+            // The stream failed (or was dropped): a commit's error is the stream's,
+            // not the server's answer about the folder.
+            for &(at, _) in &staged {
+                let mut commit = commits[at].lock().expect("commit lock");
+                *commit = Some(match commit.take() {
+                    Some(Err(e)) => unsent(at, &e),
+                    None => unsent(at, &"the stream held for it was dropped"),
+                    Some(Ok(done)) => Ok(done),
+                });
             }
         }
         let mut told = Vec::new();
@@ -907,6 +962,8 @@ struct FrameInput<'c> {
     dropped_seen: Vec<uuid::Uuid>,
     /// A stream was dropped and the file being received has not been failed for it.
     dropped: bool,
+    /// Raised while a read waits for the client (see `relay`).
+    reading: Option<&'c AtomicBool>,
 }
 
 /// How often, at most, the relay tells the server its streams are alive while the
@@ -925,6 +982,7 @@ impl<'c> FrameInput<'c> {
             last_beat: Instant::now(),
             dropped_seen: Vec::new(),
             dropped: false,
+            reading: None,
         }
     }
 
@@ -967,9 +1025,18 @@ impl<'c> FrameInput<'c> {
             self.pos += n;
             return Ok(n);
         }
-        let n = segment.read_at(&self.file, at, len)?;
+        let n = self.waiting(|file| segment.read_at(file, at, len))?;
         self.alive();
         Ok(n)
+    }
+
+    /// `read` from the client, with `reading` raised meanwhile.
+    fn waiting<T>(&self, read: impl FnOnce(&std::fs::File) -> T) -> T {
+        // Relaxed: a hint for the anchor's beater, which may beat once too often.
+        self.reading.inspect(|flag| flag.store(true, Ordering::Relaxed));
+        let result = read(&self.file);
+        self.reading.inspect(|flag| flag.store(false, Ordering::Relaxed));
+        result
     }
 }
 
@@ -977,11 +1044,14 @@ impl Read for FrameInput<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.pos == self.end {
             if out.len() >= self.buf.len() {
-                let n = self.file.read(out)?;
+                let n = self.waiting(|mut file| file.read(out))?;
                 self.alive();
                 return Ok(n);
             }
-            self.end = self.file.read(&mut self.buf)?;
+            let mut buf = std::mem::take(&mut self.buf);
+            let read = self.waiting(|mut file| file.read(&mut buf));
+            self.buf = buf;
+            self.end = read?;
             self.pos = 0;
             self.alive();
         }
