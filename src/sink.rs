@@ -2,7 +2,7 @@
 //! checksum itself; a sink only stores bytes and gives a whole, verified file its
 //! name. [`FolderSink`] (the default) writes beneath an output folder with the
 //! rules in [`crate::outdir`]; a program embedding a server can plug in its own (see
-//! `examples/receive_into_memory.rs`).
+//! `tests/examples/receive_into_memory.rs`).
 
 use std::fmt;
 use std::io::{self, Write};

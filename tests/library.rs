@@ -201,6 +201,9 @@ fn errors_are_typed_say_their_exit_status_and_keep_their_source() {
         matches!(none, ServerError::Start(_)) && none.to_string().contains("max_streams_per_client"),
         "{none}"
     );
+    let zero = Server::builder(&name).idle_timeout(Duration::ZERO).output_dir(out.path()).start();
+    let zero = zero.err().expect("an idle timeout of 0");
+    assert!(zero.to_string().contains("idle_timeout is 0"), "{zero}");
     let idle = Server::builder(&name).workers(0).output_dir(out.path()).start().err().expect("0 workers");
     assert!(idle.to_string().contains("workers is 0: give 1 to 16"), "{idle}");
     let many = Server::builder(&name).workers(100).output_dir(out.path()).start().err().expect("100 workers");
@@ -474,6 +477,43 @@ fn a_quota_held_by_other_streams_costs_one_timeout_not_one_per_file() {
     });
     let results = sender.send_path(&folder).unwrap();
     assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
+    drop(sender);
+    server.shutdown().unwrap();
+}
+
+/// A reader that gives a little at a time, for longer than the server's idle
+/// timeout in all (a log, a terminal), keeps its stream alive while it gives; its
+/// end is read once.
+#[test]
+fn a_reader_giving_a_little_at_a_time_is_not_dropped_as_idle() {
+    /// Lines left, and reads asked for after the end.
+    struct Trickle(u32, u32);
+    impl std::io::Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                self.1 += 1;
+                return Ok(0);
+            }
+            self.0 -= 1;
+            std::thread::sleep(Duration::from_millis(300));
+            buf[..10].copy_from_slice(b"log line\n\n");
+            Ok(10)
+        }
+    }
+    let out = tempfile::tempdir().unwrap();
+    let name = unique_name("libtrickle");
+    let server = Server::builder(&name)
+        .size(4 << 20)
+        .output_dir(out.path())
+        .idle_timeout(Duration::from_secs(1))
+        .start()
+        .unwrap();
+    let sender = Sender::connect(&name, TIMEOUT).unwrap();
+    let mut trickle = Trickle(10, 0);
+    assert_eq!(sender.send_reader("logs/today.txt", &mut trickle).unwrap(), Delivered::Sent { bytes: 100 });
+    // Its end is read once (a terminal's user presses Ctrl-D once).
+    assert_eq!(trickle.1, 1);
+    assert_eq!(fs::read(out.path().join("logs/today.txt")).unwrap(), b"log line\n\n".repeat(10));
     drop(sender);
     server.shutdown().unwrap();
 }

@@ -462,7 +462,10 @@ impl FailureLines {
             // counted together by the error.
             .or_else(|| {
                 let os = error.ends_with(')') && error.contains("(os error ");
-                os.then(|| error.rfind(": ").map(|at| &error[at + 2..])).flatten()
+                let tail = os.then(|| error.rfind(": ").map(|at| &error[at + 2..])).flatten()?;
+                // Not the inside of a longer reason in brackets ("failed (writing
+                // ...: Broken pipe (os error 32))"): the whole line stays.
+                (tail.matches('(').count() == tail.matches(')').count()).then_some(tail)
             })
             .unwrap_or(error);
         let seen = match self.repeats.iter_mut().find(|(seen, _)| seen == reason) {
@@ -600,4 +603,27 @@ fn run_status(name: &str, json: bool) -> ExitStatus {
         }
     }
     ExitStatus::Success
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FailureLines;
+
+    #[test]
+    fn failures_are_grouped_by_their_os_error_but_never_by_half_a_reason() {
+        let mut lines = FailureLines::default();
+        for i in 0..5 {
+            lines.push(
+                Some(format!("d/f{i}")),
+                &format!("cannot write d/f{i}: Read-only file system (os error 30)"),
+            );
+        }
+        assert_eq!(lines.repeats, vec![("Read-only file system (os error 30)".to_string(), 5)]);
+        let mut lines = FailureLines::default();
+        let relay = "the relay on h failed (writing to the relay failed: Broken pipe (os error 32))";
+        for _ in 0..5 {
+            lines.push(None, relay);
+        }
+        assert_eq!(lines.repeats, vec![(relay.to_string(), 5)]);
+    }
 }

@@ -151,7 +151,10 @@ pub trait Progress: Sync {
     /// item sent beneath a folder sent whole (staged: published at once when its
     /// last file is in) is reported when the server has it; if the folder then
     /// cannot be published (its name appeared meanwhile), the item is reported once
-    /// more, failed, and that is its result.
+    /// more, failed, and that is its result. Not called for an item decided when it
+    /// was planned (its `verdict` is not `Send`: skipped or refused then) nor for one
+    /// refused before sending (beneath a folder another send of this process sends
+    /// whole): their results are in what `send_items` returns.
     fn finished(&self, index: usize, item: &Item, result: &Result<Delivered, SendError>, elapsed: Duration) {
         let _ = (index, item, result, elapsed);
     }

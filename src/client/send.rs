@@ -74,12 +74,19 @@ impl Opened<'_> {
                 let (reader, chunk) = &mut *reader.borrow_mut();
                 chunk.resize(buffer.len(), 0);
                 let mut filled = 0;
+                let mut beaten = Instant::now();
                 while filled < chunk.len() {
                     match reader.read(&mut chunk[filled..]) {
                         Ok(0) => break,
                         Ok(n) => filled += n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => return Err(e.into()),
+                    }
+                    // A reader that gives a little at a time (a log, a terminal) fills
+                    // a slot slowly: the stream is alive while it gives.
+                    if beaten.elapsed() >= READER_BEAT {
+                        session.keep_alive()?;
+                        beaten = Instant::now();
                     }
                 }
                 Ok((buffer.copy_from(&chunk[..filled]), filled < chunk.len()))
@@ -444,6 +451,9 @@ const PIPE_SLICE: Duration = Duration::from_millis(500);
 /// stream alive meanwhile, so a slow producer such as `make | sharedclient -` is
 /// never dropped as idle), then takes what else is ready without waiting, so the
 /// server sees data as it arrives. Returns the bytes read and whether the pipe ended.
+/// How often, at most, a stream filled from a reader tells the server it is alive.
+const READER_BEAT: Duration = Duration::from_millis(500);
+
 fn fill_from_pipe(
     session: &mut Session<'_>,
     buffer: &Buffer<'_>,
@@ -505,6 +515,11 @@ pub(super) fn wait_for_slot(session: &mut Session<'_>, ring: &Producer<'_>) -> R
 /// server never publishes a file that is neither the old nor the new version.
 fn ensure_unchanged(source: &Opened) -> Result<(), SendError> {
     if let Input::Reader(reader) = &source.input {
+        // Read to its end already (no size was announced): not read again (a
+        // terminal would want a second Ctrl-D).
+        if source.exact.is_none() {
+            return Ok(());
+        }
         // A reader must end where it said (and may check its own data on the way).
         let mut probe = [0u8; 1];
         return match reader.borrow_mut().0.read(&mut probe)? {

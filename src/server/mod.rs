@@ -103,7 +103,9 @@ pub enum ServerEvent {
         /// From its first command to its publication.
         seconds: f64,
     },
-    /// A file or stream failed; nothing was published under its name.
+    /// A file or stream failed; nothing was published under its name, but for one
+    /// case: with `SyncMode::Batch`, a file published (`Published` came first) whose
+    /// flush then failed is reported failed too, and stays published.
     Failed {
         /// The file's path beneath the output, or `stream <guid>` before one was named.
         name: String,
@@ -319,6 +321,10 @@ impl ServerBuilder {
             let message = "max_streams_per_client is 0: no client could open a stream; give 1 or more";
             return Err(ServerError::Start(message.into()));
         }
+        if options.idle_timeout.is_zero() {
+            let message = "idle_timeout is 0: every stream would be dropped at once; give 1 s or more";
+            return Err(ServerError::Start(message.into()));
+        }
         if !(1..=MAX_WORKERS).contains(&options.workers) {
             let message = format!("workers is {}: give 1 to {MAX_WORKERS}", options.workers);
             return Err(ServerError::Start(message));
@@ -390,7 +396,9 @@ impl Server {
         self.join()
     }
 
-    /// Waits until the server stops (SIGINT/SIGTERM/SIGHUP, or `shutdown` from elsewhere).
+    /// Waits until the server stops: on SIGINT/SIGTERM/SIGHUP once
+    /// `sharedxfer::sys::install_stop_handlers` was called (as `sharedserver` does),
+    /// or when it fails. `shutdown` takes the handle, so it cannot end a `wait`.
     pub fn wait(mut self) -> Result<(), ServerError> {
         self.join()
     }

@@ -772,7 +772,7 @@ impl Stream {
         if !self.waiting_for_space() && now.duration_since(self.last_activity) >= shared.options.idle_timeout
         {
             let message =
-                format!("no activity for {} s: stream dropped", shared.options.idle_timeout.as_secs());
+                format!("no activity for {} s: stream dropped", seconds(shared.options.idle_timeout));
             if matches!(self.state, State::Idle) {
                 // Between files: the label may still name the last file, published.
                 self.label = format!("stream {} (idle, client pid {})", self.guid.simple(), self.client_pid);
@@ -973,5 +973,14 @@ pub(super) fn publish(
             bytes: transfer.written,
             seconds: transfer.started.elapsed().as_secs_f64(),
         })),
+    }
+}
+
+/// A duration in seconds as people write it: `30`, `1.5`, `0.3`.
+fn seconds(duration: std::time::Duration) -> String {
+    let secs = duration.as_secs_f64();
+    match duration.subsec_nanos() {
+        0 => duration.as_secs().to_string(),
+        _ => format!("{}", (secs * 1000.0).round() / 1000.0),
     }
 }
