@@ -100,6 +100,7 @@ impl SinkSession for Refusing {
     }
 
     fn create(&mut self, name: &str, mode: u32) -> Result<Box<dyn SinkFile>, SinkError> {
+        assert!(!name.ends_with(".panic"), "a sink with a bug");
         if name.ends_with(".refused") {
             return Err(SinkError::new(SinkErrorKind::Refused, format!("{name}: not here")));
         }
@@ -516,6 +517,25 @@ fn a_reader_giving_a_little_at_a_time_is_not_dropped_as_idle() {
     assert_eq!(fs::read(out.path().join("logs/today.txt")).unwrap(), b"log line\n\n".repeat(10));
     drop(sender);
     server.shutdown().unwrap();
+}
+
+/// A sink of the program's own that panics fails that file, not the server's
+/// worker: the sender is answered at once, and the next file (on the same worker)
+/// is published.
+#[test]
+fn a_sink_that_panics_fails_its_file_and_the_server_goes_on() {
+    let name = unique_name("libpanic");
+    let sink = MemorySink::default();
+    let server = Server::builder(&name).size(2 << 20).sink(sink.clone()).workers(1).start().unwrap();
+    let sender = Sender::connect(&name, Duration::from_secs(5)).unwrap();
+    let started = std::time::Instant::now();
+    let err = sender.send_reader("bug.panic", &b"boom"[..]).unwrap_err();
+    assert!(err.to_string().contains("internal error on the server: a sink with a bug"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered at once, not at a timeout");
+    assert_eq!(sender.send_reader("fine.txt", &b"ok"[..]).unwrap(), Delivered::Sent { bytes: 2 });
+    drop(sender);
+    server.shutdown().unwrap();
+    assert_eq!(sink.inner.files().lock().unwrap()["fine.txt"], b"ok");
 }
 
 /// A stream dropped for idleness between files is reported as an idle stream, not

@@ -807,6 +807,21 @@ impl Stream {
         true
     }
 
+    /// Serving this stream panicked (`panic` says what): it fails, and is dropped
+    /// as an idle stream is (its record kept until its client gives it back or
+    /// exits), whatever state the panic left it in.
+    pub(super) fn panicked(&mut self, shared: &Shared, panic: String) {
+        let message = format!("internal error on the server: {panic}");
+        // Failing touches the sink and the event callback again: a second panic
+        // only skips the reply.
+        let failing = std::panic::AssertUnwindSafe(|| self.fail(shared, failure(ErrorCode::Io, message)));
+        let _ = std::panic::catch_unwind(failing);
+        self.state = State::Dropped;
+        // SYNC POINT (record state): as in `check_health`'s idle drop.
+        self.record(shared).state.store(RECORD_DROPPED, Ordering::SeqCst);
+        self.last_liveness = Instant::now().checked_sub(LIVENESS_PERIOD).unwrap_or_else(Instant::now);
+    }
+
     pub(super) fn transfer_name(&self) -> Option<String> {
         match &self.state {
             State::Receiving(transfer) | State::WaitingForSpace(transfer) => Some(transfer.name.clone()),

@@ -60,7 +60,13 @@ impl Worker {
     pub(super) fn poll_all(&mut self) -> bool {
         let mut progressed = false;
         for stream in &mut self.streams {
-            progressed |= stream.poll(&self.shared);
+            // A panic (in a sink or an event callback of the program's own, or a
+            // bug here) fails its stream, not the worker and every stream on it.
+            let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stream.poll(&self.shared)));
+            progressed |= polled.unwrap_or_else(|panic| {
+                stream.panicked(&self.shared, panic_message(panic.as_ref()));
+                true
+            });
         }
         self.confirm_flushed();
         let mut index = 0;
@@ -108,5 +114,14 @@ impl Worker {
             }
             stream.release(&self.shared);
         }
+    }
+}
+
+/// What a panic said, if it said it in words.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => (*text).to_owned(),
+        (_, Some(text)) => text.clone(),
+        _ => "a panic".to_owned(),
     }
 }
