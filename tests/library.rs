@@ -285,6 +285,18 @@ fn a_sender_kept_across_a_server_restart_says_to_connect_again() {
     let again = Sender::connect(&name, TIMEOUT).unwrap();
     assert_eq!(again.send_reader("two.txt", &b"2"[..]).unwrap(), Delivered::Sent { bytes: 1 });
     assert_eq!(fs::read(out.path().join("two.txt")).unwrap(), b"2");
+
+    // An embedded server stopped and started again in this process (its pid lives
+    // on): the same, not "shutting down".
+    let embedded = unique_name("librestart2");
+    let first = Server::builder(&embedded).size(1 << 20).output_dir(out.path()).start().unwrap();
+    let sender = Sender::connect(&embedded, TIMEOUT).unwrap();
+    first.shutdown().unwrap();
+    let second = Server::builder(&embedded).size(1 << 20).output_dir(out.path()).start().unwrap();
+    let err = sender.send_reader("three.txt", &b"3"[..]).unwrap_err();
+    assert!(err.to_string().contains("has stopped: send again"), "{err}");
+    drop(sender);
+    second.shutdown().unwrap();
 }
 
 /// While a `send_path` of this process sends folder `d` whole (staged, published

@@ -38,6 +38,9 @@ pub struct Connection {
     last_beat: AtomicU64,
     beat_seen_ms: AtomicU64,
     opened: Instant,
+    /// The segment file's inode when mapped: a server that stopped and a new one
+    /// on the name (in this very process, for an embedded server) tell apart.
+    inode: Option<u64>,
 }
 
 /// Top-level names the sends of this process are sending to, by segment name: a
@@ -90,7 +93,7 @@ impl Connection {
         let (held, name) = (Mutex::default(), name.to_owned());
         // Relaxed: a liveness hint, nothing is published with it.
         let last_beat = AtomicU64::new(segment.header().heartbeat.load(Ordering::Relaxed));
-        let (beat_seen_ms, opened) = (AtomicU64::new(0), Instant::now());
+        let (beat_seen_ms, opened, inode) = (AtomicU64::new(0), Instant::now(), segment_inode(&name));
         Ok(Connection {
             segment,
             locks,
@@ -102,6 +105,7 @@ impl Connection {
             last_beat,
             beat_seen_ms,
             opened,
+            inode,
         })
     }
 
@@ -134,6 +138,12 @@ impl Connection {
     }
 }
 
+/// The inode of segment `name`'s file now, if there is one.
+fn segment_inode(name: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(std::path::Path::new(sys::SHM_DIR).join(name)).ok().map(|meta| meta.ino())
+}
+
 /// Tracks the server between sleeps: gone, stopping, silent (by the connection's
 /// heartbeat record, shared by its streams), or us interrupted.
 pub(super) struct Watchdog<'a> {
@@ -155,7 +165,12 @@ impl<'a> Watchdog<'a> {
         // SYNC POINT (server state): pairs with the server's Release in `serve`.
         let stopping = header.server_state.load(Ordering::Acquire) == SERVER_STOPPING;
         let pid = self.connection.server_pid;
-        if stopping && sys::process_alive(pid) {
+        // Still stopping (the segment is the one under its name), or stopped and
+        // gone (a process of an embedded server lives on, and may start another).
+        if stopping
+            && sys::process_alive(pid)
+            && segment_inode(&self.connection.name) == self.connection.inode
+        {
             return Err(failed("the server is shutting down"));
         }
         if stopping {
