@@ -739,9 +739,9 @@ fn a_folder_through_the_relay_appears_whole_or_not_at_all() {
         let fifo = root.join("zz.fifo");
         assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
         let mut command = remote_client(&server.name, src.path());
-        command.arg(folder).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let child = command.spawn().unwrap();
-        // The client waits on the FIFO: everything before it is in the hidden folder.
+        command.arg(folder);
+        let child = Running::spawn(command); // killed if the test fails first
+                                             // The client waits on the FIFO: everything before it is in the hidden folder.
         wait_until("the folder staged", staged);
         wait_until("the files before the FIFO in the hidden folder", || {
             fs::read_dir(out.path()).unwrap().flatten().any(|e| {
@@ -753,7 +753,7 @@ fn a_folder_through_the_relay_appears_whole_or_not_at_all() {
             fs::create_dir(out.path().join(folder)).unwrap();
         }
         fs::write(&fifo, b"late").unwrap();
-        let output = finish(child);
+        let output = child.finish();
         if planted {
             assert_eq!(output.status.code(), Some(1), "{}", show(&output));
             let err = stderr_of(&output);
@@ -796,24 +796,24 @@ fn the_relays_commit_stream_is_not_dropped_while_it_waits_for_the_server() {
         // Read and write: opening it does not wait for the client.
         writers.push(fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap());
         let mut hog = Command::new(CLIENT);
-        hog.args(["--name", &server.name]).arg(&fifo).stdout(Stdio::null()).stderr(Stdio::null());
-        hogs.push(hog.spawn().unwrap());
+        hog.args(["--name", &server.name]).arg(&fifo);
+        hogs.push(Running::spawn(hog));
     }
     let root = src.path().join("rf");
     fs::create_dir_all(root.join("sub")).unwrap();
     write_file(&root, "a", 100, 1);
     write_file(&root.join("sub"), "b", 100, 2);
     let mut command = remote_client(&server.name, src.path());
-    command.args(["rf", "--timeout", "30"]).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = command.spawn().unwrap();
+    command.args(["rf", "--timeout", "30"]);
+    let child = Running::spawn(command);
     std::thread::sleep(Duration::from_secs(5));
     for mut writer in writers.drain(..) {
         writer.write_all(b"x").unwrap();
     }
-    let output = finish(child);
+    let output = child.finish();
     assert!(output.status.success(), "{}", show(&output));
     assert_eq!(listing(&root), listing(&out.path().join("rf")));
-    for mut hog in hogs {
-        wait_with_deadline(&mut hog, "a slow client");
+    for hog in hogs {
+        assert!(hog.finish().status.success(), "a slow client failed");
     }
 }
