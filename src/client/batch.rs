@@ -3,11 +3,12 @@
 //! while the server publishes the previous one. An item counts as sent only when its
 //! slot came back with the server's result for it.
 
+use std::sync::Mutex;
 use std::time::Instant;
 
 use super::send::{open_source_reading, slot_error, wait_for_slot, Input, Opened, Reads};
-use super::session::Session;
-use super::{failed, Delivered, ItemResult, Progress, SendError, SendOptions};
+use super::session::{Connection, Session};
+use super::{commit_unsent, failed, Delivered, ItemResult, Progress, SendError, SendOptions};
 use crate::batch::{
     self, max_entries, EntryKind, Outcome, BATCH_FILE_MAX, ENTRY_LEN, HEADER_LEN, MAX_ENTRIES,
 };
@@ -73,6 +74,68 @@ pub(super) fn batchable(item: &Item) -> bool {
                 && item.size_hint.is_none_or(|size| size <= BATCH_FILE_MAX)
         }
     }
+}
+
+/// Commits staged folders, `(name, token)` each, in one batch on `session` (the
+/// stream held aside for them; `None`: none is left, for the reason `no_stream`),
+/// and gives each its result, in order: the server's answer, or, where it was not
+/// answered (the stream failed first), why it was not sent (`commit_unsent`).
+pub(super) fn commit_all(
+    connection: &Connection,
+    session: Option<Session<'_>>,
+    staged: &[(&str, u64)],
+    progress: &dyn Progress,
+    no_stream: &str,
+) -> Vec<ItemResult> {
+    if staged.is_empty() {
+        return Vec::new();
+    }
+    let commits: Vec<Mutex<Option<ItemResult>>> = staged.iter().map(|_| Mutex::new(None)).collect();
+    let record = |at: usize, result: ItemResult, _: Instant| {
+        *commits[at].lock().expect("commit lock") = Some(result);
+    };
+    let unsent = |at: usize, why: &dyn std::fmt::Display| commit_unsent(connection, staged[at].0, why);
+    let answered = match session.map(Batcher::start) {
+        None => false,
+        Some(Ok(mut batcher)) => {
+            let mut broken = None;
+            for (at, &(name, token)) in staged.iter().enumerate() {
+                match batcher.add(at, name, Prepared::commit(token, Instant::now()), progress, &record) {
+                    Ok(None) => {}
+                    // Not for a batch (a name longer than a slot holds).
+                    Ok(Some(_)) => record(at, Err(unsent(at, &"it does not fit a batch")), Instant::now()),
+                    Err(e) => {
+                        broken = Some(e);
+                        break;
+                    }
+                }
+            }
+            match broken {
+                Some(e) => {
+                    batcher.fail_all(&e, &record);
+                    false
+                }
+                None => batcher.finish(&record).is_some(),
+            }
+        }
+        Some(Err(e)) => {
+            (0..staged.len()).for_each(|at| record(at, Err(e.clone()), Instant::now()));
+            false
+        }
+    };
+    commits
+        .into_iter()
+        .enumerate()
+        .map(|(at, commit)| match commit.into_inner().expect("commit lock") {
+            Some(Ok(done)) => Ok(done),
+            // The stream failed: a commit's error is the stream's, not the server's
+            // answer about the folder.
+            Some(Err(e)) if !answered => Err(unsent(at, &e)),
+            Some(Err(e)) => Err(e),
+            None if !answered => Err(unsent(at, &no_stream)),
+            None => Err(failed("the folder's commit was not answered")),
+        })
+        .collect()
 }
 
 /// An item opened and found small enough for a batch.

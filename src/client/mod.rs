@@ -496,64 +496,17 @@ impl Sender {
             return;
         }
         staged.sort();
-        let roots: Vec<String> = staged.iter().map(|(root, _)| root.clone()).collect();
-        let commits: Vec<Mutex<Option<ItemResult>>> = roots.iter().map(|_| Mutex::new(None)).collect();
         let started = Instant::now();
-        let record = |at: usize, result: ItemResult, _started: Instant| {
-            *commits[at].lock().expect("commit lock") = Some(result);
-        };
-        let unsent =
-            |root: &str, why: &dyn std::fmt::Display| Err(commit_unsent(&self.connection, root, why));
-        let Some(mut session) = kept else {
-            // Every stream ended early (each failed): no commit can be sent.
-            for (at, root) in roots.iter().enumerate() {
-                record(at, unsent(root, &"no stream was left"), started);
-            }
-            return report_failed_commits(&roots, &commits, started, items, results, progress);
-        };
         // Sent after Ctrl-C too (one round trip), so that what is reported is what the
         // server published.
-        session.outlast_stop();
-        let answered = match batch::Batcher::start(session) {
-            Ok(mut batcher) => {
-                let mut broken = None;
-                for (at, (root, token)) in staged.iter().enumerate() {
-                    let commit = batch::Prepared::commit(*token, Instant::now());
-                    match batcher.add(at, root, commit, progress, &record) {
-                        Ok(None) => {}
-                        // Not for a batch (a name longer than a slot holds).
-                        Ok(Some(_)) => record(at, unsent(root, &"it does not fit a batch"), started),
-                        Err(e) => {
-                            broken = Some(e);
-                            break;
-                        }
-                    }
-                }
-                match broken {
-                    Some(e) => {
-                        batcher.fail_all(&e, &record);
-                        false
-                    }
-                    None => batcher.finish(&record).is_some(),
-                }
-            }
-            Err(e) => {
-                (0..roots.len()).for_each(|at| record(at, Err(e.clone()), started));
-                false
-            }
-        };
-        if !answered {
-            // The stream failed: a commit's error is the stream's, not the server's
-            // answer about the folder; one never packed was not sent either.
-            for (at, root) in roots.iter().enumerate() {
-                let mut commit = commits[at].lock().expect("commit lock");
-                match commit.as_ref() {
-                    Some(Err(e)) => *commit = Some(unsent(root, e)),
-                    None => *commit = Some(unsent(root, &"the stream failed first")),
-                    Some(Ok(_)) => {}
-                }
-            }
-        }
+        let session = kept.map(|mut session| {
+            session.outlast_stop();
+            session
+        });
+        let names: Vec<(&str, u64)> = staged.iter().map(|(root, token)| (root.as_str(), *token)).collect();
+        // `None`: every stream ended early (each failed), so no commit can be sent.
+        let commits = batch::commit_all(&self.connection, session, &names, progress, "no stream was left");
+        let roots: Vec<&str> = names.iter().map(|&(root, _)| root).collect();
         report_failed_commits(&roots, &commits, started, items, results, progress);
     }
 
@@ -669,8 +622,8 @@ fn give_back<'c>(anchor: &Mutex<Option<Session<'c>>>, mut session: Session<'c>) 
 /// Reports again, failed, each item sent beneath (or as) a staged folder whose
 /// commit failed (`roots` and `commits` side by side).
 fn report_failed_commits(
-    roots: &[String],
-    commits: &[Mutex<Option<ItemResult>>],
+    roots: &[&str],
+    commits: &[ItemResult],
     since: Instant,
     items: &[Item],
     results: &[Mutex<Option<ItemResult>>],
@@ -679,11 +632,7 @@ fn report_failed_commits(
     let failed: std::collections::HashMap<&str, SendError> = roots
         .iter()
         .zip(commits)
-        .filter_map(|(root, commit)| match commit.lock().expect("commit lock").clone() {
-            Some(Ok(_)) => None,
-            Some(Err(e)) => Some((root.as_str(), e)),
-            None => Some((root.as_str(), SendError::Interrupted)),
-        })
+        .filter_map(|(&root, commit)| commit.as_ref().err().map(|e| (root, e.clone())))
         .collect();
     if failed.is_empty() {
         return;

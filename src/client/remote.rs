@@ -805,63 +805,20 @@ impl RelayStaging {
             .enumerate()
             .filter_map(|(at, root)| root.token.filter(|&token| token != 0).map(|token| (at, token)))
             .collect();
-        let commits: Vec<Mutex<Option<ItemResult>>> = self.roots.iter().map(|_| Mutex::new(None)).collect();
-        let record = |at: usize, result: ItemResult, _: Instant| {
-            *commits[at].lock().expect("commit lock") = Some(result);
-        };
-        let unsent = |at: usize, why: &dyn std::fmt::Display| {
-            Err(super::commit_unsent(connection, &self.roots[at].name, why))
-        };
-        let answered = match anchor.filter(|_| !staged.is_empty()) {
-            None => false,
-            Some(session) => match Batcher::start(session) {
-                Ok(mut batcher) => {
-                    let mut broken = None;
-                    for &(at, token) in &staged {
-                        let commit = Prepared::commit(token, Instant::now());
-                        match batcher.add(at, &self.roots[at].name, commit, &(), &record) {
-                            Ok(None) => {}
-                            Ok(Some(_)) => record(at, unsent(at, &"it does not fit a batch"), Instant::now()),
-                            Err(e) => {
-                                broken = Some(e);
-                                break;
-                            }
-                        }
-                    }
-                    match broken {
-                        Some(e) => {
-                            batcher.fail_all(&e, &record);
-                            false
-                        }
-                        None => batcher.finish(&record).is_some(),
-                    }
-                }
-                Err(e) => {
-                    staged.iter().for_each(|&(at, _)| record(at, Err(e.clone()), Instant::now()));
-                    false
-                }
-            },
-        };
-        if !answered {
-            // The stream failed (or was dropped): a commit's error is the stream's,
-            // not the server's answer about the folder.
-            for &(at, _) in &staged {
-                let mut commit = commits[at].lock().expect("commit lock");
-                *commit = Some(match commit.take() {
-                    Some(Err(e)) => unsent(at, &e),
-                    None => unsent(at, &"the stream held for it was dropped"),
-                    Some(Ok(done)) => Ok(done),
-                });
-            }
+        let names: Vec<(&str, u64)> =
+            staged.iter().map(|&(at, token)| (self.roots[at].name.as_str(), token)).collect();
+        let answers =
+            super::batch::commit_all(connection, anchor, &names, &(), "the stream held for it was dropped");
+        let mut commits: Vec<Option<ItemResult>> = self.roots.iter().map(|_| None).collect();
+        for (&(at, _), answer) in staged.iter().zip(answers) {
+            commits[at] = Some(answer);
         }
         let mut told = Vec::new();
         for (at, root) in self.roots.into_iter().enumerate() {
             let commit = match root.token {
-                Some(token) if token != 0 => commits[at]
-                    .lock()
-                    .expect("commit lock")
-                    .take()
-                    .unwrap_or_else(|| Err(failed("the folder's commit was not answered"))),
+                Some(token) if token != 0 => {
+                    commits[at].take().unwrap_or_else(|| Err(failed("the folder's commit was not answered")))
+                }
                 _ => Ok(Delivered::Sent { bytes: 0 }),
             };
             for (index, result) in root.held {
