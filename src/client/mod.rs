@@ -78,11 +78,14 @@ impl std::fmt::Display for SendError {
     }
 }
 
+/// `Connect` and `Io` are transparent: they say their error's message, so their
+/// source is that error's own (an error chain printed whole, as `anyhow`'s `{:#}`
+/// does, never says the same thing twice). Match the variant for the error itself.
 impl std::error::Error for SendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Connect(e) => Some(&**e),
-            Self::Io(e) => Some(&**e),
+            Self::Connect(e) => e.source(),
+            Self::Io(e) => e.source(),
             _ => None,
         }
     }
