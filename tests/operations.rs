@@ -430,6 +430,33 @@ fn a_folder_with_refused_files_under_a_stream_quota_publishes_all_the_rest() {
     }
 }
 
+/// The final line's first count is of files: with no server, a tree of 3 files in 4
+/// folders fails "7 (3 files, 4 folders)", never "0 files ... 7 failed" alone; the
+/// JSON count stays one per entry listed.
+#[test]
+fn failed_folders_are_counted_apart_from_files() {
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("t");
+    fs::create_dir_all(tree.join("a/b")).unwrap();
+    fs::create_dir_all(tree.join("c")).unwrap();
+    for file in ["a/f1", "a/b/f2", "c/f3"] {
+        fs::write(tree.join(file), b"x").unwrap();
+    }
+    let missing = unique_name("foldercount-none");
+    let mut command = std::process::Command::new(CLIENT);
+    command.args(["--name", &missing]).arg(&tree);
+    let output = run(command);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    let line = stdout_of(&output);
+    assert!(line.contains("0 files, 0 bytes"), "{}", show(&output));
+    assert!(line.contains(", 0 skipped, 7 failed (3 files, 4 folders)\n"), "{}", show(&output));
+    let mut command = std::process::Command::new(CLIENT);
+    command.args(["--name", &missing, "--json"]).arg(&tree);
+    let doc: serde_json::Value = serde_json::from_str(&stdout_of(&run(command))).unwrap();
+    assert_eq!(doc["failed"], 7, "{doc}");
+    assert_eq!(doc["files"].as_array().map(Vec::len), Some(7), "{doc}");
+}
+
 /// A `--timeout` too long to add to the clock means "as long as it takes", not a
 /// panic (exit 101): with no server the client says so, with one it sends.
 #[test]

@@ -397,9 +397,13 @@ struct Tally {
     /// Files (not folders) the server confirmed.
     sent: u64,
     skipped: u64,
+    /// Files and folders; `failed_dirs` of them folders.
     failed: u64,
-    /// Interrupted or never started (Ctrl-C).
+    failed_dirs: u64,
+    /// Interrupted or never started (Ctrl-C), files and folders; `interrupted_dirs`
+    /// of them folders.
     interrupted: u64,
+    interrupted_dirs: u64,
     bytes: u64,
 }
 
@@ -410,28 +414,53 @@ impl Tally {
             Some(Outcome::Done(Delivered::Sent { bytes }, _)) => *bytes,
             _ => 0,
         };
+        let dir = u64::from(item.kind != Kind::File);
         match state {
             "sent" if item.kind == Kind::File => self.sent += 1,
             "sent" => {}
             "skipped" => self.skipped += 1,
-            "failed" => self.failed += 1,
-            _ => self.interrupted += 1,
+            "failed" => {
+                self.failed += 1;
+                self.failed_dirs += dir;
+            }
+            _ => {
+                self.interrupted += 1;
+                self.interrupted_dirs += dir;
+            }
         }
         self.bytes += bytes;
         bytes
     }
 
     fn line(&self, secs: f64) -> String {
-        let Tally { sent, skipped, failed, interrupted, bytes } = self;
-        let files = if *sent == 1 { "file" } else { "files" };
+        let Tally { sent, skipped, failed, failed_dirs, interrupted, interrupted_dirs, bytes } = self;
         let rate = *bytes as f64 / secs.max(1e-9) / 1e6;
         let mut line = format!(
-            "{sent} {files}, {bytes} bytes in {secs:.3} s ({rate:.1} MB/s), {skipped} skipped, {failed} failed"
+            "{}, {bytes} bytes in {secs:.3} s ({rate:.1} MB/s), {skipped} skipped, {failed} failed{}",
+            count(*sent, "file"),
+            split(*failed, *failed_dirs)
         );
         if *interrupted > 0 {
-            line.push_str(&format!(", {interrupted} interrupted"));
+            line.push_str(&format!(", {interrupted} interrupted{}", split(*interrupted, *interrupted_dirs)));
         }
         line
+    }
+}
+
+/// "1 file", "2 files".
+fn count(n: u64, what: &str) -> String {
+    match n {
+        1 => format!("1 {what}"),
+        _ => format!("{n} {what}s"),
+    }
+}
+
+/// How many of `all` are files and how many folders, when some are folders: the
+/// line's first count is of files, and "7 failed" of 3 files would read as 7 files.
+fn split(all: u64, dirs: u64) -> String {
+    match dirs {
+        0 => String::new(),
+        _ => format!(" ({}, {})", count(all - dirs, "file"), count(dirs, "folder")),
     }
 }
 
