@@ -1,5 +1,7 @@
 //! Named locks (the `named-lock` crate, flock on a file) kept in one private folder
-//! per segment: `/dev/shm/<name>.locks/` (mode 0700). The folder holds
+//! per segment: `/dev/shm/<name>.locks/` (mode 0700; 3770 shared with a group, where
+//! the sticky bit keeps members from removing or replacing the server's files). The
+//! folder holds
 //! `server.lock` (held by the live server for its whole life), `handout.lock`
 //! (guards the GUID on offer) and `<guid>.lock` for each live stream, removed when
 //! the stream is over so no trail builds up.
@@ -24,8 +26,13 @@ pub const HANDOUT_LOCK: &str = "handout.lock";
 /// Holds the live server's pid, for the "already running" message.
 pub const SERVER_PID_FILE: &str = "server.pid";
 
+/// The mode of a lock folder shared with a group: setgid (files get its group) and
+/// sticky (a member may remove or rename only what it made, never the server's lock
+/// files, which it could otherwise swap for a link or a FIFO).
+const SHARED_MODE: u32 = 0o3770;
+
 /// The lock folder of one segment name: private to the server's user (0700), or
-/// shared with one group (2770, `sharedserver --group`).
+/// shared with one group (3770, `sharedserver --group`).
 #[derive(Debug, Clone)]
 pub struct LockDir {
     path: PathBuf,
@@ -55,8 +62,9 @@ impl LockDir {
         Self::create_for(name, None)
     }
 
-    /// As `create`, shared with `group` if given: the folder becomes 2770 and that
-    /// group's, and every lock file in it 0660 (so members can take locks).
+    /// As `create`, shared with `group` if given: the folder becomes 3770 and that
+    /// group's, and every lock file in it 0660 (so members can take locks). The
+    /// server's own lock files are made before the folder is opened to the group.
     pub fn create_for(name: &str, group: Option<u32>) -> io::Result<LockDir> {
         let path = Self::path_for(name);
         match fs::DirBuilder::new().mode(0o700).create(&path) {
@@ -68,8 +76,11 @@ impl LockDir {
         dir.check_owned()?;
         match group {
             Some(gid) => {
+                for file in [SERVER_LOCK, HANDOUT_LOCK] {
+                    dir.open_lock_file(&dir.path.join(file))?;
+                }
                 std::os::unix::fs::chown(&dir.path, None, Some(gid))?;
-                fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o2770))?;
+                fs::set_permissions(&dir.path, fs::Permissions::from_mode(SHARED_MODE))?;
             }
             // Ours alone: make sure nobody else can plant or open locks in it.
             None => fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o700))?,
@@ -90,11 +101,11 @@ impl LockDir {
         }
     }
 
-    /// Why a client may not use another user's server shared with a group (2770)
+    /// Why a client may not use another user's server shared with a group (3770)
     /// that it is not in (`shared_group` found none of ours): root too is refused.
     fn not_a_member(&self) -> Option<io::Error> {
         let meta = fs::symlink_metadata(&self.path).ok()?;
-        let shared = meta.file_type().is_dir() && meta.mode() & 0o7777 == 0o2770;
+        let shared = meta.file_type().is_dir() && meta.mode() & 0o7777 == SHARED_MODE;
         shared.then(|| {
             io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -109,11 +120,11 @@ impl LockDir {
         })
     }
 
-    /// The folder's group, if it is a shared lock folder (a real folder, 2770) and
+    /// The folder's group, if it is a shared lock folder (a real folder, 3770) and
     /// we are a member of that group.
     fn shared_group(&self) -> Option<u32> {
         let meta = fs::symlink_metadata(&self.path).ok()?;
-        let shared = meta.file_type().is_dir() && meta.mode() & 0o7777 == 0o2770;
+        let shared = meta.file_type().is_dir() && meta.mode() & 0o7777 == SHARED_MODE;
         (shared && sys::current_groups().contains(&meta.gid())).then_some(meta.gid())
     }
 
@@ -154,18 +165,89 @@ impl LockDir {
     pub fn lock(&self, file: &str) -> io::Result<NamedLock> {
         let path = self.path.join(file);
         if self.group.is_some() {
-            // Shared: the file must be 0660 whatever the umask of whoever made it.
-            let made = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o660)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)?;
-            if made.metadata()?.uid() == sys::current_uid() {
-                made.set_permissions(fs::Permissions::from_mode(0o660))?;
-            }
+            self.open_lock_file(&path)?;
         }
         NamedLock::with_path(path).map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    /// In a shared folder, makes or checks lock file `path` before the `named-lock`
+    /// crate opens it (following links, waiting on a FIFO): a regular file, never
+    /// through a link, never waiting, made by the server or by us; 0660 whatever the
+    /// umask of whoever made it, and the folder's group.
+    fn open_lock_file(&self, path: &Path) -> io::Result<()> {
+        let made = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o660)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => self.tampered(path, "a symbolic link"),
+                Some(libc::ENXIO) => self.tampered(path, "a FIFO"),
+                _ => e,
+            })?;
+        let meta = made.metadata()?;
+        if !meta.file_type().is_file() {
+            return Err(self.tampered(path, "not a regular file"));
+        }
+        let server = fs::symlink_metadata(&self.path)?.uid();
+        if meta.uid() != server && meta.uid() != sys::current_uid() {
+            return Err(
+                self.tampered(path, &format!("made by {}, not by the server", sys::user_label(meta.uid())))
+            );
+        }
+        if meta.uid() == sys::current_uid() {
+            // Made before the folder had the group (the server's own), or by us.
+            std::os::unix::fs::fchown(&made, None, self.group)?;
+            made.set_permissions(fs::Permissions::from_mode(0o660))?;
+        }
+        Ok(())
+    }
+
+    /// A lock file someone else put in the way.
+    fn tampered(&self, path: &Path, what: &str) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is {what}: someone replaced the server's lock file; stop the server, remove {} and start it again",
+                path.display(),
+                self.path.display()
+            ),
+        )
+    }
+
+    /// Writes the live server's pid to `server.pid`: a new file renamed into place, so
+    /// a link or FIFO someone left at that name is replaced, never written through.
+    pub fn write_server_pid(&self) -> io::Result<()> {
+        let pid = std::process::id();
+        let fresh = self.path.join(format!("{SERVER_PID_FILE}.{pid}"));
+        let _ = fs::remove_file(&fresh);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&fresh)?;
+        io::Write::write_all(&mut file, format!("{pid}\n").as_bytes())?;
+        fs::rename(&fresh, self.path.join(SERVER_PID_FILE)).inspect_err(|_| {
+            let _ = fs::remove_file(&fresh);
+        })
+    }
+
+    /// The pid in `server.pid`, as written (never through a link, never waiting on
+    /// a FIFO); empty if there is none.
+    pub fn read_server_pid(&self) -> String {
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(self.path.join(SERVER_PID_FILE));
+        let mut text = String::new();
+        if let Ok(file) = opened {
+            if file.metadata().is_ok_and(|meta| meta.file_type().is_file()) {
+                let _ = io::Read::read_to_string(&mut io::Read::take(file, 32), &mut text);
+            }
+        }
+        text.trim().to_owned()
     }
 
     /// The lock file name of stream `guid`: `<guid>.lock`, the GUID as 32 hex digits.

@@ -173,3 +173,61 @@ fn root_outside_the_group_of_a_members_server_is_told_which_group() {
     assert!(stderr_of(&output).contains(&wanted), "{}", show(&output));
     assert!(!lock_dir(&name).exists() && !shm_path(&name).exists(), "a refused start left its lock folder");
 }
+
+/// The shared lock folder is sticky (3770): a member cannot remove or replace the
+/// server's lock files or its pid file (a link there would have the server write
+/// through it; a FIFO would hang every opener). A folder left by an older server
+/// without the sticky bit, where a member did plant a FIFO and a link, is refused
+/// at start with a message saying what to do, and no link is written through.
+#[test]
+fn a_member_cannot_swap_the_servers_lock_files() {
+    let Some(accounts) = Accounts::make() else { return };
+    let out = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&unique_name("sticky"), out.path(), &["--group", &accounts.group]);
+    let locks = lock_dir(&server.name);
+    assert_eq!(fs::metadata(&locks).unwrap().mode() & 0o7777, 0o3770);
+    let as_member = |dir: &std::path::Path, script: &str| {
+        let mut command = Command::new("runuser");
+        command.args(["-u", &accounts.member, "--", "sh", "-c", script]).current_dir(dir);
+        run(command)
+    };
+    for file in ["server.lock", "handout.lock", "server.pid"] {
+        let output = as_member(&locks, &format!("rm -f {file} || mv {file} moved; ln -s /tmp {file}"));
+        assert!(!output.status.success(), "{file}: {}", show(&output));
+        assert!(fs::symlink_metadata(locks.join(file)).unwrap().file_type().is_file(), "{file} was replaced");
+    }
+    // The member can still send.
+    let src = tempfile::tempdir().unwrap();
+    fs::set_permissions(src.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let file = write_file(src.path(), "m.txt", 1000, 4);
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    let output = run(accounts.client_as(&accounts.member, &server.name, &[&file.display().to_string()]));
+    assert!(output.status.success(), "{}", show(&output));
+    assert_eq!(server.stop("TERM").code(), Some(0));
+
+    // An older, non-sticky folder with a member's FIFO and link in it.
+    let name = unique_name("planted");
+    let locks = lock_dir(&name);
+    fs::create_dir(&locks).unwrap();
+    let group_of = |group: &str| {
+        let line = fs::read_to_string("/etc/group").unwrap();
+        let gid =
+            line.lines().find(|l| l.starts_with(&format!("{group}:"))).unwrap().split(':').nth(2).unwrap();
+        gid.parse::<u32>().unwrap()
+    };
+    std::os::unix::fs::chown(&locks, None, Some(group_of(&accounts.group))).unwrap();
+    fs::set_permissions(&locks, fs::Permissions::from_mode(0o2770)).unwrap();
+    let victim = tempfile::NamedTempFile::new().unwrap();
+    fs::write(victim.path(), b"precious").unwrap();
+    let plant = format!("mkfifo -m 666 handout.lock && ln -s {} server.pid", victim.path().display());
+    let output = as_member(&locks, &plant);
+    assert!(output.status.success(), "{}", show(&output));
+    let mut start = Command::new(SERVER);
+    start.args(["--name", &name, "--group", &accounts.group]).arg(out.path());
+    let output = run(start);
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    let err = stderr_of(&output);
+    assert!(err.contains("handout.lock is a FIFO") && err.contains("remove"), "{}", show(&output));
+    assert_eq!(fs::read(victim.path()).unwrap(), b"precious", "written through a planted link");
+    let _ = fs::remove_dir_all(&locks);
+}

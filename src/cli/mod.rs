@@ -64,7 +64,7 @@ pub struct ServerCli {
     #[arg(long = "max-file-size", value_name = "SIZE", value_parser = parse_size)]
     pub max_file_size: Option<u64>,
     /// Let members of GROUP send: the segment and lock folder become group-accessible
-    /// (0660 / 2770). Files received still belong to the server's user.
+    /// (0660 / 3770). Files received still belong to the server's user.
     #[arg(long = "group", value_name = "GROUP")]
     pub group: Option<String>,
     /// Flush each published file to disk before confirming it: none (as cp and

@@ -656,16 +656,16 @@ fn prepare_output_dir(dir: &Path) -> Result<(), ServerError> {
 
 /// Takes the name's server lock, or explains who holds it.
 fn claim_name(lock: &NamedLock, locks: &LockDir, name: &str) -> Result<NamedLockGuard, ServerError> {
-    let pid_file = locks.path().join(lock::SERVER_PID_FILE);
     match lock.try_lock() {
         Ok(guard) => {
-            fs::write(&pid_file, format!("{}\n", std::process::id()))
+            let pid_file = locks.path().join(lock::SERVER_PID_FILE);
+            locks
+                .write_server_pid()
                 .map_err(ServerError::io(format!("cannot write {}", pid_file.display())))?;
             Ok(guard)
         }
         Err(named_lock::Error::WouldBlock) => {
-            let pid = fs::read_to_string(&pid_file).unwrap_or_default();
-            let pid = pid.trim();
+            let pid = locks.read_server_pid();
             let who = if pid.is_empty() { String::new() } else { format!(" (pid {pid})") };
             Err(ServerError::Start(format!(
                 "a server is already running on segment '{name}'{who}: stop it first or pick another --name"
