@@ -452,6 +452,9 @@ impl Planner<'_> {
         };
         read.map_err(|e| format!("cannot read --files-from {shown_list}: {e}"))?;
         let separator = if self.request.from0 { b'\0' } else { b'\n' };
+        // Folders made so far: each entry's own parents are made first, with their
+        // modes (a private folder must not arrive with the server's default).
+        let mut folders: std::collections::HashSet<String> = std::collections::HashSet::new();
         for (index, entry) in bytes.split(|&b| b == separator).enumerate() {
             let entry = if separator == b'\n' { entry.strip_suffix(b"\r").unwrap_or(entry) } else { entry };
             if entry.is_empty() {
@@ -488,10 +491,47 @@ impl Planner<'_> {
                 .map(|p| p.to_str().ok_or_else(|| not_utf8(path)))
                 .collect::<Result<Vec<_>, _>>()
                 .map(|p| p.join("/"));
+            if let Ok(name) = &name {
+                self.add_implied_folders(name, &mut folders);
+            }
             self.add_list_entry(path, name);
+            if let Some(Item { kind: Kind::Dir { .. }, name, .. }) = self.items.last() {
+                folders.insert(name.clone());
+            }
             found(self.items.len());
         }
         Ok(())
+    }
+
+    /// The folders above list entry `name` not made yet (`folders`), each with its
+    /// source's mode, as `rsync -a --files-from` makes them: `a/b/c.txt` makes `a` and
+    /// `a/b` first. One that cannot be read is left to the server to make (with its
+    /// default mode); the entry itself says what is wrong with it.
+    fn add_implied_folders(&mut self, name: &str, folders: &mut std::collections::HashSet<String>) {
+        let mut end = 0;
+        while let Some(slash) = name[end..].find('/') {
+            end += slash;
+            let folder = &name[..end];
+            end += 1;
+            if folders.contains(folder) {
+                continue;
+            }
+            let path = PathBuf::from(folder);
+            let Ok(meta) = fs::metadata(&path) else { continue };
+            if !meta.is_dir() {
+                continue;
+            }
+            folders.insert(folder.to_owned());
+            self.items.push(Item {
+                origin: Origin::Path,
+                shown: path.display().to_string(),
+                source: Source::Path { path, no_follow: false },
+                name: folder.to_owned(),
+                kind: Kind::Dir { mode: dir_mode(&meta) },
+                size_hint: None,
+                verdict: Verdict::Send,
+            });
+        }
     }
 
     fn add_list_entry(&mut self, path: &Path, name: Result<String, String>) {

@@ -666,6 +666,36 @@ fn files_from_stdin_keeps_relative_paths() {
     assert_summary(&output, 3, Some(666), 0, 0);
 }
 
+/// The folders above a listed file arrive with their own modes, as `rsync -a
+/// --files-from` makes them, not with the server's default: a private folder stays
+/// private. A folder listed after it was made for an earlier entry is made once.
+#[test]
+fn files_from_makes_the_folders_above_each_entry_with_their_modes() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fx::new("fromparents");
+    let src = fx.src();
+    put(src, "private/logs/a.log", 10, 1);
+    put(src, "private/logs/b.log", 20, 2);
+    put(src, "open/c.log", 30, 3);
+    let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    fs::set_permissions(src.join("private"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(src.join("private/logs"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::set_permissions(src.join("open"), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut command = fx.cmd();
+    command.args(["--files-from", "-"]);
+    let (output, _) = run_fed(command, |stdin| {
+        let _ = stdin.write_all(b"private/logs/a.log\n./private/logs/b.log\nprivate\nopen/c.log\n");
+    });
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert_eq!(mode(&fx.out().join("private")), 0o700, "{}", show(&output));
+    assert_eq!(mode(&fx.out().join("private/logs")), 0o750, "{}", show(&output));
+    assert_eq!(mode(&fx.out().join("open")), 0o755, "{}", show(&output));
+    for rel in ["private/logs/a.log", "private/logs/b.log", "open/c.log"] {
+        assert!(fs::read(fx.out().join(rel)).unwrap() == fs::read(src.join(rel)).unwrap(), "{rel} differs");
+    }
+    assert_summary(&output, 3, Some(60), 0, 0);
+}
+
 /// An empty list sends nothing, successfully, and still says so in its final line.
 #[test]
 fn an_empty_files_from_list_still_prints_the_final_line() {
