@@ -97,6 +97,23 @@ pub fn withdraw(segment: &Segment, lock: &NamedLock) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Server: whether the handout still shows `ticket` on offer, or taken. A stray
+/// write into the segment can change it; clients would then wait for an offer that
+/// never comes (the server offers again).
+pub fn intact(segment: &Segment, ticket: Ticket) -> bool {
+    let handout = segment.handout();
+    // SYNC POINT (handout taken): pairs with the client's Release in `try_take`; the
+    // other fields are the server's own stores.
+    match handout.state.load(Ordering::Acquire) {
+        HANDOUT_TAKEN => true,
+        HANDOUT_OFFERED => {
+            load_guid(&handout.guid) == ticket.guid
+                && handout.record_offset.load(Ordering::Relaxed) == ticket.record_offset
+        }
+        _ => false,
+    }
+}
+
 /// Whether a client has taken the current offer (the server's wake condition).
 pub fn is_taken(segment: &Segment) -> bool {
     // SYNC POINT (handout taken): pairs with the client's Release in `try_take`.

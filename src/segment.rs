@@ -268,6 +268,44 @@ impl Segment {
         Ok(segment)
     }
 
+    /// Server: puts back the fields of the header that say what the segment is
+    /// (magic, version, sizes, the server's pid) where a stray write into the segment
+    /// changed them (a client would refuse it: "wrong magic number"); returns the
+    /// names of those it put back.
+    pub fn restore_header(&self) -> Vec<&'static str> {
+        let header = self.header();
+        let mut restored = Vec::new();
+        let mut check64 = |what: &'static str, field: &std::sync::atomic::AtomicU64, want: u64| {
+            // Relaxed: the magic below publishes them again. Stored only if changed:
+            // the line is read by every client that connects.
+            if field.load(Ordering::Relaxed) != want {
+                field.store(want, Ordering::Relaxed);
+                restored.push(what);
+            }
+        };
+        check64("segment size", &header.segment_size, self.layout.size);
+        check64("area start", &header.area_start, self.layout.area_start);
+        check64("area end", &header.area_end, self.layout.area_end);
+        let mut check32 = |what: &'static str, field: &std::sync::atomic::AtomicU32, want: u32| {
+            if field.load(Ordering::Relaxed) != want {
+                field.store(want, Ordering::Relaxed);
+                restored.push(what);
+            }
+        };
+        check32("layout version", &header.version, LAYOUT_VERSION);
+        check32("record size", &header.record_size, RECORD_SIZE as u32);
+        check32("server pid", &header.server_pid, sys::current_pid());
+        // SYNC POINT (header published): as in `publish_header`, the fields above are
+        // visible to an opener that sees the magic.
+        if header.magic.load(Ordering::Relaxed) != MAGIC {
+            restored.push("magic number");
+        }
+        if !restored.is_empty() {
+            header.magic.store(MAGIC, Ordering::Release);
+        }
+        restored
+    }
+
     fn publish_header(&self) {
         let header = self.header();
         header.version.store(LAYOUT_VERSION, Ordering::Relaxed);

@@ -2161,3 +2161,50 @@ fn a_reply_in_a_record_that_changed_hands_is_not_believed() {
     // The server goes on serving others, and the victim's file was not published.
     served_after_hostile_streams(&server, &tree, BTreeSet::new(), "after.bin", 5_000, 32);
 }
+
+// ---------------------------------------------------------------------------------
+// Stray writes into the segment's own areas.
+// ---------------------------------------------------------------------------------
+
+/// A stray write over the GUID handout (its state, or the GUID on offer) would
+/// leave every client waiting for an offer that never comes, and one over the
+/// header's magic number would have every client refuse the segment: the server
+/// notices both on its next round, puts them back, says so, and goes on serving.
+#[test]
+fn stray_writes_over_the_handout_and_the_header_are_put_back() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(&unique_name("strayhead"), out.path(), &[]);
+    let rogue = Rogue::connect(&server.name);
+    let send = |name: &str| {
+        let file = write_file(src.path(), name, 5000, 7);
+        let mut command = Command::new(CLIENT);
+        command.args(["--name", &server.name, "--timeout", "10"]).arg(&file);
+        let output = run(command);
+        assert_eq!(output.status.code(), Some(0), "{name}: {}", show(&output));
+        assert!(fs::read(out.path().join(name)).unwrap() == fs::read(&file).unwrap(), "{name} differs");
+    };
+
+    // Notices go to stderr: wait until one holding `text` was said `times` times.
+    let said = |text: &str, times: usize| {
+        wait_until(text, || server.stderr().iter().filter(|l| l.contains(text)).count() >= times);
+        server.stderr().into_iter().rfind(|l| l.contains(text)).unwrap()
+    };
+    let handout = "the GUID handout was overwritten";
+    rogue.wait_beats(2);
+    rogue.segment.handout().state.store(0, Ordering::SeqCst);
+    said(handout, 1);
+    send("after-state.txt");
+
+    rogue.wait_beats(2);
+    rogue.segment.handout().guid[0].fetch_add(1, Ordering::SeqCst);
+    said(handout, 2);
+    send("after-guid.txt");
+
+    rogue.segment.header().magic.store(0x0bad_0bad, Ordering::SeqCst);
+    rogue.segment.header().segment_size.store(7, Ordering::SeqCst);
+    let line = said("the segment's header was overwritten", 1);
+    assert!(line.contains("segment size") && line.contains("magic number"), "{line}");
+    send("after-magic.txt");
+    assert_alive(&server);
+}

@@ -175,14 +175,13 @@ impl Stream {
         if size == 0 && entry.data.is_empty() {
             return self.publish_empty(shared, (name, real), checksum, mode, meta);
         }
-        // Checked whole, then written straight from the slot, as a large file's
-        // chunks are: no private copy (a third pass over every byte), and nothing made
-        // for bytes that do not match. A client that writes into a slot it handed over
-        // can only spoil its own file, as it could by sending other bytes.
+        // Written straight from the slot, then checked, as a large file's chunks are:
+        // no private copy (a third pass over every byte), and a byte changed in the
+        // slot before the write took it (a stray write into the segment) is still in
+        // the slot for the check, which fails the file. A client that writes into a
+        // slot it handed over can only spoil its own file, as it could by sending
+        // other bytes.
         let data = &bytes[entry.data.clone()];
-        if crate::checksum::of(data) != checksum {
-            return Err(checksum_mismatch(name));
-        }
         let mut file = match staged {
             Some(_) => self.sink.create_private(real, mode),
             None => self.sink.create(real, mode),
@@ -193,6 +192,10 @@ impl Stream {
                 file.discard();
                 return Err(sink_failure(e));
             }
+        }
+        if crate::checksum::of(data) != checksum {
+            file.discard();
+            return Err(checksum_mismatch(name));
         }
         let transfer = Transfer {
             name: name.to_owned(),

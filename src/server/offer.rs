@@ -16,6 +16,13 @@ pub(super) fn handout_loop(
     let mut last_report = Instant::now();
     while !shared.stop.load(Ordering::SeqCst) && sys::stop_signal().is_none() {
         header.heartbeat.fetch_add(1, Ordering::Relaxed);
+        let restored = shared.segment.restore_header();
+        if !restored.is_empty() {
+            (shared.events)(&ServerEvent::Notice(format!(
+                "the segment's header was overwritten (a stray write by a process that maps it): put back its {}",
+                restored.join(", ")
+            )));
+        }
         if last_report.elapsed() >= REPORT_PERIOD {
             last_report = Instant::now();
             shared.report_departed(false);
@@ -33,6 +40,19 @@ pub(super) fn handout_loop(
                 continue;
             }
             busy_backoff = Duration::from_micros(100);
+            if let Some(offer) = offered
+                .as_ref()
+                .filter(|offer| pid.is_none() && !handout::intact(&shared.segment, offer.ticket))
+            {
+                // Offered again only if the lock is free (a client may be taking it).
+                if handout::offer(&shared.segment, handout_lock, offer.ticket)
+                    .map_err(ServerError::io(HANDOUT))?
+                {
+                    (shared.events)(&ServerEvent::Notice(
+                        "the GUID handout was overwritten (a stray write into the segment by a process that maps it): offered again".into(),
+                    ));
+                }
+            }
             if let Some(pid) = pid {
                 let offer = offered.take().expect("checked above");
                 let worker = offer.worker;

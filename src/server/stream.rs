@@ -231,10 +231,12 @@ impl Stream {
                 .segment
                 .buffer(offset, len)
                 .map_err(|e| failure(ErrorCode::BadRequest, e.to_string()))?;
+            transfer.file.write(buffer.bytes(len as usize)).map_err(sink_failure)?;
+            // Hashed after the write: a byte a stray write changed in the slot before
+            // the write took it is still there for the hash, which then fails the file.
             if let Some(hasher) = transfer.hasher.as_mut() {
                 hasher.update(buffer.bytes(len as usize));
             }
-            transfer.file.write(buffer.bytes(len as usize)).map_err(sink_failure)?;
             transfer.written += len;
             // Relaxed: progress for status only.
             record.bytes_done.store(transfer.written, Ordering::Relaxed);
