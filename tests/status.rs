@@ -51,7 +51,8 @@ fn status_shows_a_live_stream_and_the_segment_map() {
     });
     let mut json = serde_json::Value::Null;
     wait_until("the client to fill a buffer", || {
-        json = serde_json::from_str(&server.status(true)).unwrap();
+        // Stopped: the map still, and exit 1 (it serves no one meanwhile).
+        json = serde_json::from_str(&server.status_exiting(true, 1)).unwrap();
         live_stream(&json).is_some_and(|s| !s["buffers"].as_array().unwrap().is_empty())
     });
     let live = live_stream(&json).unwrap();
@@ -63,7 +64,7 @@ fn status_shows_a_live_stream_and_the_segment_map() {
     assert!(map.starts_with("[R") && map.ends_with("B]"), "records low, buffers high: {map}");
     assert!(json["free_bytes"].as_u64().unwrap() < json["size"].as_u64().unwrap());
 
-    let text = server.status(false);
+    let text = server.status_exiting(false, 1);
     assert!(text.contains("watched.bin") && text.contains("receiving") && text.contains('?'), "{text}");
 
     signal(server.pid(), "CONT");
@@ -127,16 +128,17 @@ fn status_tells_a_stopped_server_and_a_killed_one_from_a_running_one() {
     assert!(text.contains(&format!("server pid {} (running)", server.pid())), "{text}");
     assert!(text.contains(" s ago"), "the heartbeat's age is shown: {text}");
 
+    // Not serving (stopped, then gone): the map, and exit 1 (a health check).
     signal(server.pid(), "STOP");
-    let text = server.status(false);
+    let text = server.status_exiting(false, 1);
     signal(server.pid(), "CONT");
     assert!(text.contains("(stopped (SIGSTOP))"), "{text}");
 
     // SIGKILL leaves the segment behind, its header still saying "running".
     signal(server.pid(), "KILL");
     wait_with_deadline(&mut server.child, "the killed server");
-    let text = server.status(false);
-    let json: serde_json::Value = serde_json::from_str(&server.status(true)).unwrap();
+    let text = server.status_exiting(false, 1);
+    let json: serde_json::Value = serde_json::from_str(&server.status_exiting(true, 1)).unwrap();
     let _ = std::fs::remove_file(shm_path(&name));
     let _ = std::fs::remove_dir_all(lock_dir(&name));
     assert!(text.contains(&format!("server pid {} (gone", server.pid())), "{text}");

@@ -631,7 +631,12 @@ fn run_status(name: &str, json: bool) -> ExitStatus {
             }
         }
     }
-    ExitStatus::Success
+    // A health check: the map is printed either way, but a server that is gone or
+    // stopped (SIGSTOP) serves no one.
+    match snapshot.server_state {
+        "running" | "starting" | "stopping" => ExitStatus::Success,
+        _ => ExitStatus::Failure,
+    }
 }
 
 #[cfg(test)]

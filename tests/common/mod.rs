@@ -207,15 +207,20 @@ impl Server {
     }
 
     /// What `sharedclient --status` (with `--json`: `json`) prints for this server;
-    /// it must exit 0.
+    /// it must exit 0 (the server is running).
     pub fn status(&self, json: bool) -> String {
+        self.status_exiting(json, 0)
+    }
+
+    /// `status`, which must exit `code` (1: the server is stopped or gone).
+    pub fn status_exiting(&self, json: bool, code: i32) -> String {
         let mut command = Command::new(CLIENT);
         command.args(["--name", &self.name, "--status"]);
         if json {
             command.arg("--json");
         }
         let output = run(command);
-        assert!(output.status.success(), "{}", show(&output));
+        assert_eq!(output.status.code(), Some(code), "{}", show(&output));
         stdout_of(&output)
     }
 
