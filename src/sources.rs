@@ -153,6 +153,14 @@ pub fn plan(request: &Request<'_>, mut found: impl FnMut(usize)) -> Result<Vec<I
         }
         planner.add_list(list, &mut found)?;
     }
+    if request.as_name.is_some() && planner.roots > 1 {
+        // Counted by source, not by output name: a list entry inside the folder
+        // named would otherwise pass as part of it, and be renamed with it.
+        return Err(format!(
+            "--as needs exactly one file, folder or `-` to send; {} were given",
+            planner.roots
+        ));
+    }
     let mut items = planner.items;
     let one_source = !request.all && request.files_from.is_none() && request.args.len() == 1;
     apply_as_name(&mut items, request.as_name, one_source)?;

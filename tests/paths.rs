@@ -1066,6 +1066,18 @@ fn as_names_exactly_one_file_and_stdin_needs_it() {
     assert!(stderr_of(&output).contains("--as"), "{}", show(&output));
     assert!(is_empty_dir(fx.out()), "sent despite the usage error: {:?}", tree(fx.out()));
 
+    // A folder and a list entry inside it are two sources, not one folder.
+    put(fx.src(), "photos/sub/b.jpg", 50, 3);
+    fs::write(fx.src().join("list"), "photos/sub/b.jpg\n").unwrap();
+    let output = fx.run(&["--files-from", "list", "photos", "--as", "ff3"]);
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    assert!(
+        stderr_of(&output).contains("--as needs exactly one file, folder or `-` to send; 2 were given"),
+        "{}",
+        show(&output)
+    );
+    assert!(is_empty_dir(fx.out()), "sent despite the usage error: {:?}", tree(fx.out()));
+
     let output = fx.run(&["--as", "renamed.bin", "a.txt"]);
     assert_eq!(output.status.code(), Some(0), "{}", show(&output));
     assert!(fs::read(fx.out().join("renamed.bin")).unwrap() == fs::read(&a).unwrap(), "{}", show(&output));

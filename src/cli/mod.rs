@@ -104,7 +104,7 @@ pub struct ClientCli {
     /// --files-from entries end with NUL instead of a newline.
     #[arg(short = '0', long = "from0", requires = "files_from")]
     pub from0: bool,
-    /// The output name, when exactly one file or `-` is sent.
+    /// The output name (a relative path), when exactly one file, folder (everything in it moves with it) or `-` is sent.
     #[arg(long = "as", value_name = "NAME")]
     pub as_name: Option<String>,
     /// A file the server already has under that name is skipped, not a failure.
