@@ -288,6 +288,22 @@ impl LockDir {
     }
 }
 
+/// Whether a live process holds the server lock of segment `name`: a server that
+/// is starting (it takes the lock before it makes the segment). Never waits, never
+/// follows a link; `false` for a lock folder we may not read.
+pub fn server_lock_held(name: &str) -> bool {
+    let path = LockDir::path_for(name).join(SERVER_LOCK);
+    let Ok(file) =
+        fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)
+    else {
+        return false;
+    };
+    if !file.metadata().is_ok_and(|meta| meta.file_type().is_file()) {
+        return false;
+    }
+    sys::flock_busy(&file)
+}
+
 /// Locks `lock`, mapping the crate's error to io.
 pub fn acquire(lock: &NamedLock) -> io::Result<NamedLockGuard> {
     lock.lock().map_err(|e| io::Error::other(e.to_string()))

@@ -269,6 +269,19 @@ pub fn mkdir_at(dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<()> {
     check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) })
 }
 
+/// Whether another open file holds an exclusive `flock` on `file`'s inode (a
+/// shared lock cannot be taken now). Leaves no lock behind.
+pub fn flock_busy(file: &File) -> bool {
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    if rc == 0 {
+        // SAFETY: as above; undoes the shared lock just taken.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        return false;
+    }
+    io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
 /// An unnamed file in `dir` (`O_TMPFILE`) with permission bits `mode` (less the
 /// umask): nobody can open it by a name before it is linked, and a killed server
 /// leaves nothing behind. Fails with EOPNOTSUPP/EISDIR where unsupported.

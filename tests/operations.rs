@@ -430,6 +430,34 @@ fn a_folder_with_refused_files_under_a_stream_quota_publishes_all_the_rest() {
     }
 }
 
+/// A server that holds its lock but has not made its segment yet (it reserves the
+/// segment's pages first) is waited for, within --timeout; with no server at all
+/// the client says so at once.
+#[test]
+fn a_starting_server_is_waited_for_and_a_missing_one_is_not() {
+    let name = unique_name("starting");
+    let locks = sharedxfer::lock::LockDir::create(&name).unwrap();
+    let held = locks.lock(sharedxfer::lock::SERVER_LOCK).unwrap();
+    let guard = sharedxfer::lock::acquire(&held).unwrap();
+    let send = |timeout: &str| {
+        let mut command = std::process::Command::new(CLIENT);
+        command.args(["--name", &name, "--timeout", timeout, "-", "--as", "x.txt"]);
+        command.stdin(std::process::Stdio::null());
+        let started = std::time::Instant::now();
+        let output = run(command);
+        assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+        assert!(stderr_of(&output).contains("no server on segment"), "{}", show(&output));
+        started.elapsed()
+    };
+    let waited = send("2");
+    assert!(waited >= Duration::from_millis(1900), "gave up on a starting server after {waited:?}");
+    drop(guard);
+    drop(held);
+    locks.remove();
+    let waited = send("60");
+    assert!(waited < Duration::from_secs(30), "waited {waited:?} for no server at all");
+}
+
 /// The final line's first count is of files: with no server, a tree of 3 files in 4
 /// folders fails "7 (3 files, 4 folders)", never "0 files ... 7 failed" alone; the
 /// JSON count stays one per entry listed.

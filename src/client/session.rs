@@ -14,7 +14,7 @@ use super::{failed, SendError};
 use crate::handout::{self, load_guid, Ticket};
 use crate::lock::{self, LockDir};
 use crate::protocol::{self, ClientCommand, ServerReply};
-use crate::segment::{Record, Segment, RECORD_DROPPED, RECORD_FREE, SERVER_STOPPING};
+use crate::segment::{Record, Segment, SegmentError, RECORD_DROPPED, RECORD_FREE, SERVER_STOPPING};
 use crate::sys;
 use crate::wait::SPIN;
 
@@ -77,7 +77,19 @@ impl Connection {
     /// Maps the segment of server `name` and checks the server is alive.
     pub fn open(name: &str, timeout: Duration) -> Result<Connection, SendError> {
         lock::validate_segment_name(name).map_err(SendError::Usage)?;
-        let segment = Segment::open(name, timeout).map_err(|e| SendError::Connect(Arc::new(e)))?;
+        let deadline = crate::wait::deadline_after(timeout);
+        let segment = loop {
+            match Segment::open(name, timeout) {
+                // A server that holds its lock but has not made its segment yet (it
+                // reserves the segment's pages first): wait for it, within the timeout.
+                Err(SegmentError::NotFound { .. })
+                    if Instant::now() < deadline && lock::server_lock_held(name) =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                opened => break opened.map_err(|e| SendError::Connect(Arc::new(e)))?,
+            }
+        };
         let server_pid = segment.header().server_pid.load(Ordering::Relaxed);
         // Relaxed: written before the magic, which `Segment::open` Acquire-loaded.
         let started = segment.header().server_started.load(Ordering::Relaxed);
