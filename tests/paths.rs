@@ -1546,7 +1546,7 @@ fn files_already_there_are_counted_after_three_lines() {
     let failed = failed_lines(&output);
     assert_eq!(failed.len(), 4, "{}", show(&output));
     assert!(failed[..3].iter().all(|l| l.contains("tree/f") && l.contains("already exists")), "{failed:?}");
-    assert!(failed[3].starts_with("failed: 5 more: already exists: "), "{failed:?}");
+    assert!(failed[3].starts_with("failed: 5 more: … already exists: "), "{failed:?}");
 
     let output = fx.run(&["-v", "tree"]);
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));

@@ -485,8 +485,9 @@ impl FailureLines {
     fn push(&mut self, source: Option<String>, error: &str) {
         let reason = Self::NAMED_REASONS
             .iter()
-            // The last one: a name may hold the same words.
-            .find_map(|marker| error.rfind(marker).map(|at| &error[at + 1..]))
+            // The last one: a name may hold the same words. Shown after "…", where
+            // each file's own name stood ("failed: 5 more: … already exists: ...").
+            .find_map(|marker| error.rfind(marker).map(|at| format!("…{}", &error[at..])))
             // An error of the system (a full disk, a read-only folder) after a path:
             // counted together by the error.
             .or_else(|| {
@@ -494,16 +495,16 @@ impl FailureLines {
                 let tail = os.then(|| error.rfind(": ").map(|at| &error[at + 2..])).flatten()?;
                 // Not the inside of a longer reason in brackets ("failed (writing
                 // ...: Broken pipe (os error 32))"): the whole line stays.
-                (tail.matches('(').count() == tail.matches(')').count()).then_some(tail)
+                (tail.matches('(').count() == tail.matches(')').count()).then(|| tail.to_owned())
             })
-            .unwrap_or(error);
-        let seen = match self.repeats.iter_mut().find(|(seen, _)| seen == reason) {
+            .unwrap_or_else(|| error.to_owned());
+        let seen = match self.repeats.iter_mut().find(|(seen, _)| *seen == reason) {
             Some((_, count)) => {
                 *count += 1;
                 *count
             }
             None => {
-                self.repeats.push((reason.to_owned(), 1));
+                self.repeats.push((reason, 1));
                 1
             }
         };
