@@ -136,9 +136,18 @@ pub fn plan(request: &Request<'_>, mut found: impl FnMut(usize)) -> Result<Vec<I
         }
     }
     for arg in request.args {
+        // An id whose options file cannot be read may have been meant as a path.
+        let as_path = |message: String| match Path::new(arg).exists() {
+            true => format!(
+                "{message} ({} is read as a stream id; to send the path, write ./{})",
+                escaped_path(Path::new(arg)),
+                escaped_path(Path::new(arg))
+            ),
+            false => message,
+        };
         match classify(arg)? {
-            Arg::Ids(first, last) if first == last => planner.add_id(first)?,
-            Arg::Ids(first, last) => planner.add_range(first, last)?,
+            Arg::Ids(first, last) if first == last => planner.add_id(first).map_err(as_path)?,
+            Arg::Ids(first, last) => planner.add_range(first, last).map_err(as_path)?,
             Arg::Stdin => {
                 stdin_used = true;
                 planner.add_stdin();

@@ -666,6 +666,24 @@ fn files_from_stdin_keeps_relative_paths() {
     assert_summary(&output, 3, Some(666), 0, 0);
 }
 
+/// A folder named with digits reads as a stream id; when the options file cannot
+/// be read, the message says how to send the path instead (`./2024`).
+#[test]
+fn a_digits_path_with_no_options_file_is_told_to_write_dot_slash() {
+    let fx = Fx::new("digits");
+    put(fx.src(), "2024/jan.txt", 100, 1);
+    let mut command = Command::new(CLIENT);
+    command.args(["--name", &fx.server.name, "--config", "missing.xml", "2024"]).current_dir(fx.src());
+    let output = run(command);
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    assert!(stderr_of(&output).contains("to send the path, write ./2024"), "{}", show(&output));
+    let mut command = Command::new(CLIENT);
+    command.args(["--name", &fx.server.name, "--config", "missing.xml", "./2024"]).current_dir(fx.src());
+    let output = run(command);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert!(fx.out().join("2024/jan.txt").exists(), "{}", show(&output));
+}
+
 /// The folders above a listed file arrive with their own modes, as `rsync -a
 /// --files-from` makes them, not with the server's default: a private folder stays
 /// private. A folder listed after it was made for an earlier entry is made once.
