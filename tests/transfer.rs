@@ -259,6 +259,10 @@ fn ids_naming_one_file_send_it_once_and_each_gets_its_line() {
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
     let doc: serde_json::Value = serde_json::from_str(&stdout_of(&output)).unwrap();
     assert_eq!((doc["failed"].as_u64(), doc["skipped"].as_u64()), (Some(1), Some(0)), "{doc}");
+    // Stdout holds only the document; the failure is said on stderr too, once.
+    let said = stderr_of(&output);
+    assert_eq!(said.matches("stream 1: failed: ").count(), 1, "{}", show(&output));
+    assert!(said.contains("already exists"), "{}", show(&output));
     let files = doc["files"].as_array().unwrap();
     assert_eq!(files.len(), 3, "{doc}");
     assert!(files.iter().all(|f| f["status"] == "failed"), "{doc}");

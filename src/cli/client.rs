@@ -368,6 +368,11 @@ fn report(board: &Board, front: &Front, elapsed: Duration) -> ExitStatus {
                 }
             }
             files.push(entry);
+            // Stdout holds only the document: a failed stream says so on stderr,
+            // as a failed path does (above).
+            if let (Origin::Id(id), Some(error), false) = (item.origin, &error, explained) {
+                errln!("stream {id}: failed: {error}");
+            }
         } else if let Origin::Id(id) = item.origin {
             let done = matches!(outcome, Some(Outcome::Done(..) | Outcome::Skipped));
             if !(front.quiet && done) {
