@@ -334,6 +334,53 @@ fn a_client_stopped_and_killed_mid_batch_leaves_only_whole_files() {
     assert_alive(&server);
 }
 
+/// A resend started right after a client was killed, before the server noticed
+/// (it does within about half a second):
+/// its folder is not staged a second time (the dead client's stage, published when
+/// its streams are dropped, would take the name and fail the resend's commit); it
+/// is made in place, or found there, and `--skip-existing` completes it.
+#[test]
+fn a_resend_right_after_a_kill_completes_the_folder() {
+    let src = scratch();
+    let out = scratch();
+    let root = src.path().join("tree");
+    small_tree(&root, 3000, 4);
+    let server = Server::start(&unique_name("killresend"), out.path(), &["--size", "1M", "-v"]);
+    let first = start_and_wait_for_progress(&server, &root);
+    let dead = first.pid();
+    // At once: the server notices a dead client's streams a moment later.
+    signal(dead, "KILL");
+    let resend = Running::spawn({
+        let mut c = client(&server);
+        c.args(["-j", "4", "--json", "--skip-existing"]).arg(&root);
+        c
+    });
+    let status = first.finish().status;
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "{status:?}");
+    // The resend has its folder (a second stage, or the folder made in place, or the
+    // dead client's published already); it waits while the server notices the kill
+    // and publishes (or drops) the dead client's stage, then goes on.
+    let stages = || {
+        let entries = fs::read_dir(out.path()).unwrap();
+        entries.filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".stage")).count()
+    };
+    wait_until("the resend's folder", || stages() >= 2 || out.path().join("tree").exists());
+    freeze(resend.pid());
+    server.wait_for_line("the killed client's line", |l| l.starts_with(&format!("client {dead}:")));
+    thaw(resend.pid());
+    let output = resend.finish();
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    let doc = parse_json(&output);
+    assert_eq!(doc["failed"], 0, "{}", show(&output));
+    let (sent, skipped) = (doc["sent"].as_u64().unwrap(), doc["skipped"].as_u64().unwrap());
+    eprintln!("DBG sent {sent} skipped {skipped}");
+    assert_eq!(sent + skipped, 3000, "{}", show(&output));
+    // The dead client's stage, dropped once its name was found taken, goes too.
+    wait_until_clean(&server);
+    assert_eq!(assert_arrived(&root, out.path(), false, "after the resend"), 3000);
+    assert_alive(&server);
+}
+
 // ---------------------------------------------------------------------------------
 // --skip-existing, entry by entry.
 // ---------------------------------------------------------------------------------

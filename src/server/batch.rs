@@ -253,12 +253,17 @@ impl Stream {
             let message = format!("{}: only a top-level folder can be staged", escaped(root));
             return Err(failure(ErrorCode::BadRequest, message));
         }
+        // A resend right after a client was killed, before its streams were dropped:
+        // made in place and filled file by file (the dead client's stage, published
+        // later, finds the name taken and is dropped, saying so), rather than staged
+        // and then refused at its commit.
+        let in_place = shared.staged_by_the_dead(root, self.client_pid);
         let mut stages = self.stages.lock();
         if stages.contains_key(root) {
             let message = format!("{}: already staged", escaped(root));
             return Err(failure(ErrorCode::BadRequest, message));
         }
-        if stages.len() >= MAX_STAGES {
+        if in_place || stages.len() >= MAX_STAGES {
             // Each costs memory and a rename when the client ends, on this worker:
             // past the bound, a folder is made in place, as an unstaged sink does.
             drop(stages);

@@ -830,6 +830,23 @@ impl Shared {
 
     /// `client`'s last stream ended: its line waits until it exits or stays away
     /// (`report_departed`). Called with the clients lock held.
+    /// Whether another client process, one that is gone (killed; its streams not
+    /// dropped yet), has `root` staged: its stage is published as far as it got once
+    /// they are, and a new stage of the same name would then find it taken at its
+    /// commit.
+    fn staged_by_the_dead(&self, root: &str, me: u32) -> bool {
+        let others: Vec<(u32, ClientStages)> = self
+            .clients
+            .lock()
+            .expect("client count lock")
+            .iter()
+            .filter(|(&pid, _)| pid != me)
+            .map(|(&pid, client)| (pid, Arc::clone(&client.stages)))
+            .collect();
+        // Each lock alone: never the clients lock and a stages lock at once.
+        others.iter().any(|(pid, stages)| stages.lock().contains_key(root) && !sys::process_alive(*pid))
+    }
+
     fn depart(&self, pid: u32, client: Client) {
         let Client { started, since, tally, .. } = client;
         let mut departed = self.departed.lock().expect("departed lock");
