@@ -31,8 +31,10 @@ pub enum Origin {
 /// What to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// A file or FIFO; `no_follow`: a link found there now is not followed (it was
-    /// not a link when the folder was walked).
+    /// A file, FIFO or folder; `no_follow`: a link found there now is not followed
+    /// (it was not a link when the folder was walked). A folder with `no_follow` is a
+    /// walk's (sent with everything in it: at the top, the sender stages it); one
+    /// without is made alone (a `--files-from` entry, or a folder above one).
     Path {
         /// The path to open.
         path: PathBuf,
@@ -508,7 +510,8 @@ impl Planner<'_> {
                 .map(|p| p.to_str().ok_or_else(|| not_utf8(path)))
                 .collect::<Result<Vec<_>, _>>()
                 .map(|p| p.join("/"));
-            if let Ok(name) = &name {
+            // With --as the one entry is renamed whole: no folder above it is made.
+            if let (Ok(name), None) = (&name, self.request.as_name) {
                 self.add_implied_folders(name, &mut folders);
             }
             self.add_list_entry(path, name);

@@ -712,6 +712,37 @@ fn files_from_makes_the_folders_above_each_entry_with_their_modes() {
         assert!(fs::read(fx.out().join(rel)).unwrap() == fs::read(src.join(rel)).unwrap(), "{rel} differs");
     }
     assert_summary(&output, 3, Some(60), 0, 0);
+
+    // One entry and --as: the file is renamed, no folder above it is made.
+    fs::write(src.join("one.list"), "private/logs/a.log\n").unwrap();
+    let output = fx.run(&["--files-from", "one.list", "--as", "renamed.log"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert!(fs::metadata(fx.out().join("renamed.log")).unwrap().is_file(), "{}", show(&output));
+
+    // Two lists filling one new folder at once: the folder is made in place, not
+    // staged for one of them, and both arrive whole.
+    let names = |tag: &str| (0..150).map(|i| format!("shared/{tag}{i:03}.txt")).collect::<Vec<_>>();
+    let mut children = Vec::new();
+    for tag in ["a", "b"] {
+        for (i, name) in names(tag).iter().enumerate() {
+            put(src, name, 100 + i, 5);
+        }
+        fs::write(src.join(format!("{tag}.list")), names(tag).join("\n")).unwrap();
+        let mut command = fx.cmd();
+        command.args(["-q", "--files-from", &format!("{tag}.list")]);
+        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        children.push(command.spawn().unwrap());
+    }
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    for name in names("a").iter().chain(&names("b")) {
+        assert!(
+            fs::read(fx.out().join(name)).unwrap() == fs::read(src.join(name)).unwrap(),
+            "{name} differs"
+        );
+    }
 }
 
 /// An empty list sends nothing, successfully, and still says so in its final line.

@@ -670,9 +670,13 @@ struct Staging {
 
 impl Staging {
     /// A folder sent whole at the top of the output (a walk's root), to be staged.
+    /// Not a folder made alone (a `--files-from` entry, or a folder above one): its
+    /// files come as entries of their own, and two lists may fill one new folder at
+    /// once, which a stage would give to only one of them.
     fn wants(&self, item: &Item) -> bool {
         self.enabled
             && matches!(item.kind, Kind::Dir { .. })
+            && matches!(item.source, sources::Source::Path { no_follow: true, .. })
             && item.verdict == Verdict::Send
             && !item.name.contains('/')
     }
