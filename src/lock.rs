@@ -62,9 +62,10 @@ impl LockDir {
         Self::create_for(name, None)
     }
 
-    /// As `create`, shared with `group` if given: the folder becomes 3770 and that
-    /// group's, and every lock file in it 0660 (so members can take locks). The
-    /// server's own lock files are made before the folder is opened to the group.
+    /// As `create`, to be shared with `group` if given (see `share`). Changes the
+    /// mode of a folder already there only if it is shared the way older servers
+    /// shared it (2770, not sticky): made private, so no member can swap a file in it
+    /// while it is checked; a live server's folder is left as it is.
     pub fn create_for(name: &str, group: Option<u32>) -> io::Result<LockDir> {
         let path = Self::path_for(name);
         match fs::DirBuilder::new().mode(0o700).create(&path) {
@@ -74,25 +75,43 @@ impl LockDir {
         }
         let dir = LockDir { path, group };
         dir.check_owned()?;
-        match group {
-            Some(gid) => {
-                for file in [SERVER_LOCK, HANDOUT_LOCK] {
-                    dir.open_lock_file(&dir.path.join(file))?;
-                }
-                std::os::unix::fs::chown(&dir.path, None, Some(gid))?;
-                fs::set_permissions(&dir.path, fs::Permissions::from_mode(SHARED_MODE))?;
-            }
-            // Ours alone: make sure nobody else can plant or open locks in it.
-            None => fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o700))?,
+        if fs::symlink_metadata(&dir.path)?.mode() & 0o7777 == 0o2770 {
+            fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o700))?;
         }
         Ok(dir)
+    }
+
+    /// The server, once it holds the name's server lock: the folder becomes 3770 and
+    /// the group's (every lock file in it 0660, so members can take locks; the
+    /// server's own are made or checked first), or 0700 without a group. Never
+    /// before the lock is held: a second server refused the name must not change the
+    /// live one's folder.
+    pub fn share(&self) -> io::Result<()> {
+        match self.group {
+            Some(gid) => {
+                fs::set_permissions(&self.path, fs::Permissions::from_mode(0o700))?;
+                for file in [SERVER_LOCK, HANDOUT_LOCK] {
+                    self.open_lock_file(&self.path.join(file))?;
+                }
+                std::os::unix::fs::chown(&self.path, None, Some(gid))?;
+                fs::set_permissions(&self.path, fs::Permissions::from_mode(SHARED_MODE))
+            }
+            // Ours alone: make sure nobody else can plant or open locks in it.
+            None => fs::set_permissions(&self.path, fs::Permissions::from_mode(0o700)),
+        }
     }
 
     /// Opens an existing folder (a client: the server made it). Changes nothing.
     pub fn open(name: &str) -> io::Result<LockDir> {
         let dir = LockDir { path: Self::path_for(name), group: None };
         match dir.check_owned() {
-            Ok(()) => Ok(dir),
+            // Ours, but shared with a group: its members may have put files in it
+            // (a FIFO named as a lock file), so each is checked before it is opened.
+            Ok(()) => {
+                let meta = fs::symlink_metadata(&dir.path)?;
+                let group = (meta.mode() & 0o7777 == SHARED_MODE).then_some(meta.gid());
+                Ok(LockDir { group, ..dir })
+            }
             // Another user's server that shares its folder with a group of ours.
             Err(e) => match dir.shared_group() {
                 Some(gid) => Ok(LockDir { group: Some(gid), ..dir }),

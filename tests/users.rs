@@ -203,12 +203,20 @@ fn a_member_cannot_swap_the_servers_lock_files() {
     fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
     let output = run(accounts.client_as(&accounts.member, &server.name, &[&file.display().to_string()]));
     assert!(output.status.success(), "{}", show(&output));
+    // A second server refused the name leaves the live one's folder as it is.
+    let mut second = Command::new(SERVER);
+    second.args(["--name", &server.name]).arg(out.path());
+    let output = run(second);
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    assert!(stderr_of(&output).contains("already running"), "{}", show(&output));
+    assert_eq!(fs::metadata(&locks).unwrap().mode() & 0o7777, 0o3770, "the live server's folder changed");
     assert_eq!(server.stop("TERM").code(), Some(0));
 
     // An older, non-sticky folder with a member's FIFO and link in it.
     let name = unique_name("planted");
     let locks = lock_dir(&name);
     fs::create_dir(&locks).unwrap();
+    let _cleanup = RemoveOnDrop(locks.clone());
     let group_of = |group: &str| {
         let line = fs::read_to_string("/etc/group").unwrap();
         let gid =
@@ -229,5 +237,23 @@ fn a_member_cannot_swap_the_servers_lock_files() {
     let err = stderr_of(&output);
     assert!(err.contains("handout.lock is a FIFO") && err.contains("remove"), "{}", show(&output));
     assert_eq!(fs::read(victim.path()).unwrap(), b"precious", "written through a planted link");
-    let _ = fs::remove_dir_all(&locks);
+    // With the FIFO gone, the link alone: the server starts, and replaces the link
+    // with its own file instead of writing through it.
+    fs::remove_file(locks.join("handout.lock")).unwrap();
+    let mut server = Server::start(&name, out.path(), &["--group", &accounts.group]);
+    let pid_file = fs::symlink_metadata(locks.join("server.pid")).unwrap();
+    assert!(pid_file.file_type().is_file(), "server.pid is still a link");
+    assert_eq!(fs::read_to_string(locks.join("server.pid")).unwrap().trim(), server.pid().to_string());
+    assert_eq!(fs::read(victim.path()).unwrap(), b"precious", "written through a planted link");
+    assert_eq!(fs::metadata(&locks).unwrap().mode() & 0o7777, 0o3770);
+    assert_eq!(server.stop("TERM").code(), Some(0));
+}
+
+/// Removes a lock folder a test made by hand, whatever happens to the test.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }

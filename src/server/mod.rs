@@ -452,6 +452,9 @@ fn run_server(
     let server_lock =
         locks.lock(lock::SERVER_LOCK).map_err(ServerError::io("cannot open the server lock"))?;
     let server_guard = claim_name(&server_lock, &locks, &options.name)?;
+    locks.share().map_err(|e| {
+        ServerError::Start(format!("cannot share lock folder {}: {e}", locks.path().display()))
+    })?;
     // Where the files go, as a service's log should say it: absolute, escaped.
     let output = match folder {
         true => escaped_path(&options.output_dir),
