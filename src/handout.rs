@@ -50,19 +50,24 @@ fn try_acquire(lock: &NamedLock) -> io::Result<Option<named_lock::NamedLockGuard
 /// Server: puts `ticket` on offer and wakes clients waiting for one. `false` if the
 /// lock is busy (try again later).
 pub fn offer(segment: &Segment, lock: &NamedLock, ticket: Ticket) -> io::Result<bool> {
-    let handout = segment.handout();
     {
         let Some(_guard) = try_acquire(lock)? else { return Ok(false) };
-        store_guid(&handout.guid, ticket.guid);
-        handout.record_offset.store(ticket.record_offset, Ordering::Relaxed);
-        handout.taker_pid.store(0, Ordering::Relaxed);
-        handout.generation.fetch_add(1, Ordering::Relaxed);
-        // SYNC POINT (handout offered): the fields above are visible to a client that
-        // sees OFFERED (`try_take`).
-        handout.state.store(HANDOUT_OFFERED, Ordering::Release);
+        store_offer(segment, ticket);
     }
     segment.header().handout_event.notify();
     Ok(true)
+}
+
+/// Puts `ticket` on offer; the caller holds the handout lock.
+fn store_offer(segment: &Segment, ticket: Ticket) {
+    let handout = segment.handout();
+    store_guid(&handout.guid, ticket.guid);
+    handout.record_offset.store(ticket.record_offset, Ordering::Relaxed);
+    handout.taker_pid.store(0, Ordering::Relaxed);
+    handout.generation.fetch_add(1, Ordering::Relaxed);
+    // SYNC POINT (handout offered): the fields above are visible to a client that
+    // sees OFFERED (`try_take`).
+    handout.state.store(HANDOUT_OFFERED, Ordering::Release);
 }
 
 /// Server: if a client took the offer, returns the taker's pid (as the client wrote
@@ -99,12 +104,12 @@ pub fn withdraw(segment: &Segment, lock: &NamedLock) -> io::Result<bool> {
 
 /// Server: whether the handout still shows `ticket` on offer, or taken. A stray
 /// write into the segment can change it; clients would then wait for an offer that
-/// never comes (the server offers again).
+/// never comes (see `offer_again`).
 pub fn intact(segment: &Segment, ticket: Ticket) -> bool {
     let handout = segment.handout();
-    // SYNC POINT (handout taken): pairs with the client's Release in `try_take`; the
-    // other fields are the server's own stores.
-    match handout.state.load(Ordering::Acquire) {
+    // Relaxed: nothing is read on the strength of it; the GUID and offset are the
+    // server's own stores.
+    match handout.state.load(Ordering::Relaxed) {
         HANDOUT_TAKEN => true,
         HANDOUT_OFFERED => {
             load_guid(&handout.guid) == ticket.guid
@@ -112,6 +117,22 @@ pub fn intact(segment: &Segment, ticket: Ticket) -> bool {
         }
         _ => false,
     }
+}
+
+/// Server: puts `ticket` on offer again if the handout no longer shows it (not
+/// `intact`), checked under the handout lock, so a client taking it meanwhile
+/// (TAKEN) is never overwritten. `true` if it did; `false` also while the lock is
+/// busy (the next round looks again).
+pub fn offer_again(segment: &Segment, lock: &NamedLock, ticket: Ticket) -> io::Result<bool> {
+    {
+        let Some(_guard) = try_acquire(lock)? else { return Ok(false) };
+        if intact(segment, ticket) {
+            return Ok(false);
+        }
+        store_offer(segment, ticket);
+    }
+    segment.header().handout_event.notify();
+    Ok(true)
 }
 
 /// Whether a client has taken the current offer (the server's wake condition).
@@ -202,7 +223,7 @@ fn try_take(segment: &Segment, lock: &NamedLock) -> io::Result<Attempt> {
     };
     handout.taker_pid.store(std::process::id(), Ordering::Relaxed);
     // SYNC POINT (handout taken): the pid is visible to the server that sees TAKEN
-    // (`collect`, `is_taken`, `withdraw`).
+    // (`collect`, `is_taken`, `withdraw`; `intact` only looks at the state).
     handout.state.store(HANDOUT_TAKEN, Ordering::Release);
     Ok(Attempt::Taken(ticket))
 }

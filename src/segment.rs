@@ -386,7 +386,8 @@ impl Segment {
             name: name.to_owned(),
             layout: Layout { size: len, area_start: AREA_START, area_end: len },
         };
-        // SYNC POINT (header published): pairs with the Release in `publish_header`.
+        // SYNC POINT (header published): pairs with the Release in `publish_header`
+        // (and in `restore_header`).
         match segment.header().magic.load(Ordering::Acquire) {
             0 => return Ok(None),
             MAGIC => {}

@@ -52,7 +52,7 @@ fn status_shows_a_live_stream_and_the_segment_map() {
     let mut json = serde_json::Value::Null;
     wait_until("the client to fill a buffer", || {
         // Stopped: the map still, and exit 1 (it serves no one meanwhile).
-        json = serde_json::from_str(&server.status_exiting(true, 1)).unwrap();
+        json = serde_json::from_str(&server.status_once_exiting(true, 1)).unwrap();
         live_stream(&json).is_some_and(|s| !s["buffers"].as_array().unwrap().is_empty())
     });
     let live = live_stream(&json).unwrap();
@@ -130,7 +130,7 @@ fn status_tells_a_stopped_server_and_a_killed_one_from_a_running_one() {
 
     // Not serving (stopped, then gone): the map, and exit 1 (a health check).
     signal(server.pid(), "STOP");
-    let text = server.status_exiting(false, 1);
+    let text = server.status_once_exiting(false, 1);
     signal(server.pid(), "CONT");
     assert!(text.contains("(stopped (SIGSTOP))"), "{text}");
 

@@ -79,7 +79,8 @@ impl Connection {
         lock::validate_segment_name(name).map_err(SendError::Usage)?;
         let deadline = crate::wait::deadline_after(timeout);
         let segment = loop {
-            match Segment::open(name, timeout) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match Segment::open(name, left) {
                 // A server that holds its lock but has not made its segment yet (it
                 // reserves the segment's pages first): wait for it, within the timeout.
                 Err(SegmentError::NotFound { .. })

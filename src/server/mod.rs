@@ -659,7 +659,16 @@ fn prepare_output_dir(dir: &Path) -> Result<(), ServerError> {
 
 /// Takes the name's server lock, or explains who holds it.
 fn claim_name(lock: &NamedLock, locks: &LockDir, name: &str) -> Result<NamedLockGuard, ServerError> {
-    match lock.try_lock() {
+    // A client looking for a starting server holds the lock shared for a moment
+    // (`lock::server_lock_held`): busy for 100 ms is a server.
+    let since = Instant::now();
+    let mut tried = lock.try_lock();
+    while matches!(tried, Err(named_lock::Error::WouldBlock)) && since.elapsed() < Duration::from_millis(100)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+        tried = lock.try_lock();
+    }
+    match tried {
         Ok(guard) => {
             let pid_file = locks.path().join(lock::SERVER_PID_FILE);
             locks

@@ -44,8 +44,7 @@ pub(super) fn handout_loop(
                 .as_ref()
                 .filter(|offer| pid.is_none() && !handout::intact(&shared.segment, offer.ticket))
             {
-                // Offered again only if the lock is free (a client may be taking it).
-                if handout::offer(&shared.segment, handout_lock, offer.ticket)
+                if handout::offer_again(&shared.segment, handout_lock, offer.ticket)
                     .map_err(ServerError::io(HANDOUT))?
                 {
                     (shared.events)(&ServerEvent::Notice(

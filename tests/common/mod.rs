@@ -214,14 +214,29 @@ impl Server {
 
     /// `status`, which must exit `code` (1: the server is stopped or gone).
     pub fn status_exiting(&self, json: bool, code: i32) -> String {
+        let output = self.status_output(json);
+        assert_eq!(output.status.code(), Some(code), "{}", show(&output));
+        stdout_of(&output)
+    }
+
+    /// `status` once it exits `code`: a signal just sent may not show yet.
+    pub fn status_once_exiting(&self, json: bool, code: i32) -> String {
+        let mut text = String::new();
+        wait_until("the status to change", || {
+            let output = self.status_output(json);
+            text = stdout_of(&output);
+            output.status.code() == Some(code)
+        });
+        text
+    }
+
+    fn status_output(&self, json: bool) -> Output {
         let mut command = Command::new(CLIENT);
         command.args(["--name", &self.name, "--status"]);
         if json {
             command.arg("--json");
         }
-        let output = run(command);
-        assert_eq!(output.status.code(), Some(code), "{}", show(&output));
-        stdout_of(&output)
+        run(command)
     }
 
     /// Sends `signal_name` and waits for the exit.
