@@ -2203,12 +2203,15 @@ fn stray_writes_over_the_handout_and_the_header_are_put_back() {
 
     rogue.segment.header().magic.store(0x0bad_0bad, Ordering::SeqCst);
     rogue.segment.header().segment_size.store(7, Ordering::SeqCst);
-    // Both put back, in one round or two.
+    rogue.segment.header().server_started.fetch_add(1, Ordering::SeqCst);
+    rogue.segment.header().server_state.store(0, Ordering::SeqCst);
+    // Each put back, in one round or several.
     let header = "the segment's header was overwritten";
-    wait_until("both fields put back", || {
+    wait_until("every field put back", || {
         let notices: Vec<String> = server.stderr().into_iter().filter(|l| l.contains(header)).collect();
-        notices.iter().any(|l| l.contains("segment size"))
-            && notices.iter().any(|l| l.contains("magic number"))
+        ["segment size", "magic number", "start time", "state"]
+            .iter()
+            .all(|field| notices.iter().any(|l| l.contains(field)))
     });
     send("after-magic.txt");
     assert_alive(&server);
