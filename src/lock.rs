@@ -91,7 +91,7 @@ impl LockDir {
             Some(gid) => {
                 fs::set_permissions(&self.path, fs::Permissions::from_mode(0o700))?;
                 for file in [SERVER_LOCK, HANDOUT_LOCK] {
-                    self.open_lock_file(&self.path.join(file))?;
+                    self.check_lock_file(&self.path.join(file), true)?;
                 }
                 std::os::unix::fs::chown(&self.path, None, Some(gid))?;
                 fs::set_permissions(&self.path, fs::Permissions::from_mode(SHARED_MODE))
@@ -194,17 +194,28 @@ impl LockDir {
     /// through a link, never waiting, made by the server or by us; 0660 whatever the
     /// umask of whoever made it, and the folder's group.
     fn open_lock_file(&self, path: &Path) -> io::Result<()> {
-        let made = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o660)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP) => self.tampered(path, "a symbolic link"),
-                Some(libc::ENXIO) => self.tampered(path, "a FIFO"),
-                _ => e,
-            })?;
+        self.check_lock_file(path, false)
+    }
+
+    /// `open_lock_file`; the group and mode of a file that is ours are set only if
+    /// it is new or `adjust` (the server, once it holds the name): a second server
+    /// refused the name must not change the live one's lock files.
+    fn check_lock_file(&self, path: &Path, adjust: bool) -> io::Result<()> {
+        let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK;
+        let opened =
+            fs::OpenOptions::new().append(true).create_new(true).mode(0o660).custom_flags(flags).open(path);
+        let (made, new) = match opened {
+            Ok(file) => (Ok(file), true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                (fs::OpenOptions::new().append(true).custom_flags(flags).open(path), false)
+            }
+            Err(e) => (Err(e), true),
+        };
+        let made = made.map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => self.tampered(path, "a symbolic link"),
+            Some(libc::ENXIO) => self.tampered(path, "a FIFO"),
+            _ => e,
+        })?;
         let meta = made.metadata()?;
         if !meta.file_type().is_file() {
             return Err(self.tampered(path, "not a regular file"));
@@ -215,7 +226,7 @@ impl LockDir {
                 self.tampered(path, &format!("made by {}, not by the server", sys::user_label(meta.uid())))
             );
         }
-        if meta.uid() == sys::current_uid() {
+        if meta.uid() == sys::current_uid() && (new || adjust) {
             // Made before the folder had the group (the server's own), or by us.
             std::os::unix::fs::fchown(&made, None, self.group)?;
             made.set_permissions(fs::Permissions::from_mode(0o660))?;

@@ -203,13 +203,23 @@ fn a_member_cannot_swap_the_servers_lock_files() {
     fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
     let output = run(accounts.client_as(&accounts.member, &server.name, &[&file.display().to_string()]));
     assert!(output.status.success(), "{}", show(&output));
-    // A second server refused the name leaves the live one's folder as it is.
-    let mut second = Command::new(SERVER);
-    second.args(["--name", &server.name]).arg(out.path());
-    let output = run(second);
-    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
-    assert!(stderr_of(&output).contains("already running"), "{}", show(&output));
-    assert_eq!(fs::metadata(&locks).unwrap().mode() & 0o7777, 0o3770, "the live server's folder changed");
+    // A second server refused the name leaves the live one's folder and lock files
+    // as they are (without a group, or with another one).
+    let gid = |file: &str| fs::metadata(locks.join(file)).unwrap().gid();
+    let before = (gid("server.lock"), gid("handout.lock"));
+    for extra in [&[][..], &["--group", "root"][..]] {
+        let mut second = Command::new(SERVER);
+        second.args(["--name", &server.name]).args(extra).arg(out.path());
+        let output = run(second);
+        assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+        assert!(stderr_of(&output).contains("already running"), "{}", show(&output));
+        assert_eq!(fs::metadata(&locks).unwrap().mode() & 0o7777, 0o3770, "the live server's folder changed");
+        assert_eq!(
+            (gid("server.lock"), gid("handout.lock")),
+            before,
+            "{extra:?}: a lock file's group changed"
+        );
+    }
     assert_eq!(server.stop("TERM").code(), Some(0));
 
     // An older, non-sticky folder with a member's FIFO and link in it.

@@ -73,18 +73,27 @@ pub(super) fn with_claims<T>(
     use_table(table)
 }
 
+/// How long a client looks again for a segment that is not there, before it says
+/// there is no server (a server just started takes a millisecond or two to take its
+/// lock, then reserves the segment: see `lock::server_lock_held`).
+const STARTING_GRACE: Duration = Duration::from_millis(200);
+
 impl Connection {
     /// Maps the segment of server `name` and checks the server is alive.
     pub fn open(name: &str, timeout: Duration) -> Result<Connection, SendError> {
         lock::validate_segment_name(name).map_err(SendError::Usage)?;
         let deadline = crate::wait::deadline_after(timeout);
+        // A server started a moment ago (`sharedserver ... & sharedclient ...`) may
+        // not have taken its lock yet: "no server" is said after this much.
+        let grace = Instant::now() + STARTING_GRACE.min(timeout);
         let segment = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match Segment::open(name, left) {
                 // A server that holds its lock but has not made its segment yet (it
                 // reserves the segment's pages first): wait for it, within the timeout.
                 Err(SegmentError::NotFound { .. })
-                    if Instant::now() < deadline && lock::server_lock_held(name) =>
+                    if Instant::now() < deadline
+                        && (Instant::now() < grace || lock::server_lock_held(name)) =>
                 {
                     std::thread::sleep(Duration::from_millis(10));
                 }
