@@ -840,8 +840,6 @@ impl Shared {
         }
     }
 
-    /// `client`'s last stream ended: its line waits until it exits or stays away
-    /// (`report_departed`). Called with the clients lock held.
     /// Whether another client process, one that is gone (killed; its streams not
     /// dropped yet), has `root` staged: its stage is published as far as it got once
     /// they are, and a new stage of the same name would then find it taken at its
@@ -859,6 +857,8 @@ impl Shared {
         others.iter().any(|(pid, stages)| stages.lock().contains_key(root) && !sys::process_alive(*pid))
     }
 
+    /// `client`'s last stream ended: its line waits until it exits or stays away
+    /// (`report_departed`). Called with the clients lock held.
     fn depart(&self, pid: u32, client: Client) {
         let Client { started, since, tally, .. } = client;
         let mut departed = self.departed.lock().expect("departed lock");
