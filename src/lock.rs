@@ -184,7 +184,7 @@ impl LockDir {
     pub fn lock(&self, file: &str) -> io::Result<NamedLock> {
         let path = self.path.join(file);
         if self.group.is_some() {
-            self.open_lock_file(&path)?;
+            self.check_lock_file(&path, false)?;
         }
         NamedLock::with_path(path).map_err(|e| io::Error::other(e.to_string()))
     }
@@ -193,13 +193,9 @@ impl LockDir {
     /// crate opens it (following links, waiting on a FIFO): a regular file, never
     /// through a link, never waiting, made by the server or by us; 0660 whatever the
     /// umask of whoever made it, and the folder's group.
-    fn open_lock_file(&self, path: &Path) -> io::Result<()> {
-        self.check_lock_file(path, false)
-    }
-
-    /// `open_lock_file`; the group and mode of a file that is ours are set only if
-    /// it is new or `adjust` (the server, once it holds the name): a second server
-    /// refused the name must not change the live one's lock files.
+    /// The group and mode of a file that is ours are set only if it is new or
+    /// `adjust` (the server, once it holds the name): a second server refused the
+    /// name must not change the live one's lock files.
     fn check_lock_file(&self, path: &Path, adjust: bool) -> io::Result<()> {
         let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK;
         let opened =

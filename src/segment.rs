@@ -216,6 +216,35 @@ pub fn shm_path(name: &str) -> PathBuf {
     PathBuf::from(SHM_DIR).join(name)
 }
 
+/// The header fields a server keeps as it wrote them (`Segment::keep_header`).
+#[derive(Debug, Clone, Copy)]
+pub struct KeptHeader {
+    wide: [u64; 4],
+    narrow: [u32; 6],
+}
+
+/// The 64-bit fields `KeptHeader` keeps, with their names for a notice.
+fn header_wide(header: &Header) -> [(&'static str, &std::sync::atomic::AtomicU64); 4] {
+    [
+        ("segment size", &header.segment_size),
+        ("area start", &header.area_start),
+        ("area end", &header.area_end),
+        ("start time", &header.server_started),
+    ]
+}
+
+/// The 32-bit fields `KeptHeader` keeps, with their names for a notice.
+fn header_narrow(header: &Header) -> [(&'static str, &std::sync::atomic::AtomicU32); 6] {
+    [
+        ("layout version", &header.version),
+        ("record size", &header.record_size),
+        ("server pid", &header.server_pid),
+        ("state", &header.server_state),
+        ("worker count", &header.workers),
+        ("stream quota", &header.max_streams_per_client),
+    ]
+}
+
 impl Segment {
     /// Creates the segment exclusively (mode 0600), reserves every page, fills the
     /// header and publishes it by storing the magic last. Unlinked again on drop.
@@ -268,39 +297,45 @@ impl Segment {
         Ok(segment)
     }
 
-    /// Server: puts back the fields of the header that say what the segment is
-    /// (magic, version, sizes, the server's pid) where a stray write into the segment
-    /// changed them (a client would refuse it: "wrong magic number"); returns the
-    /// names of those it put back.
-    pub fn restore_header(&self) -> Vec<&'static str> {
+    /// Server: the header fields clients rely on, as it wrote them (its identity,
+    /// start time, state, worker count and stream quota), for `restore_header`.
+    pub fn keep_header(&self) -> KeptHeader {
+        let header = self.header();
+        KeptHeader {
+            wide: header_wide(header).map(|(_, field)| field.load(Ordering::Relaxed)),
+            narrow: header_narrow(header).map(|(_, field)| field.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Server: puts back the fields of `kept` a stray write into the segment changed
+    /// (a client would refuse the segment, "wrong magic number", or take the server
+    /// for gone), and the magic; returns the names of those it put back.
+    pub fn restore_header(&self, kept: &KeptHeader) -> Vec<&'static str> {
         let header = self.header();
         let mut restored = Vec::new();
-        let mut check64 = |what: &'static str, field: &std::sync::atomic::AtomicU64, want: u64| {
-            // Relaxed: the magic below publishes them again. Stored only if changed:
-            // the line is read by every client that connects.
+        // Stored only if changed: the line is read by every client that connects.
+        for ((what, field), want) in header_wide(header).into_iter().zip(kept.wide) {
             if field.load(Ordering::Relaxed) != want {
+                // Relaxed: the magic below publishes them again.
                 field.store(want, Ordering::Relaxed);
                 restored.push(what);
             }
-        };
-        check64("segment size", &header.segment_size, self.layout.size);
-        check64("area start", &header.area_start, self.layout.area_start);
-        check64("area end", &header.area_end, self.layout.area_end);
-        let mut check32 = |what: &'static str, field: &std::sync::atomic::AtomicU32, want: u32| {
+        }
+        for ((what, field), want) in header_narrow(header).into_iter().zip(kept.narrow) {
             if field.load(Ordering::Relaxed) != want {
-                field.store(want, Ordering::Relaxed);
+                // SYNC POINT (server state): Release pairs with the client's Acquire
+                // in its watchdog, as the stores in `serve` do; for the others the
+                // magic below publishes them again.
+                field.store(want, Ordering::Release);
                 restored.push(what);
             }
-        };
-        check32("layout version", &header.version, LAYOUT_VERSION);
-        check32("record size", &header.record_size, RECORD_SIZE as u32);
-        check32("server pid", &header.server_pid, sys::current_pid());
-        // SYNC POINT (header published): as in `publish_header`, the fields above are
-        // visible to an opener that sees the magic.
+        }
         if header.magic.load(Ordering::Relaxed) != MAGIC {
             restored.push("magic number");
         }
         if !restored.is_empty() {
+            // SYNC POINT (header published): as in `publish_header`, the fields above
+            // are visible to an opener that sees the magic.
             header.magic.store(MAGIC, Ordering::Release);
         }
         restored

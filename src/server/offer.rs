@@ -14,33 +14,11 @@ pub(super) fn handout_loop(
     let mut offered: Option<Offer> = None;
     let mut busy_backoff = Duration::from_micros(100);
     let mut last_report = Instant::now();
-    // The header's other fields clients rely on, as the server wrote them before
-    // this loop: put back too if a stray write changes them.
-    let kept32 = [
-        ("state", &header.server_state, header.server_state.load(Ordering::Relaxed)),
-        ("worker count", &header.workers, header.workers.load(Ordering::Relaxed)),
-        (
-            "stream quota",
-            &header.max_streams_per_client,
-            header.max_streams_per_client.load(Ordering::Relaxed),
-        ),
-    ];
-    let started = header.server_started.load(Ordering::Relaxed);
+    // As the server wrote them before this loop: put back if a stray write changes them.
+    let kept = shared.segment.keep_header();
     while !shared.stop.load(Ordering::SeqCst) && sys::stop_signal().is_none() {
         header.heartbeat.fetch_add(1, Ordering::Relaxed);
-        let mut restored = shared.segment.restore_header();
-        for (what, field, want) in &kept32 {
-            if field.load(Ordering::Relaxed) != *want {
-                // SYNC POINT (server state): pairs with the client's Acquire in its
-                // watchdog, as the store in `serve` does.
-                field.store(*want, Ordering::Release);
-                restored.push(what);
-            }
-        }
-        if header.server_started.load(Ordering::Relaxed) != started {
-            header.server_started.store(started, Ordering::Relaxed);
-            restored.push("start time");
-        }
+        let restored = shared.segment.restore_header(&kept);
         if !restored.is_empty() {
             (shared.events)(&ServerEvent::Notice(format!(
                 "the segment's header was overwritten (a stray write by a process that maps it): put back its {}",
